@@ -1,0 +1,19 @@
+"""Process environment that must be set before TensorFlow is first imported.
+
+TFRS 0.7 is written against Keras 2. TensorFlow 2.20 ships Keras 3 as ``tf.keras``
+unless ``TF_USE_LEGACY_KERAS=1`` is set *before* ``import tensorflow``; after that it is
+too late, so every package ``__init__`` (and every script) imports this module first.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ INFO/WARNING lines (CPU feature guards, oneDNN notes) drown our own
+# progress output; errors still show. A user who wants them sets the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if os.environ["TF_USE_LEGACY_KERAS"] != "1":
+    raise RuntimeError(
+        "anirank needs Keras 2 (TFRS 0.7): TF_USE_LEGACY_KERAS is set to "
+        f"{os.environ['TF_USE_LEGACY_KERAS']!r}; unset it or set it to 1."
+    )

@@ -1,0 +1,89 @@
+"""Configuration of the data stages, as frozen dataclasses that round-trip through JSON.
+
+The feature config is saved into the feature tables' ``schema.json`` (and from there into
+every model's ``config.json``), so what produced a table is always recorded beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipelines.errors import InputError
+
+STATUSES = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING", "PLANNING")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """How the raw store becomes feature tables.
+
+    Attributes:
+      validation_fraction: last fraction (by time) of each user's entries held out for
+        validation, before the test fraction.
+      test_fraction: last fraction (by time) of each user's entries held out for test.
+      min_entries_to_split: users with fewer entries keep all of them in train.
+      time_columns: entry time used for the temporal split: the first non-NULL of these
+        columns. A user with any entry lacking all of them is split randomly (seeded).
+      interaction_statuses: list statuses that count as positive interactions for
+        retrieval (the user watched the title).
+      min_interaction_score: additionally require score >= this for an interaction
+        (0 keeps unscored entries; scores are POINT_100).
+      label_statuses: statuses whose scores are graded relevance labels for ranking;
+        only entries with score > 0 are labelled.
+      top_tags: how many of a title's highest-ranked tags become its tag feature.
+      min_tag_rank: AniList tag rank (0-100) below which a tag is ignored.
+      min_vocab_count: a studio/tag/source value must occur on at least this many
+        training titles to get its own vocabulary entry (rarer values map to OOV).
+      affinity_prior: pseudo-count that shrinks a user's genre/format score affinity
+        toward 0 when the user has few scored titles of that genre/format.
+      seed: seed of the random split used where entry times are missing.
+    """
+
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    min_entries_to_split: int = 5
+    time_columns: tuple[str, ...] = ("created_at", "updated_at", "completed_at")
+    interaction_statuses: tuple[str, ...] = ("COMPLETED", "CURRENT", "REPEATING")
+    min_interaction_score: int = 0
+    label_statuses: tuple[str, ...] = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING")
+    top_tags: int = 8
+    min_tag_rank: int = 50
+    min_vocab_count: int = 2
+    affinity_prior: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise InputError(f"`{name}` must be in [0, 1). Received: {name}={value}.")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise InputError(
+                "validation_fraction + test_fraction must leave some entries for train. "
+                f"Received: {self.validation_fraction} + {self.test_fraction}."
+            )
+        for name in ("interaction_statuses", "label_statuses"):
+            unknown = set(getattr(self, name)) - set(STATUSES)
+            if unknown:
+                raise InputError(
+                    f"`{name}` has unknown statuses {sorted(unknown)}; "
+                    f"valid statuses are {list(STATUSES)}."
+                )
+        bad_time = set(self.time_columns) - {"created_at", "updated_at", "completed_at"}
+        if bad_time or not self.time_columns:
+            raise InputError(
+                "`time_columns` must be a non-empty subset of created_at, updated_at, "
+                f"completed_at. Received: {list(self.time_columns)}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise InputError(f"Unknown FeatureConfig keys {sorted(unknown)}; known: {sorted(fields)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -1,0 +1,451 @@
+"""Raw store -> Parquet feature tables: the per-user split, user and anime features,
+vocabularies and normalisation statistics.
+
+Output directory (written to a temporary directory, then renamed into place):
+
+    interactions.parquet  user_id, media_id, time, status, score, split, is_interaction, is_label
+    users.parquet         one row per user: features from the *training split only*
+    anime.parquet         one row per title with metadata: features from the media table
+                          (plus train-split counts); the candidate table serving needs
+    schema.json           FeatureConfig, feature specs, vocabularies, numeric statistics
+                          (all fitted on the training split), counts, data fingerprint
+
+No leakage: each user's entries are ordered by time and the last ``test_fraction`` go to
+test, the ``validation_fraction`` before them to validation. Entries tied in time with a
+split boundary go to the earlier split, so every test entry is strictly later than every
+train and validation entry of that user. Users whose entries lack times are split in a
+seeded random order. Everything here is columnar: no Python loop over entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import store
+from pipelines.config import FeatureConfig
+from pipelines.errors import InputError
+
+SCHEMA_FILE = "schema.json"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One model input column.
+
+    Attributes:
+      name: column name in ``users.parquet`` or ``anime.parquet``.
+      entity: ``"user"`` or ``"anime"``.
+      kind: ``"id"`` (integer id, vocabulary of training ids), ``"categorical"`` (one
+        string), ``"multi"`` (list of strings, e.g. genres), ``"numeric"`` (one number,
+        normalised with training mean/std after ``transform``), or ``"vector"`` (fixed
+        length floats aligned with vocabulary ``vocab``, e.g. genre affinities).
+      vocab: name of the vocabulary in ``schema.json`` (categorical, multi, id, vector).
+      transform: ``"log1p"`` or ``"none"``, applied before normalisation.
+    """
+
+    name: str
+    entity: str
+    kind: str
+    vocab: str | None = None
+    transform: str = "none"
+
+
+# The one list of model inputs. towers/ and ranking/ build their layers from it (via the
+# copy saved in schema.json), so a feature is added here and nowhere else.
+FEATURES = (
+    FeatureSpec("user_id", "user", "id", vocab="user_id"),
+    FeatureSpec("n_train", "user", "numeric", transform="log1p"),
+    FeatureSpec("n_scored", "user", "numeric", transform="log1p"),
+    FeatureSpec("completed_count", "user", "numeric", transform="log1p"),
+    FeatureSpec("mean_score", "user", "numeric"),
+    FeatureSpec("std_score", "user", "numeric"),
+    FeatureSpec("dropped_ratio", "user", "numeric"),
+    FeatureSpec("planning_ratio", "user", "numeric"),
+    FeatureSpec("genre_share", "user", "vector", vocab="genres"),
+    FeatureSpec("genre_affinity", "user", "vector", vocab="genres"),
+    FeatureSpec("format_share", "user", "vector", vocab="format"),
+    FeatureSpec("format_affinity", "user", "vector", vocab="format"),
+    FeatureSpec("media_id", "anime", "id", vocab="media_id"),
+    FeatureSpec("format", "anime", "categorical", vocab="format"),
+    FeatureSpec("source", "anime", "categorical", vocab="source"),
+    FeatureSpec("season", "anime", "categorical", vocab="season"),
+    FeatureSpec("country", "anime", "categorical", vocab="country"),
+    FeatureSpec("studio", "anime", "categorical", vocab="studio"),
+    FeatureSpec("genres", "anime", "multi", vocab="genres"),
+    FeatureSpec("tags", "anime", "multi", vocab="tags"),
+    FeatureSpec("season_year", "anime", "numeric"),
+    FeatureSpec("episodes", "anime", "numeric", transform="log1p"),
+    FeatureSpec("duration", "anime", "numeric", transform="log1p"),
+    FeatureSpec("popularity", "anime", "numeric", transform="log1p"),
+    FeatureSpec("favourites", "anime", "numeric", transform="log1p"),
+    FeatureSpec("average_score", "anime", "numeric"),
+    FeatureSpec("train_count", "anime", "numeric", transform="log1p"),
+    FeatureSpec("train_mean_score", "anime", "numeric"),
+    FeatureSpec("is_adult", "anime", "numeric"),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Split.
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fast, well-mixed integer hash, vectorised."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """Adds ``time`` (the split time, NULL if unknown) and ``split`` to ``entries``.
+
+    Returns a copy sorted by (user_id, order key, media_id), where the order key is the
+    entry time for users whose entries all have one and a seeded hash of (user, media)
+    for the others, so the random split does not depend on row order.
+    """
+    frame = entries.copy()
+    when = frame[config.time_columns[0]]
+    for column in config.time_columns[1:]:
+        when = when.fillna(frame[column])
+    frame["time"] = when.astype("Int64")
+    user = frame["user_id"].to_numpy()
+    missing = frame["time"].isna().to_numpy()
+    untimed_users = np.unique(user[missing])
+    random_order = np.isin(user, untimed_users)
+    with np.errstate(over="ignore"):
+        salt = _mix64(np.uint64(config.seed) + np.uint64(0x9E3779B97F4A7C15))
+        hashed = _mix64(_mix64(user.astype(np.uint64) ^ salt)
+                        + frame["media_id"].to_numpy().astype(np.uint64))
+    # Both kinds of key are compared only within one user, so mixing them is safe.
+    key = np.where(random_order, (hashed >> np.uint64(2)).astype(np.int64),
+                   frame["time"].fillna(0).to_numpy(np.int64))
+    order = np.lexsort((frame["media_id"].to_numpy(), key, user))
+    frame = frame.iloc[order].reset_index(drop=True)
+    key, user = key[order], user[order]
+
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    sizes = np.diff(np.r_[starts, len(user)])
+    split_users = sizes >= config.min_entries_to_split
+
+    def held_out(fraction: float) -> np.ndarray:
+        if fraction <= 0:
+            return np.zeros_like(sizes)
+        return np.where(split_users, np.maximum(1, np.round(sizes * fraction)), 0).astype(int)
+
+    n_test = held_out(config.test_fraction)
+    n_val = held_out(config.validation_fraction)
+
+    def after(n_last: np.ndarray) -> np.ndarray:
+        # Entries strictly later than the last entry before the final ``n_last``:
+        # ties with the boundary stay on the earlier side, so nothing leaks backwards.
+        boundary = key[starts + np.maximum(sizes - n_last - 1, 0)]
+        later = key > np.repeat(boundary, sizes)
+        return later & np.repeat(n_last > 0, sizes)
+
+    test = after(n_test)
+    validation = after(n_test + n_val) & ~test
+    split = np.full(len(frame), "train", dtype=object)
+    split[validation] = "validation"
+    split[test] = "test"
+    frame["split"] = pd.Categorical(split, categories=SPLITS)
+    frame["random_split"] = random_order[order]
+    return frame
+
+
+# ---------------------------------------------------------------------------------------
+# Feature tables.
+
+def _vocab(values: pd.Series, min_count: int) -> list[str]:
+    """Sorted values seen at least ``min_count`` times (ties broken by name)."""
+    counts = values.dropna().value_counts()
+    return sorted(counts[counts >= min_count].index.tolist())
+
+
+def _multi_hot(lists: pd.Series, vocab: list[str]) -> np.ndarray:
+    """``[len(lists), len(vocab)]`` bool matrix from a Series of string lists."""
+    exploded = lists.explode()
+    codes = pd.Categorical(exploded, categories=vocab).codes
+    rows = np.arange(len(lists)).repeat(lists.str.len().fillna(0).astype(int).clip(lower=1))
+    hot = np.zeros((len(lists), len(vocab)), bool)
+    keep = codes >= 0
+    hot[rows[keep], codes[keep]] = True
+    return hot
+
+
+def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    anime = pd.DataFrame({
+        "media_id": media["media_id"],
+        "title": media["title_english"].fillna(media["title_romaji"]),
+        "title_romaji": media["title_romaji"],
+        "format": media["format"], "source": media["source"], "season": media["season"],
+        "country": media["country"], "studio": media["studio"],
+        "genres": media["genres"],
+        "tags": [[t["name"] for t in sorted(tags, key=lambda t: -t.get("rank", 0))
+                  if t.get("rank", 0) >= config.min_tag_rank][: config.top_tags]
+                 for tags in media["tags"]],
+        "season_year": media["season_year"].astype("float64"),
+        "episodes": media["episodes"].astype("float64"),
+        "duration": media["duration"].astype("float64"),
+        "popularity": media["popularity"].astype("float64"),
+        "favourites": media["favourites"].astype("float64"),
+        "average_score": media["average_score"].astype("float64"),
+        "is_adult": media["is_adult"].astype("float64"),
+        "status": media["status"],
+    })
+    per_title = train.groupby("media_id", observed=True)
+    anime["train_count"] = anime["media_id"].map(per_title["is_interaction"].sum()).fillna(0)
+    scored = train[train["score"] > 0].groupby("media_id")["score"].mean()
+    anime["train_mean_score"] = anime["media_id"].map(scored).astype("float64")
+    return anime
+
+
+def _user_table(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
+                config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
+    users, u = np.unique(train["user_id"].to_numpy(), return_inverse=True)
+    n = len(users)
+    row = pd.Index(anime["media_id"]).get_indexer(train["media_id"])
+    score = train["score"].to_numpy().astype(np.float64)
+    scored = score > 0
+    status = train["status"].astype(str).to_numpy()
+
+    n_train = np.bincount(u, minlength=n)
+    n_scored = np.bincount(u, weights=scored, minlength=n)
+    total = np.bincount(u, weights=score * scored, minlength=n)
+    total_sq = np.bincount(u, weights=score ** 2 * scored, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_scored > 0, total / n_scored, global_mean)
+        std = np.where(n_scored > 1, np.sqrt(np.maximum(total_sq / n_scored - mean ** 2, 0)), 0.0)
+    planning = np.bincount(u, weights=status == "PLANNING", minlength=n)
+    started = np.maximum(n_train - planning, 1)
+    frame = pd.DataFrame({
+        "user_id": users,
+        "n_train": n_train.astype(np.int64),
+        "n_interactions": np.bincount(u, weights=train["is_interaction"], minlength=n).astype(np.int64),
+        "n_scored": n_scored.astype(np.int64),
+        "completed_count": np.bincount(u, weights=status == "COMPLETED", minlength=n).astype(np.int64),
+        "mean_score": mean, "std_score": std,
+        "dropped_ratio": np.bincount(u, weights=status == "DROPPED", minlength=n) / started,
+        "planning_ratio": planning / n_train,
+    })
+
+    # Genre and format taste: how much of the list falls in each (share), and how the
+    # user scores it against their own mean (affinity, shrunk toward 0 when evidence is thin).
+    deviation = np.where(scored, score - mean[u], 0.0)
+    vectors = {}
+    for name, hot in (("genre", _multi_hot(anime["genres"], vocab["genres"])),
+                      ("format", np.asarray(pd.get_dummies(
+                          pd.Categorical(anime["format"], categories=vocab["format"])),
+                          dtype=bool))):
+        share = np.empty((n, hot.shape[1]), np.float32)
+        affinity = np.empty((n, hot.shape[1]), np.float32)
+        known = row >= 0
+        for j in range(hot.shape[1]):
+            member = np.zeros(len(u), bool)
+            member[known] = hot[row[known], j]
+            share[:, j] = np.bincount(u, weights=member, minlength=n) / n_train
+            evidence = np.bincount(u, weights=member & scored, minlength=n)
+            affinity[:, j] = (np.bincount(u, weights=member * deviation, minlength=n)
+                              / (evidence + config.affinity_prior))
+        vectors[f"{name}_share"] = share
+        vectors[f"{name}_affinity"] = affinity
+    return frame, vectors
+
+
+def _numeric_stats(frame: pd.DataFrame, entity: str) -> dict:
+    stats = {}
+    for spec in FEATURES:
+        if spec.entity == entity and spec.kind == "numeric":
+            values = frame[spec.name].astype("float64")
+            if spec.transform == "log1p":
+                values = np.log1p(values.clip(lower=0))
+            mean, std = values.mean(), values.std(ddof=0)
+            stats[spec.name] = {
+                "mean": float(0.0 if np.isnan(mean) else mean),
+                "std": float(1.0 if not std or np.isnan(std) else std),
+                "missing": float(values.isna().mean()),
+            }
+    return stats
+
+
+def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name, matrix in vectors.items():
+        flat = pa.array(matrix.reshape(-1), type=pa.float32())
+        table = table.append_column(name, pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]))
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_vector(table: pd.DataFrame, column: str) -> np.ndarray:
+    """A fixed-size list column of a feature table as a ``[rows, width]`` float32 array."""
+    values = table[column].to_numpy()
+    return np.stack(values).astype(np.float32) if len(values) else np.zeros((0, 0), np.float32)
+
+
+def load(directory: str | os.PathLike) -> dict:
+    """Reads a feature directory: ``{"schema", "interactions", "users", "anime"}``."""
+    directory = Path(directory)
+    schema_path = directory / SCHEMA_FILE
+    if not schema_path.exists():
+        raise InputError(f"{directory} is not a feature directory (no {SCHEMA_FILE}); "
+                         "create one with `python -m pipelines features`.")
+    out = {"schema": json.loads(schema_path.read_text())}
+    for name in ("interactions", "users", "anime"):
+        out[name] = pd.read_parquet(directory / f"{name}.parquet")
+    return out
+
+
+def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    digest.update(pd.util.hash_pandas_object(entries, index=False).to_numpy().tobytes())
+    flat = media.assign(genres=media["genres"].map(json.dumps), tags=media["tags"].map(json.dumps))
+    digest.update(pd.util.hash_pandas_object(flat, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig()):
+    """The feature computation, in memory: entries + media -> tables and schema.
+
+    Returns:
+      ``(interactions, users, user_vectors, anime, schema)``.
+    """
+    if entries.empty:
+        raise InputError("The raw store has no list entries: nothing to build features from.")
+    timings = {}
+    tick = time.perf_counter()
+    known = entries["media_id"].isin(media["media_id"])
+    dropped_unknown = int((~known).sum())
+    frame = assign_split(entries[known], config)
+    timings["split"] = time.perf_counter() - tick
+
+    score = frame["score"].to_numpy()
+    status = frame["status"].astype(str)
+    frame["is_interaction"] = (status.isin(config.interaction_statuses).to_numpy()
+                               & (score >= config.min_interaction_score))
+    frame["is_label"] = status.isin(config.label_statuses).to_numpy() & (score > 0)
+    train = frame[frame["split"] == "train"]
+    global_mean = float(train.loc[train["score"] > 0, "score"].mean()) if (train["score"] > 0).any() else 0.0
+
+    tick = time.perf_counter()
+    anime = _anime_table(media, train, config)
+    trained_titles = anime[anime["media_id"].isin(train["media_id"].unique())]
+    vocab = {
+        "user_id": np.unique(train["user_id"]).tolist(),
+        "media_id": trained_titles["media_id"].tolist(),
+        "format": _vocab(trained_titles["format"], 1),
+        "source": _vocab(trained_titles["source"], 1),
+        "season": _vocab(trained_titles["season"], 1),
+        "country": _vocab(trained_titles["country"], 1),
+        "studio": _vocab(trained_titles["studio"], config.min_vocab_count),
+        "genres": _vocab(trained_titles["genres"].explode(), 1),
+        "tags": _vocab(trained_titles["tags"].explode(), config.min_vocab_count),
+    }
+    users, user_vectors = _user_table(train, anime, vocab, config, global_mean)
+    timings["features"] = time.perf_counter() - tick
+
+    counts = {"users": len(users), "anime": len(anime), "entries": len(frame),
+              "entries_without_media": dropped_unknown,
+              "random_split_users": int(frame.loc[frame["random_split"], "user_id"].nunique()),
+              "sparsity": 1.0 - len(frame) / max(1, frame["user_id"].nunique() * len(anime))}
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        counts[split] = {"entries": len(part), "interactions": int(part["is_interaction"].sum()),
+                         "labels": int(part["is_label"].sum()),
+                         "users": int(part["user_id"].nunique())}
+    schema = {
+        "config": config.to_dict(),
+        "features": [dataclasses.asdict(f) for f in FEATURES],
+        "vocab": vocab,
+        "stats": {"user": _numeric_stats(users, "user"),
+                  "anime": _numeric_stats(trained_titles, "anime"),
+                  "global_mean_score": global_mean},
+        "counts": counts,
+        "fingerprint": _fingerprint(entries, media),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    interactions = frame[["user_id", "media_id", "time", "status", "score", "split",
+                          "is_interaction", "is_label"]]
+    return interactions, users, user_vectors, anime, schema
+
+
+def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "data/features",
+        config: FeatureConfig = FeatureConfig(), *, progress: bool = True) -> dict:
+    """Stage function behind ``python -m pipelines features``: store -> Parquet tables.
+
+    The tables are written into a temporary sibling directory and renamed to ``out``
+    only when all of them are complete; an existing ``out`` is replaced.
+
+    Returns:
+      The ``counts`` section of the schema plus ``out`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    conn = store.connect(db, readonly=True)
+    try:
+        tick = time.perf_counter()
+        entries = store.read_entries(conn)
+        media = store.read_media(conn)
+        read_seconds = time.perf_counter() - tick
+    finally:
+        conn.close()
+    interactions, users, user_vectors, anime, schema = build(entries, media, config)
+    del entries
+    schema["timings"]["read"] = round(read_seconds, 2)
+
+    tick = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        interactions.to_parquet(tmp / "interactions.parquet", index=False, compression="zstd")
+        _write_parquet(users, user_vectors, tmp / "users.parquet")
+        anime.to_parquet(tmp / "anime.parquet", index=False, compression="zstd")
+        schema["timings"]["write"] = round(time.perf_counter() - tick, 2)
+        # schema.json last: a directory with a schema is a complete one.
+        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, sort_keys=True))
+        if out.exists():
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    summary = dict(schema["counts"], out=str(out),
+                   seconds=round(time.perf_counter() - start, 2))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A few human lines about a feature run."""
+    lines = [f"feature tables in {summary['out']} ({summary['seconds']} s)",
+             f"  users {summary['users']:,}  anime {summary['anime']:,}  "
+             f"entries {summary['entries']:,}  sparsity {summary['sparsity']:.4%}"]
+    for split in SPLITS:
+        part = summary[split]
+        lines.append(f"  {split:<10} entries {part['entries']:>10,}  interactions "
+                     f"{part['interactions']:>10,}  labels {part['labels']:>10,}  "
+                     f"users {part['users']:>7,}")
+    if summary["random_split_users"]:
+        lines.append(f"  {summary['random_split_users']:,} users without entry times: "
+                     "split in seeded random order")
+    if summary["entries_without_media"]:
+        lines.append(f"  skipped {summary['entries_without_media']:,} entries of titles "
+                     "with no metadata in the store (run `data_query.py media`)")
+    return "\n".join(lines)

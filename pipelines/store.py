@@ -1,0 +1,353 @@
+"""The raw store: one SQLite file that mirrors AniList. The only module that writes SQL.
+
+Every source (the crawler, the Kaggle importers, the synthetic generator) writes these
+tables through the upserts below, so every stage after the store is source-agnostic.
+Writes are idempotent: an upsert keyed by the primary key replaces the row, so loading
+the same source twice gives the same store.
+
+Conventions: times are Unix seconds; a missing value is NULL, never a made-up number;
+``entries.score`` is AniList POINT_100 (1-100, 0 = not scored); list columns of
+``media`` (``genres``, ``tags``) are JSON text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+USER_COLUMNS = (
+    "user_id", "name", "created_at", "updated_at", "anime_count", "mean_score",
+    "std_score", "minutes_watched", "episodes_watched", "fetched_at",
+)
+MEDIA_COLUMNS = (
+    "media_id", "id_mal", "title_romaji", "title_english", "format", "status",
+    "episodes", "duration", "source", "season", "season_year", "average_score",
+    "mean_score", "popularity", "favourites", "is_adult", "country", "studio",
+    "genres", "tags", "description", "fetched_at",
+)
+ENTRY_COLUMNS = (
+    "user_id", "media_id", "score", "status", "progress", "repeat", "is_favourite",
+    "created_at", "updated_at", "completed_at",
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS users (
+    user_id          INTEGER PRIMARY KEY,
+    name             TEXT,
+    created_at       INTEGER,
+    updated_at       INTEGER,
+    anime_count      INTEGER,
+    mean_score       REAL,
+    std_score        REAL,
+    minutes_watched  INTEGER,
+    episodes_watched INTEGER,
+    fetched_at       INTEGER
+);
+CREATE TABLE IF NOT EXISTS media (
+    media_id      INTEGER PRIMARY KEY,
+    id_mal        INTEGER,
+    title_romaji  TEXT,
+    title_english TEXT,
+    format        TEXT,
+    status        TEXT,
+    episodes      INTEGER,
+    duration      INTEGER,
+    source        TEXT,
+    season        TEXT,
+    season_year   INTEGER,
+    average_score INTEGER,
+    mean_score    INTEGER,
+    popularity    INTEGER,
+    favourites    INTEGER,
+    is_adult      INTEGER,
+    country       TEXT,
+    studio        TEXT,
+    genres        TEXT,
+    tags          TEXT,
+    description   TEXT,
+    fetched_at    INTEGER
+);
+-- WITHOUT ROWID clusters a user's entries together on disk: reads by user are sequential.
+CREATE TABLE IF NOT EXISTS entries (
+    user_id      INTEGER NOT NULL,
+    media_id     INTEGER NOT NULL,
+    score        INTEGER NOT NULL DEFAULT 0 CHECK (score BETWEEN 0 AND 100),
+    status       TEXT NOT NULL CHECK (status IN
+                 ('COMPLETED','CURRENT','PAUSED','DROPPED','REPEATING','PLANNING')),
+    progress     INTEGER,
+    repeat       INTEGER,
+    is_favourite INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER,
+    updated_at   INTEGER,
+    completed_at INTEGER,
+    PRIMARY KEY (user_id, media_id)
+) WITHOUT ROWID;
+-- Crawl state: one row per (kind, item), e.g. ('lists', 5123) -> done / failed / skipped.
+CREATE TABLE IF NOT EXISTS crawl_state (
+    kind       TEXT NOT NULL,
+    item_id    INTEGER NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('pending','done','failed','skipped')),
+    message    TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER,
+    PRIMARY KEY (kind, item_id)
+) WITHOUT ROWID;
+-- Named cursors (e.g. the next page of a user discovery query).
+CREATE TABLE IF NOT EXISTS crawl_cursor (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+
+
+def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Connection:
+    """Opens (and, unless ``readonly``, creates) the raw store at ``path``.
+
+    WAL mode lets readers (the feature pipeline, a notebook) work while a crawl writes;
+    ``synchronous=NORMAL`` is durable across application crashes in WAL mode and only
+    risks the last transactions on power loss.
+
+    Raises:
+      StoreError: the file is missing (``readonly``), not SQLite, or of another schema.
+    """
+    path = Path(path)
+    if readonly and not path.exists():
+        raise StoreError(
+            f"No raw store at {path}. Create one with `python -m pipelines synth --db {path}`, "
+            "`python -m pipelines import-kaggle`, or `python data_query.py`."
+        )
+    if not readonly:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    uri = f"file:{path}?mode=ro" if readonly else str(path)
+    conn = sqlite3.connect(uri, uri=readonly, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL" if not readonly else "PRAGMA query_only=1")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA cache_size=-131072")  # 128 MiB page cache for bulk loads
+        if not readonly:
+            conn.executescript(_SCHEMA)
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise StoreError(f"{path} is not an anirank raw store ({err}).") from err
+    if version is None or int(version[0]) != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"{path} has raw-store schema version {version and version[0]}, this anirank "
+            f"reads version {SCHEMA_VERSION}; re-create the store with this version."
+        )
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``with transaction(conn):`` commits everything inside at once, or nothing."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple]:
+    """DataFrame -> tuples of plain Python values, with NaN/NA/NaT as None (SQL NULL)."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"Rows to upsert lack columns {missing}; expected {list(columns)}.")
+    lists = []
+    for column in columns:
+        values = frame[column]
+        if values.dtype.kind in "iub":  # no nulls possible: fast path
+            lists.append(values.to_numpy().tolist())
+        elif values.dtype.kind == "f" and column not in _REAL_COLUMNS:
+            # An integer column that pandas widened to float to hold NaN.
+            mask = values.isna().to_numpy()
+            ints = np.where(mask, 0, values.to_numpy()).astype(np.int64).tolist()
+            lists.append([None if m else v for m, v in zip(mask.tolist(), ints)])
+        else:
+            lists.append(values.astype(object).where(values.notna(), None).tolist())
+    return zip(*lists)
+
+
+_REAL_COLUMNS = {"mean_score", "std_score"}
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: Sequence[str],
+            columns: Sequence[str], frame: pd.DataFrame) -> int:
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in key)
+    sql = (f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+           f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates}")
+    conn.executemany(sql, _rows(frame, columns))
+    return len(frame)
+
+
+def upsert_users(conn: sqlite3.Connection, users: pd.DataFrame) -> int:
+    """Inserts or replaces users (columns: ``USER_COLUMNS``). Returns the row count."""
+    return _upsert(conn, "users", ("user_id",), USER_COLUMNS, users)
+
+
+def upsert_media(conn: sqlite3.Connection, media: pd.DataFrame) -> int:
+    """Inserts or replaces media (columns: ``MEDIA_COLUMNS``).
+
+    ``genres`` is a list of names and ``tags`` a list of ``{"name", "rank"}`` dicts (or
+    None); they are stored as JSON text.
+    """
+    media = media.copy()
+    for column in ("genres", "tags"):
+        media[column] = [None if v is None else json.dumps(list(v), ensure_ascii=False)
+                         for v in media[column]]
+    return _upsert(conn, "media", ("media_id",), MEDIA_COLUMNS, media)
+
+
+def upsert_entries(conn: sqlite3.Connection, entries: pd.DataFrame) -> int:
+    """Inserts or replaces list entries (columns: ``ENTRY_COLUMNS``)."""
+    return _upsert(conn, "entries", ("user_id", "media_id"), ENTRY_COLUMNS, entries)
+
+
+def refresh_user_stats(conn: sqlite3.Connection, user_ids: Iterable[int] | None = None) -> int:
+    """Recomputes users' list statistics from their entries.
+
+    For sources without AniList's own statistics (Kaggle dumps, the synthetic world),
+    computed the way AniList reports them: ``anime_count`` counts entries that are not
+    PLANNING, ``mean_score``/``std_score`` (population) cover scored entries,
+    ``episodes_watched`` sums progress and ``minutes_watched`` sums progress x duration
+    (NULL where progress or duration is unknown). Users with entries but no row are
+    created.
+
+    Args:
+      user_ids: the users to recompute; None means every user whose ``anime_count`` is
+        NULL (rows just created or written without statistics).
+
+    Returns:
+      The number of users updated.
+    """
+    conn.execute("INSERT OR IGNORE INTO users(user_id) SELECT DISTINCT user_id FROM entries")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS stale(user_id INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM stale")
+    if user_ids is None:
+        conn.execute("INSERT INTO stale SELECT user_id FROM users WHERE anime_count IS NULL")
+    else:
+        conn.executemany("INSERT OR IGNORE INTO stale VALUES (?)", ((int(u),) for u in user_ids))
+    rows = conn.execute(
+        """
+        SELECT e.user_id,
+               SUM(e.status != 'PLANNING'),
+               AVG(CASE WHEN e.score > 0 THEN e.score END),
+               AVG(CASE WHEN e.score > 0 THEN e.score * e.score END),
+               SUM(e.progress),
+               SUM(e.progress * m.duration)
+        FROM stale s
+        JOIN entries e ON e.user_id = s.user_id
+        LEFT JOIN media m ON m.media_id = e.media_id
+        GROUP BY e.user_id
+        """
+    ).fetchall()
+    updates = []
+    for user_id, count, mean, mean_sq, episodes, minutes in rows:
+        std = None if mean is None else float(np.sqrt(max(mean_sq - mean * mean, 0.0)))
+        updates.append((count, mean, std, minutes, episodes, user_id))
+    conn.executemany(
+        "UPDATE users SET anime_count=?, mean_score=?, std_score=?, minutes_watched=?, "
+        "episodes_watched=? WHERE user_id=?",
+        updates,
+    )
+    return len(updates)
+
+
+# ---------------------------------------------------------------------------------------
+# Reads. Columnar: rows are fetched in blocks and turned into typed numpy columns, so a
+# 7M-entry store reads in seconds without holding 7M Python tuples at once.
+
+_ENTRY_DTYPES = {
+    "user_id": "int64", "media_id": "int64", "score": "int16", "status": "category",
+    "progress": "Int32", "repeat": "Int16", "is_favourite": "bool",
+    "created_at": "Int64", "updated_at": "Int64", "completed_at": "Int64",
+}
+
+
+def _read(conn: sqlite3.Connection, sql: str, columns: Sequence[str],
+          dtypes: dict[str, str], block: int = 500_000) -> pd.DataFrame:
+    cursor = conn.execute(sql)
+    parts = []
+    while rows := cursor.fetchmany(block):
+        part = pd.DataFrame.from_records(rows, columns=list(columns))
+        parts.append(part.astype({c: dtypes[c] for c in columns if c in dtypes}))
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "object")) for c in columns})
+    frame = pd.concat(parts, ignore_index=True)
+    # pd.concat of per-block categoricals with different categories falls back to object.
+    for column, dtype in dtypes.items():
+        if dtype == "category" and column in frame:
+            frame[column] = frame[column].astype("category")
+    return frame
+
+
+def read_entries(conn: sqlite3.Connection) -> pd.DataFrame:
+    """All list entries, ordered by (user_id, media_id), with nullable integer columns."""
+    columns = ENTRY_COLUMNS
+    return _read(conn, f"SELECT {', '.join(columns)} FROM entries ORDER BY user_id, media_id",
+                 columns, _ENTRY_DTYPES)
+
+
+def read_media(conn: sqlite3.Connection) -> pd.DataFrame:
+    """All media, ordered by media_id, with ``genres``/``tags`` decoded from JSON."""
+    dtypes = {c: "Int64" for c in ("id_mal", "episodes", "duration", "season_year",
+                                   "average_score", "mean_score", "popularity",
+                                   "favourites", "fetched_at")}
+    dtypes.update(media_id="int64", is_adult="boolean")
+    frame = _read(conn, f"SELECT {', '.join(MEDIA_COLUMNS)} FROM media ORDER BY media_id",
+                  MEDIA_COLUMNS, dtypes)
+    for column in ("genres", "tags"):
+        frame[column] = [[] if v is None else json.loads(v) for v in frame[column]]
+    return frame
+
+
+def read_users(conn: sqlite3.Connection) -> pd.DataFrame:
+    """All users, ordered by user_id."""
+    dtypes = {c: "Int64" for c in USER_COLUMNS if c not in ("name", "mean_score", "std_score")}
+    dtypes.update(user_id="int64", mean_score="float64", std_score="float64")
+    return _read(conn, f"SELECT {', '.join(USER_COLUMNS)} FROM users ORDER BY user_id",
+                 USER_COLUMNS, dtypes)
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Row counts of the data tables."""
+    return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("users", "media", "entries")}
+
+
+def fingerprint(conn: sqlite3.Connection) -> str:
+    """A content hash of users, media and entries: equal stores give equal fingerprints.
+
+    Used by tests (determinism, idempotent re-import) and recorded in feature tables and
+    model configs so a report says exactly which data produced it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for table, key in (("users", "user_id"), ("media", "media_id"),
+                       ("entries", "user_id, media_id")):
+        cursor = conn.execute(f"SELECT * FROM {table} ORDER BY {key}")
+        while rows := cursor.fetchmany(100_000):
+            digest.update(repr(rows).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,45 @@
+"""Shared fixtures: small seeded synthetic worlds and their feature tables."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines import features, store, synth  # noqa: E402
+
+TINY = dict(users=400, anime=300, entries_per_user=40, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory) -> Path:
+    """A 400-user, 300-anime synthetic world (about 16k entries)."""
+    db = tmp_path_factory.mktemp("tiny") / "tiny.db"
+    synth.run(db, progress=False, **TINY)
+    return db
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory) -> Path:
+    """The default demo world (3k users, 2k anime, ~320k entries): a few seconds."""
+    db = tmp_path_factory.mktemp("demo") / "demo.db"
+    synth.run(db, progress=False)
+    return db
+
+
+@pytest.fixture(scope="session")
+def demo_features(demo_db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_features") / "features"
+    features.run(demo_db, out, progress=False)
+    return features.load(out)
+
+
+@pytest.fixture(scope="session")
+def demo_raw(demo_db):
+    conn = store.connect(demo_db, readonly=True)
+    try:
+        return {"entries": store.read_entries(conn), "media": store.read_media(conn),
+                "users": store.read_users(conn)}
+    finally:
+        conn.close()

@@ -1,0 +1,136 @@
+"""Raw store: schema, idempotent upserts, NULL round trips, statistics, clear errors."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import store
+from pipelines.errors import StoreError
+
+
+def _entries(**overrides):
+    rows = {
+        "user_id": [1, 1, 1, 1, 2],
+        "media_id": [10, 11, 12, 13, 10],
+        "score": [80, 60, 0, 0, 90],
+        "status": ["COMPLETED", "DROPPED", "PLANNING", "CURRENT", "COMPLETED"],
+        "progress": [12, 3, 0, np.nan, 12],
+        "repeat": [0, 0, 0, 0, 1],
+        "is_favourite": [1, 0, 0, 0, 0],
+        "created_at": [100, 200, 300, np.nan, 100],
+        "updated_at": [150, 250, 300, 400, 100],
+        "completed_at": [150, np.nan, np.nan, np.nan, 100],
+    }
+    rows.update(overrides)
+    return pd.DataFrame(rows)
+
+
+def _media():
+    return pd.DataFrame({
+        "media_id": [10, 11, 12, 13], "id_mal": [1, 2, None, 4],
+        "title_romaji": ["A", "B", "C", "D"], "title_english": [None, "Bee", None, None],
+        "format": ["TV", "MOVIE", "OVA", "TV"], "status": ["FINISHED"] * 4,
+        "episodes": [12, 1, None, 24], "duration": [24, 100, 30, None],
+        "source": ["MANGA"] * 4, "season": ["FALL"] * 4, "season_year": [2020] * 4,
+        "average_score": [70, 80, None, 60], "mean_score": [71, 81, None, 61],
+        "popularity": [1000, 50, 10, 5], "favourites": [10, 1, 0, 0],
+        "is_adult": [0, 0, 1, 0], "country": ["JP"] * 4, "studio": ["S", "T", None, "S"],
+        "genres": [["Action"], ["Drama", "Romance"], [], ["Action", "Comedy"]],
+        "tags": [[{"name": "Gore", "rank": 80}], [], None, []],
+        "description": [None] * 4, "fetched_at": [None] * 4,
+    })
+
+
+def test_connect_creates_schema_in_wal_mode(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"users", "media", "entries", "crawl_state", "crawl_cursor", "meta"} <= tables
+
+
+def test_upserts_are_idempotent_and_replace_by_key(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    store.upsert_media(conn, _media())
+    store.upsert_entries(conn, _entries())
+    first = store.fingerprint(conn)
+    store.upsert_media(conn, _media())
+    store.upsert_entries(conn, _entries())
+    assert store.fingerprint(conn) == first
+    assert store.counts(conn) == {"users": 0, "media": 4, "entries": 5}
+
+    store.upsert_entries(conn, _entries().iloc[[0]].assign(score=95))
+    entries = store.read_entries(conn)
+    assert len(entries) == 5
+    assert entries.loc[(entries.user_id == 1) & (entries.media_id == 10), "score"].item() == 95
+
+
+def test_nulls_round_trip_as_missing_not_numbers(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    store.upsert_media(conn, _media())
+    store.upsert_entries(conn, _entries())
+    entries = store.read_entries(conn).set_index(["user_id", "media_id"])
+    assert entries.loc[(1, 13), "progress"] is pd.NA
+    assert entries.loc[(1, 13), "created_at"] is pd.NA
+    assert entries.loc[(1, 11), "completed_at"] is pd.NA
+    assert entries.loc[(1, 10), "completed_at"] == 150
+    media = store.read_media(conn).set_index("media_id")
+    assert media.loc[12, "episodes"] is pd.NA and media.loc[12, "id_mal"] is pd.NA
+    assert media.loc[11, "genres"] == ["Drama", "Romance"]
+    assert media.loc[10, "tags"] == [{"name": "Gore", "rank": 80}]
+    assert media.loc[12, "tags"] == []
+    assert conn.execute("SELECT tags FROM media WHERE media_id=12").fetchone()[0] is None
+
+
+def test_entries_reject_invalid_status_and_score(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    with pytest.raises(Exception, match="CHECK"):
+        store.upsert_entries(conn, _entries(status=["WATCHING"] * 5))
+    with pytest.raises(Exception, match="CHECK"):
+        store.upsert_entries(conn, _entries(score=[101, 0, 0, 0, 0]))
+
+
+def test_refresh_user_stats_matches_hand_computed_values(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    store.upsert_media(conn, _media())
+    store.upsert_entries(conn, _entries())
+    assert store.refresh_user_stats(conn) == 2
+    users = store.read_users(conn).set_index("user_id")
+    # User 1: not-PLANNING entries = 3; scored = 80, 60 -> mean 70, population std 10;
+    # episodes = 12 + 3 + 0 (+ NULL) = 15; minutes = 12*24 + 3*100 + 0*30 = 588.
+    assert users.loc[1, "anime_count"] == 3
+    assert users.loc[1, "mean_score"] == 70.0
+    assert math.isclose(users.loc[1, "std_score"], 10.0)
+    assert users.loc[1, "episodes_watched"] == 15
+    assert users.loc[1, "minutes_watched"] == 588
+    assert users.loc[2, "mean_score"] == 90.0 and users.loc[2, "std_score"] == 0.0
+
+    # Only NULL-stat users are refreshed by default; named users are always recomputed.
+    store.upsert_entries(conn, _entries().iloc[[4]].assign(score=50))
+    assert store.refresh_user_stats(conn) == 0
+    assert store.refresh_user_stats(conn, [2]) == 1
+    assert store.read_users(conn).set_index("user_id").loc[2, "mean_score"] == 50.0
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    with pytest.raises(RuntimeError):
+        with store.transaction(conn):
+            store.upsert_entries(conn, _entries())
+            raise RuntimeError("crash mid-write")
+    assert store.counts(conn)["entries"] == 0
+
+
+def test_errors_name_the_bad_store(tmp_path):
+    with pytest.raises(StoreError, match="No raw store at .*missing.db.*synth"):
+        store.connect(tmp_path / "missing.db", readonly=True)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="not an anirank raw store"):
+        store.connect(junk)
+    conn = store.connect(tmp_path / "old.db")
+    conn.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 0"):
+        store.connect(tmp_path / "old.db")
