@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from pipelines import store
 from pipelines.config import FeatureConfig
@@ -394,6 +395,9 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     """
     start = time.perf_counter()
     out = Path(out)
+    bar = tqdm(total=3, desc="features", bar_format="{desc}: {n}/{total} {postfix} [{elapsed}]",
+               disable=not progress)
+    bar.set_postfix_str("reading the raw store")
     conn = store.connect(db, readonly=True)
     try:
         tick = time.perf_counter()
@@ -402,9 +406,13 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
         read_seconds = time.perf_counter() - tick
     finally:
         conn.close()
+    bar.update()
+    bar.set_postfix_str(f"splitting and computing features of {len(entries):,} entries")
     interactions, users, user_vectors, anime, schema = build(entries, media, config)
     del entries
     schema["timings"]["read"] = round(read_seconds, 2)
+    bar.update()
+    bar.set_postfix_str(f"writing {out}")
 
     tick = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -427,6 +435,8 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    bar.update()
+    bar.close()
     summary = dict(schema["counts"], out=str(out),
                    seconds=round(time.perf_counter() - start, 2))
     return summary
