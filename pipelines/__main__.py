@@ -11,18 +11,20 @@ import json
 import sys
 
 from pipelines import _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import FeatureConfig
+from pipelines.config import FeatureConfig, RetrievalConfig
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
+DEFAULT_MODEL = "data/model"
 
 STAGES = """\
 stages (data flows top to bottom; each reads what the one before it wrote):
   synth           seeded synthetic AniList world -> raw store (+ ground truth)
   import-kaggle   Kaggle MyAnimeList CSV dumps -> raw store
   features        raw store -> Parquet feature tables (split, user/anime features, vocab)
-  run             the whole job on the embedded default data: synth, then features
+  train-retrieval feature tables -> two-tower model, ScaNN index, test metrics (model dir)
+  run             the whole job on the embedded default data: synth, features, retrieval
 
 """
 
@@ -63,6 +65,39 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=int, default=defaults.seed,
                        help="seed of the random split for users without entry times "
                             "(default: %(default)s)")
+
+
+def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
+    d = RetrievalConfig()
+    group = parser.add_argument_group("retrieval model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"model directory, replaced atomically (default: {DEFAULT_MODEL})")
+    group.add_argument("--ids-only", action="store_true",
+                       help="train on user and anime ids alone (no side features)")
+    group.add_argument("--no-ablation", action="store_true",
+                       help="skip training the id-only two-tower that the metrics compare against")
+    group.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
+                       help="tower output size (default: %(default)s)")
+    group.add_argument("--temperature", type=float, default=d.temperature,
+                       help="softmax temperature over cosine scores (default: %(default)s)")
+    group.add_argument("--no-logq", action="store_true",
+                       help="turn off the sampling-bias (logQ) correction of in-batch negatives")
+    group.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    group.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                       help="Adam learning rate (default: %(default)s)")
+    group.add_argument("--max-epochs", type=int, default=d.max_epochs,
+                       help="upper bound; training stops early when validation Recall@100 "
+                            "has not improved for --patience epochs (default: %(default)s)")
+    group.add_argument("--patience", type=int, default=d.patience, help="(default: %(default)s)")
+    group.add_argument("--train-seed", type=int, default=d.seed, help="(default: %(default)s)")
+
+
+def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
+    return RetrievalConfig(
+        features="ids" if args.ids_only else "all", embedding_dim=args.embedding_dim,
+        temperature=args.temperature, logq_correction=not args.no_logq,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_epochs=args.max_epochs, patience=args.patience, seed=args.train_seed)
 
 
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
@@ -111,12 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_feature_args(features)
 
+    retrieval = sub.add_parser(
+        "train-retrieval", help="feature tables -> two-tower model + ScaNN index + metrics",
+        description="Trains the two-tower retrieval model (in-batch softmax with logQ "
+                    "correction, early stopping on validation Recall@100), evaluates it "
+                    "on the test split against most-popular and an id-only two-tower, "
+                    "measures ScaNN against brute force, and writes the model directory "
+                    "(towers as SavedModels, index, config.json, metrics.json).")
+    retrieval.add_argument("--features", default=DEFAULT_FEATURES,
+                           help=f"feature table directory (default: {DEFAULT_FEATURES})")
+    _add_retrieval_args(retrieval)
+
     run = sub.add_parser(
         "run", help="the whole job on the default synthetic data",
-        description="Generates the default synthetic world and builds its feature tables.")
+        description="Generates the default synthetic world, builds its feature tables "
+                    "and trains and evaluates the retrieval model.")
     run.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_synth_args(run)
     _add_feature_args(run)
+    _add_retrieval_args(run)
     return parser
 
 
@@ -144,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = features.run(args.db, args.out, _feature_config(args), progress=progress)
             print(features.format_summary(summary))
+        if args.stage in ("train-retrieval", "run"):
+            from pipelines import train_retrieval
+
+            source = args.out if args.stage == "run" else args.features
+            metrics = train_retrieval.run(source, args.model, _retrieval_config(args),
+                                          ablation=not args.no_ablation, progress=progress)
+            print(train_retrieval.format_metrics(metrics))
+            print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -87,3 +87,62 @@ class FeatureConfig:
         if unknown:
             raise InputError(f"Unknown FeatureConfig keys {sorted(unknown)}; known: {sorted(fields)}.")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """The two-tower retrieval model and its training.
+
+    Attributes:
+      features: ``"all"`` (ids + side features) or ``"ids"`` (the ablation).
+      id_dim: embedding size of user and anime ids.
+      category_dim: embedding size of categorical and multi-valued features.
+      hidden: sizes of the dense layers of each tower, before the output layer.
+      embedding_dim: size of the output embeddings.
+      temperature: softmax temperature over L2-normalised embeddings (cosine scores).
+      logq_correction: subtract log(sampling probability) of each in-batch candidate
+        (its share of training interactions) from its logit: corrects the popularity
+        bias of in-batch negatives.
+      remove_accidental_hits: do not treat another row's copy of the positive title as
+        a negative.
+      batch_size, learning_rate: Adam on the in-batch softmax loss.
+      max_epochs, patience: early stopping on validation Recall@``eval_k``; the best
+        epoch's weights are kept.
+      validation_users: how many validation users (sampled, seeded) are scored after
+        each epoch; 0 = all.
+      eval_k: the K of the early-stopping metric.
+      seed: initialisation, shuffling and sampling.
+    """
+
+    features: str = "all"
+    id_dim: int = 32
+    category_dim: int = 16
+    hidden: tuple[int, ...] = (128,)
+    embedding_dim: int = 64
+    temperature: float = 0.05
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    batch_size: int = 1024
+    learning_rate: float = 0.003
+    max_epochs: int = 30
+    patience: int = 3
+    validation_users: int = 2000
+    eval_k: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.features not in ("all", "ids"):
+            raise InputError(f"`features` must be 'all' or 'ids'. Received: {self.features!r}.")
+        for name in ("embedding_dim", "batch_size", "max_epochs", "eval_k", "id_dim"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"`{name}` should be a positive integer. "
+                                 f"Received: {name}={getattr(self, name)}.")
+        if self.temperature <= 0:
+            raise InputError(f"`temperature` must be positive. Received: {self.temperature}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RetrievalConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -267,19 +267,26 @@ def _user_table(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
     return frame, vectors
 
 
-def _numeric_stats(frame: pd.DataFrame, entity: str) -> dict:
+def _numeric_stats(frame: pd.DataFrame, entity: str,
+                   vectors: dict[str, np.ndarray] | None = None) -> dict:
+    """Training mean/std (after the spec's transform) of each numeric feature, and one
+    scalar mean/std over all elements of each vector feature."""
     stats = {}
     for spec in FEATURES:
-        if spec.entity == entity and spec.kind == "numeric":
+        if spec.entity == entity and spec.kind == "vector":
+            values = pd.Series(vectors[spec.name].reshape(-1), dtype="float64")
+        elif spec.entity == entity and spec.kind == "numeric":
             values = frame[spec.name].astype("float64")
-            if spec.transform == "log1p":
-                values = np.log1p(values.clip(lower=0))
-            mean, std = values.mean(), values.std(ddof=0)
-            stats[spec.name] = {
-                "mean": float(0.0 if np.isnan(mean) else mean),
-                "std": float(1.0 if not std or np.isnan(std) else std),
-                "missing": float(values.isna().mean()),
-            }
+        else:
+            continue
+        if spec.transform == "log1p":
+            values = np.log1p(values.clip(lower=0))
+        mean, std = values.mean(), values.std(ddof=0)
+        stats[spec.name] = {
+            "mean": float(0.0 if np.isnan(mean) else mean),
+            "std": float(1.0 if not std or np.isnan(std) else std),
+            "missing": float(values.isna().mean()),
+        }
     return stats
 
 
@@ -371,7 +378,7 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         "config": config.to_dict(),
         "features": [dataclasses.asdict(f) for f in FEATURES],
         "vocab": vocab,
-        "stats": {"user": _numeric_stats(users, "user"),
+        "stats": {"user": _numeric_stats(users, "user", user_vectors),
                   "anime": _numeric_stats(trained_titles, "anime"),
                   "global_mean_score": global_mean},
         "counts": counts,

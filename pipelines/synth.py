@@ -397,9 +397,11 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     release = catalog["release"][anime]
     airing = catalog["airing"][anime]
 
-    # Times: added after both the account and the airing date, skewed toward soon after.
+    # Times: added after both the account and the airing date; half soon after that
+    # (seasonal watching, the backlog on joining), half any time since (catching up).
     lo = np.maximum(users["joined"][u], release)
-    created = lo + ((NOW - lo) * rng.beta(1.0, 2.5, m)).astype(np.int64)
+    delay = np.where(rng.random(m) < 0.5, rng.beta(1.0, 2.5, m), rng.random(m))
+    created = lo + ((NOW - lo) * delay).astype(np.int64)
     recent = (NOW - created) < 120 * _DAY
 
     # Status.

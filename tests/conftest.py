@@ -43,3 +43,23 @@ def demo_raw(demo_db):
                 "users": store.read_users(conn)}
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_db, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_features") / "features"
+    features.run(tiny_db, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_features, tmp_path_factory):
+    """A two-tower model trained on the tiny world, saved as an artifact: (dir, metrics)."""
+    from pipelines import train_retrieval
+    from pipelines.config import RetrievalConfig
+
+    out = tmp_path_factory.mktemp("tiny_model") / "model"
+    metrics = train_retrieval.run(tiny_features, out,
+                                  RetrievalConfig(max_epochs=10, batch_size=256),
+                                  ablation=False, progress=False)
+    return out, metrics

@@ -175,6 +175,10 @@ def test_run_writes_complete_tables_atomically(tiny_db, tmp_path, monkeypatch):
     assert {f["name"] for f in schema["features"]} >= {"user_id", "media_id", "genres"}
     assert set(schema["stats"]["anime"]) == {
         f.name for f in features.FEATURES if f.entity == "anime" and f.kind == "numeric"}
+    assert set(schema["stats"]["user"]) == {
+        f.name for f in features.FEATURES if f.entity == "user" and f.kind in ("numeric", "vector")}
+    share = read_vector(tables["users"], "genre_share")
+    assert schema["stats"]["user"]["genre_share"]["mean"] == pytest.approx(share.mean(), rel=1e-5)
 
     # A failure while writing leaves the previous tables in place and no temp dirs.
     before = (out / "schema.json").read_text()

@@ -1,0 +1,76 @@
+"""Ranking metrics in plain numpy: Recall@K, NDCG@K and top-K selection with exclusions.
+
+Shared by retrieval evaluation (ranking every title a user has not seen) and, later, by
+the ranking stage and the report. Conventions: binary or graded relevance, gain
+``2**rel - 1``, discount ``1 / log2(rank + 1)`` with ranks from 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores per row, best first.
+
+    Args:
+      scores: ``[num_queries, num_items]``.
+      k: how many to return (clipped to ``num_items``).
+      exclude: optional bool mask ``[num_queries, num_items]``; True items are never
+        returned (e.g. titles the user has already seen).
+
+    Returns:
+      ``[num_queries, k]`` int64 item indices.
+    """
+    if k <= 0:
+        raise ValueError(f"`k` should be a positive integer. Received: k={k}.")
+    scores = np.asarray(scores, dtype=np.float32)
+    if exclude is not None:
+        scores = np.where(exclude, -np.inf, scores)
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def hits(ranked: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """``hits[i, j]``: is the ``j``-th ranked item of query ``i`` relevant?
+
+    Args:
+      ranked: ``[num_queries, k]`` item indices, best first (-1 = padding, never a hit).
+      relevant: ``[num_queries, num_items]`` bool.
+    """
+    got = np.take_along_axis(relevant, np.maximum(ranked, 0), axis=1)
+    return got & (ranked >= 0)
+
+
+def recall_at_k(hit: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per-query share of the relevant items found in the first ``k``; NaN with none.
+
+    Args:
+      hit: ``[num_queries, >=k]`` bool, from :func:`hits`.
+      num_relevant: ``[num_queries]`` relevant items per query.
+    """
+    num_relevant = np.asarray(num_relevant, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_relevant > 0, hit[:, :k].sum(1) / num_relevant, np.nan)
+
+
+def ndcg_at_k(hit: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per-query binary NDCG@k: DCG of the hits over the DCG of an ideal ranking that
+    puts ``min(num_relevant, k)`` relevant items first; NaN with no relevant item."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    top = hit[:, :k].astype(np.float64)
+    dcg_value = (top * discounts[: top.shape[1]]).sum(1)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(num_relevant, k).astype(int)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ideal > 0, dcg_value / ideal, np.nan)
+
+
+def dcg(relevance: np.ndarray, k: int | None = None) -> np.ndarray:
+    """DCG of graded relevance lists already in ranked order: ``[..., list_size]``."""
+    rel = np.asarray(relevance, dtype=np.float64)
+    if k is not None:
+        rel = rel[..., :k]
+    discounts = 1.0 / np.log2(np.arange(2, rel.shape[-1] + 2))
+    return ((2.0 ** rel - 1.0) * discounts).sum(-1)

@@ -1,0 +1,46 @@
+"""Ranking metrics against values computed by hand."""
+
+import numpy as np
+import pytest
+
+from ranking.metrics import dcg, hits, ndcg_at_k, recall_at_k, top_k
+
+
+def test_top_k_orders_best_first_and_respects_exclusions():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7],
+                       [1.0, 0.0, 0.2, 0.3]])
+    assert top_k(scores, 2).tolist() == [[1, 3], [0, 3]]
+    exclude = np.array([[False, True, False, False], [True, False, False, False]])
+    assert top_k(scores, 3, exclude).tolist() == [[3, 2, 0], [3, 2, 1]]
+    assert top_k(scores, 10).shape == (2, 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        top_k(scores, 0)
+
+
+def test_recall_and_ndcg_by_hand():
+    # Query 0: relevant {2, 3}; ranked [3, 0, 2] -> hits [1, 0, 1].
+    #   recall@1 = 1/2, recall@3 = 2/2;
+    #   DCG@3 = 1/log2(2) + 1/log2(4) = 1.5; ideal = 1 + 1/log2(3) = 1.6309 -> 0.91972.
+    # Query 1: relevant {1}; ranked [0, 2, 3] -> no hit: 0.
+    # Query 2: nothing relevant -> NaN (left out of means).
+    relevant = np.array([[0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    ranked = np.array([[3, 0, 2], [0, 2, 3], [0, 1, 2]])
+    hit = hits(ranked, relevant)
+    n_rel = relevant.sum(1)
+    assert hit.tolist() == [[True, False, True], [False, False, False], [False] * 3]
+    np.testing.assert_allclose(recall_at_k(hit, n_rel, 1), [0.5, 0.0, np.nan])
+    np.testing.assert_allclose(recall_at_k(hit, n_rel, 3), [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(ndcg_at_k(hit, n_rel, 3), [1.5 / (1 + 1 / np.log2(3)), 0.0, np.nan])
+    # @1 with two relevant items: ideal DCG@1 = 1 -> NDCG = 1.
+    np.testing.assert_allclose(ndcg_at_k(hit, n_rel, 1)[0], 1.0)
+
+
+def test_padding_is_never_a_hit():
+    relevant = np.array([[True, False]])
+    assert hits(np.array([[-1, 0]]), relevant).tolist() == [[False, True]]
+
+
+def test_graded_dcg_by_hand():
+    # gains 2^rel - 1 = [7, 0, 1]; discounts [1, 1/log2(3), 1/2] -> 7 + 0.5 = 7.5.
+    assert dcg(np.array([3, 0, 1])) == pytest.approx(7.5)
+    assert dcg(np.array([3, 0, 1]), k=1) == pytest.approx(7.0)

@@ -1,0 +1,153 @@
+"""Feature encoding built from the saved feature schema. Defined once: the towers and the
+ranking model both build their inputs with :class:`FeatureEncoder`.
+
+Raw feature formats (what the SavedModel signatures take, and what :func:`raw_features`
+produces from the Parquet tables), per row:
+
+- ``id``: int64 scalar (unknown ids map to a shared out-of-vocabulary embedding).
+- ``categorical``: string scalar, ``""`` when missing.
+- ``multi``: string ``[width]``, padded with ``""`` (width saved in the model config).
+- ``numeric``: float32 scalar, NaN when missing (encoded as the training mean).
+- ``vector``: float32 ``[len(vocab)]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipelines.errors import InputError
+
+KINDS = ("id", "categorical", "multi", "numeric", "vector")
+
+
+def feature_specs(schema: dict, entity: str, use: str = "all") -> list[dict]:
+    """The feature specs of ``entity`` ("user" / "anime") a model uses.
+
+    Args:
+      use: ``"all"`` for every feature, ``"ids"`` for the id alone (the ablation).
+    """
+    if use not in ("all", "ids"):
+        raise InputError(f"`use` must be 'all' or 'ids'. Received: use={use!r}.")
+    specs = [f for f in schema["features"] if f["entity"] == entity]
+    return [f for f in specs if use == "all" or f["kind"] == "id"]
+
+
+def multi_widths(anime: pd.DataFrame, schema: dict) -> dict[str, int]:
+    """Padded width of each multi-valued anime feature: its longest list (at least 1)."""
+    return {f["name"]: max(1, int(anime[f["name"]].map(len).max() or 1))
+            for f in feature_specs(schema, "anime") if f["kind"] == "multi"}
+
+
+def raw_features(table: pd.DataFrame, specs: list[dict], widths: dict[str, int]) -> dict:
+    """Columns of a feature table -> numpy arrays in the raw formats above, one per spec."""
+    out = {}
+    for spec in specs:
+        name, kind = spec["name"], spec["kind"]
+        if name not in table:
+            raise InputError(f"The feature table has no column {name!r}; it has "
+                             f"{list(table.columns)}. Rebuild it with `python -m pipelines features`.")
+        column = table[name]
+        if kind == "id":
+            out[name] = column.to_numpy(np.int64)
+        elif kind == "categorical":
+            out[name] = column.fillna("").astype(str).to_numpy(object)
+        elif kind == "multi":
+            width = widths[name]
+            padded = np.full((len(table), width), "", dtype=object)
+            for i, values in enumerate(column):  # titles, not entries: tens of thousands
+                values = list(values)[:width]
+                padded[i, : len(values)] = values
+            out[name] = padded
+        elif kind == "numeric":
+            out[name] = pd.to_numeric(column, errors="coerce").to_numpy(np.float32)
+        elif kind == "vector":
+            out[name] = np.stack(column.to_numpy()).astype(np.float32)
+        else:
+            raise InputError(f"Unknown feature kind {kind!r} of {name!r}; known: {KINDS}.")
+    return out
+
+
+def input_signature(specs: list[dict], schema: dict, widths: dict[str, int]) -> dict:
+    """``tf.TensorSpec``s (batch dimension first) of the raw features of ``specs``."""
+    sig = {}
+    for spec in specs:
+        name, kind = spec["name"], spec["kind"]
+        if kind == "id":
+            sig[name] = tf.TensorSpec([None], tf.int64, name=name)
+        elif kind == "categorical":
+            sig[name] = tf.TensorSpec([None], tf.string, name=name)
+        elif kind == "multi":
+            sig[name] = tf.TensorSpec([None, widths[name]], tf.string, name=name)
+        elif kind == "numeric":
+            sig[name] = tf.TensorSpec([None], tf.float32, name=name)
+        else:
+            sig[name] = tf.TensorSpec([None, len(schema["vocab"][spec["vocab"]])], tf.float32,
+                                      name=name)
+    return sig
+
+
+class FeatureEncoder(tf.keras.layers.Layer):
+    """Raw features of one entity -> one dense vector ``[batch, output_dim]``.
+
+    Ids and categorical values are looked up in the training vocabularies and embedded;
+    multi-valued features (genres, tags) are embedded and mean-pooled over their
+    non-padding values; numeric features are ``log1p``-transformed where the spec says
+    so and standardised with the training statistics (missing -> 0, the mean); vector
+    features are standardised likewise.
+
+    Args:
+      schema: the feature schema (``schema.json``).
+      entity: ``"user"`` or ``"anime"``.
+      use: ``"all"`` or ``"ids"``.
+      id_dim: embedding size of ids; ``category_dim`` of categorical / multi features.
+    """
+
+    def __init__(self, schema: dict, entity: str, use: str = "all", id_dim: int = 32,
+                 category_dim: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.specs = feature_specs(schema, entity, use)
+        stats = schema["stats"][entity]
+        self._lookups, self._embeddings, self._norms = {}, {}, {}
+        for spec in self.specs:
+            name, kind = spec["name"], spec["kind"]
+            if kind == "id":
+                vocab = np.asarray(schema["vocab"][spec["vocab"]], np.int64)
+                self._lookups[name] = tf.keras.layers.IntegerLookup(
+                    vocabulary=vocab, name=f"{name}_lookup")
+                self._embeddings[name] = tf.keras.layers.Embedding(
+                    len(vocab) + 1, id_dim, name=f"{name}_embedding")
+            elif kind in ("categorical", "multi"):
+                vocab = [v for v in schema["vocab"][spec["vocab"]] if v != ""]
+                extra = {"mask_token": ""} if kind == "multi" else {}
+                self._lookups[name] = tf.keras.layers.StringLookup(
+                    vocabulary=vocab, name=f"{name}_lookup", **extra)
+                self._embeddings[name] = tf.keras.layers.Embedding(
+                    len(vocab) + 2, category_dim, name=f"{name}_embedding")
+            else:
+                s = stats[name]
+                self._norms[name] = (float(s["mean"]), float(s["std"]) or 1.0,
+                                     spec.get("transform", "none"))
+
+    def call(self, inputs: dict) -> tf.Tensor:
+        parts = []
+        for spec in self.specs:
+            name, kind = spec["name"], spec["kind"]
+            x = inputs[name]
+            if kind in ("id", "categorical"):
+                parts.append(self._embeddings[name](self._lookups[name](x)))
+            elif kind == "multi":
+                ids = self._lookups[name](x)                           # [batch, width]
+                mask = tf.cast(tf.not_equal(ids, 0), tf.float32)[..., None]
+                vectors = self._embeddings[name](ids) * mask
+                parts.append(tf.reduce_sum(vectors, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0))
+            else:
+                mean, std, transform = self._norms[name]
+                x = tf.cast(x, tf.float32)
+                if transform == "log1p":
+                    x = tf.math.log1p(tf.maximum(x, 0.0))
+                z = (x - mean) / std
+                z = tf.where(tf.math.is_nan(z), tf.zeros_like(z), z)
+                parts.append(z[:, None] if kind == "numeric" else z)
+        return tf.concat(parts, axis=-1)

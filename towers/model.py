@@ -1,0 +1,56 @@
+"""The two-tower retrieval model: a query tower (user), a candidate tower (anime) and a
+TFRS in-batch softmax task with sampling-bias (logQ) correction."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from pipelines.config import RetrievalConfig
+from towers.features import FeatureEncoder
+
+
+class Tower(tf.keras.Model):
+    """Raw features of one entity -> L2-normalised embedding ``[batch, embedding_dim]``."""
+
+    def __init__(self, schema: dict, entity: str, config: RetrievalConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = FeatureEncoder(schema, entity, config.features, id_dim=config.id_dim,
+                                      category_dim=config.category_dim, name=f"{entity}_features")
+        self.dense = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
+                      for i, units in enumerate(config.hidden)]
+        self.out = tf.keras.layers.Dense(config.embedding_dim, name="embedding")
+
+    def call(self, features: dict) -> tf.Tensor:
+        x = self.encoder(features)
+        for layer in self.dense:
+            x = layer(x)
+        return tf.math.l2_normalize(self.out(x), axis=-1)
+
+
+class TwoTowerModel(tfrs.Model):
+    """``compute_loss`` takes a batch dict with the user's and the anime's raw features
+    (keys as in the schema), plus ``sampling_probability`` ``[batch]``: each positive
+    title's share of the training interactions, for the logQ correction."""
+
+    def __init__(self, schema: dict, config: RetrievalConfig):
+        super().__init__()
+        self.config = config
+        self.query_tower = Tower(schema, "user", config, name="query_tower")
+        self.candidate_tower = Tower(schema, "anime", config, name="candidate_tower")
+        self.user_keys = [s["name"] for s in self.query_tower.encoder.specs]
+        self.anime_keys = [s["name"] for s in self.candidate_tower.encoder.specs]
+        # The training loss only: evaluation ranks all titles in numpy (pipelines/
+        # train_retrieval.py), apart from this task (DESIGN.md: TFRS raises at evaluation
+        # with remove_accidental_hits unless candidate ids are passed).
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature,
+            remove_accidental_hits=config.remove_accidental_hits)
+
+    def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
+        query = self.query_tower({k: features[k] for k in self.user_keys})
+        candidate = self.candidate_tower({k: features[k] for k in self.anime_keys})
+        probability = features["sampling_probability"] if self.config.logq_correction else None
+        return self.task(query, candidate, candidate_sampling_probability=probability,
+                         candidate_ids=features["media_id"], compute_metrics=False,
+                         compute_batch_metrics=False)
