@@ -11,7 +11,7 @@ import json
 import sys
 
 from pipelines import _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import FeatureConfig, RetrievalConfig
+from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -24,7 +24,9 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   import-kaggle   Kaggle MyAnimeList CSV dumps -> raw store
   features        raw store -> Parquet feature tables (split, user/anime features, vocab)
   train-retrieval feature tables -> two-tower model, ScaNN index, test metrics (model dir)
-  run             the whole job on the embedded default data: synth, features, retrieval
+  train-ranking   feature tables + retrieval model -> listwise ranker, metrics (model dir)
+  run             the whole job on the embedded default data: synth, features, retrieval,
+                  ranking
 
 """
 
@@ -100,6 +102,32 @@ def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
         max_epochs=args.max_epochs, patience=args.patience, seed=args.train_seed)
 
 
+def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
+    d = RankingConfig()
+    from ranking.losses import LOSSES
+
+    group = parser.add_argument_group("ranking model")
+    group.add_argument("--loss", default=d.loss, choices=sorted(LOSSES),
+                       help="listwise loss of the saved ranker (default: %(default)s)")
+    group.add_argument("--no-loss-comparison", action="store_true",
+                       help="train only --loss, not one ranker per loss for the comparison")
+    group.add_argument("--labelled-per-list", type=int, default=d.labelled_per_list,
+                       help="relevant titles per training list (default: %(default)s)")
+    group.add_argument("--negatives-per-list", type=int, default=d.negatives_per_list,
+                       help="retrieved titles the user did not watch, per list (default: %(default)s)")
+    group.add_argument("--candidates", type=int, default=d.candidates,
+                       help="retrieval top-K that ranking reorders (default: %(default)s)")
+    group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
+                       help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
+    group.add_argument("--ranking-seed", type=int, default=d.seed, help="(default: %(default)s)")
+
+
+def _ranking_config(args: argparse.Namespace) -> RankingConfig:
+    return RankingConfig(loss=args.loss, labelled_per_list=args.labelled_per_list,
+                         negatives_per_list=args.negatives_per_list, candidates=args.candidates,
+                         max_epochs=args.ranking_epochs, seed=args.ranking_seed)
+
+
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
         validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
@@ -157,14 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"feature table directory (default: {DEFAULT_FEATURES})")
     _add_retrieval_args(retrieval)
 
+    ranking = sub.add_parser(
+        "train-ranking", help="feature tables + retrieval model -> listwise ranker + metrics",
+        description="Builds lists of retrieved and relevant titles (validation period by "
+                    "default), trains the listwise ranker (ApproxNDCG by default, one per "
+                    "loss for the comparison), evaluates list NDCG on held-out titles and "
+                    "end-to-end retrieve-then-rank on the test split, and adds ranker/ and "
+                    "the metrics to the model directory.")
+    ranking.add_argument("--features", default=DEFAULT_FEATURES,
+                         help=f"feature table directory (default: {DEFAULT_FEATURES})")
+    ranking.add_argument("--model", default=DEFAULT_MODEL,
+                         help=f"model directory with a trained retrieval model (default: {DEFAULT_MODEL})")
+    _add_ranking_args(ranking)
+
     run = sub.add_parser(
         "run", help="the whole job on the default synthetic data",
-        description="Generates the default synthetic world, builds its feature tables "
-                    "and trains and evaluates the retrieval model.")
+        description="Generates the default synthetic world, builds its feature tables, "
+                    "trains and evaluates the retrieval model, then the ranker.")
     run.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_synth_args(run)
     _add_feature_args(run)
     _add_retrieval_args(run)
+    _add_ranking_args(run)
     return parser
 
 
@@ -199,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
             metrics = train_retrieval.run(source, args.model, _retrieval_config(args),
                                           ablation=not args.no_ablation, progress=progress)
             print(train_retrieval.format_metrics(metrics))
+            if args.stage == "train-retrieval":
+                print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
+        if args.stage in ("train-ranking", "run"):
+            from pipelines import train_ranking
+
+            source = args.out if args.stage == "run" else args.features
+            metrics = train_ranking.run(source, args.model, _ranking_config(args),
+                                        compare_losses=not args.no_loss_comparison,
+                                        progress=progress)
+            print(train_ranking.format_metrics(metrics))
             print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)

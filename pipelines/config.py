@@ -11,11 +11,27 @@ from typing import Any
 
 from pipelines.errors import InputError
 
+class _JsonConfig:
+    """``to_dict``/``from_dict`` for frozen config dataclasses (tuples <-> JSON lists)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise InputError(f"Unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(fields)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 STATUSES = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING", "PLANNING")
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(_JsonConfig):
     """How the raw store becomes feature tables.
 
     Attributes:
@@ -77,20 +93,9 @@ class FeatureConfig:
                 f"completed_at. Received: {list(self.time_columns)}."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields
-        if unknown:
-            raise InputError(f"Unknown FeatureConfig keys {sorted(unknown)}; known: {sorted(fields)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
 
 @dataclasses.dataclass(frozen=True)
-class RetrievalConfig:
+class RetrievalConfig(_JsonConfig):
     """The two-tower retrieval model and its training.
 
     Attributes:
@@ -140,9 +145,75 @@ class RetrievalConfig:
         if self.temperature <= 0:
             raise InputError(f"`temperature` must be positive. Received: {self.temperature}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RetrievalConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+@dataclasses.dataclass(frozen=True)
+class RankingConfig(_JsonConfig):
+    """The listwise ranker and its training lists.
+
+    Attributes:
+      loss: ``approx_ndcg`` (default: NDCG is what we report), ``list_mle``,
+        ``softmax`` or ``mse`` (pointwise baseline).
+      approx_temperature: smoothness of ApproxNDCG's ranks (smaller: closer to NDCG).
+      relevance_scale: graded relevance = POINT_100 score / this (100 -> 5 at 20);
+        retrieved titles the user has not interacted with have relevance 0.
+      labelled_per_list: relevant retrieved titles kept per list, and also the number of
+        the user's scored titles that retrieval missed added to it.
+      negatives_per_list: retrieved titles the user did not watch, per list (with
+        ``labelled_per_list``, the mix of relevant and not that ranking sees at serving).
+      max_lists_per_user: lists per user, each with fresh negatives and missed titles.
+      candidates: retrieval top-K the negatives come from (and end-to-end evaluation ranks).
+      use_similarity: give the ranker the retrieval score of each title as a feature.
+      use_ids: give the ranker user and title id embeddings too (off by default: the
+        retrieval score already carries the id signal, and ids overfit the few lists).
+      fit_split: the split whose lists the ranker learns from. ``validation`` (default):
+        titles the retrieval model never trained on, so the similarity feature means the
+        same at training as at serving (on ``train`` lists retrieval has memorised the
+        positives and the ranker learns to over-trust it).
+      holdout_users: share of the fit split's users held out for early stopping.
+      hidden: the scoring MLP's layer sizes.
+      id_dim, category_dim: embedding sizes (as the towers').
+      batch_size: lists per batch. learning_rate: Adam.
+      max_epochs, patience: early stopping on validation NDCG@10, best weights kept.
+      seed: list sampling, shuffling and initialisation.
+    """
+
+    loss: str = "approx_ndcg"
+    approx_temperature: float = 0.1
+    relevance_scale: float = 20.0
+    labelled_per_list: int = 5
+    negatives_per_list: int = 20
+    max_lists_per_user: int = 4
+    candidates: int = 100
+    use_similarity: bool = True
+    use_ids: bool = False
+    fit_split: str = "validation"
+    holdout_users: float = 0.2
+    hidden: tuple[int, ...] = (128, 64)
+    id_dim: int = 32
+    category_dim: int = 16
+    batch_size: int = 128
+    learning_rate: float = 0.0003
+    max_epochs: int = 20
+    patience: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        from ranking.losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise InputError(f"`loss` must be one of {sorted(LOSSES)}. Received: {self.loss!r}.")
+        for name in ("labelled_per_list", "max_lists_per_user", "candidates", "batch_size",
+                     "max_epochs"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"`{name}` should be a positive integer. "
+                                 f"Received: {name}={getattr(self, name)}.")
+        if self.fit_split not in ("train", "validation"):
+            raise InputError(f"`fit_split` must be 'train' or 'validation'. Received: {self.fit_split!r}.")
+        if not 0.0 < self.holdout_users < 1.0:
+            raise InputError(f"`holdout_users` must be in (0, 1). Received: {self.holdout_users}.")
+        if self.negatives_per_list < 0:
+            raise InputError(f"`negatives_per_list` must be >= 0. Received: {self.negatives_per_list}.")
+
+    @property
+    def list_size(self) -> int:
+        return self.labelled_per_list + self.negatives_per_list

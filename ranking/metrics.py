@@ -74,3 +74,54 @@ def dcg(relevance: np.ndarray, k: int | None = None) -> np.ndarray:
         rel = rel[..., :k]
     discounts = 1.0 / np.log2(np.arange(2, rel.shape[-1] + 2))
     return ((2.0 ** rel - 1.0) * discounts).sum(-1)
+
+
+def _discounts(n: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, n + 2))
+
+
+def list_ndcg(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+              k: int | None = None) -> np.ndarray:
+    """Per-list graded NDCG@k of ``scores`` ``[lists, size]`` against ``labels``.
+
+    Items are ranked by descending score; ties keep list order (stable sort). Padded
+    items (``mask`` False) rank last and count nothing. Lists whose ideal DCG is 0 (no
+    relevant item) give NaN, to be left out of means.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    mask = np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool)
+    labels = np.where(mask, labels, 0.0)
+    k = labels.shape[1] if k is None else min(k, labels.shape[1])
+    order = np.argsort(np.where(mask, -scores, np.inf), axis=1, kind="stable")
+    ranked = np.take_along_axis(labels, order, axis=1)
+    ideal = -np.sort(-labels, axis=1)
+    got, best = dcg(ranked, k), dcg(ideal, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(best > 0, got / best, np.nan)
+
+
+def random_list_ndcg(labels: np.ndarray, mask: np.ndarray | None = None,
+                     k: int | None = None) -> np.ndarray:
+    """Exact expected NDCG@k of a uniformly random order of each list (the floor).
+
+    Each of a list's ``n`` valid items lands in each position with probability ``1/n``,
+    so ``E[DCG@k] = sum(gains) / n * sum(discounts[:min(k, n)])``.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    mask = np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool)
+    labels = np.where(mask, labels, 0.0)
+    n = mask.sum(1)
+    k_eff = np.minimum(n, labels.shape[1] if k is None else k)
+    cum = np.concatenate([[0.0], np.cumsum(_discounts(labels.shape[1]))])
+    expected = (2.0 ** labels - 1.0).sum(1) / np.maximum(n, 1) * cum[k_eff]
+    best = dcg(-np.sort(-labels, axis=1), k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(best > 0, expected / best, np.nan)
+
+
+def mrr(hit: np.ndarray) -> np.ndarray:
+    """Reciprocal rank of the first hit per query (0 when none): ``[num_queries]``."""
+    hit = np.asarray(hit, bool)
+    first = hit.argmax(1)
+    return np.where(hit.any(1), 1.0 / (first + 1), 0.0)

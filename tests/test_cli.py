@@ -22,7 +22,7 @@ def _python(*args, **kwargs):
 def test_help_lists_every_stage():
     result = _python("-m", "pipelines", "--help")
     assert result.returncode == 0
-    for stage in ("synth", "import-kaggle", "features", "train-retrieval", "run"):
+    for stage in ("synth", "import-kaggle", "features", "train-retrieval", "train-ranking", "run"):
         assert f"\n  {stage}" in result.stdout
     sub = _python("-m", "pipelines", "features", "--help")
     assert "--test-fraction" in sub.stdout and "--interaction-statuses" in sub.stdout
@@ -45,12 +45,14 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     db, out, model = tmp_path / "w.db", tmp_path / "features", tmp_path / "model"
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
-                     "--max-epochs", "2", "--no-ablation", "--batch-size", "128"])
+                     "--max-epochs", "2", "--no-ablation", "--batch-size", "128",
+                     "--ranking-epochs", "2", "--no-loss-comparison"])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"feature tables in {out}" in printed and "120 users" in printed
     assert f"model in {model}" in printed and "most popular" in printed
-    assert (model / "config.json").exists()
+    assert "end to end over top-100" in printed
+    assert {p.name for p in model.iterdir()} >= {"config.json", "ranker", "query_tower", "index"}
     tables = features.load(out)
     assert tables["users"]["user_id"].nunique() == 120
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
@@ -63,6 +65,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     (["import-kaggle", "--db", "{tmp}/k.db", "--anime", "{tmp}/none.csv"], "does not exist"),
     (["train-retrieval", "--features", "{tmp}"], "not a feature directory"),
     (["train-retrieval", "--features", "{tmp}", "--batch-size", "0"], "batch_size"),
+    (["train-ranking", "--features", "{tmp}", "--candidates", "0"], "candidates"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, argv, message):
     code = cli.main(["--quiet", *[a.format(tmp=tmp_path) for a in argv]])

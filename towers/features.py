@@ -26,12 +26,15 @@ def feature_specs(schema: dict, entity: str, use: str = "all") -> list[dict]:
     """The feature specs of ``entity`` ("user" / "anime") a model uses.
 
     Args:
-      use: ``"all"`` for every feature, ``"ids"`` for the id alone (the ablation).
+      use: ``"all"`` for every feature, ``"ids"`` for the id alone (the ablation),
+        ``"side"`` for every feature but the id.
     """
-    if use not in ("all", "ids"):
-        raise InputError(f"`use` must be 'all' or 'ids'. Received: use={use!r}.")
+    if use not in ("all", "ids", "side"):
+        raise InputError(f"`use` must be 'all', 'ids' or 'side'. Received: use={use!r}.")
     specs = [f for f in schema["features"] if f["entity"] == entity]
-    return [f for f in specs if use == "all" or f["kind"] == "id"]
+    keep = {"all": lambda f: True, "ids": lambda f: f["kind"] == "id",
+            "side": lambda f: f["kind"] != "id"}[use]
+    return [f for f in specs if keep(f)]
 
 
 def multi_widths(anime: pd.DataFrame, schema: dict) -> dict[str, int]:

@@ -1,0 +1,93 @@
+"""The listwise ranker: scores a list of titles for one user.
+
+Inputs (raw features, as the towers take them; see ``towers/features.py``): the user's
+features with shape ``[batch]`` (``[batch, width]`` for vectors), each title feature
+with a list dimension ``[batch, list]`` (``[batch, list, width]`` for genres/tags), and
+``similarity`` ``[batch, list]``: the retrieval model's score of each title for the user.
+Output: scores ``[batch, list]``. Padded list items are the caller's to mask.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from pipelines.config import RankingConfig
+from ranking import losses
+from towers.features import FeatureEncoder
+
+
+class Ranker(tf.keras.Model):
+    """User encoder + title encoder (the towers' ``FeatureEncoder``) + a scoring MLP per
+    (user, title) pair."""
+
+    def __init__(self, schema: dict, config: RankingConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        use = "all" if config.use_ids else "side"
+        self.user_encoder = FeatureEncoder(schema, "user", use, id_dim=config.id_dim,
+                                           category_dim=config.category_dim, name="user_features")
+        self.anime_encoder = FeatureEncoder(schema, "anime", use, id_dim=config.id_dim,
+                                            category_dim=config.category_dim,
+                                            name="anime_features")
+        self.user_keys = [s["name"] for s in self.user_encoder.specs]
+        self.anime_keys = [s["name"] for s in self.anime_encoder.specs]
+        # Taste x title crosses, given explicitly (an MLP over concatenations learns
+        # products slowly): the user's genre/format share and affinity, read at the
+        # title's genres (mean over them) and format.
+        self._crosses = []
+        for vector, title_feature in (("genre", "genres"), ("format", "format")):
+            if {f"{vector}_share", title_feature} <= {s["name"] for s in schema["features"]}:
+                vocab = schema["vocab"][vector + "s" if vector == "genre" else vector]
+                lookup = tf.keras.layers.StringLookup(
+                    vocabulary=[v for v in vocab if v != ""], output_mode="multi_hot",
+                    num_oov_indices=1, name=f"{title_feature}_multi_hot")
+                self._crosses.append((vector, title_feature, lookup))
+        self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
+                    for i, units in enumerate(config.hidden)]
+        self.score = tf.keras.layers.Dense(1, name="score")
+
+    def call(self, features: dict) -> tf.Tensor:
+        user = self.user_encoder({k: features[k] for k in self.user_keys})       # [b, du]
+        first = features[self.anime_keys[0]]
+        batch, size = tf.shape(first)[0], tf.shape(first)[1]
+        # Encode every (list, item) as one row, then restore the list dimension.
+        flat = {k: tf.reshape(features[k], tf.concat([[-1], tf.shape(features[k])[2:]], 0))
+                for k in self.anime_keys}
+        anime = self.anime_encoder(flat)
+        anime = tf.reshape(anime, [batch, size, anime.shape[-1]])                 # [b, l, da]
+        parts = [tf.repeat(user[:, None, :], size, axis=1), anime]
+        for vector, title_feature, lookup in self._crosses:
+            values = tf.reshape(features[title_feature], [batch * size, -1])
+            hot = lookup(values)[:, 1:]                                # drop the OOV slot
+            hot = hot / tf.maximum(tf.reduce_sum(hot, -1, keepdims=True), 1.0)
+            hot = tf.reshape(hot, [batch, size, hot.shape[-1]])
+            for kind in ("share", "affinity"):
+                taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)  # [b, width]
+                parts.append(tf.einsum("bw,blw->bl", taste, hot)[..., None])
+        if self.config.use_similarity:
+            parts.append(tf.cast(features["similarity"], tf.float32)[..., None])
+        x = tf.concat(parts, axis=-1)
+        for layer in self.mlp:
+            x = layer(x)
+        return tf.squeeze(self.score(x), -1)
+
+
+class RankingModel(tfrs.Model):
+    """Training wrapper: ``compute_loss`` on a batch with the ranker's inputs plus
+    ``relevance`` ``[batch, list]`` and ``mask`` ``[batch, list]``."""
+
+    def __init__(self, schema: dict, config: RankingConfig):
+        super().__init__()
+        self.config = config
+        self.ranker = Ranker(schema, config, name="ranker")
+        loss = losses.get(config.loss)
+        if config.loss == "approx_ndcg":
+            temperature = config.approx_temperature
+            self._loss = lambda y, s, m: loss(y, s, m, temperature=temperature)
+        else:
+            self._loss = loss
+
+    def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
+        scores = self.ranker(features)
+        return self._loss(features["relevance"], scores, features["mask"])
