@@ -25,8 +25,9 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   features        raw store -> Parquet feature tables (split, user/anime features, vocab)
   train-retrieval feature tables -> two-tower model, ScaNN index, test metrics (model dir)
   train-ranking   feature tables + retrieval model -> listwise ranker, metrics (model dir)
+  evaluate        model dir + feature tables -> report (metrics.json, report.md, plots)
   run             the whole job on the embedded default data: synth, features, retrieval,
-                  ranking
+                  ranking, evaluation report
 
 """
 
@@ -198,10 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"model directory with a trained retrieval model (default: {DEFAULT_MODEL})")
     _add_ranking_args(ranking)
 
+    evaluate = sub.add_parser(
+        "evaluate", help="model dir + feature tables -> evaluation report",
+        description="Recomputes every metric from the saved towers, index and ranker on "
+                    "the test split, beside popularity, random and (on synthetic data) "
+                    "oracle baselines, and writes <model>/report/ with metrics.json, "
+                    "report.md and PNG plots, atomically.")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    evaluate.add_argument("--features", default=DEFAULT_FEATURES,
+                          help=f"feature table directory (default: {DEFAULT_FEATURES})")
+    evaluate.add_argument("--report", default=None, help="report directory (default: <model>/report)")
+    evaluate.add_argument("--truth", default=None,
+                          help="ground truth of a synthetic world (default: <db>.truth.npz "
+                               "beside the store the features came from, if present)")
+
     run = sub.add_parser(
         "run", help="the whole job on the default synthetic data",
         description="Generates the default synthetic world, builds its feature tables, "
-                    "trains and evaluates the retrieval model, then the ranker.")
+                    "trains and evaluates the retrieval model, then the ranker, and writes "
+                    "the evaluation report.")
     run.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_synth_args(run)
     _add_feature_args(run)
@@ -252,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                                         progress=progress)
             print(train_ranking.format_metrics(metrics))
             print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
+        if args.stage in ("evaluate", "run"):
+            from pipelines import evaluate
+
+            source = args.out if args.stage == "run" else args.features
+            report = evaluate.run(args.model, source, getattr(args, "report", None),
+                                  getattr(args, "truth", None), progress=progress)
+            print(evaluate.format_summary(report))
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -418,6 +418,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     interactions, users, user_vectors, anime, schema = build(entries, media, config)
     del entries
     schema["timings"]["read"] = round(read_seconds, 2)
+    schema["source_db"] = str(Path(db).resolve())  # where the ground truth of a synthetic world sits
     bar.update()
     bar.set_postfix_str(f"writing {out}")
 

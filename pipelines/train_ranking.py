@@ -43,7 +43,7 @@ from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.train_retrieval import Data, load_tower
 from ranking.losses import LOSSES
-from ranking.metrics import hits, list_ndcg, mrr, ndcg_at_k, random_list_ndcg, recall_at_k
+from ranking.metrics import list_ndcg, order_metrics, random_list_ndcg
 from ranking.model import RankingModel
 from towers.features import feature_specs, input_signature
 from towers.index import CandidateIndex
@@ -332,30 +332,30 @@ def baseline_list_metrics(data: Data, lists: Lists) -> dict:
     }
 
 
-def end_to_end(data: Data, ranker, retrieval: Retrieval, config: RankingConfig) -> dict:
-    """Retrieve top-``candidates`` (titles seen before the test period excluded), rank,
-    and score ranked vs retrieval order against each user's test interactions."""
+def end_to_end(data: Data, score_lists, retrieval: Retrieval, config: RankingConfig,
+               extra_orders: dict | None = None, ks=(10,)) -> dict:
+    """Retrieve top-``candidates`` (titles seen before the test period excluded), rank
+    with ``score_lists(data, lists) -> [n, C]``, and score ranked vs retrieval order
+    against each user's test interactions.
+
+    ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
+    (the evaluation report adds popularity and the oracle)."""
     candidates, scores = retrieval.top(data, ["train", "validation"], config.candidates)
     test = data.pairs("test")
     users = np.unique(test["user_row"])
     cand = candidates[users]
     sim = np.where(cand >= 0, scores[users], 0.0).astype(np.float32)
     lists = Lists(users, cand, np.zeros(cand.shape, np.float32), sim)
-    ranked_scores = predict(ranker, data, lists)
+    ranked = score_lists(data, lists)
     relevant = data.matrix(users, test)
     n_relevant = relevant.sum(1)
+    ks = sorted(set(ks) | {10, config.candidates})
+    orders = {"ranked": ranked, "retrieval_order": -np.arange(cand.shape[1])[None, :].repeat(len(users), 0)}
+    for name, fn in (extra_orders or {}).items():
+        orders[name] = fn(users, cand)
     out = {"users": int(len(users)), "candidates": config.candidates}
-    orders = {"retrieval_order": np.arange(cand.shape[1])[None, :].repeat(len(users), 0),
-              "ranked": np.argsort(np.where(cand >= 0, -ranked_scores, np.inf), axis=1,
-                                   kind="stable")}
-    for name, order in orders.items():
-        ranked_rows = np.take_along_axis(cand, order, axis=1)
-        hit = hits(ranked_rows, relevant)
-        out[name] = {"ndcg@10": _mean(ndcg_at_k(hit, n_relevant, 10)),
-                     "recall@10": _mean(recall_at_k(hit, n_relevant, 10)),
-                     "mrr": float(np.mean(mrr(hit))),
-                     f"recall@{config.candidates}": _mean(recall_at_k(hit, n_relevant,
-                                                                      config.candidates))}
+    for name, order_scores in orders.items():
+        out[name] = order_metrics(cand, order_scores, relevant, n_relevant, ks)
     return out
 
 
@@ -442,7 +442,8 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
         metrics["losses"][loss] = {**list_metrics(scores, test_lists), "training": training}
         if loss == config.loss:
             chosen = trained
-            metrics["end_to_end"] = end_to_end(data, trained.ranker, retrieval, config)
+            metrics["end_to_end"] = end_to_end(
+                data, lambda d, lists: predict(trained.ranker, d, lists), retrieval, config)
     save(model_dir, chosen.ranker, data, retrieval.config["multi_widths"], metrics, config)
     return metrics
 

@@ -124,22 +124,22 @@ def _embed(tower, raw: dict, rows: np.ndarray | None = None, batch_size: int = 4
     return np.concatenate(out) if out else np.zeros((0, tower.out.units), np.float32)
 
 
-def rank_metrics(score_fn, data: Data, split: str, user_rows: np.ndarray | None = None,
-                 batch_size: int = 1024) -> dict:
-    """Recall@K / NDCG@K of ``score_fn(user_rows) -> [b, num_anime]`` on ``split``.
+def rank_per_user(score_fn, data: Data, split: str, user_rows: np.ndarray | None = None,
+                  ks=KS, batch_size: int = 1024) -> tuple[np.ndarray, dict]:
+    """Per-user Recall@K / NDCG@K of ``score_fn(user_rows) -> [b, num_anime]`` on ``split``.
 
     Relevant: the user's interactions in ``split``. Excluded from the ranking: every
     entry (any status) the user has before ``split`` (train; and validation for test).
-    Returns mean metrics over users with at least one relevant title, overall and for
-    users with fewer than ``SHORT_HISTORY`` training entries.
+    Returns the user rows scored and ``{"recall@k": [users], "ndcg@k": [users]}`` (NaN
+    for users with nothing relevant).
     """
     before = {"validation": ["train"], "test": ["train", "validation"]}[split]
     inter = data.interactions
     seen = inter.loc[inter["split"].isin(before), ["user_row", "anime_row"]]
     relevant_pairs = data.pairs(split)
     rows = np.unique(relevant_pairs["user_row"]) if user_rows is None else user_rows
-    kmax = max(KS)
-    per_user = {f"{m}@{k}": [] for m in ("recall", "ndcg") for k in KS}
+    kmax = max(ks)
+    per_user = {f"{m}@{k}": [] for m in ("recall", "ndcg") for k in ks}
     for start in range(0, len(rows), batch_size):
         r = rows[start:start + batch_size]
         relevant = data.matrix(r, relevant_pairs)
@@ -147,10 +147,19 @@ def rank_metrics(score_fn, data: Data, split: str, user_rows: np.ndarray | None 
         relevant &= ~exclude
         hit = hits(top_k(score_fn(r), kmax, exclude), relevant)
         n_rel = relevant.sum(1)
-        for k in KS:
+        for k in ks:
             per_user[f"recall@{k}"].append(recall_at_k(hit, n_rel, k))
             per_user[f"ndcg@{k}"].append(ndcg_at_k(hit, n_rel, k))
-    per_user = {k: np.concatenate(v) for k, v in per_user.items()}
+    return rows, {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_user.items()}
+
+
+def rank_metrics(score_fn, data: Data, split: str, user_rows: np.ndarray | None = None,
+                 batch_size: int = 1024) -> dict:
+    """Mean Recall@K / NDCG@K (K in ``KS``, see :func:`rank_per_user`) over users with at
+    least one relevant title, overall and for users with fewer than ``SHORT_HISTORY``
+    training entries."""
+    rows, per_user = rank_per_user(score_fn, data, split, user_rows, KS, batch_size)
+    kmax = max(KS)
     short = data.users["n_train"].to_numpy()[rows] < SHORT_HISTORY
     out = {k: float(np.nanmean(v)) for k, v in per_user.items()}
     out["users"] = int(np.isfinite(per_user[f"recall@{kmax}"]).sum())

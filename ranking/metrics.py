@@ -125,3 +125,28 @@ def mrr(hit: np.ndarray) -> np.ndarray:
     hit = np.asarray(hit, bool)
     first = hit.argmax(1)
     return np.where(hit.any(1), 1.0 / (first + 1), 0.0)
+
+
+def order_metrics(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarray,
+                  n_relevant: np.ndarray, ks=(10,)) -> dict:
+    """Metrics of ordering each query's candidate list by ``scores`` (best first).
+
+    Args:
+      candidates: ``[queries, C]`` item indices (-1 = padding, ranked last).
+      scores: ``[queries, C]`` the ordering scores (ties keep candidate order).
+      relevant: ``[queries, num_items]`` bool.
+      n_relevant: ``[queries]`` relevant items per query (recall's denominator: those
+        retrieval missed count too).
+
+    Returns:
+      ``{"ndcg@k", "recall@k" for k in ks, "mrr"}``, means over queries with something
+      relevant (MRR over all queries, 0 without a hit).
+    """
+    order = np.argsort(np.where(candidates >= 0, -scores, np.inf), axis=1, kind="stable")
+    hit = hits(np.take_along_axis(candidates, order, axis=1), relevant)
+    out = {}
+    for k in ks:
+        out[f"ndcg@{k}"] = float(np.nanmean(ndcg_at_k(hit, n_relevant, k)))
+        out[f"recall@{k}"] = float(np.nanmean(recall_at_k(hit, n_relevant, k)))
+    out["mrr"] = float(np.mean(mrr(hit)))
+    return out

@@ -63,3 +63,22 @@ def tiny_model(tiny_features, tmp_path_factory):
                                   RetrievalConfig(max_epochs=10, batch_size=256),
                                   ablation=False, progress=False)
     return out, metrics
+
+
+TINY_RANKING = dict(labelled_per_list=5, negatives_per_list=10, max_lists_per_user=2,
+                    max_epochs=6, batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_ranked(tiny_model, tiny_features, tmp_path_factory):
+    """A copy of the tiny model with a ranker added: (dir, ranking metrics)."""
+    import shutil
+
+    from pipelines import train_ranking
+    from pipelines.config import RankingConfig
+
+    model_dir = tmp_path_factory.mktemp("ranked") / "model"
+    shutil.copytree(tiny_model[0], model_dir)
+    metrics = train_ranking.run(tiny_features, model_dir, RankingConfig(**TINY_RANKING),
+                                compare_losses=False, progress=False)
+    return model_dir, metrics

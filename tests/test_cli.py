@@ -22,7 +22,8 @@ def _python(*args, **kwargs):
 def test_help_lists_every_stage():
     result = _python("-m", "pipelines", "--help")
     assert result.returncode == 0
-    for stage in ("synth", "import-kaggle", "features", "train-retrieval", "train-ranking", "run"):
+    for stage in ("synth", "import-kaggle", "features", "train-retrieval", "train-ranking",
+                  "evaluate", "run"):
         assert f"\n  {stage}" in result.stdout
     sub = _python("-m", "pipelines", "features", "--help")
     assert "--test-fraction" in sub.stdout and "--interaction-statuses" in sub.stdout
@@ -52,6 +53,8 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert f"feature tables in {out}" in printed and "120 users" in printed
     assert f"model in {model}" in printed and "most popular" in printed
     assert "end to end over top-100" in printed
+    assert f"report: {model}/report/report.md" in printed
+    assert (model / "report" / "report.md").exists()
     assert {p.name for p in model.iterdir()} >= {"config.json", "ranker", "query_tower", "index"}
     tables = features.load(out)
     assert tables["users"]["user_id"].nunique() == 120
@@ -66,6 +69,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     (["train-retrieval", "--features", "{tmp}"], "not a feature directory"),
     (["train-retrieval", "--features", "{tmp}", "--batch-size", "0"], "batch_size"),
     (["train-ranking", "--features", "{tmp}", "--candidates", "0"], "candidates"),
+    (["evaluate", "--features", "{tmp}"], "not a feature directory"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, argv, message):
     code = cli.main(["--quiet", *[a.format(tmp=tmp_path) for a in argv]])

@@ -14,16 +14,14 @@ from pipelines.errors import InputError
 from pipelines.train_retrieval import Data
 from ranking.metrics import list_ndcg, random_list_ndcg
 
-CONFIG = RankingConfig(labelled_per_list=5, negatives_per_list=10, max_lists_per_user=2,
-                       max_epochs=6, batch_size=64)
+from tests.conftest import TINY_RANKING
+
+CONFIG = RankingConfig(**TINY_RANKING)
 
 
 @pytest.fixture(scope="module")
-def stage(tiny_model, tiny_features, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("ranked") / "model"
-    shutil.copytree(tiny_model[0], model_dir)
-    metrics = trk.run(tiny_features, model_dir, CONFIG, compare_losses=False, progress=False)
-    return model_dir, metrics
+def stage(tiny_ranked):
+    return tiny_ranked
 
 
 def test_lists_are_built_exactly(tiny_model, tiny_features):
@@ -65,7 +63,7 @@ def test_ranker_learns_and_beats_random_order(stage):
     held = metrics["held_out_lists"]
     assert set(held) == {"random", "popularity", "mean_training_score"}
     e2e = metrics["end_to_end"]
-    assert set(e2e["ranked"]) == {"ndcg@10", "recall@10", "mrr", "recall@100"}
+    assert {"ndcg@10", "recall@10", "mrr", "recall@100"} <= set(e2e["ranked"])
     # Reordering the same candidates cannot change recall over all of them.
     assert e2e["ranked"]["recall@100"] == pytest.approx(e2e["retrieval_order"]["recall@100"])
 

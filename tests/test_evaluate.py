@@ -1,0 +1,94 @@
+"""The evaluation report: recomputed numbers agree with training time, the oracle tops
+the baselines, report.md says what metrics.json says, and it is written atomically."""
+
+import json
+from pathlib import Path
+import re
+
+import numpy as np
+import pytest
+
+from pipelines import evaluate
+from ranking.metrics import order_metrics
+
+
+@pytest.fixture(scope="module")
+def report(tiny_ranked, tiny_features, tmp_path_factory):
+    model_dir, _ = tiny_ranked
+    out = tmp_path_factory.mktemp("report") / "report"
+    return evaluate.run(model_dir, tiny_features, out, progress=False)
+
+
+def test_report_files_and_agreement_with_training(report, tiny_ranked):
+    out = report["report"]
+    names = {p.name for p in Path(out).iterdir()}
+    assert names == {"metrics.json", "report.md", "recall_at_k.png", "by_activity.png",
+                     "ndcg_end_to_end.png", "scores.png"}
+    saved = json.loads((tiny_ranked[0] / "metrics.json").read_text())
+    # The same metric code at training time and in the report: the same numbers.
+    assert report["retrieval"]["curves"]["two-tower"]["recall@100"] == pytest.approx(
+        saved["retrieval"]["model"]["recall@100"], abs=1e-9)
+    assert report["retrieval"]["factorized"] == pytest.approx(saved["retrieval"]["model"]["factorized"])
+    e2e, e2e_saved = report["ranking"]["end_to_end"], saved["ranking"]["end_to_end"]
+    assert e2e["ranked"]["ndcg@10"] == pytest.approx(e2e_saved["ranked"]["ndcg@10"], abs=1e-6)
+    assert e2e["retrieval_order"]["mrr"] == pytest.approx(e2e_saved["retrieval_order"]["mrr"])
+
+
+def test_oracle_is_an_upper_bound(report):
+    assert report["data"]["oracle"] is True
+    curves = report["retrieval"]["curves"]
+    assert curves["oracle"]["recall@100"] > curves["two-tower"]["recall@100"] > curves["most popular"]["recall@100"] * 0.9
+    held = report["ranking"]["held_out_lists"]
+    assert held["oracle (true expected score)"]["ndcg"] > held["random"]["ndcg"]
+    assert report["ranking"]["end_to_end"]["oracle"]["ndcg@10"] > report["ranking"]["end_to_end"]["popularity order"]["ndcg@10"]
+
+
+def test_report_md_numbers_are_metrics_json_numbers(report):
+    text = (Path(report["report"]) / "report.md").read_text()
+    saved = json.loads((Path(report["report"]) / "metrics.json").read_text())
+
+    def numbers(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from numbers(v)
+        elif isinstance(value, float):
+            yield f"{value:.4f}"
+
+    known = set(numbers(saved))
+    shown = re.findall(r"(?<![\d.])-?\d\.\d{4}\b", text)
+    assert len(shown) > 40
+    assert set(shown) <= known
+    assert "![Recall@K](recall_at_k.png)" in text
+
+
+def test_a_failed_report_leaves_the_previous_one(report, tiny_ranked, tiny_features, monkeypatch):
+    out = Path(report["report"])
+    before = (out / "report.md").read_text()
+
+    def broken(*args):
+        raise RuntimeError("plotting crashed")
+
+    monkeypatch.setattr(evaluate, "_plots", broken)
+    with pytest.raises(RuntimeError, match="plotting crashed"):
+        evaluate.run(tiny_ranked[0], tiny_features, out, progress=False)
+    assert (out / "report.md").read_text() == before
+    assert [p.name for p in out.parent.iterdir()] == ["report"]
+
+
+def test_order_metrics_by_hand():
+    # Two queries over items 0..4; candidates 3 per query, -1 = padding.
+    # Query 0: candidates [4, 1, 2], scores [0.1, 0.9, 0.5] -> order [1, 2, 4];
+    #   relevant {2, 3} (3 was not retrieved): hits [0, 1, 0].
+    #   recall@2 = 1/2; NDCG@2 = (1/log2 3) / (1 + 1/log2 3); MRR = 1/2.
+    # Query 1: candidates [0, -1, 3], scores [0, 5, 1] -> order [3, 0] (padding last);
+    #   relevant {0}: hits [0, 1] -> recall@2 = 1, NDCG@2 = 1/log2 3, MRR = 1/2.
+    candidates = np.array([[4, 1, 2], [0, -1, 3]])
+    scores = np.array([[0.1, 0.9, 0.5], [0.0, 5.0, 1.0]])
+    relevant = np.zeros((2, 5), bool)
+    relevant[0, [2, 3]] = True
+    relevant[1, 0] = True
+    got = order_metrics(candidates, scores, relevant, relevant.sum(1), ks=(2,))
+    d = 1 / np.log2(3)
+    assert got["recall@2"] == pytest.approx((0.5 + 1.0) / 2)
+    assert got["ndcg@2"] == pytest.approx((d / (1 + d) + d) / 2)
+    assert got["mrr"] == pytest.approx(0.5)
