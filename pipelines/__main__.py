@@ -26,6 +26,7 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   train-retrieval feature tables -> two-tower model, ScaNN index, test metrics (model dir)
   train-ranking   feature tables + retrieval model -> listwise ranker, metrics (model dir)
   evaluate        model dir + feature tables -> report (metrics.json, report.md, plots)
+  publish         model dir -> Hugging Face Hub model repo (model card, one commit)
   run             the whole job on the embedded default data: synth, features, retrieval,
                   ranking, evaluation report
 
@@ -213,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ground truth of a synthetic world (default: <db>.truth.npz "
                                "beside the store the features came from, if present)")
 
+    publish = sub.add_parser(
+        "publish", help="model dir -> Hugging Face Hub model repo",
+        description="Writes the model card (README.md) into the model directory and uploads "
+                    "the directory to a Hub model repo in one commit (creating the repo if "
+                    "needed). The token comes from HF_TOKEN or `huggingface-cli login`; the "
+                    "endpoint from HF_ENDPOINT.")
+    publish.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
+    publish.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/anirank-demo")
+    publish.add_argument("--private", action="store_true", help="create the repo private")
+    publish.add_argument("--message", help="commit message (default: the headline metrics)")
+
     run = sub.add_parser(
         "run", help="the whole job on the default synthetic data",
         description="Generates the default synthetic world, builds its feature tables, "
@@ -223,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_args(run)
     _add_retrieval_args(run)
     _add_ranking_args(run)
+    run.add_argument("--recommendations", default="data/recommendations",
+                     help="where the final batch job writes every user's top 10 "
+                          "(default: %(default)s)")
     return parser
 
 
@@ -275,6 +290,23 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate.run(args.model, source, getattr(args, "report", None),
                                   getattr(args, "truth", None), progress=progress)
             print(evaluate.format_summary(report))
+        if args.stage == "run":
+            import shutil
+
+            from serving import batch
+
+            # A new run is a new job: its batch output replaces the last run's.
+            shutil.rmtree(args.recommendations, ignore_errors=True)
+            summary = batch.run(args.model, "all", args.recommendations, progress=progress)
+            print(f"recommendations for {summary['users']:,} users in {summary['out']} "
+                  f"({summary['seconds']} s)")
+        if args.stage == "publish":
+            from pipelines import publish
+
+            result = publish.run(args.model, args.repo, private=args.private,
+                                 commit_message=args.message)
+            print(f"published {args.model} to {result['repo']}: commit {result['commit']}\n"
+                  f"{result['url']}")
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

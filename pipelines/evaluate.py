@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from pipelines import synth
+from pipelines import atomic, synth
 from pipelines.errors import InputError
 from pipelines.train_ranking import (Retrieval, baseline_list_metrics, end_to_end,
                                      held_out_lists, list_metrics, predict_with)
@@ -221,7 +218,7 @@ def _f(x) -> str:
 def render(metrics: dict) -> str:
     """report.md, from the metrics dict alone (so its numbers are metrics.json's)."""
     r = metrics["retrieval"]
-    lines = [f"# anirank evaluation report", "",
+    lines = ["# anirank evaluation report", "",
              f"Model `{metrics['model']}`, data fingerprint `{metrics['data']['fingerprint']}`, "
              f"{metrics['data']['counts']['users']:,} users, {metrics['data']['counts']['anime']:,} "
              f"titles. Test split: the last {metrics['protocol']['test_fraction']:.0%} of each "
@@ -308,23 +305,10 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     metrics["ranking"], pairs = _ranking_section(model_dir, data, retrieval, truth_data, saved)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic.directory(out) as tmp:
         _plots(metrics, pairs, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         (tmp / "report.md").write_text(render(metrics))  # last: a report.md means complete
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     metrics["report"] = str(out)
     return metrics
 

@@ -23,9 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipelines import store
+from pipelines import atomic, store
 from pipelines.config import FeatureConfig
 from pipelines.errors import InputError
 
@@ -423,26 +421,13 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     bar.set_postfix_str(f"writing {out}")
 
     tick = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic.directory(out) as tmp:
         interactions.to_parquet(tmp / "interactions.parquet", index=False, compression="zstd")
         _write_parquet(users, user_vectors, tmp / "users.parquet")
         anime.to_parquet(tmp / "anime.parquet", index=False, compression="zstd")
         schema["timings"]["write"] = round(time.perf_counter() - tick, 2)
         # schema.json last: a directory with a schema is a complete one.
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, sort_keys=True))
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     bar.update()
     bar.close()
     summary = dict(schema["counts"], out=str(out),

@@ -32,6 +32,7 @@ import os
 import shutil
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from pipelines import atomic
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.train_retrieval import Data, load_tower
@@ -254,9 +256,16 @@ def dataset(data: Data, lists: Lists, batch_size: int, shuffle_seed: int | None 
         tf.data.AUTOTUNE)
 
 
+_SCORE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def predict(ranker, data: Data, lists: Lists, constants=None, batch_size: int = 256) -> np.ndarray:
     """Scores ``[n, size]`` of padded lists by a Keras ranker (padding scored: mask it)."""
-    return _predict(tf.function(ranker.call), data, lists, constants, batch_size)
+    # One graph function per ranker, reused across calls (a new tf.function per call
+    # would retrace every time); list lengths vary, hence reduce_retracing.
+    if ranker not in _SCORE_FUNCTIONS:
+        _SCORE_FUNCTIONS[ranker] = tf.function(ranker.call, reduce_retracing=True)
+    return _predict(_SCORE_FUNCTIONS[ranker], data, lists, constants, batch_size)
 
 
 def predict_with(signature, data: Data, lists: Lists, batch_size: int = 256) -> np.ndarray:
@@ -380,12 +389,6 @@ def export_ranker(ranker, data: Data, widths: dict, path: Path) -> None:
         tf.get_logger().setLevel(level)
 
 
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def save(model_dir: Path, ranker, data: Data, widths: dict, metrics: dict,
          config: RankingConfig) -> None:
     """Adds ``ranker/`` to the model directory; metrics.json and then config.json are
@@ -402,10 +405,10 @@ def save(model_dir: Path, ranker, data: Data, widths: dict, metrics: dict,
         shutil.rmtree(tmp, ignore_errors=True)
     all_metrics = json.loads((model_dir / "metrics.json").read_text())
     all_metrics["ranking"] = metrics
-    _write_json(model_dir / "metrics.json", all_metrics)
+    atomic.write_text(model_dir / "metrics.json", json.dumps(all_metrics, indent=2, sort_keys=True))
     config_json = json.loads((model_dir / "config.json").read_text())
     config_json["ranking"] = config.to_dict()
-    _write_json(model_dir / "config.json", config_json)
+    atomic.write_text(model_dir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
 
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",

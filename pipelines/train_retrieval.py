@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from pipelines import atomic
 from pipelines import features as feature_tables
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
@@ -305,7 +305,6 @@ def load_tower(path: str | os.PathLike):
 
 
 def _versions() -> dict:
-    import scann  # noqa: F401  (version lookup only)
     import tensorflow_recommenders as tfrs
     from importlib.metadata import version
 
@@ -316,10 +315,7 @@ def _versions() -> dict:
 def save_artifact(out: Path, model: TwoTowerModel, data: Data, features_dir: Path,
                   metrics: dict, config: RetrievalConfig) -> None:
     """Writes the model directory into a temporary sibling and renames it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic.directory(out) as tmp:
         schema = data.schema
         export_tower(model.query_tower,
                      input_signature(feature_specs(schema, "user", config.features), schema,
@@ -331,22 +327,16 @@ def save_artifact(out: Path, model: TwoTowerModel, data: Data, features_dir: Pat
         CandidateIndex.build(candidates, data.anime["media_id"].to_numpy(),
                              IndexConfig()).save(tmp / "index")
         shutil.copy(features_dir / "anime.parquet", tmp / "anime.parquet")
+        # What serving needs to recommend for known users: their features and every
+        # title already on their lists (to exclude). (User-level data: publish with care.)
+        shutil.copy(features_dir / "users.parquet", tmp / "users.parquet")
+        data.interactions[["user_id", "media_id"]].to_parquet(tmp / "seen.parquet", index=False)
         config_json = {"feature_schema": schema, "multi_widths": data.widths,
                        "retrieval": config.to_dict(), "index": dataclasses.asdict(IndexConfig()),
                        "versions": _versions(), "data_fingerprint": schema["fingerprint"]}
         (tmp / "metrics.json").write_text(json.dumps({"retrieval": metrics}, indent=2, sort_keys=True))
         # config.json last: its presence marks a complete artifact.
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",

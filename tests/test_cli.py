@@ -47,7 +47,8 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
                      "--max-epochs", "2", "--no-ablation", "--batch-size", "128",
-                     "--ranking-epochs", "2", "--no-loss-comparison"])
+                     "--ranking-epochs", "2", "--no-loss-comparison",
+                     "--recommendations", str(tmp_path / "recs")])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"feature tables in {out}" in printed and "120 users" in printed
@@ -55,6 +56,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert "end to end over top-100" in printed
     assert f"report: {model}/report/report.md" in printed
     assert (model / "report" / "report.md").exists()
+    assert "recommendations for 120 users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
     assert {p.name for p in model.iterdir()} >= {"config.json", "ranker", "query_tower", "index"}
     tables = features.load(out)
     assert tables["users"]["user_id"].nunique() == 120

@@ -63,7 +63,7 @@ def test_artifact_is_complete_and_atomic(tiny_model):
     model_dir, metrics = tiny_model
     names = {p.name for p in model_dir.iterdir()}
     assert names == {"config.json", "metrics.json", "query_tower", "candidate_tower",
-                     "index", "anime.parquet"}
+                     "index", "anime.parquet", "users.parquet", "seen.parquet"}
     saved = json.loads((model_dir / "metrics.json").read_text())["retrieval"]
     assert saved["model"]["recall@100"] == pytest.approx(metrics["model"]["recall@100"])
     config = json.loads((model_dir / "config.json").read_text())

@@ -1,0 +1,264 @@
+"""Load a trained model (local directory or Hugging Face Hub repo) and recommend.
+
+    from serving import Recommender
+
+    rec = Recommender.from_pretrained("data/model")            # or "user/anirank-model"
+    rec.recommend([5123, 88], k=10, filters=Filters(formats=("TV",), max_popularity=50_000))
+    rec.recommend_for_history([("Cowboy Bebop", 90), (21, None)])
+    rec.similar_anime(1, k=10)
+
+Two stages, batched: the query tower embeds the users, the candidate index returns the
+top ``candidates`` titles each has not seen (and that pass the filters), the ranker
+reorders them, and the best ``k`` come back as one DataFrame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipelines.config import FeatureConfig, RankingConfig
+from pipelines.errors import InputError
+from towers.features import feature_specs, raw_features
+from towers.index import CandidateIndex
+
+REQUIRED = ("config.json", "anime.parquet", "users.parquet", "seen.parquet",
+            "query_tower/saved_model.pb", "candidate_tower/saved_model.pb",
+            "index/index_config.json", "index/candidate_ids.npy",
+            "index/candidate_embeddings.npy")
+OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """What users ask for.
+
+    Attributes:
+      formats: keep only these formats (e.g. ``("TV", "MOVIE")``); None = all.
+      min_year, max_year: season year range (inclusive); titles without a year pass.
+      max_popularity: hidden gems: at most this many AniList members.
+      exclude_adult: leave out adult titles (default True).
+      exclude_ids: titles never to recommend.
+    """
+
+    formats: tuple[str, ...] | None = None
+    min_year: int | None = None
+    max_year: int | None = None
+    max_popularity: float | None = None
+    exclude_adult: bool = True
+    exclude_ids: tuple[int, ...] = ()
+
+    def allowed(self, anime: pd.DataFrame) -> np.ndarray:
+        """Bool mask over the rows of the candidate table."""
+        keep = np.ones(len(anime), bool)
+        if self.formats is not None:
+            keep &= anime["format"].isin(self.formats).to_numpy()
+        year = anime["season_year"].to_numpy(dtype=float)
+        if self.min_year is not None:
+            keep &= ~(year < self.min_year)
+        if self.max_year is not None:
+            keep &= ~(year > self.max_year)
+        if self.max_popularity is not None:
+            keep &= ~(anime["popularity"].to_numpy(dtype=float) > self.max_popularity)
+        if self.exclude_adult:
+            keep &= ~(anime["is_adult"].fillna(0).to_numpy(dtype=float) > 0)
+        if self.exclude_ids:
+            keep &= ~anime["media_id"].isin(self.exclude_ids).to_numpy()
+        return keep
+
+
+def _load_saved(path: Path):
+    try:
+        return tf.saved_model.load(str(path)).signatures["serving_default"]
+    except Exception as err:  # TF raises many types for a damaged SavedModel
+        raise InputError(f"{path} is missing or corrupt and cannot be loaded as a SavedModel "
+                         f"({type(err).__name__}); download the model again or retrain it.") from None
+
+
+class Recommender:
+    """A loaded model. Build it with :meth:`from_pretrained`."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        missing = [f for f in REQUIRED if not (directory / f).exists()]
+        if missing:
+            raise InputError(f"{directory} is not a complete anirank model: missing {missing}.")
+        try:
+            self.config = json.loads((directory / "config.json").read_text())
+            schema = self.config["feature_schema"]
+        except (ValueError, KeyError) as err:
+            raise InputError(f"{directory}/config.json is corrupt ({err}); download the "
+                             "model again.") from None
+        self._check_versions()
+        self.schema, self.widths = schema, self.config["multi_widths"]
+        self.anime = pd.read_parquet(directory / "anime.parquet")
+        self.users = pd.read_parquet(directory / "users.parquet")
+        seen = pd.read_parquet(directory / "seen.parquet")
+        self._user_row = pd.Index(self.users["user_id"])
+        self._anime_row = pd.Index(self.anime["media_id"])
+        rows = self._user_row.get_indexer(seen["user_id"])
+        self._seen = pd.Series(seen["media_id"].to_numpy()).groupby(rows).agg(list)
+        use = self.config["retrieval"]["features"]
+        self._user_specs = feature_specs(schema, "user", use)
+        self._user_raw = raw_features(self.users, feature_specs(schema, "user"), self.widths)
+        self._anime_raw = raw_features(self.anime, feature_specs(schema, "anime"), self.widths)
+        self.query_tower = _load_saved(directory / "query_tower")
+        self.index = CandidateIndex.load(directory / "index")
+        if not np.array_equal(self.index.ids, self.anime["media_id"].to_numpy()):
+            raise InputError(f"{directory}/index does not match anime.parquet; the model is corrupt.")
+        self.ranker = _load_saved(directory / "ranker") if (directory / "ranker").exists() else None
+        ranking = self.config.get("ranking")
+        self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
+        self._popularity = self.anime["train_count"].to_numpy(dtype=float)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_dir: str, revision: str | None = None, **hub_kwargs) -> "Recommender":
+        """Loads a model directory, or downloads (cached) a Hub repo at ``revision``."""
+        from serving.hub import resolve
+
+        return cls(resolve(repo_id_or_dir, revision, **hub_kwargs))
+
+    def _check_versions(self) -> None:
+        saved = self.config.get("versions", {}).get("tensorflow", "")
+        if saved.split(".")[:2] != tf.__version__.split(".")[:2]:
+            raise InputError(f"{self.directory} was saved with TensorFlow {saved}; this is "
+                             f"{tf.__version__}. Install tensorflow=={saved} to load it.")
+
+    # -- scoring ----------------------------------------------------------------------
+    def _embed_users(self, raw: dict) -> np.ndarray:
+        n = len(next(iter(raw.values())))
+        out = []
+        for start in range(0, n, 4096):
+            batch = {s["name"]: tf.constant(raw[s["name"]][start:start + 4096])
+                     for s in self._user_specs}
+            out.append(self.query_tower(**batch)["embedding"].numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.index.embeddings.shape[1]), np.float32)
+
+    def _rank(self, user_raw: dict, cand_rows: np.ndarray, sim: np.ndarray,
+              batch_size: int = 256) -> np.ndarray:
+        """Ranker scores ``[n, C]`` (the retrieval score if the model has no ranker)."""
+        if self.ranker is None:
+            return sim
+        inputs = {s.name for s in self.ranker.structured_input_signature[1].values()}
+        out = []
+        for start in range(0, len(cand_rows), batch_size):
+            rows = np.maximum(cand_rows[start:start + batch_size], 0)
+            batch = {k: tf.constant(v[start:start + batch_size]) for k, v in user_raw.items() if k in inputs}
+            batch.update({k: tf.constant(v[rows]) for k, v in self._anime_raw.items() if k in inputs})
+            batch["similarity"] = tf.constant(sim[start:start + batch_size].astype(np.float32))
+            out.append(self.ranker(**batch)["scores"].numpy())
+        return np.concatenate(out)
+
+    def _recommend_raw(self, user_raw: dict, seen: list, k: int, candidates: int,
+                       filters: Filters) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (title rows, scores) for users given as raw features."""
+        queries = self._embed_users(user_raw)
+        blocked = self.anime["media_id"].to_numpy()[~filters.allowed(self.anime)].tolist()
+        exclude = [list(s) + blocked for s in seen]
+        ids, sim = self.index.search(queries, max(candidates, k), exclude=exclude)
+        cand = self._anime_row.get_indexer(ids.reshape(-1)).reshape(ids.shape)
+        cand = np.where(ids >= 0, cand, -1)
+        sim = np.where(cand >= 0, sim, 0.0)
+        scores = self._rank(user_raw, cand, sim)
+        scores = np.where(cand >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+    def _frame(self, user_ids, rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        k = rows.shape[1]
+        ok = rows.reshape(-1) >= 0
+        r = np.maximum(rows.reshape(-1), 0)
+        frame = pd.DataFrame({
+            "user_id": np.repeat(np.asarray(user_ids), k),
+            "rank": np.tile(np.arange(1, k + 1), len(rows)),
+            "anime_id": self.anime["media_id"].to_numpy()[r],
+            "title": self.anime["title"].to_numpy()[r],
+            "score": scores.reshape(-1).astype(np.float32)})
+        return frame[ok].reset_index(drop=True)
+
+    # -- public API -------------------------------------------------------------------
+    def known(self, user_ids) -> np.ndarray:
+        """Bool per user id: is the user in the training data?"""
+        return self._user_row.get_indexer(np.asarray(user_ids, dtype=np.int64)) >= 0
+
+    def recommend(self, user_ids, k: int = 10, candidates: int = 100, exclude_seen: bool = True,
+                  filters: Filters | None = None) -> pd.DataFrame:
+        """Top ``k`` titles per known user: columns user_id, rank, anime_id, title, score.
+
+        Raises:
+          InputError: a user id is not in the training data (use :meth:`known` to split
+            them off, or :meth:`recommend_for_history` with their list).
+        """
+        if k <= 0 or candidates <= 0:
+            raise InputError(f"`k` and `candidates` must be positive. Received: k={k}, candidates={candidates}.")
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        rows = self._user_row.get_indexer(user_ids)
+        if (rows < 0).any():
+            raise InputError(f"{(rows < 0).sum()} user ids are not in the training data, e.g. "
+                             f"{user_ids[rows < 0][:3].tolist()}; use recommend_for_history().")
+        raw = {key: v[rows] for key, v in self._user_raw.items()}
+        seen = [self._seen.get(r, []) if exclude_seen else [] for r in rows]
+        top, scores = self._recommend_raw(raw, seen, k, candidates, filters or Filters())
+        return self._frame(user_ids, top, scores)
+
+    def popular(self, n_users: int, k: int = 10, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The cold-start fallback: the most watched allowed titles, for ``n_users`` rows."""
+        allowed = (filters or Filters()).allowed(self.anime)
+        order = np.argsort(-np.where(allowed, self._popularity, -np.inf), kind="stable")[:k]
+        order = order[allowed[order]]
+        rows = np.tile(order, (n_users, 1))
+        return rows, np.tile(self._popularity[order].astype(np.float32), (n_users, 1))
+
+    def recommend_for_history(self, entries, k: int = 10, candidates: int = 100,
+                              filters: Filters | None = None) -> pd.DataFrame:
+        """Recommendations for someone not in the training data, from their list.
+
+        Args:
+          entries: ``(anime id or title, score or None)`` pairs; scores are POINT_100.
+            Titles match ``anime.parquet`` titles case-insensitively; entries that match
+            nothing are listed in ``result.attrs["unknown"]`` and ignored.
+        """
+        from pipelines.features import _user_table
+
+        by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
+        by_title.update({str(t).casefold(): m for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
+        media, scores, unknown = [], [], []
+        for item, score in entries:
+            mid = item if isinstance(item, (int, np.integer)) and item in self._anime_row \
+                else by_title.get(str(item).casefold())
+            if mid is None:
+                unknown.append(item)
+                continue
+            media.append(int(mid))
+            scores.append(int(score or 0))
+        if media:
+            train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
+                                  "status": "COMPLETED", "is_interaction": True})
+            config = FeatureConfig.from_dict(self.schema["config"])
+            users, vectors = _user_table(train, self.anime, self.schema["vocab"], config,
+                                         self.schema["stats"]["global_mean_score"])
+            raw = raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
+                               feature_specs(self.schema, "user"), self.widths)
+            top, top_scores = self._recommend_raw(raw, [media], k, candidates, filters or Filters())
+        else:
+            top, top_scores = self.popular(1, k, filters)
+        result = self._frame([-1], top, top_scores).drop(columns="user_id")
+        result.attrs["unknown"] = unknown
+        return result
+
+    def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
+        """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s."""
+        row = self._anime_row.get_indexer([anime_id])[0]
+        if row < 0:
+            raise InputError(f"Anime {anime_id} is not in this model's catalog.")
+        ids, scores = self.index.search(self.index.embeddings[row:row + 1], k, exclude=[[anime_id]])
+        rows = self._anime_row.get_indexer(ids[0])
+        keep = ids[0] >= 0
+        return pd.DataFrame({"rank": np.arange(1, keep.sum() + 1), "anime_id": ids[0][keep],
+                             "title": self.anime["title"].to_numpy()[rows[keep]],
+                             "score": scores[0][keep]})

@@ -1,0 +1,190 @@
+"""A stand-in Hugging Face Hub on 127.0.0.1, for the real ``huggingface_hub`` client.
+
+Answers what create_repo, upload_folder (preupload + commit), snapshot_download and
+hf_hub_download call (see ../shared/DESIGN.md, "Hugging Face Hub facts"), keeping every
+commit, so revisions can be pinned. Point the client at it with ``HF_ENDPOINT`` (read at
+import) or ``endpoint=``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+
+class HubStandIn:
+    def __init__(self):
+        self.repos: dict[str, dict] = {}   # repo_id -> {"commits": {sha: files}, "main": sha}
+        self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "HubStandIn":
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", headers=None, head=False):
+                if isinstance(body, (dict, list)):
+                    body = json.dumps(body).encode()
+                    headers = {"Content-Type": "application/json", **(headers or {})}
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _body(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length)
+                if self.headers.get("Content-Encoding") == "gzip":
+                    data = gzip.decompress(data)
+                return data
+
+            def do_POST(self):
+                hub._record(self)
+                status, body, headers = hub.post(urlparse(self.path).path, self._body())
+                self._send(status, body, headers)
+
+            def do_GET(self):
+                hub._record(self)
+                status, body, headers = hub.get(urlparse(self.path))
+                self._send(status, body, headers)
+
+            def do_HEAD(self):
+                hub._record(self)
+                status, body, headers = hub.get(urlparse(self.path))
+                headers = dict(headers or {})
+                if isinstance(body, bytes):
+                    headers["Content-Length"] = str(len(body))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._http.shutdown()
+        self._http.server_close()
+
+    @property
+    def url(self) -> str:
+        host, port = self._http.server_address
+        return f"http://{host}:{port}"
+
+    def _record(self, handler):
+        with self._lock:
+            self.requests.append((handler.command, handler.path))
+            self.authorizations.append(handler.headers.get("Authorization"))
+
+    # -- API ----------------------------------------------------------------------------
+    def post(self, path: str, body: bytes):
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") \
+                else payload["name"]
+            with self._lock:
+                if repo_id in self.repos:
+                    return 409, {"error": "You already created this model repo",
+                                 "url": f"{self.url}/{repo_id}"}, {}
+                empty = self._sha({})
+                self.repos[repo_id] = {"commits": {empty: {}}, "main": empty,
+                                       "private": payload.get("visibility") == "private"}
+            return 200, {"url": f"{self.url}/{repo_id}"}, {}
+        if path == "/api/validate-yaml":
+            return 200, {"errors": [], "warnings": []}, {}
+        parts = path.split("/")
+        # /api/models/{ns}/{name}/{preupload|commit}/{rev}
+        if len(parts) >= 7 and parts[1] == "api" and parts[2] == "models":
+            repo_id, action = f"{parts[3]}/{parts[4]}", parts[5]
+            if repo_id not in self.repos:
+                return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            if action == "preupload":
+                files = json.loads(body)["files"]
+                return 200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                        "shouldIgnore": False, "oid": None} for f in files]}, {}
+            if action == "commit":
+                return self._commit(repo_id, body)
+        return 404, {"error": f"no route {path}"}, {}
+
+    def _commit(self, repo_id: str, body: bytes):
+        repo = self.repos[repo_id]
+        files = dict(repo["commits"][repo["main"]])
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            value = item["value"]
+            if item["key"] == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "deletedFile":
+                files.pop(value["path"], None)
+        sha = self._sha(files, parent=repo["main"])
+        with self._lock:
+            repo["commits"][sha] = files
+            repo["main"] = sha
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha}, {}
+
+    @staticmethod
+    def _sha(files: dict, parent: str = "") -> str:
+        digest = hashlib.sha1(parent.encode())
+        for path in sorted(files):
+            digest.update(path.encode() + hashlib.sha1(files[path]).digest())
+        return digest.hexdigest()
+
+    def _resolve(self, repo_id: str, revision: str):
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return None, None
+        sha = repo["main"] if revision == "main" else revision
+        return sha, repo["commits"].get(sha)
+
+    def get(self, url):
+        path = unquote(url.path)
+        parts = path.split("/")
+        not_found = {"X-Error-Code": "RepoNotFound"}
+        if len(parts) >= 5 and parts[1] == "api" and parts[2] == "models":
+            repo_id = f"{parts[3]}/{parts[4]}"
+            if repo_id not in self.repos:
+                return 404, {"error": "Repository not found"}, not_found
+            revision = parts[6] if len(parts) > 6 and parts[5] in ("revision", "tree") else "main"
+            sha, files = self._resolve(repo_id, revision)
+            if files is None:
+                return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+            if len(parts) > 5 and parts[5] == "tree":
+                return 200, [{"type": "file", "path": p, "size": len(b),
+                              "oid": hashlib.sha1(b).hexdigest()} for p, b in sorted(files.items())], {}
+            return 200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                         "siblings": [{"rfilename": p} for p in sorted(files)]}, {}
+        # /{ns}/{name}/resolve/{rev}/{path...}
+        if len(parts) >= 6 and parts[3] == "resolve":
+            repo_id, revision, file_path = f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:])
+            if repo_id not in self.repos:
+                return 404, b"", not_found
+            sha, files = self._resolve(repo_id, revision)
+            if files is None:
+                return 404, b"", {"X-Error-Code": "RevisionNotFound"}
+            if file_path not in files:
+                return 404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+            content = files[file_path]
+            return 200, content, {"X-Repo-Commit": sha,
+                                  "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                                  "Content-Type": "application/octet-stream"}
+        return 404, b"", not_found

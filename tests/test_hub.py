@@ -1,0 +1,103 @@
+"""Publish to and load from a stand-in Hugging Face Hub on 127.0.0.1, through the real
+huggingface_hub client (nothing patched)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import publish
+from pipelines.errors import InputError
+from serving import Recommender
+from tests.hub_server import HubStandIn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # a fresh, private cache
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
+    with HubStandIn() as server:
+        yield server
+
+
+def _recs(rec, users):
+    return rec.recommend(users, k=10)
+
+
+def test_push_then_load_gives_the_local_models_recommendations(hub, tiny_ranked, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ranked[0], model)
+    result = publish.run(model, "tester/anime", endpoint=hub.url)
+    assert result["url"].endswith(result["commit"]) and "recall@100" in result["message"]
+    assert set(hub.authorizations) == {"Bearer hf_secret_token_123"}
+    card = (model / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: tensorflow") and 'from_pretrained("tester/anime")' in card
+
+    local = Recommender.from_pretrained(str(model))
+    remote = Recommender.from_pretrained("tester/anime", endpoint=hub.url)
+    assert remote.directory != model
+    users = local.users["user_id"].to_numpy()[:25]
+    pd.testing.assert_frame_equal(_recs(remote, users), _recs(local, users))
+
+
+def test_revisions_are_pinned_and_the_cache_works_offline(hub, tiny_ranked, tiny_model, tmp_path):
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(tiny_ranked[0], first_dir)
+    shutil.copytree(tiny_model[0], second_dir)  # no ranker: other recommendations
+    first = publish.run(first_dir, "tester/anime", endpoint=hub.url)["commit"]
+    second = publish.run(second_dir, "tester/anime", endpoint=hub.url)["commit"]
+    assert first != second
+
+    users = Recommender.from_pretrained(str(first_dir)).users["user_id"].to_numpy()[:25]
+    want_first = _recs(Recommender.from_pretrained(str(first_dir)), users)
+    want_second = _recs(Recommender.from_pretrained(str(second_dir)), users)
+    assert not want_first.equals(want_second)
+    latest = Recommender.from_pretrained("tester/anime", endpoint=hub.url)
+    assert latest.ranker is None, "the second push removed the first model's ranker"
+    pd.testing.assert_frame_equal(_recs(latest, users), want_second)
+    pinned = Recommender.from_pretrained("tester/anime", revision=first, endpoint=hub.url)
+    pd.testing.assert_frame_equal(_recs(pinned, users), want_first)
+
+    # With no server at all, the cached pinned revision still loads.
+    hub.__exit__(None, None, None)
+    offline = Recommender.from_pretrained("tester/anime", revision=first, endpoint=hub.url,
+                                          local_files_only=True)
+    pd.testing.assert_frame_equal(_recs(offline, users), want_first)
+    with pytest.raises(InputError, match="not in the local cache"):
+        Recommender.from_pretrained("tester/never-downloaded", endpoint=hub.url,
+                                    local_files_only=True)
+
+
+def test_clear_errors_for_missing_repos_revisions_and_files(hub, tiny_ranked, tmp_path):
+    with pytest.raises(InputError, match="No model repo 'tester/nothing'"):
+        Recommender.from_pretrained("tester/nothing", endpoint=hub.url)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ranked[0], model)
+    publish.run(model, "tester/anime", endpoint=hub.url)
+    with pytest.raises(InputError, match="no revision 'f00d"):
+        Recommender.from_pretrained("tester/anime", revision="f00d" * 10, endpoint=hub.url)
+    # A repo missing a file (e.g. an interrupted manual upload) is refused by name.
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_ranked[0], partial)
+    shutil.rmtree(partial / "index")
+    with pytest.raises(InputError, match=r"missing \['index"):
+        publish.run(partial, "tester/partial", endpoint=hub.url)
+
+
+def test_publish_cli_never_prints_the_token(hub, tiny_ranked, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ranked[0], model)
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_secret_token_123",
+           "HF_HOME": str(tmp_path / "cli_home"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "pipelines", "publish", "--model", str(model),
+                             "--repo", "tester/cli"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "hf_secret_token_123" not in result.stdout + result.stderr
+    assert "commit" in result.stdout and hub.url in result.stdout
+    assert "tester/cli" in hub.repos

@@ -1,0 +1,156 @@
+"""Serving from a local model directory: recommend (seen excluded, filters), cold start
+from a history, similar titles, clear errors on damaged models, and the batch job
+(resumable after SIGKILL, unknown users flagged, bad rows reported)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.errors import InputError
+from serving import Filters, Recommender, batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_ranked):
+    return Recommender.from_pretrained(str(tiny_ranked[0]))
+
+
+def test_recommend_excludes_seen_and_ranks(rec):
+    users = rec.users["user_id"].to_numpy()[:20]
+    out = rec.recommend(users, k=10)
+    assert list(out.columns) == ["user_id", "rank", "anime_id", "title", "score"]
+    assert (out.groupby("user_id").size() == 10).all()
+    seen = pd.read_parquet(rec.directory / "seen.parquet")
+    pairs = set(map(tuple, seen[["user_id", "media_id"]].to_numpy()))
+    assert not [p for p in zip(out["user_id"], out["anime_id"]) if p in pairs]
+    for _, g in out.groupby("user_id"):
+        assert g["rank"].tolist() == list(range(1, 11))
+        assert (np.diff(g["score"].to_numpy()) <= 1e-6).all()
+    with_seen = rec.recommend(users[:5], k=10, exclude_seen=False)
+    assert [p for p in zip(with_seen["user_id"], with_seen["anime_id"]) if p in pairs]
+
+
+def test_filters(rec):
+    anime = rec.anime.set_index("media_id")
+    users = rec.users["user_id"].to_numpy()[:10]
+    banned = tuple(rec.recommend(users[:1], k=3)["anime_id"])
+    f = Filters(formats=("TV", "ONA"), min_year=2000, max_year=2024, max_popularity=20_000,
+                exclude_ids=banned)
+    out = rec.recommend(users, k=5, filters=f)
+    a = anime.loc[out["anime_id"]]
+    assert a["format"].isin(["TV", "ONA"]).all()
+    assert a["season_year"].between(2000, 2024).all() and (a["popularity"] <= 20_000).all()
+    assert not a["is_adult"].astype(bool).any() and not set(banned) & set(out["anime_id"])
+
+
+def test_cold_start_from_a_history(rec):
+    anime = rec.anime
+    history = [(anime["title"].iloc[0], 90), (int(anime["media_id"].iloc[1]), None),
+               ("No Such Anime", 70)]
+    out = rec.recommend_for_history(history, k=8)
+    assert out.attrs["unknown"] == ["No Such Anime"]
+    assert len(out) == 8
+    assert not {int(anime["media_id"].iloc[0]), int(anime["media_id"].iloc[1])} & set(out["anime_id"])
+    # Nothing recognisable: the popularity fallback, still k titles.
+    assert len(rec.recommend_for_history([("???", 10)], k=4)) == 4
+
+
+def test_similar_anime_matches_brute_force(rec):
+    emb, ids = rec.index.embeddings, rec.index.ids
+    out = rec.similar_anime(int(ids[0]), k=5)
+    scores = emb[1:] @ emb[0]
+    assert out["anime_id"].tolist() == ids[1:][np.argsort(-scores)[:5]].tolist()
+    with pytest.raises(InputError, match="not in this model"):
+        rec.similar_anime(-5)
+
+
+def test_unknown_users_and_bad_arguments(rec):
+    with pytest.raises(InputError, match="not in the training data"):
+        rec.recommend([123456789])
+    with pytest.raises(InputError, match="must be positive"):
+        rec.recommend(rec.users["user_id"][:1], k=0)
+
+
+def test_damaged_models_give_clear_errors(tiny_ranked, tmp_path):
+    broken = tmp_path / "m1"
+    shutil.copytree(tiny_ranked[0], broken)
+    (broken / "query_tower" / "saved_model.pb").write_bytes(b"not a protobuf")
+    with pytest.raises(InputError, match="query_tower is missing or corrupt"):
+        Recommender.from_pretrained(str(broken))
+    missing = tmp_path / "m2"
+    shutil.copytree(tiny_ranked[0], missing)
+    (missing / "index" / "candidate_ids.npy").unlink()
+    with pytest.raises(InputError, match=r"missing \['index/candidate_ids.npy'\]"):
+        Recommender.from_pretrained(str(missing))
+    corrupt = tmp_path / "m3"
+    shutil.copytree(tiny_ranked[0], corrupt)
+    (corrupt / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="config.json is corrupt"):
+        Recommender.from_pretrained(str(corrupt))
+    other = tmp_path / "m4"
+    shutil.copytree(tiny_ranked[0], other)
+    text = (other / "config.json").read_text().replace('"tensorflow": "2.', '"tensorflow": "1.')
+    (other / "config.json").write_text(text)
+    with pytest.raises(InputError, match="saved with TensorFlow 1"):
+        Recommender.from_pretrained(str(other))
+
+
+def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
+    users = rec.users["user_id"].to_numpy()[:300]
+    listing = tmp_path / "users.csv"
+    listing.write_text("user_id\n" + "\n".join(map(str, users)) + "\n999999999\nnot-a-user\n\n")
+    clean = tmp_path / "clean"
+    summary = batch.run(str(tiny_ranked[0]), str(listing), clean, k=5, chunk_size=10, progress=False)
+    assert summary["users"] == 301 and summary["popularity_fallback_users"] == 1
+    assert summary["invalid_row_count"] == 1 and summary["invalid_rows"][0][1] == "not-a-user"
+    out = batch.read_output(clean)
+    assert (out.loc[out["user_id"] == 999999999, "source"] == "popularity").all()
+    known = out[out["source"] == "model"]
+    expected = rec.recommend(users, k=5)
+    pd.testing.assert_frame_equal(known.drop(columns="source").reset_index(drop=True), expected)
+
+    # Killed mid-way (SIGKILL), then rerun: the same parts, byte for byte in content.
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "serving.batch", "--model", str(tiny_ranked[0]),
+               "--users", str(listing), "--out", str(killed), "--k", "5", "--chunk-size", "10",
+               "--quiet"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(killed.glob("part-00002.parquet")) and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    parts = sorted(killed.glob("part-*.parquet"))
+    assert 3 <= len(parts) < 31 and not (killed / batch.DONE).exists(), "killed mid-way"
+    with pytest.raises(InputError, match="did not finish"):
+        batch.read_output(killed)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(batch.read_output(killed), batch.read_output(clean))
+    assert not list(killed.glob(".*.tmp"))
+
+    # Another job's output directory is refused: other users, or a retrained model.
+    with pytest.raises(InputError, match="different job"):
+        batch.run(str(tiny_ranked[0]), "all", killed, k=5, chunk_size=10, progress=False)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_ranked[0], retrained)
+    emb = np.load(retrained / "index" / "candidate_embeddings.npy")
+    np.save(retrained / "index" / "candidate_embeddings.npy", emb[::-1].copy())
+    first = tmp_path / "first"
+    batch.run(str(tiny_ranked[0]), "all", first, k=5, chunk_size=500, progress=False)
+    manifest = (first / batch.MANIFEST).read_text()
+    (first / batch.MANIFEST).write_text(manifest.replace(str(tiny_ranked[0]), str(retrained)))
+    with pytest.raises(InputError, match="different job"):
+        batch.run(str(retrained), "all", first, k=5, chunk_size=500, progress=False)
