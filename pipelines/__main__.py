@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = batch.run(args.model, "all", args.recommendations, progress=progress)
             print(f"recommendations for {summary['users']:,} users in {summary['out']} "
                   f"({summary['seconds']} s)")
+            print(f"report: {report['report']}/report.md")
         if args.stage == "publish":
             from pipelines import publish
 

@@ -381,10 +381,27 @@ def export_ranker(ranker, data: Data, widths: dict, path: Path) -> None:
     def serve(features):
         return {"scores": ranker(features)}
 
+    # The same model in two halves, for batch serving: titles are encoded once per
+    # catalog ("encode_anime"), lists are then scored from the encodings ("score_encoded").
+    anime_sig = input_signature(feature_specs(schema, "anime"), schema, widths)
+
+    @tf.function(input_signature=[anime_sig])
+    def encode(features):
+        return {"encoded": ranker.encode_anime(features)}
+
+    score_sig = input_signature(feature_specs(schema, "user"), schema, widths)
+    score_sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
+    score_sig["anime_encoded"] = tf.TensorSpec([None, None, None], tf.float32, name="anime_encoded")
+
+    @tf.function(input_signature=[score_sig])
+    def score_encoded(features):
+        return {"scores": ranker.score_encoded(features, features["anime_encoded"])}
+
     level = tf.get_logger().level
     tf.get_logger().setLevel("ERROR")  # no get_config on purpose: restored as a function
     try:
-        tf.saved_model.save(ranker, str(path), signatures={"serving_default": serve})
+        tf.saved_model.save(ranker, str(path), signatures={
+            "serving_default": serve, "encode_anime": encode, "score_encoded": score_encoded})
     finally:
         tf.get_logger().setLevel(level)
 

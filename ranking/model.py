@@ -38,30 +38,36 @@ class Ranker(tf.keras.Model):
         self._crosses = []
         for vector, title_feature in (("genre", "genres"), ("format", "format")):
             if {f"{vector}_share", title_feature} <= {s["name"] for s in schema["features"]}:
-                vocab = schema["vocab"][vector + "s" if vector == "genre" else vector]
+                vocab = [v for v in schema["vocab"][vector + "s" if vector == "genre" else vector]
+                         if v != ""]
                 lookup = tf.keras.layers.StringLookup(
-                    vocabulary=[v for v in vocab if v != ""], output_mode="multi_hot",
-                    num_oov_indices=1, name=f"{title_feature}_multi_hot")
-                self._crosses.append((vector, title_feature, lookup))
+                    vocabulary=vocab, output_mode="multi_hot", num_oov_indices=1,
+                    name=f"{title_feature}_multi_hot")
+                self._crosses.append((vector, title_feature, lookup, len(vocab)))
         self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
                     for i, units in enumerate(config.hidden)]
         self.score = tf.keras.layers.Dense(1, name="score")
 
-    def call(self, features: dict) -> tf.Tensor:
-        user = self.user_encoder({k: features[k] for k in self.user_keys})       # [b, du]
-        first = features[self.anime_keys[0]]
-        batch, size = tf.shape(first)[0], tf.shape(first)[1]
-        # Encode every (list, item) as one row, then restore the list dimension.
-        flat = {k: tf.reshape(features[k], tf.concat([[-1], tf.shape(features[k])[2:]], 0))
-                for k in self.anime_keys}
-        anime = self.anime_encoder(flat)
-        anime = tf.reshape(anime, [batch, size, anime.shape[-1]])                 # [b, l, da]
-        parts = [tf.repeat(user[:, None, :], size, axis=1), anime]
-        for vector, title_feature, lookup in self._crosses:
-            values = tf.reshape(features[title_feature], [batch * size, -1])
+    def encode_anime(self, features: dict) -> tf.Tensor:
+        """Raw title features ``[n]`` (``[n, width]`` for genres/tags) -> ``[n, d]``: the
+        title's encoding and its normalised genre/format indicators for the crosses.
+        It does not depend on the user, so serving computes it once per catalog."""
+        parts = [self.anime_encoder({k: features[k] for k in self.anime_keys})]
+        for _, title_feature, lookup, _ in self._crosses:
+            values = tf.reshape(features[title_feature], [tf.shape(parts[0])[0], -1])
             hot = lookup(values)[:, 1:]                                # drop the OOV slot
-            hot = hot / tf.maximum(tf.reduce_sum(hot, -1, keepdims=True), 1.0)
-            hot = tf.reshape(hot, [batch, size, hot.shape[-1]])
+            parts.append(hot / tf.maximum(tf.reduce_sum(hot, -1, keepdims=True), 1.0))
+        return tf.concat(parts, axis=-1)
+
+    def score_encoded(self, features: dict, anime: tf.Tensor) -> tf.Tensor:
+        """User raw features ``[b]``, encoded titles ``[b, l, d]`` (from
+        :meth:`encode_anime`) and ``similarity`` ``[b, l]`` -> scores ``[b, l]``."""
+        user = self.user_encoder({k: features[k] for k in self.user_keys})       # [b, du]
+        size = tf.shape(anime)[1]
+        widths = [width for *_, width in self._crosses]
+        encoded, *hots = tf.split(anime, [-1, *widths], axis=-1) if widths else (anime,)
+        parts = [tf.repeat(user[:, None, :], size, axis=1), encoded]
+        for (vector, *_), hot in zip(self._crosses, hots):
             for kind in ("share", "affinity"):
                 taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)  # [b, width]
                 parts.append(tf.einsum("bw,blw->bl", taste, hot)[..., None])
@@ -71,6 +77,16 @@ class Ranker(tf.keras.Model):
         for layer in self.mlp:
             x = layer(x)
         return tf.squeeze(self.score(x), -1)
+
+    def call(self, features: dict) -> tf.Tensor:
+        first = features[self.anime_keys[0]]
+        batch, size = tf.shape(first)[0], tf.shape(first)[1]
+        # Encode every (list, item) as one row, then restore the list dimension.
+        flat = {k: tf.reshape(features[k], tf.concat([[-1], tf.shape(features[k])[2:]], 0))
+                for k in self.anime_keys}
+        anime = self.encode_anime(flat)
+        anime = tf.reshape(anime, [batch, size, anime.shape[-1]])
+        return self.score_encoded(features, anime)
 
 
 class RankingModel(tfrs.Model):

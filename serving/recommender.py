@@ -73,8 +73,9 @@ class Filters:
 
 
 def _load_saved(path: Path):
+    """The signatures of a SavedModel, or a named error instead of TF's traceback."""
     try:
-        return tf.saved_model.load(str(path)).signatures["serving_default"]
+        return tf.saved_model.load(str(path)).signatures
     except Exception as err:  # TF raises many types for a damaged SavedModel
         raise InputError(f"{path} is missing or corrupt and cannot be loaded as a SavedModel "
                          f"({type(err).__name__}); download the model again or retrain it.") from None
@@ -107,11 +108,26 @@ class Recommender:
         self._user_specs = feature_specs(schema, "user", use)
         self._user_raw = raw_features(self.users, feature_specs(schema, "user"), self.widths)
         self._anime_raw = raw_features(self.anime, feature_specs(schema, "anime"), self.widths)
-        self.query_tower = _load_saved(directory / "query_tower")
+        self.query_tower = _load_saved(directory / "query_tower")["serving_default"]
         self.index = CandidateIndex.load(directory / "index")
         if not np.array_equal(self.index.ids, self.anime["media_id"].to_numpy()):
             raise InputError(f"{directory}/index does not match anime.parquet; the model is corrupt.")
-        self.ranker = _load_saved(directory / "ranker") if (directory / "ranker").exists() else None
+        self.ranker, self._encoded = None, None
+        if (directory / "ranker").exists():
+            signatures = _load_saved(directory / "ranker")
+            self.ranker = signatures["serving_default"]
+            if "encode_anime" in signatures:
+                # Titles do not depend on the user: encode the catalog once, then every
+                # batch gathers float rows instead of re-encoding strings per candidate.
+                self._score_encoded = signatures["score_encoded"]
+                encode = signatures["encode_anime"]
+                names = {t.name for t in encode.structured_input_signature[1].values()}
+                parts = []
+                for start in range(0, len(self.anime), 4096):
+                    batch = {k: tf.constant(v[start:start + 4096])
+                             for k, v in self._anime_raw.items() if k in names}
+                    parts.append(encode(**batch)["encoded"].numpy())
+                self._encoded = np.concatenate(parts)
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
@@ -144,6 +160,17 @@ class Recommender:
         """Ranker scores ``[n, C]`` (the retrieval score if the model has no ranker)."""
         if self.ranker is None:
             return sim
+        if self._encoded is not None:
+            names = {t.name for t in self._score_encoded.structured_input_signature[1].values()}
+            out = []
+            for start in range(0, len(cand_rows), batch_size):
+                rows = np.maximum(cand_rows[start:start + batch_size], 0)
+                batch = {k: tf.constant(v[start:start + batch_size])
+                         for k, v in user_raw.items() if k in names}
+                batch["anime_encoded"] = tf.constant(self._encoded[rows])
+                batch["similarity"] = tf.constant(sim[start:start + batch_size].astype(np.float32))
+                out.append(self._score_encoded(**batch)["scores"].numpy())
+            return np.concatenate(out)
         inputs = {s.name for s in self.ranker.structured_input_signature[1].values()}
         out = []
         for start in range(0, len(cand_rows), batch_size):

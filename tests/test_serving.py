@@ -154,3 +154,13 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
     (first / batch.MANIFEST).write_text(manifest.replace(str(tiny_ranked[0]), str(retrained)))
     with pytest.raises(InputError, match="different job"):
         batch.run(str(retrained), "all", first, k=5, chunk_size=500, progress=False)
+
+
+def test_catalog_encoded_once_scores_like_the_raw_ranker(tiny_ranked):
+    fast = Recommender.from_pretrained(str(tiny_ranked[0]))
+    assert fast._encoded is not None and len(fast._encoded) == len(fast.anime)
+    users = fast.users["user_id"].to_numpy()[:40]
+    encoded = fast.recommend(users, k=10)
+    fast._encoded = None  # fall back to the raw serving_default signature
+    raw = fast.recommend(users, k=10)
+    pd.testing.assert_frame_equal(encoded, raw, atol=1e-5)
