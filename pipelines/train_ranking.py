@@ -387,7 +387,7 @@ def export_ranker(ranker, data: Data, widths: dict, path: Path) -> None:
 
     @tf.function(input_signature=[anime_sig])
     def encode(features):
-        return {"encoded": ranker.encode_anime(features)}
+        return {"encoded": ranker.project_anime(features)}
 
     score_sig = input_signature(feature_specs(schema, "user"), schema, widths)
     score_sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
@@ -395,7 +395,7 @@ def export_ranker(ranker, data: Data, widths: dict, path: Path) -> None:
 
     @tf.function(input_signature=[score_sig])
     def score_encoded(features):
-        return {"scores": ranker.score_encoded(features, features["anime_encoded"])}
+        return {"scores": ranker.score_projected(features, features["anime_encoded"])}
 
     level = tf.get_logger().level
     tf.get_logger().setLevel("ERROR")  # no get_config on purpose: restored as a function

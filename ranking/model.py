@@ -78,6 +78,50 @@ class Ranker(tf.keras.Model):
             x = layer(x)
         return tf.squeeze(self.score(x), -1)
 
+    # Serving halves with the first layer factorised: its kernel splits by input block,
+    # [user | title | crosses | similarity] @ W = user @ Wu + title @ Wt + ..., so the
+    # title block (the bulk of the inputs) is multiplied once per catalog title instead
+    # of once per (user, title) pair. Same function as call(), fewer FLOPs per request.
+    def _first_layer_blocks(self):
+        kernel = self.mlp[0].kernel
+        n_tail = 2 * len(self._crosses) + int(self.config.use_similarity)
+        return kernel, n_tail
+
+    def project_anime(self, features: dict) -> tf.Tensor:
+        """Like :meth:`encode_anime`, with the title encoding already multiplied by its
+        block of the first layer: ``[n, hidden_0 + cross widths]``."""
+        encoded = self.encode_anime(features)
+        widths = [width for *_, width in self._crosses]
+        kernel, n_tail = self._first_layer_blocks()
+        title, *hots = tf.split(encoded, [-1, *widths], axis=-1) if widths else (encoded,)
+        d_title = title.shape[-1]
+        d_user = kernel.shape[0] - d_title - n_tail
+        projected = tf.matmul(title, kernel[d_user:d_user + d_title])
+        return tf.concat([projected, *hots], axis=-1)
+
+    def score_projected(self, features: dict, anime: tf.Tensor) -> tf.Tensor:
+        """Scores ``[b, l]`` from user features and :meth:`project_anime` rows ``[b, l, d]``."""
+        user = self.user_encoder({k: features[k] for k in self.user_keys})       # [b, du]
+        widths = [width for *_, width in self._crosses]
+        kernel, n_tail = self._first_layer_blocks()
+        projected, *hots = tf.split(anime, [-1, *widths], axis=-1) if widths else (anime,)
+        d_user = user.shape[-1]
+        tail = []
+        for (vector, *_), hot in zip(self._crosses, hots):
+            for kind in ("share", "affinity"):
+                taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)
+                tail.append(tf.einsum("bw,blw->bl", taste, hot))
+        if self.config.use_similarity:
+            tail.append(tf.cast(features["similarity"], tf.float32))
+        x = (tf.matmul(user, kernel[:d_user])[:, None, :] + projected
+             + self.mlp[0].bias)
+        if tail:
+            x += tf.einsum("blt,th->blh", tf.stack(tail, -1), kernel[kernel.shape[0] - n_tail:])
+        x = self.mlp[0].activation(x)
+        for layer in self.mlp[1:]:
+            x = layer(x)
+        return tf.squeeze(self.score(x), -1)
+
     def call(self, features: dict) -> tf.Tensor:
         first = features[self.anime_keys[0]]
         batch, size = tf.shape(first)[0], tf.shape(first)[1]

@@ -185,9 +185,8 @@ class Recommender:
                        filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (title rows, scores) for users given as raw features."""
         queries = self._embed_users(user_raw)
-        blocked = self.anime["media_id"].to_numpy()[~filters.allowed(self.anime)].tolist()
-        exclude = [list(s) + blocked for s in seen]
-        ids, sim = self.index.search(queries, max(candidates, k), exclude=exclude)
+        ids, sim = self.index.search(queries, max(candidates, k), exclude=seen,
+                                     allowed=filters.allowed(self.anime))
         cand = self._anime_row.get_indexer(ids.reshape(-1)).reshape(ids.shape)
         cand = np.where(ids >= 0, cand, -1)
         sim = np.where(cand >= 0, sim, 0.0)

@@ -13,6 +13,7 @@ of several times k candidates.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -85,7 +86,8 @@ class CandidateIndex:
         self.ids = ids
         self.config = config
         self._searcher = searcher  # None: exact numpy search
-        self._position = {int(i): p for p, i in enumerate(ids.tolist())}
+        self._sorter = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._sorter]
 
     @classmethod
     def build(cls, embeddings: np.ndarray, ids: np.ndarray,
@@ -100,14 +102,17 @@ class CandidateIndex:
         return cls(embeddings, ids, config, _build_searcher(embeddings, config))
 
     def search(self, queries: np.ndarray, k: int | None = None,
-               exclude: list | None = None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               exclude: list | None = None, allowed: np.ndarray | None = None,
+               batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` candidates per query.
 
         Args:
           queries: ``[num_queries, d]`` float32.
           k: neighbours per query (default ``config.k``); clipped to the catalog size.
-          exclude: optional, per query, an iterable of candidate ids never to return.
+          exclude: optional, per query, a sized iterable of candidate ids never to return.
             Search fetches ``k`` + the most excluded ids of the batch and filters.
+          allowed: optional bool ``[n]`` over the candidates (in ``ids`` order): only
+            these may be returned (e.g. a format or year filter), for every query.
 
         Returns:
           ``(ids, scores)``, each ``[num_queries, k]``; rows with fewer than ``k``
@@ -121,12 +126,18 @@ class CandidateIndex:
         for start in range(0, len(queries), batch_size):
             q = queries[start:start + batch_size]
             mask = None
-            if exclude is not None:
+            if exclude is not None or allowed is not None:
                 mask = np.zeros((len(q), n), bool)
-                for row, seen in enumerate(exclude[start:start + batch_size]):
-                    cols = [self._position[s] for s in np.asarray(list(seen)).tolist()
-                            if s in self._position]
-                    mask[row, cols] = True
+            if allowed is not None:
+                mask |= ~np.asarray(allowed, bool)[None, :]
+            if exclude is not None:
+                chunk = exclude[start:start + batch_size]
+                lengths = [len(seen) for seen in chunk]
+                flat = np.fromiter(itertools.chain.from_iterable(chunk), np.int64, sum(lengths))
+                rows = np.repeat(np.arange(len(chunk)), lengths)
+                pos = np.searchsorted(self._sorted_ids, flat).clip(0, n - 1)
+                found = self._sorted_ids[pos] == flat  # unknown ids are ignored
+                mask[rows[found], self._sorter[pos[found]]] = True
             if self._searcher is None:
                 scores = q @ self.embeddings.T
                 idx = top_k(scores, k, mask)
