@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean bench
 
 run: $(STAMP)
 	$(PY) -m pipelines run
@@ -24,3 +24,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 clean:
 	rm -rf data .pytest_cache
+
+# Benchmarks (not tests, not in CI): each prints a table, last line the headline ratio.
+# Needs the default model: run `make run` first. Under 15 minutes on 2 cores.
+bench: $(STAMP)
+	test -f data/model/config.json || $(PY) -m pipelines run
+	$(PY) bench/train_throughput.py --features data/features
+	$(PY) bench/batch_vs_naive.py --model data/model
+	$(PY) bench/scann_at_scale.py
+	$(PY) bench/features_scale.py
+	$(PY) bench/compute_floor.py --model data/model

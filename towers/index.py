@@ -207,7 +207,7 @@ def _build_searcher(embeddings: np.ndarray, config: IndexConfig):
     return (builder
             .tree(num_leaves=settings["num_leaves"],
                   num_leaves_to_search=settings["leaves_to_search"],
-                  training_sample_size=n)
+                  training_sample_size=min(n, 100_000))  # ScaNN's default sample
             .score_ah(config.dimensions_per_block,
                       anisotropic_quantization_threshold=config.anisotropic_quantization_threshold)
             .reorder(min(settings["reorder"], n))
@@ -215,8 +215,13 @@ def _build_searcher(embeddings: np.ndarray, config: IndexConfig):
 
 
 def brute_force_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int,
-                      batch_size: int = 1024) -> np.ndarray:
-    """Exact baseline (DESIGN.md): batched float32 matmul + argpartition. Indices ``[n, k]``."""
+                      batch_size: int | None = None) -> np.ndarray:
+    """Exact baseline (DESIGN.md): batched float32 matmul + argpartition. Indices ``[n, k]``.
+
+    The default batch keeps each score block near 16M floats (64 MB): at 1M candidates
+    that is 16 queries, and bigger blocks only spill out of cache (measured: 39 queries/s
+    at 16 vs 22 at 256)."""
+    batch_size = batch_size or max(1, min(1024, (1 << 24) // max(len(embeddings), 1)))
     out = []
     for start in range(0, len(queries), batch_size):
         out.append(top_k(queries[start:start + batch_size] @ embeddings.T, k))
