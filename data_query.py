@@ -549,8 +549,8 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
         except BudgetExhausted as err:
             summary.stopped = str(err)
             break
-        now = int(time.time())
-        rows = [media_row(m, now) for m in found or [] if m and m.get("id") in set(batch)]
+        now, wanted = int(time.time()), set(batch)
+        rows = [media_row(m, now) for m in found or [] if m and m.get("id") in wanted]
         with store.transaction(conn):
             store.upsert_media(conn, _frame(rows, store.MEDIA_COLUMNS))
             got = {r["media_id"] for r in rows}

@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import _env  # noqa: E402,F401
 
-import numpy as np  # noqa: E402
 
 from serving import Recommender  # noqa: E402
 from towers.index import brute_force_top_k  # noqa: E402

@@ -47,7 +47,7 @@ from pipelines.train_retrieval import Data, load_tower
 from ranking.losses import LOSSES
 from ranking.metrics import list_ndcg, order_metrics, random_list_ndcg
 from ranking.model import RankingModel
-from towers.features import feature_specs, input_signature
+from towers.features import apply_in_blocks, feature_specs, input_signature
 from towers.index import CandidateIndex
 
 TEST_LIST_CAP = 50  # longest held-out list scored in the list-NDCG protocol
@@ -91,13 +91,8 @@ class Retrieval:
             raise InputError("The candidate index does not cover the feature tables' titles.")
         query = load_tower(model_dir / "query_tower")
         specs = feature_specs(data.schema, "user", self.config["retrieval"]["features"])
-        parts = []
-        n = len(data.users)
-        for start in range(0, n, 4096):
-            batch = {s["name"]: tf.constant(data.user_raw[s["name"]][start:start + 4096])
-                     for s in specs}
-            parts.append(query(**batch)["embedding"].numpy())
-        self.queries = np.concatenate(parts)
+        self.queries = apply_in_blocks(lambda batch: query(**batch)["embedding"],
+                                       data.user_raw, [s["name"] for s in specs])
         self.candidates = self.index.embeddings
 
     def top(self, data: Data, exclude_splits: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,8 @@ from pipelines import features as feature_tables
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
 from ranking.metrics import hits, ndcg_at_k, recall_at_k, top_k
-from towers.features import feature_specs, input_signature, multi_widths, raw_features
+from towers.features import (apply_in_blocks, feature_specs, input_signature,
+                             multi_widths, raw_features)
 from towers.index import CandidateIndex, IndexConfig, brute_force_top_k
 from towers.model import TwoTowerModel
 
@@ -114,14 +115,11 @@ def _dataset(data: Data, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]
 
 
 def _embed(tower, raw: dict, rows: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
-    n = len(next(iter(raw.values())))
-    rows = np.arange(n) if rows is None else rows
-    keys = [s["name"] for s in tower.encoder.specs]
-    out = []
-    for start in range(0, len(rows), batch_size):
-        r = rows[start:start + batch_size]
-        out.append(tower({k: tf.constant(raw[k][r]) for k in keys}).numpy())
-    return np.concatenate(out) if out else np.zeros((0, tower.out.units), np.float32)
+    """Embeddings of the rows ``rows`` (default: all) of raw features by a Keras tower."""
+    if rows is not None:
+        raw = {k: v[rows] for k, v in raw.items()}
+    names = [s["name"] for s in tower.encoder.specs]
+    return apply_in_blocks(lambda batch: tower(batch).numpy(), raw, names, batch_size)
 
 
 def rank_per_user(score_fn, data: Data, split: str, user_rows: np.ndarray | None = None,

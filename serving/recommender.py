@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from pipelines.config import FeatureConfig, RankingConfig
 from pipelines.errors import InputError
-from towers.features import feature_specs, raw_features
+from towers.features import apply_in_blocks, feature_specs, raw_features
 from towers.index import CandidateIndex
 
 REQUIRED = ("config.json", "anime.parquet", "users.parquet", "seen.parquet",
@@ -121,13 +121,9 @@ class Recommender:
                 # batch gathers float rows instead of re-encoding strings per candidate.
                 self._score_encoded = signatures["score_encoded"]
                 encode = signatures["encode_anime"]
-                names = {t.name for t in encode.structured_input_signature[1].values()}
-                parts = []
-                for start in range(0, len(self.anime), 4096):
-                    batch = {k: tf.constant(v[start:start + 4096])
-                             for k, v in self._anime_raw.items() if k in names}
-                    parts.append(encode(**batch)["encoded"].numpy())
-                self._encoded = np.concatenate(parts)
+                names = [t.name for t in encode.structured_input_signature[1].values()]
+                self._encoded = apply_in_blocks(lambda batch: encode(**batch)["encoded"],
+                                                self._anime_raw, names)
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
@@ -147,13 +143,8 @@ class Recommender:
 
     # -- scoring ----------------------------------------------------------------------
     def _embed_users(self, raw: dict) -> np.ndarray:
-        n = len(next(iter(raw.values())))
-        out = []
-        for start in range(0, n, 4096):
-            batch = {s["name"]: tf.constant(raw[s["name"]][start:start + 4096])
-                     for s in self._user_specs}
-            out.append(self.query_tower(**batch)["embedding"].numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.index.embeddings.shape[1]), np.float32)
+        return apply_in_blocks(lambda batch: self.query_tower(**batch)["embedding"], raw,
+                               [s["name"] for s in self._user_specs])
 
     def _rank(self, user_raw: dict, cand_rows: np.ndarray, sim: np.ndarray,
               batch_size: int = 256) -> np.ndarray:

@@ -154,3 +154,14 @@ class FeatureEncoder(tf.keras.layers.Layer):
                 z = tf.where(tf.math.is_nan(z), tf.zeros_like(z), z)
                 parts.append(z[:, None] if kind == "numeric" else z)
         return tf.concat(parts, axis=-1)
+
+
+def apply_in_blocks(fn, raw: dict, names, batch_size: int = 4096) -> np.ndarray:
+    """``fn({name: tensor}) -> tensor`` over the rows of raw feature arrays, a block at a
+    time (bounded memory), concatenated: ``[rows, ...]``. Only ``names`` are passed in.
+    Serves the Keras towers at training time and the SavedModel signatures at serving."""
+    n = len(next(iter(raw.values())))
+    # At least one (possibly empty) block, so an empty input still has the output's shape.
+    return np.concatenate([
+        np.asarray(fn({k: tf.constant(raw[k][start:start + batch_size]) for k in names}))
+        for start in range(0, max(n, 1), batch_size)])
