@@ -34,7 +34,7 @@ def naive(rec: Recommender, user_ids, k=10, candidates=100):
         raw = {s["name"]: tf.constant(rec._user_raw[s["name"]][row:row + 1]) for s in rec._user_specs}
         q = rec.query_tower(**raw)["embedding"].numpy()[0]
         scores = emb @ q
-        seen = rec._anime_row.get_indexer(rec._seen.get(row, []))
+        seen = rec._anime_row.get_indexer(rec._seen[row])
         scores[seen[seen >= 0]] = -np.inf
         cand = np.argpartition(-scores, candidates)[:candidates]
         cand = cand[np.argsort(-scores[cand])]

@@ -7,7 +7,8 @@ Users are processed in chunks, each chunk with batched tower calls, one batched 
 search and batched ranking (no per-user model call). Each chunk becomes
 ``part-00000.parquet`` (user_id, rank, anime_id, title, score, source), written to a
 temporary file and renamed, so a killed job rerun with the same arguments skips the
-finished parts and produces exactly the uninterrupted output. Users not in the training
+finished parts, deletes the killed run's unfinished temporary file and produces exactly
+the uninterrupted output. Users not in the training
 data get the most-watched titles, flagged ``source = "popularity"``; input rows that are
 not user ids are reported and skipped, never fatal.
 """
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from pipelines import atomic  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 from serving.recommender import Filters, Recommender  # noqa: E402
 
@@ -88,7 +90,9 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
             raise InputError(f"{out} holds the output of a different job (other model, users "
                              "or options); pass another --out or delete it.")
     else:
-        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        atomic.write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
+    for stale in out.glob(".part-*.tmp"):  # a killed run's unfinished part
+        stale.unlink(missing_ok=True)
     chunks = range(0, len(ids), chunk_size)
     written = skipped = fallback = 0
     for i, first in enumerate(tqdm(chunks, desc="batch", unit="chunk", disable=not progress)):
@@ -117,7 +121,7 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
                "parts_written": written, "parts_skipped": skipped,
                "popularity_fallback_users": fallback, "invalid_rows": invalid[:20],
                "invalid_row_count": len(invalid), "seconds": round(time.perf_counter() - start, 2)}
-    (out / DONE).write_text(json.dumps(summary, indent=2))
+    atomic.write_text(out / DONE, json.dumps(summary, indent=2))
     return summary
 
 

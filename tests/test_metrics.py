@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ranking import metrics
 from ranking.metrics import dcg, hits, ndcg_at_k, recall_at_k, top_k
 
 
@@ -15,6 +16,17 @@ def test_top_k_orders_best_first_and_respects_exclusions():
     assert top_k(scores, 10).shape == (2, 4)
     with pytest.raises(ValueError, match="positive integer"):
         top_k(scores, 0)
+
+
+def test_top_k_split_over_threads_equals_a_full_sort(monkeypatch):
+    """Above ~256k scores the rows are split over threads; the answer must not change."""
+    monkeypatch.setattr(metrics, "_WORKERS", 3)  # three uneven row blocks on any machine
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(301, 2000)).astype(np.float32)   # 602k scores, odd row count
+    exclude = rng.random(scores.shape) < 0.3
+    expected = np.argsort(-np.where(exclude, -np.inf, scores), axis=1, kind="stable")[:, :100]
+    np.testing.assert_array_equal(top_k(scores, 100, exclude), expected)
+    np.testing.assert_array_equal(top_k(scores, 2000)[:, :5], np.argsort(-scores, axis=1)[:, :5])
 
 
 def test_recall_and_ndcg_by_hand():

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from serving import Filters, Recommender, batch
+from tests.conftest import TINY_RANKING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +138,8 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
     assert 3 <= len(parts) < 31 and not (killed / batch.DONE).exists(), "killed mid-way"
     with pytest.raises(InputError, match="did not finish"):
         batch.read_output(killed)
+    # What a kill during a part's write leaves (the kill above may or may not land there).
+    (killed / ".part-00029.parquet.0badf00d.tmp").write_bytes(b"PAR1 half a file")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     pd.testing.assert_frame_equal(batch.read_output(killed), batch.read_output(clean))
@@ -159,8 +163,32 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
 def test_catalog_encoded_once_scores_like_the_raw_ranker(tiny_ranked):
     fast = Recommender.from_pretrained(str(tiny_ranked[0]))
     assert fast._encoded is not None and len(fast._encoded) == len(fast.anime)
+    assert fast.xla, "the side-feature ranker compiles with XLA"
     users = fast.users["user_id"].to_numpy()[:40]
     encoded = fast.recommend(users, k=10)
+    # Batches padded to a power of two score like unpadded ones (7 -> 8 rows, 1 -> 1).
+    one = pd.concat([fast.recommend(users[i:i + 1], k=10) for i in range(7)], ignore_index=True)
+    pd.testing.assert_frame_equal(one, encoded[encoded["user_id"].isin(users[:7])], atol=1e-5)
+    empty = fast.recommend([], k=10)
+    assert len(empty) == 0 and list(empty.columns) == list(encoded.columns)
     fast._encoded = None  # fall back to the raw serving_default signature
     raw = fast.recommend(users, k=10)
     pd.testing.assert_frame_equal(encoded, raw, atol=1e-5)
+
+
+def test_ranker_with_id_lookups_falls_back_from_xla(tiny_model, tiny_features, tmp_path):
+    """Id embeddings need hash-table lookups, which XLA cannot compile: the scorer runs
+    as a plain graph and still scores like the raw signature."""
+    from pipelines import train_ranking
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model[0], model_dir)
+    train_ranking.run(tiny_features, model_dir,
+                      RankingConfig(**{**TINY_RANKING, "max_epochs": 1, "use_ids": True}),
+                      compare_losses=False, progress=False)
+    rec = Recommender.from_pretrained(str(model_dir))
+    assert rec._encoded is not None and not rec.xla
+    users = rec.users["user_id"].to_numpy()[:20]
+    encoded = rec.recommend(users, k=10)
+    rec._encoded = None
+    pd.testing.assert_frame_equal(encoded, rec.recommend(users, k=10), atol=1e-5)

@@ -13,7 +13,6 @@ of several times k candidates.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -123,35 +122,38 @@ class CandidateIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        blocked = None if allowed is None else ~np.asarray(allowed, bool)
         for start in range(0, len(queries), batch_size):
             q = queries[start:start + batch_size]
-            mask = None
-            if exclude is not None or allowed is not None:
-                mask = np.zeros((len(q), n), bool)
-            if allowed is not None:
-                mask |= ~np.asarray(allowed, bool)[None, :]
-            if exclude is not None:
-                chunk = exclude[start:start + batch_size]
-                lengths = [len(seen) for seen in chunk]
-                flat = np.fromiter(itertools.chain.from_iterable(chunk), np.int64, sum(lengths))
-                rows = np.repeat(np.arange(len(chunk)), lengths)
-                pos = np.searchsorted(self._sorted_ids, flat).clip(0, n - 1)
-                found = self._sorted_ids[pos] == flat  # unknown ids are ignored
-                mask[rows[found], self._sorter[pos[found]]] = True
+            rows, cols = (self._excluded(exclude[start:start + batch_size])
+                          if exclude is not None else (None, None))
             if self._searcher is None:
-                scores = q @ self.embeddings.T
-                idx = top_k(scores, k, mask)
-                got = np.take_along_axis(np.where(mask, -np.inf, scores) if mask is not None
-                                         else scores, idx, axis=1)
+                # Exact: a fresh score block, exclusions written into it in place (no
+                # mask, no masked copy), then top-k.
+                got = q @ self.embeddings.T
+                if blocked is not None:
+                    got[:, blocked] = -np.inf
+                if rows is not None:
+                    got[rows, cols] = -np.inf
+                idx = top_k(got, k)
+                got = np.take_along_axis(got, idx, axis=1)
             else:
-                extra = int(mask.sum(1).max()) if mask is not None else 0
+                # Over-fetch by the most ids any query excludes, then drop them. Exclusions
+                # stay sparse ((row, position) pairs): a dense mask at 1M candidates
+                # would be a gigabyte per 1024 queries.
+                extra = 0 if blocked is None else int(blocked.sum())
+                if rows is not None and len(rows):
+                    extra += int(np.bincount(rows, minlength=len(q)).max())
                 fetch = min(n, k + extra)
                 reorder = min(n, max(fetch, self.config.resolved(n)["reorder"]))
                 idx, got = self._searcher.search_batched(
                     q, final_num_neighbors=fetch, pre_reorder_num_neighbors=reorder)
                 idx, got = np.asarray(idx, np.int64), np.asarray(got, np.float32)
-                if mask is not None:
-                    got = np.where(np.take_along_axis(mask, idx, axis=1), -np.inf, got)
+                drop = np.zeros(idx.shape, bool) if blocked is None else blocked[idx]
+                if rows is not None and len(rows):
+                    pairs = np.arange(len(q))[:, None] * n + idx
+                    drop |= np.isin(pairs, rows.astype(np.int64) * n + cols)
+                got = np.where(drop, -np.inf, got)
                 order = np.argsort(-got, axis=1, kind="stable")[:, :k]
                 idx = np.take_along_axis(idx, order, axis=1)
                 got = np.take_along_axis(got, order, axis=1)
@@ -160,6 +162,18 @@ class CandidateIndex:
             out_ids[start:start + len(q), :width] = np.where(ok, self.ids[idx], -1)
             out_scores[start:start + len(q), :width] = got
         return out_ids, out_scores
+
+    def _excluded(self, chunk: list) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, candidate position) pairs for per-query excluded ids; unknown ids
+        are ignored."""
+        chunk = [seen.astype(np.int64, copy=False).reshape(-1) if isinstance(seen, np.ndarray)
+                 else np.fromiter(seen, np.int64, len(seen)) for seen in chunk]
+        lengths = [len(seen) for seen in chunk]
+        flat = np.concatenate(chunk) if chunk else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(len(chunk)), lengths)
+        pos = np.searchsorted(self._sorted_ids, flat).clip(0, len(self.ids) - 1)
+        found = self._sorted_ids[pos] == flat
+        return rows[found], self._sorter[pos[found]]
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes the index into ``directory`` (which must not exist yet or be empty)."""
