@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines import atomic, synth
+from pipelines import atomic, baselines, synth
 from pipelines.errors import InputError
 from pipelines.train_ranking import (Retrieval, baseline_list_metrics, end_to_end,
                                      held_out_lists, list_metrics, predict_with)
@@ -72,10 +72,13 @@ def _oracle_keys(truth, data: Data):
 
 def _retrieval_section(data: Data, retrieval: Retrieval, truth, saved: dict) -> dict:
     queries, candidates = retrieval.queries, retrieval.candidates
-    counts = np.bincount(data.pairs("train")["anime_row"], minlength=len(data.anime))
-    popularity = counts.astype(np.float32)
     scorers = {"two-tower": lambda r: queries[r] @ candidates.T,
-               "most popular": lambda r: np.broadcast_to(popularity, (len(r), len(popularity)))}
+               "most popular": baselines.popularity_scorer(data)}
+    # EASE with the lambda the training stage tuned on validation (tuned here if absent).
+    tuned = (saved.get("retrieval", {}).get("ease") or {}).get("lambda")
+    ease = baselines.fit_ease(data, lam=tuned)
+    if ease is not None:
+        scorers["EASE"] = ease["scorer"]
     if truth is not None:
         scorers["oracle"] = _oracle_keys(truth, data)[0]
     n_train = data.users["n_train"].to_numpy()
@@ -95,6 +98,7 @@ def _retrieval_section(data: Data, retrieval: Retrieval, truth, saved: dict) -> 
     ids_only = saved.get("retrieval", {}).get("ids_only")
     return {
         "curves": curves, "by_activity": by_activity,
+        "ease": None if ease is None else {"lambda": ease["lambda"]},
         "ids_only": None if ids_only is None else {
             k: ids_only[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")},
         "factorized": factorized_top_k(queries, candidates, data.pairs("test")),
@@ -233,6 +237,12 @@ def render(metrics: dict) -> str:
         lines.append("| two-tower, ids only (training stage) | | | " + _f(i["recall@10"]) + " | | "
                      + _f(i["recall@50"]) + " | " + _f(i["recall@100"]) + " | | "
                      + _f(i["ndcg@10"]) + " | " + _f(i["ndcg@100"]) + " |")
+    if r.get("ease"):
+        tt, ease = r["curves"]["two-tower"]["recall@100"], r["curves"]["EASE"]["recall@100"]
+        verdict = "beats" if tt > ease else "does NOT beat"
+        lines += ["", f"EASE: closed-form item-item weights from the training split, lambda "
+                  f"{r['ease']['lambda']:g} (picked by validation Recall@100). The two-tower "
+                  f"{verdict} it at Recall@100 ({_f(tt)} vs {_f(ease)})."]
     f = r["factorized"]
     lines += ["", "Factorized top-K accuracy (TFRS's metric: all titles, nothing excluded): "
               + ", ".join(f"@{k[4:]} {_f(v)}" for k, v in f.items()) + ".", "",

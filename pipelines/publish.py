@@ -48,7 +48,7 @@ def model_card(model_dir: Path, repo_id: str) -> str:
     yaml.append("---")
     r = metrics.get("retrieval", {})
     rows = [("two-tower", r.get("model")), ("two-tower, ids only", r.get("ids_only")),
-            ("most popular", r.get("popularity"))]
+            ("most popular", r.get("popularity")), ("EASE (item-item, closed form)", r.get("ease"))]
     table = ["| model | Recall@10 | Recall@100 | NDCG@10 | NDCG@100 |", "|---|---|---|---|---|"]
     for name, m in rows:
         if m:

@@ -8,8 +8,9 @@ per-example Python), in graph mode. After each epoch the validation users' Recal
 every title they have not seen is computed in numpy; training stops when it has not
 improved for ``patience`` epochs and the best epoch's weights are kept.
 
-Evaluation on the test split, for the model, a popularity baseline and (optionally) an
-id-only two-tower trained the same way:
+Evaluation on the test split, for the model, a popularity baseline, EASE (closed-form
+item-item, ``pipelines/baselines.py``) and (optionally) an id-only two-tower trained the
+same way:
   - factorized top-K accuracy (TFRS's metric; the original system reported 0.14 @100):
     is the test title among the K best-scored of *all* titles?
   - Recall@K and NDCG@K ranking every title the user has not seen before the test
@@ -33,7 +34,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from pipelines import atomic
+from pipelines import atomic, baselines
 from pipelines import features as feature_tables
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
@@ -256,9 +257,17 @@ def evaluate(model: TwoTowerModel, data: Data) -> dict:
 
 def popularity_metrics(data: Data) -> dict:
     """The same protocol for "most popular in training" (ties broken by title order)."""
-    counts = np.bincount(data.pairs("train")["anime_row"], minlength=len(data.anime))
-    scores = counts.astype(np.float32)
-    return rank_metrics(lambda r: np.broadcast_to(scores, (len(r), len(scores))), data, "test")
+    return rank_metrics(baselines.popularity_scorer(data), data, "test")
+
+
+def ease_metrics(data: Data) -> dict | None:
+    """The same protocol for EASE, its lambda tuned on validation Recall@100 (None above
+    ``baselines.MAX_EASE_TITLES`` titles)."""
+    ease = baselines.fit_ease(data)
+    if ease is None:
+        return None
+    return {**rank_metrics(ease["scorer"], data, "test"), "lambda": ease["lambda"],
+            "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()}}
 
 
 def index_benchmark(candidates: np.ndarray, queries: np.ndarray, ids: np.ndarray,
@@ -349,7 +358,8 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     data = Data.load(features)
     model, training = train(data, config, progress=progress)
     metrics = {"model": evaluate(model, data), "training": training,
-               "config": config.to_dict(), "popularity": popularity_metrics(data)}
+               "config": config.to_dict(), "popularity": popularity_metrics(data),
+               "ease": ease_metrics(data)}
     if ablation and config.features != "ids":
         ids_config = dataclasses.replace(config, features="ids")
         ids_model, ids_training = train(data, ids_config, progress=progress)
@@ -369,6 +379,8 @@ def format_metrics(metrics: dict) -> str:
     if "ids_only" in metrics:
         rows.append(("two-tower, ids only", metrics["ids_only"]))
     rows.append(("most popular", metrics["popularity"]))
+    if metrics.get("ease"):
+        rows.append((f"EASE (lambda {metrics['ease']['lambda']:g})", metrics["ease"]))
     lines = [f"{'test split':<22}{'R@10':>8}{'R@50':>8}{'R@100':>8}{'N@10':>8}{'N@100':>8}"
              f"{'R@100 <10 train':>17}"]
     for name, m in rows:

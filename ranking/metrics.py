@@ -37,7 +37,8 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.n
         returned (e.g. titles the user has already seen).
 
     Returns:
-      ``[num_queries, k]`` int64 item indices.
+      ``[num_queries, k]`` int64 item indices; equal scores are ordered (and chosen at
+      the k-th place) by lower index, as a stable sort would.
 
     Large inputs are split by rows over a thread per core: numpy's partition releases
     the GIL, and selection, not the matmul, is the cost of exact retrieval
@@ -64,7 +65,20 @@ def _top_k_rows(scores: np.ndarray, k: int, exclude: np.ndarray | None) -> np.nd
     # Partition ascending at n - k: the k largest land in the last k columns (no
     # negated copy of the whole block), then only those k are sorted.
     part = np.argpartition(scores, n - k, axis=1)[:, n - k:]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    values = np.take_along_axis(scores, part, axis=1)
+    if k < n:
+        # Which of several titles tied at the boundary get in is the partition's choice;
+        # make it the lowest indices, as a stable full sort would (popularity counts tie
+        # a lot). Only rows with such a tie pay for the sort.
+        tied = (scores >= values.min(axis=1, keepdims=True)).sum(axis=1) > k
+        if tied.any():
+            part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+            values[tied] = np.take_along_axis(scores[tied], part[tied], axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    ranked = np.take_along_axis(values, order, axis=1)
+    tied = (ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
+    if tied.any():  # equal scores inside the k: best first, then lower index
+        order[tied] = np.lexsort((part[tied], -values[tied]), axis=1)
     return np.take_along_axis(part, order, axis=1)
 
 

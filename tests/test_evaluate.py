@@ -29,6 +29,13 @@ def test_report_files_and_agreement_with_training(report, tiny_ranked):
     assert report["retrieval"]["curves"]["two-tower"]["recall@100"] == pytest.approx(
         saved["retrieval"]["model"]["recall@100"], abs=1e-9)
     assert report["retrieval"]["factorized"] == pytest.approx(saved["retrieval"]["model"]["factorized"])
+    # EASE with the lambda tuned at training time: the training stage's test numbers.
+    assert report["retrieval"]["ease"]["lambda"] == saved["retrieval"]["ease"]["lambda"]
+    assert report["retrieval"]["curves"]["EASE"]["recall@100"] == pytest.approx(
+        saved["retrieval"]["ease"]["recall@100"], abs=1e-9)
+    text = (Path(out) / "report.md").read_text()
+    tt, ease = (report["retrieval"]["curves"][n]["recall@100"] for n in ("two-tower", "EASE"))
+    assert f"The two-tower {'beats' if tt > ease else 'does NOT beat'} it at Recall@100" in text
     e2e, e2e_saved = report["ranking"]["end_to_end"], saved["ranking"]["end_to_end"]
     assert e2e["ranked"]["ndcg@10"] == pytest.approx(e2e_saved["ranked"]["ndcg@10"], abs=1e-6)
     assert e2e["retrieval_order"]["mrr"] == pytest.approx(e2e_saved["retrieval_order"]["mrr"])

@@ -14,6 +14,11 @@ def test_top_k_orders_best_first_and_respects_exclusions():
     exclude = np.array([[False, True, False, False], [True, False, False, False]])
     assert top_k(scores, 3, exclude).tolist() == [[3, 2, 0], [3, 2, 1]]
     assert top_k(scores, 10).shape == (2, 4)
+    # Ties go to the lower index, inside the k and at its boundary.
+    tied = np.array([[0.5, 1.0, 0.5, 1.0, 0.5, 0.0]])
+    assert top_k(tied, 3).tolist() == [[1, 3, 0]]
+    assert top_k(tied, 4).tolist() == [[1, 3, 0, 2]]
+    assert top_k(np.zeros((1, 5)), 2).tolist() == [[0, 1]]
     with pytest.raises(ValueError, match="positive integer"):
         top_k(scores, 0)
 
@@ -27,6 +32,9 @@ def test_top_k_split_over_threads_equals_a_full_sort(monkeypatch):
     expected = np.argsort(-np.where(exclude, -np.inf, scores), axis=1, kind="stable")[:, :100]
     np.testing.assert_array_equal(top_k(scores, 100, exclude), expected)
     np.testing.assert_array_equal(top_k(scores, 2000)[:, :5], np.argsort(-scores, axis=1)[:, :5])
+    counts = np.round(scores * 3)  # many ties, as with popularity counts
+    np.testing.assert_array_equal(top_k(counts, 100),
+                                  np.argsort(-counts, axis=1, kind="stable")[:, :100])
 
 
 def test_recall_and_ndcg_by_hand():

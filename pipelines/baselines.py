@@ -1,0 +1,83 @@
+"""Retrieval baselines the two-tower is reported against, under the same protocol.
+
+- Most popular: every user gets the titles with the most training interactions.
+- EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): an
+  item-item weight matrix in closed form, ``B = I - P diag(1 / diag(P))`` with
+  ``P = (X'X + lambda I)^-1`` (equivalently ``B_ij = -P_ij / P_jj``, zero diagonal), and a
+  user's scores ``x_u B`` from their binary training row ``x_u``. It was the strongest
+  baseline while we planned (DESIGN.md), so the report sets it beside the two-tower.
+
+Both see the same information as the two-tower: the training split only (the query
+tower's user features are computed from training entries alone), so a test ranking
+uses no validation-period entry of the user. EASE's one knob, ``lambda``, is picked by
+validation Recall@100 from ``LAMBDAS``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_EASE_TITLES = 20_000   # a dense float64 title x title inverse: 3.2 GB at this size
+LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+
+
+def popularity_scorer(data):
+    """``score_fn(user_rows) -> [b, num_anime]``: training interaction counts for every user."""
+    counts = np.bincount(data.pairs("train")["anime_row"], minlength=len(data.anime))
+    scores = counts.astype(np.float32)
+    return lambda rows: np.broadcast_to(scores, (len(rows), len(scores)))
+
+
+def gram(data, batch_size: int = 4096) -> np.ndarray:
+    """``X'X`` (float64 ``[num_anime, num_anime]``) of the binary user x title training
+    matrix, accumulated over blocks of users so ``X`` is never dense whole."""
+    train = data.pairs("train")
+    rows = np.unique(train["user_row"])
+    out = np.zeros((len(data.anime), len(data.anime)), np.float64)
+    for start in range(0, len(rows), batch_size):
+        x = data.matrix(rows[start:start + batch_size], train).astype(np.float32)
+        out += x.T @ x
+    return out
+
+
+def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's closed form: ``B`` ``[n, n]`` float32 with a zero diagonal."""
+    if lam <= 0:
+        raise ValueError(f"EASE's `lam` must be positive. Received: {lam}.")
+    g = gram_matrix.copy()
+    g[np.diag_indices_from(g)] += lam
+    p = np.linalg.inv(g)
+    b = p / -np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b.astype(np.float32)
+
+
+def ease_scorer(data, weights: np.ndarray):
+    """``score_fn(user_rows)``: each user's training row times ``weights``."""
+    train = data.pairs("train")
+    return lambda rows: data.matrix(rows, train).astype(np.float32) @ weights
+
+
+def fit_ease(data, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
+    """EASE with ``lam`` (or the ``lambdas`` value with the best validation Recall@100).
+
+    Returns ``{"lambda", "validation_recall@100": {lambda: recall}, "scorer"}``, or None
+    when the catalog is larger than ``MAX_EASE_TITLES`` (the dense inverse would not fit
+    comfortably; the report says it was skipped).
+    """
+    from pipelines.train_retrieval import rank_metrics
+
+    if len(data.anime) > MAX_EASE_TITLES:
+        return None
+    g = gram(data)
+    tried = {}
+    best = None
+    for value in ([lam] if lam is not None else lambdas):
+        weights = ease_weights(g, value)
+        if lam is None:
+            tried[value] = rank_metrics(ease_scorer(data, weights), data, "validation")["recall@100"]
+            if best is not None and tried[value] <= tried[best[0]]:
+                continue
+        best = (value, weights)
+    return {"lambda": best[0], "validation_recall@100": tried,
+            "scorer": ease_scorer(data, best[1])}
