@@ -14,11 +14,12 @@ import json
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 
 from pipelines import store
+from tests.loopback import LoopbackServer
 
 
 def _int(v):
@@ -39,7 +40,7 @@ def _fuzzy(seconds):
     return {"year": d.year, "month": d.month, "day": d.day}
 
 
-class AniListStandIn:
+class AniListStandIn(LoopbackServer):
     """``with AniListStandIn(db) as server: server.url``.
 
     Attributes:
@@ -97,20 +98,11 @@ class AniListStandIn:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._http.shutdown()
-        self._http.server_close()
+        return self._serve(Handler)
 
     @property
     def url(self) -> str:
-        host, port = self._http.server_address
-        return f"http://{host}:{port}/"
+        return self.origin + "/"
 
     # -- dispatch -------------------------------------------------------------------
     def answer(self, query: str, variables: dict):

@@ -13,11 +13,13 @@ import gzip
 import hashlib
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
 
+from tests.loopback import LoopbackServer
 
-class HubStandIn:
+
+class HubStandIn(LoopbackServer):
     def __init__(self):
         self.repos: dict[str, dict] = {}   # repo_id -> {"commits": {sha: files}, "main": sha}
         self.requests: list[tuple[str, str]] = []
@@ -75,19 +77,11 @@ class HubStandIn:
                     self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._http.shutdown()
-        self._http.server_close()
+        return self._serve(Handler)
 
     @property
     def url(self) -> str:
-        host, port = self._http.server_address
-        return f"http://{host}:{port}"
+        return self.origin
 
     def _record(self, handler):
         with self._lock:
