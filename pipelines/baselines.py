@@ -71,13 +71,9 @@ def fit_ease(data, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
         return None
     g = gram(data)
     tried = {}
-    best = None
-    for value in ([lam] if lam is not None else lambdas):
-        weights = ease_weights(g, value)
-        if lam is None:
-            tried[value] = rank_metrics(ease_scorer(data, weights), data, "validation")["recall@100"]
-            if best is not None and tried[value] <= tried[best[0]]:
-                continue
-        best = (value, weights)
-    return {"lambda": best[0], "validation_recall@100": tried,
-            "scorer": ease_scorer(data, best[1])}
+    if lam is None:
+        tried = {value: rank_metrics(ease_scorer(data, ease_weights(g, value)), data,
+                                     "validation")["recall@100"] for value in lambdas}
+        lam = max(tried, key=tried.get)  # the first (smallest) on a tie
+    return {"lambda": lam, "validation_recall@100": tried,
+            "scorer": ease_scorer(data, ease_weights(g, lam))}

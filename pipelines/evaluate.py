@@ -243,6 +243,9 @@ def render(metrics: dict) -> str:
         lines += ["", f"EASE: closed-form item-item weights from the training split, lambda "
                   f"{r['ease']['lambda']:g} (picked by validation Recall@100). The two-tower "
                   f"{verdict} it at Recall@100 ({_f(tt)} vs {_f(ease)})."]
+    else:
+        lines += ["", f"EASE: skipped: {metrics['data']['counts']['anime']:,} titles is more "
+                  f"than the {baselines.MAX_EASE_TITLES:,} its dense title x title inverse allows."]
     f = r["factorized"]
     lines += ["", "Factorized top-K accuracy (TFRS's metric: all titles, nothing excluded): "
               + ", ".join(f"@{k[4:]} {_f(v)}" for k, v in f.items()) + ".", "",

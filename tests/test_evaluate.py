@@ -99,3 +99,17 @@ def test_order_metrics_by_hand():
     assert got["recall@2"] == pytest.approx((0.5 + 1.0) / 2)
     assert got["ndcg@2"] == pytest.approx((d / (1 + d) + d) / 2)
     assert got["mrr"] == pytest.approx(0.5)
+
+
+def test_report_says_when_ease_was_skipped(report, tiny_features, monkeypatch):
+    from pipelines import baselines
+    from pipelines.train_retrieval import Data
+
+    monkeypatch.setattr(baselines, "MAX_EASE_TITLES", 10)
+    assert baselines.fit_ease(Data.load(tiny_features)) is None
+    skipped = json.loads(json.dumps({k: v for k, v in report.items() if k != "report"}))
+    skipped["retrieval"]["ease"] = None
+    del skipped["retrieval"]["curves"]["EASE"]
+    text = evaluate.render(skipped)
+    assert "EASE: skipped: 300 titles is more than the 10 its dense" in text
+    assert "| EASE |" not in text
