@@ -17,14 +17,16 @@ _WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity
                else (os.cpu_count() or 1))
 _PARALLEL_MIN_SIZE = 1 << 18     # below ~256k scores a thread hand-off costs more than it saves
 _MIN_ROWS_PER_THREAD = 16
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None   # (owning pid, pool)
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The process's top-k threads. A forked child gets its own pool: the parent's
+    threads do not exist there, and work sent to them would wait forever."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="top_k")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(_WORKERS, thread_name_prefix="top_k"))
+    return _POOL[1]
 
 
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:

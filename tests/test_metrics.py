@@ -37,6 +37,17 @@ def test_top_k_split_over_threads_equals_a_full_sort(monkeypatch):
                                   np.argsort(-counts, axis=1, kind="stable")[:, :100])
 
 
+def test_top_k_threads_work_in_a_forked_child(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(metrics, "_WORKERS", 2)
+    scores = np.random.default_rng(4).normal(size=(300, 1000)).astype(np.float32)
+    expected = top_k(scores, 10)  # the parent's pool exists before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(top_k, (scores, 10)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_recall_and_ndcg_by_hand():
     # Query 0: relevant {2, 3}; ranked [3, 0, 2] -> hits [1, 0, 1].
     #   recall@1 = 1/2, recall@3 = 2/2;
