@@ -120,7 +120,7 @@ def _ranking_section(model_dir: Path, data: Data, retrieval: Retrieval, truth, s
     scores = predict_with(ranker, data, lists)
     held = {f"ranker ({config.loss})": list_metrics(scores, lists),
             **baseline_list_metrics(data, lists)}
-    counts = np.bincount(data.pairs("train")["anime_row"], minlength=len(data.anime))
+    counts = data.train_counts()
     extra = {"popularity order": lambda users, cand: counts[np.maximum(cand, 0)].astype(float)}
     expected = None
     if truth is not None:

@@ -324,7 +324,7 @@ def list_metrics(scores: np.ndarray, lists: Lists) -> dict:
 
 def baseline_list_metrics(data: Data, lists: Lists) -> dict:
     """Random (exact expectation), popularity order and mean-training-score order."""
-    counts = np.bincount(data.pairs("train")["anime_row"], minlength=len(data.anime))
+    counts = data.train_counts()
     mean_score = data.anime["train_mean_score"].fillna(
         data.schema["stats"]["global_mean_score"]).to_numpy()
     safe = np.maximum(lists.anime_rows, 0)

@@ -81,6 +81,10 @@ class Data:
             mask &= self.interactions["is_interaction"]
         return self.interactions.loc[mask, ["user_row", "anime_row"]]
 
+    def train_counts(self) -> np.ndarray:
+        """Training interactions per title ``[num_anime]``: popularity as the models saw it."""
+        return np.bincount(self.pairs("train")["anime_row"], minlength=len(self.anime))
+
     def matrix(self, rows: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
         """Dense bool ``[len(rows), num_anime]``: which titles each listed user has in ``pairs``."""
         position = pd.Series(np.arange(len(rows)), index=rows)
@@ -94,7 +98,7 @@ def _dataset(data: Data, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]
     pairs = data.pairs("train")
     if pairs.empty:
         raise InputError("The training split has no interactions: nothing to train on.")
-    counts = np.bincount(pairs["anime_row"], minlength=len(data.anime))
+    counts = data.train_counts()
     probability = tf.constant(counts / counts.sum(), tf.float32)
     users = {k: tf.constant(v) for k, v in data.user_raw.items()}
     anime = {k: tf.constant(v) for k, v in data.anime_raw.items()}
