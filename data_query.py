@@ -672,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         client = AniListClient(args.endpoint, rate=args.rate, max_retries=args.max_retries,
                                timeout=args.timeout, max_requests=args.max_requests)
         conn = store.connect(args.db)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('source', 'anilist')")
         try:
+            store.claim_source(conn, "anilist", args.db)
             if args.command == "users":
                 ids = _read_ids(args.ids) if args.ids else None
                 names = _read_lines(args.names) if args.names else None

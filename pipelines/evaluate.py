@@ -25,7 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import atomic, baselines, synth
+from pipelines import features as feature_tables
 from pipelines.errors import InputError
+from pipelines.formatting import num
 from pipelines.train_ranking import (Retrieval, baseline_list_metrics, end_to_end,
                                      held_out_lists, list_metrics, predict_with)
 from pipelines.train_retrieval import (Data, factorized_top_k, index_benchmark,
@@ -141,12 +143,19 @@ def _ranking_section(model_dir: Path, data: Data, retrieval: Retrieval, truth, s
     if expected is not None:
         pairs["true_expected"] = expected[mask]
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
-               "end_to_end": e2e,
-               "score_correlation": {"ranker_vs_score": float(np.corrcoef(pairs["ranker"], pairs["score"])[0, 1])}}
+               "held_out_users": len(lists), "end_to_end": e2e,
+               "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
     if expected is not None:
-        section["score_correlation"]["ranker_vs_true_expected"] = float(
-            np.corrcoef(pairs["ranker"], pairs["true_expected"])[0, 1])
+        section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
+            pairs["ranker"], pairs["true_expected"])
     return section, pairs
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation, None where it is undefined (under 2 pairs, a constant side)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,6 +210,7 @@ def _plots(metrics: dict, pairs, out: Path) -> list[str]:
         names.append("ndcg_end_to_end.png")
         plt.close(fig)
 
+    if metrics.get("ranking") and len(pairs["ranker"]):
         target = "true_expected" if "true_expected" in pairs else "score"
         fig, ax = plt.subplots(figsize=(5, 4))
         hb = ax.hexbin(pairs[target], pairs["ranker"], gridsize=35, mincnt=1, cmap="viridis")
@@ -214,8 +224,13 @@ def _plots(metrics: dict, pairs, out: Path) -> list[str]:
     return names
 
 
-def _f(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _dropped_lines(dropped: dict) -> list[str]:
+    if not dropped:
+        return []
+    return ["Left out of the model, for lack of data: " + "; ".join(
+        f"`{name}` ({reason})" for name, reason in dropped.items()) + ".", ""]
 
 
 def render(metrics: dict) -> str:
@@ -224,64 +239,68 @@ def render(metrics: dict) -> str:
     lines = ["# anirank evaluation report", "",
              f"Model `{metrics['model']}`, data fingerprint `{metrics['data']['fingerprint']}`, "
              f"{metrics['data']['counts']['users']:,} users, {metrics['data']['counts']['anime']:,} "
-             f"titles. Test split: the last {metrics['protocol']['test_fraction']:.0%} of each "
-             "user's list by time; titles the user had before the test period are excluded "
-             "from every ranking.", "", "## Retrieval", "",
+             f"titles. Test split: {metrics['protocol']['test_split']}; titles the user had "
+             "before the test period are excluded from every ranking.", "",
+             *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
              "| model | " + " | ".join(f"R@{k}" for k in CURVE_KS) + " | N@10 | N@100 |",
              "|---|" + "---|" * (len(CURVE_KS) + 2)]
     for name, c in r["curves"].items():
-        lines.append(f"| {name} | " + " | ".join(_f(c[f"recall@{k}"]) for k in CURVE_KS)
-                     + f" | {_f(c['ndcg@10'])} | {_f(c['ndcg@100'])} |")
+        lines.append(f"| {name} | " + " | ".join(num(c[f"recall@{k}"]) for k in CURVE_KS)
+                     + f" | {num(c['ndcg@10'])} | {num(c['ndcg@100'])} |")
     if r["ids_only"]:
         i = r["ids_only"]
-        lines.append("| two-tower, ids only (training stage) | | | " + _f(i["recall@10"]) + " | | "
-                     + _f(i["recall@50"]) + " | " + _f(i["recall@100"]) + " | | "
-                     + _f(i["ndcg@10"]) + " | " + _f(i["ndcg@100"]) + " |")
+        lines.append("| two-tower, ids only (training stage) | | | " + num(i["recall@10"]) + " | | "
+                     + num(i["recall@50"]) + " | " + num(i["recall@100"]) + " | | "
+                     + num(i["ndcg@10"]) + " | " + num(i["ndcg@100"]) + " |")
     if r.get("ease"):
         tt, ease = r["curves"]["two-tower"]["recall@100"], r["curves"]["EASE"]["recall@100"]
         verdict = "beats" if tt > ease else "does NOT beat"
         lines += ["", f"EASE: closed-form item-item weights from the training split, lambda "
                   f"{r['ease']['lambda']:g} (picked by validation Recall@100). The two-tower "
-                  f"{verdict} it at Recall@100 ({_f(tt)} vs {_f(ease)})."]
+                  f"{verdict} it at Recall@100 ({num(tt)} vs {num(ease)})."]
     else:
         lines += ["", f"EASE: skipped: {metrics['data']['counts']['anime']:,} titles is more "
                   f"than the {baselines.MAX_EASE_TITLES:,} its dense title x title inverse allows."]
     f = r["factorized"]
     lines += ["", "Factorized top-K accuracy (TFRS's metric: all titles, nothing excluded): "
-              + ", ".join(f"@{k[4:]} {_f(v)}" for k, v in f.items()) + ".", "",
+              + ", ".join(f"@{k[4:]} {num(v)}" for k, v in f.items()) + ".", "",
               "![Recall@K](recall_at_k.png)", "", "### By user activity (training entries)", "",
               "| model | " + " | ".join(_bucket_names()) + " |", "|---|" + "---|" * len(BUCKETS)]
     for name, buckets in r["by_activity"].items():
         lines.append(f"| {name} Recall@100 | " + " | ".join(
-            f"{_f(buckets[b]['recall@100'])} ({buckets[b]['users']})" for b in _bucket_names()) + " |")
+            f"{num(buckets[b]['recall@100'])} ({buckets[b]['users']})" for b in _bucket_names()) + " |")
     x = r["index"]
     lines += ["", "![By activity](by_activity.png)", "", "### ScaNN against brute force", "",
               f"Tree + asymmetric hashing over {x['candidates']:,} candidates, "
-              f"{x['queries']:,} test-user queries, k = {x['k']}: recall {_f(x['scann_recall'])}; "
+              f"{x['queries']:,} test-user queries, k = {x['k']}: recall {num(x['scann_recall'])}; "
               f"{x['scann_queries_per_second']:,.0f} queries/s vs "
               f"{x['brute_force_queries_per_second']:,.0f} for exact batched matmul.", ""]
     k = metrics.get("ranking")
     if k:
+        held_out = k.get("held_out_users", 1)
         lines += ["## Ranking", "", "### Held-out lists (each test user's scored titles)", "",
+                  *(["No test user has two or more scored titles in the test split, so there "
+                     "are no held-out lists to order: the table is empty (-).", ""]
+                    if not held_out else []),
                   "| order | NDCG | NDCG@5 |", "|---|---|---|"]
         for name, m in k["held_out_lists"].items():
-            lines.append(f"| {name.replace('_', ' ')} | {_f(m['ndcg'])} | {_f(m['ndcg@5'])} |")
+            lines.append(f"| {name.replace('_', ' ')} | {num(m['ndcg'])} | {num(m['ndcg@5'])} |")
         for name, m in k["losses_at_training"].items():
-            lines.append(f"| ranker trained with {name} (training stage) | {_f(m['ndcg'])} | {_f(m['ndcg@5'])} |")
+            lines.append(f"| ranker trained with {name} (training stage) | {num(m['ndcg'])} | {num(m['ndcg@5'])} |")
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   "| order | NDCG@10 | Recall@10 | MRR |", "|---|---|---|---|"]
         for name, m in e.items():
             if isinstance(m, dict):
-                lines.append(f"| {name.replace('_', ' ')} | {_f(m['ndcg@10'])} | "
-                             f"{_f(m['recall@10'])} | {_f(m['mrr'])} |")
+                lines.append(f"| {name.replace('_', ' ')} | {num(m['ndcg@10'])} | "
+                             f"{num(m['recall@10'])} | {num(m['mrr'])} |")
         corr = k["score_correlation"]
         lines += ["", "![NDCG@K end to end](ndcg_end_to_end.png)", "",
                   "Correlation of ranker scores with users' scores on held-out titles: "
-                  + _f(corr["ranker_vs_score"])
-                  + (f"; with the true expected score: {_f(corr['ranker_vs_true_expected'])}"
+                  + num(corr["ranker_vs_score"])
+                  + (f"; with the true expected score: {num(corr['ranker_vs_true_expected'])}"
                      if "ranker_vs_true_expected" in corr else "") + ".", "",
-                  "![Scores](scores.png)", ""]
+                  *(["![Scores](scores.png)", ""] if held_out else [])]
     lines += ["## Provenance", "", "```json", json.dumps(
         {"versions": metrics["versions"], "protocol": metrics["protocol"]}, indent=2,
         sort_keys=True), "```", ""]
@@ -303,8 +322,10 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     metrics = {
         "model": str(model_dir),
         "data": {"fingerprint": data.schema["fingerprint"], "counts": data.schema["counts"],
-                 "source_db": data.schema.get("source_db"), "oracle": truth_data is not None},
+                 "source_db": data.schema.get("source_db"), "oracle": truth_data is not None,
+                 "dropped_features": data.schema.get("dropped_features", {})},
         "protocol": {"split": "test", "test_fraction": data.schema["config"]["test_fraction"],
+                     "test_split": feature_tables.describe_split(data.schema),
                      "excluded": "every entry of the user before the test period",
                      "relevant": "the user's test interactions ("
                                  + ", ".join(data.schema["config"]["interaction_statuses"]) + ")",
@@ -327,10 +348,10 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
 
 def format_summary(metrics: dict) -> str:
     c = metrics["retrieval"]["curves"]
-    lines = ["retrieval Recall@100: " + ", ".join(f"{n} {m['recall@100']:.4f}" for n, m in c.items())]
+    lines = ["retrieval Recall@100: " + ", ".join(f"{n} {num(m['recall@100'])}" for n, m in c.items())]
     if metrics.get("ranking"):
         e = metrics["ranking"]["end_to_end"]
         lines.append("end-to-end NDCG@10: " + ", ".join(
-            f"{n.replace('_', ' ')} {m['ndcg@10']:.4f}" for n, m in e.items() if isinstance(m, dict)))
+            f"{n.replace('_', ' ')} {num(m['ndcg@10'])}" for n, m in e.items() if isinstance(m, dict)))
     lines.append(f"report: {metrics['report']}/report.md")
     return "\n".join(lines)

@@ -13,8 +13,11 @@ Output directory (written to a temporary directory, then renamed into place):
 No leakage: each user's entries are ordered by time and the last ``test_fraction`` go to
 test, the ``validation_fraction`` before them to validation. Entries tied in time with a
 split boundary go to the earlier split, so every test entry is strictly later than every
-train and validation entry of that user. Users whose entries lack times are split in a
-seeded random order. Everything here is columnar: no Python loop over entries.
+train and validation entry of that user. Users whose entries lack times, or all carry
+one time, are split in a seeded random order (``schema.json`` -> ``split`` records which).
+A feature the source has no values for (the 2017 Kaggle dump has no studio, say) is left
+out of the model and named in ``schema.json`` -> ``dropped_features``. Everything here
+is columnar: no Python loop over entries.
 """
 
 from __future__ import annotations
@@ -124,7 +127,11 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     frame["time"] = when.astype("Int64")
     user = frame["user_id"].to_numpy()
     missing = frame["time"].isna().to_numpy()
-    untimed_users = np.unique(user[missing])
+    # A list whose entries all carry one time (an import stamp, not a history) has no
+    # order to split by: it is split at random, like a list without times.
+    spread = frame["time"].groupby(frame["user_id"]).agg(["min", "max"])
+    one_time = spread.index[(spread["min"] == spread["max"]).fillna(False).to_numpy(bool)]
+    untimed_users = np.union1d(np.unique(user[missing]), one_time.to_numpy())
     random_order = np.isin(user, untimed_users)
     with np.errstate(over="ignore"):
         salt = _mix64(np.uint64(config.seed) + np.uint64(0x9E3779B97F4A7C15))
@@ -164,6 +171,40 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     frame["split"] = pd.Categorical(split, categories=SPLITS)
     frame["random_split"] = random_order[order]
     return frame
+
+
+def _split_protocol(frame: pd.DataFrame, config: FeatureConfig) -> dict:
+    """How the split was made, for the report: by time, at random, or both (counting the
+    users whose lists are split: shorter ones stay whole in train)."""
+    sizes = frame.groupby("user_id").size()
+    split = sizes.index[sizes >= config.min_entries_to_split]
+    users = len(split)
+    random_users = int(frame.loc[frame["random_split"], "user_id"].drop_duplicates()
+                       .isin(split).sum())
+    method = "time" if random_users == 0 else "random" if random_users == users else "mixed"
+    return {"method": method, "users": users, "random_split_users": random_users,
+            "test_fraction": config.test_fraction,
+            "validation_fraction": config.validation_fraction,
+            "min_entries_to_split": config.min_entries_to_split}
+
+
+def describe_split(schema: dict) -> str:
+    """One sentence on the test split that actually ran (report and model card)."""
+    split = schema.get("split") or {  # feature tables written before "split" was saved
+        "method": "random" if schema["counts"].get("random_split_users") else "time",
+        "random_split_users": schema["counts"].get("random_split_users", 0),
+        "users": schema["counts"]["users"], "test_fraction": schema["config"]["test_fraction"]}
+    share = f"{split['test_fraction']:.0%}"
+    if split["method"] == "time":
+        return f"the last {share} of each user's list by time"
+    if split["method"] == "random":
+        return (f"a seeded random {share} of each user's list: the source has no usable "
+                "entry times, so the test titles are a random sample of each list, not its "
+                "newest part")
+    return (f"the last {share} of each user's list by time for "
+            f"{split['users'] - split['random_split_users']:,} users; for the "
+            f"{split['random_split_users']:,} users without usable entry times, a seeded "
+            f"random {share} of the list (a random sample, not the newest part)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,12 +306,38 @@ def _user_table(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
     return frame, vectors
 
 
-def _numeric_stats(frame: pd.DataFrame, entity: str,
+def _dropped_features(trained_titles: pd.DataFrame, vocab: dict, config: FeatureConfig) -> dict:
+    """``{feature name: reason}`` of the inputs the data cannot feed: a categorical or
+    multi-valued column with no vocabulary on the training titles, a numeric column with
+    no value on them, and the user taste vectors over an empty vocabulary. The model is
+    built without them (sources differ: the 2017 Kaggle dump has no studio, source,
+    season, country or tags)."""
+    dropped = {}
+    for spec in FEATURES:
+        if spec.kind == "id":
+            continue
+        if spec.kind in ("categorical", "multi"):
+            if vocab[spec.vocab]:
+                continue
+            values = trained_titles[spec.name]
+            present = (values.explode() if spec.kind == "multi" else values).notna().any()
+            dropped[spec.name] = ("no values in the source" if not present else
+                                  f"no value on {config.min_vocab_count}+ training titles "
+                                  "(min_vocab_count)")
+        elif spec.kind == "vector" and not vocab[spec.vocab]:
+            dropped[spec.name] = f"no {spec.vocab} values in the source"
+        elif (spec.kind == "numeric" and spec.entity == "anime"
+              and trained_titles[spec.name].isna().all()):
+            dropped[spec.name] = "no values in the source"
+    return dropped
+
+
+def _numeric_stats(frame: pd.DataFrame, entity: str, features: tuple[FeatureSpec, ...],
                    vectors: dict[str, np.ndarray] | None = None) -> dict:
     """Training mean/std (after the spec's transform) of each numeric feature, and one
     scalar mean/std over all elements of each vector feature."""
     stats = {}
-    for spec in FEATURES:
+    for spec in features:
         if spec.entity == entity and spec.kind == "vector":
             values = pd.Series(vectors[spec.name].reshape(-1), dtype="float64")
         elif spec.entity == entity and spec.kind == "numeric":
@@ -360,26 +427,32 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         "genres": _vocab(trained_titles["genres"].explode(), 1),
         "tags": _vocab(trained_titles["tags"].explode(), config.min_vocab_count),
     }
+    dropped = _dropped_features(trained_titles, vocab, config)
+    kept = tuple(f for f in FEATURES if f.name not in dropped)
     users, user_vectors = _user_table(train, anime, vocab, config, global_mean)
+    user_vectors = {k: v for k, v in user_vectors.items() if k not in dropped}
     timings["features"] = time.perf_counter() - tick
 
     counts = {"users": len(users), "anime": len(anime), "entries": len(frame),
               "entries_without_media": dropped_unknown,
-              "random_split_users": int(frame.loc[frame["random_split"], "user_id"].nunique()),
               "sparsity": 1.0 - len(frame) / max(1, frame["user_id"].nunique() * len(anime))}
     for split in SPLITS:
         part = frame[frame["split"] == split]
         counts[split] = {"entries": len(part), "interactions": int(part["is_interaction"].sum()),
                          "labels": int(part["is_label"].sum()),
                          "users": int(part["user_id"].nunique())}
+    split = _split_protocol(frame, config)
+    counts["random_split_users"] = split["random_split_users"]
     schema = {
         "config": config.to_dict(),
-        "features": [dataclasses.asdict(f) for f in FEATURES],
+        "features": [dataclasses.asdict(f) for f in kept],
+        "dropped_features": dropped,
         "vocab": vocab,
-        "stats": {"user": _numeric_stats(users, "user", user_vectors),
-                  "anime": _numeric_stats(trained_titles, "anime"),
+        "stats": {"user": _numeric_stats(users, "user", kept, user_vectors),
+                  "anime": _numeric_stats(trained_titles, "anime", kept),
                   "global_mean_score": global_mean},
         "counts": counts,
+        "split": split,
         "fingerprint": _fingerprint(entries, media),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
@@ -408,6 +481,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
         tick = time.perf_counter()
         entries = store.read_entries(conn)
         media = store.read_media(conn)
+        source = (store.source(conn) or "unknown").split(":")[0]
         read_seconds = time.perf_counter() - tick
     finally:
         conn.close()
@@ -417,6 +491,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     del entries
     schema["timings"]["read"] = round(read_seconds, 2)
     schema["source_db"] = str(Path(db).resolve())  # where the ground truth of a synthetic world sits
+    schema["source"] = {"synth": "synthetic"}.get(source, source)
     bar.update()
     bar.set_postfix_str(f"writing {out}")
 
@@ -430,14 +505,16 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, sort_keys=True))
     bar.update()
     bar.close()
-    summary = dict(schema["counts"], out=str(out),
+    summary = dict(schema["counts"], out=str(out), dropped_features=schema["dropped_features"],
+                   db=str(db), source=schema["source"],
                    seconds=round(time.perf_counter() - start, 2))
     return summary
 
 
 def format_summary(summary: dict) -> str:
     """A few human lines about a feature run."""
-    lines = [f"feature tables in {summary['out']} ({summary['seconds']} s)",
+    lines = [f"feature tables in {summary['out']} from {summary['db']} "
+             f"({summary['source']} data; {summary['seconds']} s)",
              f"  users {summary['users']:,}  anime {summary['anime']:,}  "
              f"entries {summary['entries']:,}  sparsity {summary['sparsity']:.4%}"]
     for split in SPLITS:
@@ -446,8 +523,13 @@ def format_summary(summary: dict) -> str:
                      f"{part['interactions']:>10,}  labels {part['labels']:>10,}  "
                      f"users {part['users']:>7,}")
     if summary["random_split_users"]:
-        lines.append(f"  {summary['random_split_users']:,} users without entry times: "
-                     "split in seeded random order")
+        lines.append(f"  {summary['random_split_users']:,} users without usable entry times "
+                     "(none, or all entries at one time): split in seeded random order")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in summary["dropped_features"].items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        lines.append(f"  left out of the model ({reason}): {', '.join(names)}")
     if summary["entries_without_media"]:
         lines.append(f"  skipped {summary['entries_without_media']:,} entries of titles "
                      "with no metadata in the store (run `data_query.py media`)")

@@ -289,10 +289,10 @@ def run(db: str | os.PathLike = "data/anirank.db", *, anime: str | os.PathLike,
     start = time.perf_counter()
     conn = store.connect(db)
     try:
+        store.claim_source(conn, "kaggle", db)
         summary = {"anime": import_anime(conn, anime)}
         if ratings is not None:
             summary["ratings"] = import_ratings(conn, ratings, progress=progress)
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('source', 'kaggle')")
     finally:
         conn.close()
     summary["seconds"] = round(time.perf_counter() - start, 2)

@@ -16,8 +16,12 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from pipelines import atomic
 from pipelines.errors import InputError
+from pipelines.features import describe_split
+from pipelines.formatting import num
 
 REQUIRED = ("config.json", "metrics.json", "anime.parquet", "query_tower", "candidate_tower", "index")
 
@@ -29,7 +33,7 @@ def _headline(metrics: dict) -> dict:
     e2e = metrics.get("ranking", {}).get("end_to_end", {}).get("ranked")
     if e2e:
         out.update({"end_to_end_ndcg@10": e2e["ndcg@10"], "end_to_end_mrr": e2e["mrr"]})
-    return {k: v for k, v in out.items() if v is not None}
+    return {k: v for k, v in out.items() if v is not None and v == v}  # v == v: not NaN
 
 
 def model_card(model_dir: Path, repo_id: str) -> str:
@@ -37,6 +41,15 @@ def model_card(model_dir: Path, repo_id: str) -> str:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
     head = _headline(metrics)
+    schema = config["feature_schema"]
+    # The card's example runs as written: a real user, title and id of this model.
+    anime = pd.read_parquet(model_dir / "anime.parquet", columns=["media_id", "title", "train_count"])
+    top = anime.sort_values("train_count", ascending=False, kind="stable").iloc[:2]
+    example_title, example_id = top["title"].iloc[0], int(top["media_id"].iloc[1])
+    example_user = int(pd.read_parquet(model_dir / "users.parquet", columns=["user_id"])["user_id"].iloc[0])
+    dropped = ["Left out of the model, for lack of data in the source: " + "; ".join(
+        f"`{name}` ({reason})" for name, reason in schema.get("dropped_features", {}).items())
+        + ".", ""] if schema.get("dropped_features") else []
     yaml = ["---", "library_name: tensorflow", "tags:", "- recommender-system", "- anime",
             "- two-tower", "- tensorflow-recommenders", "- scann", "- learning-to-rank",
             "datasets:", "- anilist", "metrics:", "- recall", "- ndcg", "model-index:",
@@ -52,16 +65,16 @@ def model_card(model_dir: Path, repo_id: str) -> str:
     table = ["| model | Recall@10 | Recall@100 | NDCG@10 | NDCG@100 |", "|---|---|---|---|---|"]
     for name, m in rows:
         if m:
-            table.append(f"| {name} | {m['recall@10']:.4f} | {m['recall@100']:.4f} | "
-                         f"{m['ndcg@10']:.4f} | {m['ndcg@100']:.4f} |")
+            table.append(f"| {name} | " + " | ".join(
+                num(m[k]) for k in ("recall@10", "recall@100", "ndcg@10", "ndcg@100")) + " |")
     e2e = metrics.get("ranking", {}).get("end_to_end")
     if e2e:
         table += ["", "| end to end (retrieve 100, rank) | NDCG@10 | Recall@10 | MRR |",
                   "|---|---|---|---|"]
         for name in ("ranked", "retrieval_order"):
             m = e2e[name]
-            table.append(f"| {name.replace('_', ' ')} | {m['ndcg@10']:.4f} | "
-                         f"{m['recall@10']:.4f} | {m['mrr']:.4f} |")
+            table.append(f"| {name.replace('_', ' ')} | " + " | ".join(
+                num(m[k]) for k in ("ndcg@10", "recall@10", "mrr")) + " |")
     body = [
         f"# {repo_id.split('/')[-1]}", "",
         "A two-stage anime recommender from [anirank](https://github.com/anirank): a "
@@ -70,11 +83,14 @@ def model_card(model_dir: Path, repo_id: str) -> str:
         "NDCG.", "", "## Load it", "", "```python",
         "from serving import Recommender", "",
         f'rec = Recommender.from_pretrained("{repo_id}")  # pin revision="<commit sha>" to freeze it',
-        "rec.recommend([user_id], k=10)", "rec.recommend_for_history([(\"Cowboy Bebop\", 90)], k=10)",
+        f"rec.recommend([{example_user}], k=10)  # a user in the training data",
+        f"rec.recommend_for_history([({example_title!r}, 90), ({example_id}, None)], k=10)",
+        f"rec.similar_anime({example_id}, k=10)",
         "```", "", "Batch jobs: `python -m serving.batch --model " + repo_id +
         " --users all --out recs/`.", "",
-        "## Evaluation (test split: the last 10% of each user's list by time; seen titles excluded)",
-        "", *table, "",
+        "## Evaluation", "",
+        f"Test split: {describe_split(schema)}; titles the user had before the test period "
+        "are excluded from every ranking.", "", *table, "", *dropped,
         f"Versions: {json.dumps(config.get('versions', {}), sort_keys=True)}. "
         f"Data fingerprint: `{config.get('data_fingerprint')}`.", "",
         "This repo also holds `users.parquet` and `seen.parquet` (per-user features and list "

@@ -155,6 +155,29 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
     return conn
 
 
+def source(conn: sqlite3.Connection) -> str | None:
+    """What filled the store: ``anilist``, ``kaggle`` or ``synth:<config>``; None if empty."""
+    row = conn.execute("SELECT value FROM meta WHERE key='source'").fetchone()
+    return row and row[0]
+
+
+def claim_source(conn: sqlite3.Connection, name: str, path: str | os.PathLike) -> None:
+    """Records that ``name`` (``anilist`` / ``kaggle``) fills this store, or raises if
+    another source already does: users and ids of different sources must never mix in
+    one store (a crawl into the synthetic ``data/anirank.db`` would train on both).
+
+    Raises:
+      StoreError: the store holds another source's data.
+    """
+    held = source(conn)
+    if held is not None and held.split(":")[0] != name:
+        kind = "a synthetic world" if held.startswith("synth") else f"{held} data"
+        raise StoreError(
+            f"{path} already holds {kind}; {name} data goes into a store of its own. Pass "
+            f"another --db (e.g. --db data/{name}.db), or delete {path} to replace it.")
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('source', ?)", (name,))
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``with transaction(conn):`` commits everything inside at once, or nothing."""

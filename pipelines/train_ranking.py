@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from pipelines import atomic
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
+from pipelines.formatting import num
 from pipelines.train_retrieval import Data, load_tower
 from ranking.losses import LOSSES
 from ranking.metrics import list_ndcg, order_metrics, random_list_ndcg
@@ -193,6 +194,9 @@ def build_lists(data: Data, retrieval: Retrieval, candidates: np.ndarray, split:
 def split_users(lists: Lists, fraction: float, rng: np.random.Generator) -> tuple[Lists, Lists]:
     """Lists of a random ``fraction`` of the users apart (early stopping), the rest to fit."""
     users = np.unique(lists.user_rows)
+    if len(users) < 2:
+        raise InputError(f"Ranking lists come from {len(users)} user(s); the ranker needs at "
+                         "least 2 (some to fit, some to stop early on): import more users.")
     held = rng.choice(users, max(1, int(round(fraction * len(users)))), replace=False)
     mask = np.isin(lists.user_rows, held)
 
@@ -302,12 +306,13 @@ def train(data: Data, retrieval: Retrieval, train_lists: Lists, validation_lists
                         "validation_ndcg@10": value})
         bar.update()
         bar.set_postfix(loss=f"{logs['loss'][0]:.4f}", val_ndcg10=f"{value:.4f}")
-        if value > best:
+        if value > best:  # NaN (no held-out list with a relevant title) never is
             best, best_epoch, best_weights = value, epoch, model.get_weights()
         elif epoch - best_epoch >= config.patience:
             break
     bar.close()
-    model.set_weights(best_weights)
+    if best_weights is not None:
+        model.set_weights(best_weights)
     return model, {"history": history, "best_epoch": best_epoch, "epochs": len(history),
                    "train_lists": len(train_lists),
                    "lists_per_second": round(len(train_lists) * len(history) / fit_seconds, 1)}
@@ -434,6 +439,15 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
     """
     model_dir = Path(model)
     data = Data.load(features)
+    inter = data.interactions
+    if not inter.loc[inter["split"] == config.fit_split, "is_label"].any():
+        raise InputError(
+            f"The {config.fit_split} split has no scored entries (statuses "
+            f"{', '.join(data.schema['config']['label_statuses'])} with a score): the ranker "
+            "learns graded relevance from scores, and this source has none there. The "
+            f"retrieval model in {model_dir} is complete without a ranker: serve it as it is "
+            "(recommendations then follow the retrieval score) and evaluate it with "
+            "`python -m pipelines evaluate`.")
     retrieval = Retrieval(model_dir, data)
     rng = np.random.default_rng(config.seed)
     # Negatives come from what retrieval would show: its top titles outside the user's
@@ -465,17 +479,20 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
 
 def format_metrics(metrics: dict) -> str:
     lines = ["held-out lists (each test user's scored titles)   NDCG    NDCG@5"]
+    if not metrics["lists"]["test"]:
+        lines.append("  (none: no test user has two or more scored titles in the test split)")
     for name, m in metrics["losses"].items():
-        lines.append(f"  ranker, {name:<36}{m['ndcg']:>8.4f}{m['ndcg@5']:>10.4f}")
+        lines.append(f"  ranker, {name:<36}{num(m['ndcg'], width=8)}{num(m['ndcg@5'], width=10)}")
     for name, m in metrics["held_out_lists"].items():
-        lines.append(f"  {name.replace('_', ' '):<44}{m['ndcg']:>8.4f}{m['ndcg@5']:>10.4f}")
+        lines.append(f"  {name.replace('_', ' '):<44}{num(m['ndcg'], width=8)}"
+                     f"{num(m['ndcg@5'], width=10)}")
     e = metrics["end_to_end"]
     lines.append(f"end to end over top-{e['candidates']} retrieved ({e['users']:,} test users)"
                  "   NDCG@10  Recall@10   MRR")
     for name in ("ranked", "retrieval_order"):
         m = e[name]
-        lines.append(f"  {name.replace('_', ' '):<44}{m['ndcg@10']:>8.4f}{m['recall@10']:>10.4f}"
-                     f"{m['mrr']:>8.4f}")
+        lines.append(f"  {name.replace('_', ' '):<44}{num(m['ndcg@10'], width=8)}"
+                     f"{num(m['recall@10'], width=10)}{num(m['mrr'], width=8)}")
     t = metrics["losses"][metrics["config"]["loss"]]["training"]
     lines.append(f"training ({metrics['config']['loss']}): {t['train_lists']:,} lists, "
                  f"{t['epochs']} epochs (best {t['best_epoch']}), {t['lists_per_second']:,.0f} lists/s")

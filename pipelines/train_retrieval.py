@@ -38,6 +38,7 @@ from pipelines import atomic, baselines
 from pipelines import features as feature_tables
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
+from pipelines.formatting import num
 from ranking.metrics import hits, ndcg_at_k, recall_at_k, top_k
 from towers.features import (apply_in_blocks, feature_specs, input_signature,
                              multi_widths, raw_features)
@@ -92,6 +93,31 @@ class Data:
         out = np.zeros((len(rows), len(self.anime)), bool)
         out[position[sub["user_row"]].to_numpy(), sub["anime_row"].to_numpy()] = True
         return out
+
+
+def check_trainable(data: Data) -> None:
+    """Raises an ``InputError`` naming the data problem, before any TensorFlow runs: a
+    two-tower model needs several users and titles to learn from, and interactions in
+    the validation split (early stopping) and the test split (evaluation)."""
+    train = data.pairs("train")
+    fix = "import more of the source (a recommender learns from what many users share)"
+    for what, column in (("users", "user_row"), ("titles", "anime_row")):
+        found = train[column].nunique()
+        if found < 2:
+            raise InputError(f"The training split has interactions of only {found} "
+                             f"{what[:-1] if found == 1 else what}; the two-tower model needs "
+                             f"at least 2: {fix}.")
+    config = data.schema["config"]
+    for split in ("validation", "test"):
+        if data.pairs(split).empty:
+            raise InputError(
+                f"The {split} split has no interactions (statuses "
+                f"{', '.join(config['interaction_statuses'])}): there is nothing to "
+                f"{'stop early on' if split == 'validation' else 'evaluate on'}. Users are "
+                f"split only with at least {config['min_entries_to_split']} entries and a "
+                f"{split}_fraction above 0 (now {config[split + '_fraction']}); rebuild the "
+                "features with `python -m pipelines features --min-entries-to-split N "
+                f"--{split.replace('_', '-')}-fraction F`, or {fix}.")
 
 
 def _dataset(data: Data, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]:
@@ -286,7 +312,8 @@ def index_benchmark(candidates: np.ndarray, queries: np.ndarray, ids: np.ndarray
     approx_ids, _ = index.search(queries, k)
     scann_seconds = time.perf_counter() - tick
     exact_ids = ids[exact]
-    recall = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(approx_ids, exact_ids)])
+    found = min(k, len(ids))   # a catalog smaller than k: every title is the whole answer
+    recall = np.mean([len(np.intersect1d(a, b)) / found for a, b in zip(approx_ids, exact_ids)])
     return {"k": k, "candidates": len(ids), "queries": len(queries),
             "scann_recall": float(recall), "settings": index.config.resolved(len(ids)),
             "scann_queries_per_second": round(len(queries) / scann_seconds, 1),
@@ -360,6 +387,7 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     """
     features = Path(features)
     data = Data.load(features)
+    check_trainable(data)
     model, training = train(data, config, progress=progress)
     metrics = {"model": evaluate(model, data), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(data),
@@ -388,15 +416,15 @@ def format_metrics(metrics: dict) -> str:
     lines = [f"{'test split':<22}{'R@10':>8}{'R@50':>8}{'R@100':>8}{'N@10':>8}{'N@100':>8}"
              f"{'R@100 <10 train':>17}"]
     for name, m in rows:
-        lines.append(f"{name:<22}" + "".join(f"{m[k]:>8.4f}" for k in (
+        lines.append(f"{name:<22}" + "".join(num(m[k], width=8) for k in (
             "recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100"))
-            + f"{m['short_history']['recall@100']:>17.4f}")
+            + num(m["short_history"]["recall@100"], width=17))
     f = metrics["model"]["factorized"]
-    lines.append("factorized top-K accuracy: " + "  ".join(f"@{k[4:]} {v:.4f}" for k, v in f.items()))
+    lines.append("factorized top-K accuracy: " + "  ".join(f"@{k[4:]} {num(v)}" for k, v in f.items()))
     t, i = metrics["training"], metrics["index"]
     lines.append(f"training: {t['epochs']} epochs (best {t['best_epoch']}), "
                  f"{t['examples_per_second']:,.0f} examples/s")
-    lines.append(f"ScaNN recall@{i['k']} vs brute force {i['scann_recall']:.4f}; "
+    lines.append(f"ScaNN recall@{i['k']} vs brute force {num(i['scann_recall'])}; "
                  f"queries/s ScaNN {i['scann_queries_per_second']:,.0f}, "
                  f"brute force {i['brute_force_queries_per_second']:,.0f}")
     return "\n".join(lines)

@@ -4,13 +4,37 @@
     python -m serving.batch --model user/anirank-model --users users.csv --out recs/ --k 20
 
 Users are processed in chunks, each chunk with batched tower calls, one batched index
-search and batched ranking (no per-user model call). Each chunk becomes
-``part-00000.parquet`` (user_id, rank, anime_id, title, score, source), written to a
-temporary file and renamed, so a killed job rerun with the same arguments skips the
-finished parts, deletes the killed run's unfinished temporary file and produces exactly
-the uninterrupted output. Users not in the training
-data get the most-watched titles, flagged ``source = "popularity"``; input rows that are
-not user ids are reported and skipped, never fatal.
+search and batched ranking (no per-user model call). Each chunk becomes one part,
+written to a temporary file and renamed, so a killed job rerun with the same arguments
+skips the finished parts, deletes the killed run's unfinished temporary file and
+produces exactly the uninterrupted output; the summary is counted from the parts, so
+it is the same after a rerun. Users not in the training data get the most-watched
+titles, flagged ``source = "popularity"``. A user listed twice gets one set of rows
+(duplicates are counted). Input rows that are not user ids are skipped, never fatal:
+counted, written to ``_invalid_rows.csv`` and, by the CLI, warned about on stderr. Bad
+options (``k``, ``candidates`` < ``k``, filters) are an error before anything is
+written: the CLI prints ``error: ...`` and exits 2.
+
+Output directory:
+  ``part-NNNNN.parquet``: one per chunk of ``chunk_size`` input users, in input order;
+    rows by user (input order), then rank. Columns:
+      user_id (int64), the input user id;
+      rank (int64), 1 = best;
+      anime_id (int64), AniList media id;
+      title (string), English title, else romaji;
+      score (float32), the model's score (the ranker's, or the retrieval score when the
+        model has no ranker; higher is better, comparable within one model only); NaN
+        on popularity rows;
+      source (string), ``"model"`` (a user of the training data) or ``"popularity"``
+        (an unknown user: the allowed titles most training users watched, in that order).
+  ``_manifest.json``: the job (model and its content hash, revision, k, candidates,
+    chunk_size, filters, hash of the user ids); a rerun must match it.
+  ``_invalid_rows.csv``: columns row (data row number of the users file, 1 = first row
+    after any header; blank lines skipped) and value; header only if all were valid.
+  ``_SUCCESS``: written last (JSON): users, duplicate_users, model_users,
+    popularity_fallback_users, model_rows, popularity_rows, invalid_row_count,
+    invalid_rows (the first 20 [row, value]), parts, parts_written, parts_skipped,
+    seconds, out. :func:`read_output` refuses a directory without it.
 """
 
 from __future__ import annotations
@@ -32,10 +56,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from pipelines import atomic  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
-from serving.recommender import Filters, Recommender  # noqa: E402
+from serving.recommender import Filters, Recommender, _int_arg  # noqa: E402
 
 MANIFEST = "_manifest.json"
 DONE = "_SUCCESS"
+INVALID = "_invalid_rows.csv"
 
 
 def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]:
@@ -71,17 +96,27 @@ def model_digest(rec: Recommender) -> str:
 
 
 def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommendations", *,
-        k: int = 10, candidates: int = 100, chunk_size: int = 2048, revision: str | None = None,
-        filters: Filters | None = None, progress: bool = True) -> dict:
-    """Stage function behind ``python -m serving.batch``. Returns a summary."""
+        k: int = 10, candidates: int | None = None, chunk_size: int = 2048,
+        revision: str | None = None, filters: Filters | None = None,
+        progress: bool = True) -> dict:
+    """Stage function behind ``python -m serving.batch``. Returns the summary that is
+    also written to ``_SUCCESS`` (see the module docstring).
+
+    ``k`` and ``candidates`` are checked and capped as in :meth:`Recommender.recommend`
+    (``candidates`` None = ``max(k, 100)``); the manifest records the values used.
+    """
     start = time.perf_counter()
     out = Path(out)
+    chunk_size = _int_arg("chunk_size", chunk_size, 1)
     rec = Recommender.from_pretrained(model, revision)
-    ids, invalid = read_users(users, rec)
-    ids = pd.unique(ids)  # a user listed twice gets one set of rows
+    k, candidates = rec._check_k(k, candidates)
+    filters = Filters() if filters is None else filters
+    rec._allowed(filters)  # bad filters fail here, before anything is written
+    given, invalid = read_users(users, rec)
+    ids = pd.unique(given)  # a user listed twice gets one set of rows
     manifest = {"model": str(model), "revision": revision, "model_sha256": model_digest(rec),
                 "k": k, "candidates": candidates,
-                "chunk_size": chunk_size, "filters": repr(filters or Filters()),
+                "chunk_size": chunk_size, "filters": repr(filters),
                 "users_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -94,11 +129,10 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
     for stale in out.glob(".part-*.tmp"):  # a killed run's unfinished part
         stale.unlink(missing_ok=True)
     chunks = range(0, len(ids), chunk_size)
-    written = skipped = fallback = 0
-    for i, first in enumerate(tqdm(chunks, desc="batch", unit="chunk", disable=not progress)):
-        part = out / f"part-{i:05d}.parquet"
+    parts = [out / f"part-{i:05d}.parquet" for i in range(len(chunks))]
+    written = 0
+    for part, first in zip(tqdm(parts, desc="batch", unit="chunk", disable=not progress), chunks):
         if part.exists():
-            skipped += 1
             continue
         chunk = ids[first:first + chunk_size]
         known = rec.known(chunk)
@@ -107,9 +141,7 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
             frames.append(rec.recommend(chunk[known], k=k, candidates=candidates,
                                         filters=filters).assign(source="model"))
         if (~known).any():
-            rows, scores = rec.popular(int((~known).sum()), k, filters)
-            frames.append(rec._frame(chunk[~known], rows, scores).assign(source="popularity"))
-            fallback += int((~known).sum())
+            frames.append(rec.popular(chunk[~known], k, filters).assign(source="popularity"))
         frame = pd.concat(frames, ignore_index=True)
         order = pd.Series(np.arange(len(chunk)), index=chunk)
         frame = frame.iloc[np.lexsort((frame["rank"], order[frame["user_id"]].to_numpy()))]
@@ -117,10 +149,24 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
         frame.reset_index(drop=True).to_parquet(tmp, index=False)
         os.replace(tmp, part)  # a part exists only when whole
         written += 1
-    summary = {"out": str(out), "users": int(len(ids)), "parts": len(chunks),
-               "parts_written": written, "parts_skipped": skipped,
-               "popularity_fallback_users": fallback, "invalid_rows": invalid[:20],
-               "invalid_row_count": len(invalid), "seconds": round(time.perf_counter() - start, 2)}
+    atomic.write_text(out / INVALID,
+                      pd.DataFrame(invalid, columns=["row", "value"]).to_csv(index=False))
+    # Counted from the parts in the output (two columns, cheap), so a rerun that skips
+    # finished parts reports what the whole output holds.
+    held = pd.concat([pd.read_parquet(p, columns=["user_id", "source"]) for p in parts]
+                     or [pd.DataFrame({"user_id": [], "source": []})], ignore_index=True)
+    rows = held["source"].value_counts()
+    served = held.drop_duplicates("user_id")["source"].value_counts()
+    summary = {"out": str(out), "users": int(len(ids)),
+               "duplicate_users": int(len(given) - len(ids)),
+               "model_users": int(served.get("model", 0)),
+               "popularity_fallback_users": int(served.get("popularity", 0)),
+               "model_rows": int(rows.get("model", 0)),
+               "popularity_rows": int(rows.get("popularity", 0)),
+               "parts": len(parts), "parts_written": written,
+               "parts_skipped": len(parts) - written,
+               "invalid_rows": invalid[:20], "invalid_row_count": len(invalid),
+               "seconds": round(time.perf_counter() - start, 2)}
     atomic.write_text(out / DONE, json.dumps(summary, indent=2))
     return summary
 
@@ -142,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="'all' (every user the model knows), or a CSV/Parquet/text file of user ids")
     parser.add_argument("--out", default="data/recommendations", help="output directory (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user (default: %(default)s)")
-    parser.add_argument("--candidates", type=int, default=100,
-                        help="retrieved titles the ranker reorders (default: %(default)s)")
+    parser.add_argument("--candidates", type=int,
+                        help="retrieved titles the ranker reorders, >= k (default: max(k, 100))")
     parser.add_argument("--chunk-size", type=int, default=2048, help="users per part (default: %(default)s)")
     parser.add_argument("--formats", help="comma list of formats to keep, e.g. TV,MOVIE")
     parser.add_argument("--min-year", type=int)
@@ -152,19 +198,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-adult", action="store_true", help="include adult titles")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    filters = Filters(formats=tuple(args.formats.split(",")) if args.formats else None,
-                      min_year=args.min_year, max_year=args.max_year,
-                      max_popularity=args.max_popularity, exclude_adult=not args.allow_adult)
     try:
+        filters = Filters(formats=tuple(args.formats.split(",")) if args.formats else None,
+                          min_year=args.min_year, max_year=args.max_year,
+                          max_popularity=args.max_popularity, exclude_adult=not args.allow_adult)
         summary = run(args.model, args.users, args.out, k=args.k, candidates=args.candidates,
                       chunk_size=args.chunk_size, revision=args.revision, filters=filters,
                       progress=not args.quiet)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if summary["invalid_row_count"]:
+        shown = ", ".join(f"row {row}: {value!r}" for row, value in summary["invalid_rows"][:5])
+        print(f"warning: {summary['invalid_row_count']} input rows are not user ids and were "
+              f"skipped ({shown}{', ...' if summary['invalid_row_count'] > 5 else ''}); all of "
+              f"them are in {Path(summary['out']) / INVALID}", file=sys.stderr)
     print(f"recommendations for {summary['users']:,} users in {summary['out']} "
           f"({summary['parts']} parts, {summary['parts_skipped']} already done; "
           f"{summary['popularity_fallback_users']} unknown users got popular titles; "
+          f"{summary['duplicate_users']} duplicate users and "
           f"{summary['invalid_row_count']} invalid input rows skipped) in {summary['seconds']} s")
     return 0
 

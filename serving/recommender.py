@@ -1,21 +1,32 @@
 """Load a trained model (local directory or Hugging Face Hub repo) and recommend.
 
-    from serving import Recommender
+    from serving import Filters, Recommender
 
     rec = Recommender.from_pretrained("data/model")            # or "user/anirank-model"
-    rec.recommend([5123, 88], k=10, filters=Filters(formats=("TV",), max_popularity=50_000))
-    rec.recommend_for_history([("Cowboy Bebop", 90), (21, None)])
-    rec.similar_anime(1, k=10)
+    rec.recommend([3323, 3439], k=10, filters=Filters(formats="TV", max_popularity=50_000))
+    rec.recommend_for_history([("Yoru of Monogatari", 90), (45, None)])
+    rec.similar_anime(38, k=10)
+
+(ids and titles of the default synthetic world; ``rec.anime`` lists a model's catalog.)
 
 Two stages, batched: the query tower embeds the users, the candidate index returns the
 top ``candidates`` titles each has not seen (and that pass the filters), the ranker
 reorders them, and the best ``k`` come back as one DataFrame.
+
+Every public call checks its arguments and raises :class:`InputError` naming the
+argument, the value received and what is allowed. ``k`` and ``candidates`` are capped
+at the catalog size (``len(rec.anime)``): asking for more returns at most every allowed
+title. ``score`` is the model's score (the ranker's, or the retrieval score when the
+model has no ranker; higher is better, comparable within one model only), and NaN where
+titles come from the popularity fallback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +43,57 @@ REQUIRED = ("config.json", "anime.parquet", "users.parquet", "seen.parquet",
             "index/index_config.json", "index/candidate_ids.npy",
             "index/candidate_embeddings.npy")
 OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score"]
+DEFAULT_CANDIDATES = 100
+
+
+def _is_int(value) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (numpy ones too), not a bool."""
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+
+
+def _int_arg(name: str, value, minimum: int | None = None) -> int:
+    """``value`` as an int, or an InputError naming ``name``."""
+    if not _is_int(value):
+        raise InputError(f"`{name}` must be an int. Received: {name}={value!r} "
+                         f"({type(value).__name__}).")
+    if minimum is not None and value < minimum:
+        raise InputError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}.")
+    return int(value)
+
+
+def _ids_arg(name: str, values) -> np.ndarray:
+    """A 1-d int64 array of ids (one int is one id), or an InputError naming the values
+    that are not integers."""
+    if isinstance(values, (np.ndarray, pd.Series, pd.Index)) and values.ndim == 1 \
+            and values.dtype.kind in "iu":
+        return np.asarray(values, dtype=np.int64)
+    items = list(values) if np.iterable(values) and not isinstance(values, (str, bytes)) else [values]
+    bad = [v for v in items if not _is_int(v)]
+    if bad:
+        raise InputError(f"`{name}` must be a list or array of integer ids. Received "
+                         f"{len(bad)} value(s) that are not: {bad[:5]!r}.")
+    return np.asarray(items, dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
 class Filters:
-    """What users ask for.
+    """What users ask for. Arguments are checked here; ``formats`` is checked against
+    the model's catalog when a :class:`Recommender` applies the filters.
 
     Attributes:
-      formats: keep only these formats (e.g. ``("TV", "MOVIE")``); None = all.
+      formats: keep only these formats (e.g. ``("TV", "MOVIE")``, or one string such as
+        ``"TV"``); None = all. Each must be a format of the catalog
+        (``rec.anime["format"].unique()``).
       min_year, max_year: season year range (inclusive); titles without a year pass.
-      max_popularity: hidden gems: at most this many AniList members.
+      max_popularity: hidden gems: at most this many AniList members (>= 0).
       exclude_adult: leave out adult titles (default True).
-      exclude_ids: titles never to recommend.
+      exclude_ids: anime ids never to recommend (one int or a sequence of ints).
     """
 
     formats: tuple[str, ...] | None = None
@@ -53,10 +103,50 @@ class Filters:
     exclude_adult: bool = True
     exclude_ids: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        formats = (self.formats,) if isinstance(self.formats, str) else self.formats
+        if formats is not None:
+            formats = tuple(formats) if np.iterable(formats) else (formats,)
+            if not formats or not all(isinstance(f, str) for f in formats):
+                raise InputError(f"`formats` must be a format string or a non-empty sequence of "
+                                 f"them, e.g. ('TV', 'MOVIE'). Received: formats={self.formats!r}.")
+        years = {name: None if getattr(self, name) is None else _int_arg(name, getattr(self, name))
+                 for name in ("min_year", "max_year")}
+        if None not in years.values() and years["min_year"] > years["max_year"]:
+            raise InputError(f"`min_year` must be <= `max_year`. Received: "
+                             f"min_year={years['min_year']}, max_year={years['max_year']}.")
+        if self.max_popularity is not None and not (_is_number(self.max_popularity)
+                                                    and self.max_popularity >= 0):
+            raise InputError(f"`max_popularity` must be a number >= 0 or None. Received: "
+                             f"max_popularity={self.max_popularity!r}.")
+        if not isinstance(self.exclude_adult, (bool, np.bool_)):
+            raise InputError(f"`exclude_adult` must be True or False. Received: "
+                             f"exclude_adult={self.exclude_adult!r}.")
+        exclude = self.exclude_ids
+        if _is_int(exclude):
+            exclude = (exclude,)
+        if isinstance(exclude, (str, bytes)) or not np.iterable(exclude) \
+                or not all(_is_int(i) for i in exclude):
+            raise InputError(f"`exclude_ids` must be anime ids (ints). Received: "
+                             f"exclude_ids={self.exclude_ids!r}.")
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "min_year", years["min_year"])
+        object.__setattr__(self, "max_year", years["max_year"])
+        object.__setattr__(self, "exclude_ids", tuple(int(i) for i in exclude))
+
     def allowed(self, anime: pd.DataFrame) -> np.ndarray:
-        """Bool mask over the rows of the candidate table."""
+        """Bool mask over the rows of the candidate table.
+
+        Raises:
+          InputError: ``formats`` names a format the table does not have.
+        """
         keep = np.ones(len(anime), bool)
         if self.formats is not None:
+            valid = sorted(anime["format"].dropna().unique())
+            unknown = [f for f in self.formats if f not in valid]
+            if unknown:
+                raise InputError(f"`formats` must be formats of this model's catalog: {valid}. "
+                                 f"Received: formats={self.formats!r} (unknown: {unknown}).")
             keep &= anime["format"].isin(self.formats).to_numpy()
         year = anime["season_year"].to_numpy(dtype=float)
         if self.min_year is not None:
@@ -222,11 +312,10 @@ class Recommender:
         return np.concatenate(out)
 
     def _recommend_raw(self, user_raw: dict, seen: list | None, k: int, candidates: int,
-                       filters: Filters) -> tuple[np.ndarray, np.ndarray]:
+                       allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (title rows, scores) for users given as raw features."""
         queries = self._embed_users(user_raw)
-        ids, sim = self.index.search(queries, max(candidates, k), exclude=seen,
-                                     allowed=filters.allowed(self.anime))
+        ids, sim = self.index.search(queries, candidates, exclude=seen, allowed=allowed)
         cand = self._anime_row.get_indexer(ids.reshape(-1)).reshape(ids.shape)
         cand = np.where(ids >= 0, cand, -1)
         sim = np.where(cand >= 0, sim, 0.0)
@@ -240,29 +329,76 @@ class Recommender:
         ok = rows.reshape(-1) >= 0
         r = np.maximum(rows.reshape(-1), 0)
         frame = pd.DataFrame({
-            "user_id": np.repeat(np.asarray(user_ids), k),
+            "user_id": np.repeat(np.asarray(user_ids, dtype=np.int64), k),
             "rank": np.tile(np.arange(1, k + 1), len(rows)),
             "anime_id": self.anime["media_id"].to_numpy()[r],
             "title": self.anime["title"].to_numpy()[r],
             "score": scores.reshape(-1).astype(np.float32)})
         return frame[ok].reset_index(drop=True)
 
-    # -- public API -------------------------------------------------------------------
-    def known(self, user_ids) -> np.ndarray:
-        """Bool per user id: is the user in the training data?"""
-        return self._user_row.get_indexer(np.asarray(user_ids, dtype=np.int64)) >= 0
-
-    def recommend(self, user_ids, k: int = 10, candidates: int = 100, exclude_seen: bool = True,
-                  filters: Filters | None = None) -> pd.DataFrame:
-        """Top ``k`` titles per known user: columns user_id, rank, anime_id, title, score.
+    # -- argument checks ------------------------------------------------------------------
+    def _check_k(self, k, candidates=None) -> tuple[int, int]:
+        """``(k, candidates)`` checked and capped at the catalog size; ``candidates``
+        None means ``max(k, 100)``.
 
         Raises:
-          InputError: a user id is not in the training data (use :meth:`known` to split
-            them off, or :meth:`recommend_for_history` with their list).
+          InputError: either is not a positive int, or ``candidates < k`` (the ranker
+            can only return titles retrieval found).
         """
-        if k <= 0 or candidates <= 0:
-            raise InputError(f"`k` and `candidates` must be positive. Received: k={k}, candidates={candidates}.")
-        user_ids = np.asarray(user_ids, dtype=np.int64)
+        n = len(self.anime)
+        capped_k = min(_int_arg("k", k, 1), n)
+        if candidates is None:
+            return capped_k, min(max(capped_k, DEFAULT_CANDIDATES), n)
+        capped = min(_int_arg("candidates", candidates, 1), n)
+        if capped < capped_k:
+            raise InputError(f"`candidates` must be >= `k` (the ranker reorders the retrieved "
+                             f"candidates and returns the best k of them). Received: k={k}, "
+                             f"candidates={candidates}.")
+        return capped_k, capped
+
+    def _allowed(self, filters) -> np.ndarray:
+        """The bool mask of titles ``filters`` (None: the default Filters) allow."""
+        if filters is None:
+            filters = Filters()
+        if not isinstance(filters, Filters):
+            raise InputError(f"`filters` must be a serving.Filters or None. Received: "
+                             f"filters={filters!r} ({type(filters).__name__}).")
+        return filters.allowed(self.anime)
+
+    # -- public API -----------------------------------------------------------------------
+    def known(self, user_ids) -> np.ndarray:
+        """Bool per user id: is the user in the training data?"""
+        return self._user_row.get_indexer(_ids_arg("user_ids", user_ids)) >= 0
+
+    def recommend(self, user_ids, k: int = 10, candidates: int | None = None,
+                  exclude_seen: bool = True, filters: Filters | None = None) -> pd.DataFrame:
+        """Top ``k`` titles per known user.
+
+        Args:
+          user_ids: integer user ids of the training data (a list or array, or one id).
+          k: titles per user, a positive int; capped at the catalog size, so a user gets
+            at most every allowed title they have not seen.
+          candidates: titles retrieved per user for the ranker to reorder, >= ``k``;
+            None = ``max(k, 100)``; capped at the catalog size.
+          exclude_seen: leave out the titles on the user's training list.
+          filters: a :class:`Filters`; None = the defaults (no adult titles).
+
+        Returns:
+          Columns user_id, rank (1 = best), anime_id, title, score (float32, the model's
+          score: the ranker's, or the retrieval score when the model has no ranker).
+          Fewer than ``k`` rows for a user only when fewer titles are allowed.
+
+        Raises:
+          InputError: a bad argument, or a user id that is not in the training data (use
+            :meth:`known` to split them off, or :meth:`recommend_for_history` with their
+            list).
+        """
+        k, candidates = self._check_k(k, candidates)
+        user_ids = _ids_arg("user_ids", user_ids)
+        if not isinstance(exclude_seen, (bool, np.bool_)):
+            raise InputError(f"`exclude_seen` must be True or False. Received: "
+                             f"exclude_seen={exclude_seen!r}.")
+        allowed = self._allowed(filters)
         rows = self._user_row.get_indexer(user_ids)
         if (rows < 0).any():
             raise InputError(f"{(rows < 0).sum()} user ids are not in the training data, e.g. "
@@ -271,39 +407,77 @@ class Recommender:
             return self._frame(user_ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         raw = {key: v[rows] for key, v in self._user_raw.items()}
         seen = [self._seen[r] for r in rows] if exclude_seen else None
-        top, scores = self._recommend_raw(raw, seen, k, candidates, filters or Filters())
+        top, scores = self._recommend_raw(raw, seen, k, candidates, allowed)
         return self._frame(user_ids, top, scores)
 
-    def popular(self, n_users: int, k: int = 10, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The cold-start fallback: the most watched allowed titles, for ``n_users`` rows."""
-        allowed = (filters or Filters()).allowed(self.anime)
+    def popular(self, user_ids, k: int = 10, filters: Filters | None = None) -> pd.DataFrame:
+        """The cold-start fallback: the ``k`` allowed titles most training users watched
+        (``rec.anime["train_count"]``), the same list for each of ``user_ids`` (any ids).
+
+        Returns:
+          The columns of :meth:`recommend`; ``score`` is NaN: no model scored these
+          titles (the order is by training watch count).
+        """
+        k, _ = self._check_k(k)
+        user_ids = _ids_arg("user_ids", user_ids)
+        allowed = self._allowed(filters)
         order = np.argsort(-np.where(allowed, self._popularity, -np.inf), kind="stable")[:k]
         order = order[allowed[order]]
-        rows = np.tile(order, (n_users, 1))
-        return rows, np.tile(self._popularity[order].astype(np.float32), (n_users, 1))
+        rows = np.tile(order, (len(user_ids), 1))
+        return self._frame(user_ids, rows, np.full(rows.shape, np.nan, np.float32))
 
-    def recommend_for_history(self, entries, k: int = 10, candidates: int = 100,
+    def recommend_for_history(self, entries, k: int = 10, candidates: int | None = None,
                               filters: Filters | None = None) -> pd.DataFrame:
         """Recommendations for someone not in the training data, from their list.
 
         Args:
-          entries: ``(anime id or title, score or None)`` pairs; scores are POINT_100.
-            Titles match ``anime.parquet`` titles case-insensitively; entries that match
-            nothing are listed in ``result.attrs["unknown"]`` and ignored.
+          entries: ``(anime id or title, score or None)`` pairs; scores are POINT_100
+            (0 to 100; None or 0 = not scored). Titles match ``title`` or
+            ``title_romaji`` of ``rec.anime`` case-insensitively. Entries that match
+            nothing are ignored with a warning and listed in ``result.attrs["unknown"]``.
+            An empty list gets the popularity fallback (:meth:`popular`).
+          k, candidates, filters: as in :meth:`recommend`.
+
+        Returns:
+          Columns rank, anime_id, title, score, source: ``"model"`` rows are scored as
+          in :meth:`recommend` (the listed titles left out); ``"popularity"`` rows
+          (empty history) have score NaN.
+
+        Raises:
+          InputError: a bad argument or entry, or entries of which none matches a title.
         """
         from pipelines.features import _user_table
 
+        k, candidates = self._check_k(k, candidates)
+        allowed = self._allowed(filters)
+        if isinstance(entries, (str, bytes, dict)) or not np.iterable(entries):
+            raise InputError(f"`entries` must be a list of (anime id or title, score or None) "
+                             f"pairs. Received: entries={entries!r}.")
+        entries = list(entries)
         by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
         by_title.update({str(t).casefold(): m for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
         media, scores, unknown = [], [], []
-        for item, score in entries:
-            mid = item if isinstance(item, (int, np.integer)) and item in self._anime_row \
-                else by_title.get(str(item).casefold())
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+                    and (_is_int(entry[0]) or isinstance(entry[0], str))
+                    and (entry[1] is None or (_is_number(entry[1]) and 0 <= entry[1] <= 100))):
+                raise InputError(f"`entries[{i}]` must be an (anime id or title, score) pair with "
+                                 f"score None or a number from 0 to 100. Received: {entry!r}.")
+            item, score = entry
+            mid = (item if _is_int(item) and item in self._anime_row
+                   else by_title.get(str(item).casefold()))
             if mid is None:
                 unknown.append(item)
                 continue
             media.append(int(mid))
-            scores.append(int(score or 0))
+            scores.append(int(round(score or 0)))
+        if entries and not media:
+            raise InputError(f"None of the {len(entries)} history entries matches an anime id or "
+                             f"title of this model: {unknown[:10]!r}. Valid ids and titles are in "
+                             "rec.anime[['media_id', 'title', 'title_romaji']].")
+        if unknown:
+            warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
+                          f"model and are ignored: {unknown[:10]!r}.", stacklevel=2)
         if media:
             train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
                                   "status": "COMPLETED", "is_interaction": True})
@@ -312,18 +486,27 @@ class Recommender:
                                          self.schema["stats"]["global_mean_score"])
             raw = raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
                                feature_specs(self.schema, "user"), self.widths)
-            top, top_scores = self._recommend_raw(raw, [media], k, candidates, filters or Filters())
+            top, top_scores = self._recommend_raw(raw, [media], k, candidates, allowed)
+            result = self._frame([-1], top, top_scores).assign(source="model")
         else:
-            top, top_scores = self.popular(1, k, filters)
-        result = self._frame([-1], top, top_scores).drop(columns="user_id")
+            result = self.popular([-1], k, filters).assign(source="popularity")
+        result = result.drop(columns="user_id")
         result.attrs["unknown"] = unknown
         return result
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
-        """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s."""
+        """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.
+
+        Returns:
+          Columns rank, anime_id, title, score (the inner product of the two titles'
+          candidate embeddings). ``k`` is capped at the catalog size.
+        """
+        anime_id = _int_arg("anime_id", anime_id)
+        k, _ = self._check_k(k)
         row = self._anime_row.get_indexer([anime_id])[0]
         if row < 0:
-            raise InputError(f"Anime {anime_id} is not in this model's catalog.")
+            raise InputError(f"Anime {anime_id} is not in this model's catalog; valid ids are "
+                             "in rec.anime['media_id'].")
         ids, scores = self.index.search(self.index.embeddings[row:row + 1], k, exclude=[[anime_id]])
         rows = self._anime_row.get_indexer(ids[0])
         keep = ids[0] >= 0

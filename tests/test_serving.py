@@ -2,6 +2,7 @@
 from a history, similar titles, clear errors on damaged models, and the batch job
 (resumable after SIGKILL, unknown users flagged, bad rows reported)."""
 
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ def test_recommend_excludes_seen_and_ranks(rec):
     users = rec.users["user_id"].to_numpy()[:20]
     out = rec.recommend(users, k=10)
     assert list(out.columns) == ["user_id", "rank", "anime_id", "title", "score"]
+    assert out["score"].dtype == np.float32
     assert (out.groupby("user_id").size() == 10).all()
     seen = pd.read_parquet(rec.directory / "seen.parquet")
     pairs = set(map(tuple, seen[["user_id", "media_id"]].to_numpy()))
@@ -59,12 +61,18 @@ def test_cold_start_from_a_history(rec):
     anime = rec.anime
     history = [(anime["title"].iloc[0], 90), (int(anime["media_id"].iloc[1]), None),
                ("No Such Anime", 70)]
-    out = rec.recommend_for_history(history, k=8)
+    with pytest.warns(UserWarning, match="No Such Anime"):
+        out = rec.recommend_for_history(history, k=8)
     assert out.attrs["unknown"] == ["No Such Anime"]
-    assert len(out) == 8
+    assert len(out) == 8 and (out["source"] == "model").all() and out["score"].notna().all()
     assert not {int(anime["media_id"].iloc[0]), int(anime["media_id"].iloc[1])} & set(out["anime_id"])
-    # Nothing recognisable: the popularity fallback, still k titles.
-    assert len(rec.recommend_for_history([("???", 10)], k=4)) == 4
+    # An empty history: the popularity fallback, still k titles, no model score.
+    fallback = rec.recommend_for_history([], k=4)
+    assert list(fallback.columns) == ["rank", "anime_id", "title", "score", "source"]
+    assert len(fallback) == 4 and (fallback["source"] == "popularity").all()
+    assert fallback["score"].isna().all()
+    order = anime.set_index("media_id").loc[fallback["anime_id"], "train_count"].to_numpy()
+    assert (np.diff(order) <= 0).all()
 
 
 def test_similar_anime_matches_brute_force(rec):
@@ -79,7 +87,7 @@ def test_similar_anime_matches_brute_force(rec):
 def test_unknown_users_and_bad_arguments(rec):
     with pytest.raises(InputError, match="not in the training data"):
         rec.recommend([123456789])
-    with pytest.raises(InputError, match="must be positive"):
+    with pytest.raises(InputError, match=r"`k` must be an int >= 1. Received: k=0"):
         rec.recommend(rec.users["user_id"][:1], k=0)
 
 
@@ -117,6 +125,11 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
     assert summary["invalid_row_count"] == 1 and summary["invalid_rows"][0][1] == "not-a-user"
     out = batch.read_output(clean)
     assert (out.loc[out["user_id"] == 999999999, "source"] == "popularity").all()
+    # score has one meaning: the model's score; NaN where the popularity fallback answered.
+    assert out.loc[out["source"] == "popularity", "score"].isna().all()
+    assert out.loc[out["source"] == "model", "score"].notna().all()
+    pd.testing.assert_frame_equal(out[out["source"] == "popularity"].drop(columns="source")
+                                  .reset_index(drop=True), rec.popular([999999999], k=5))
     known = out[out["source"] == "model"]
     expected = rec.recommend(users, k=5)
     pd.testing.assert_frame_equal(known.drop(columns="source").reset_index(drop=True), expected)
@@ -192,3 +205,37 @@ def test_ranker_with_id_lookups_falls_back_from_xla(tiny_model, tiny_features, t
     encoded = rec.recommend(users, k=10)
     rec._encoded = None
     pd.testing.assert_frame_equal(encoded, rec.recommend(users, k=10), atol=1e-5)
+
+
+def test_batch_reports_duplicates_and_invalid_rows_and_reruns_count_true(tiny_ranked, rec, tmp_path,
+                                                                         capsys):
+    users = rec.users["user_id"].to_numpy()[:30]
+    listing = tmp_path / "users.csv"
+    rows = ["user_id", *map(str, users[:3]), "abc", str(users[0]), "999999999", "2.5",
+            *map(str, users[3:]), str(users[1]), ""]
+    listing.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "recs"
+    command = ["--model", str(tiny_ranked[0]), "--users", str(listing), "--out", str(out),
+               "--k", "4", "--chunk-size", "8", "--quiet"]
+    assert batch.main(command) == 0
+    printed = capsys.readouterr()
+    assert "2 duplicate users and 2 invalid input rows skipped" in printed.out
+    warning = printed.err.strip()
+    assert warning.startswith("warning: 2 input rows are not user ids") and warning.count("\n") == 0
+    assert "row 4: 'abc', row 7: '2.5'" in warning and str(out / batch.INVALID) in warning
+    invalid = pd.read_csv(out / batch.INVALID, dtype={"value": str})
+    assert invalid.to_dict("list") == {"row": [4, 7], "value": ["abc", "2.5"]}
+
+    first = json.loads((out / batch.DONE).read_text())
+    assert first["users"] == 31 and first["duplicate_users"] == 2
+    assert first["popularity_fallback_users"] == 1 and first["model_users"] == 30
+    assert first["model_rows"] == 120 and first["popularity_rows"] == 4
+    # A rerun over finished parts reports what the output holds, not what it wrote.
+    (out / batch.DONE).unlink()
+    (out / "part-00001.parquet").unlink()
+    batch.run(str(tiny_ranked[0]), str(listing), out, k=4, chunk_size=8, progress=False)
+    again = json.loads((out / batch.DONE).read_text())
+    assert again["parts_written"] == 1 and again["parts_skipped"] == 3
+    volatile = ("seconds", "parts_written", "parts_skipped")
+    assert {k: v for k, v in again.items() if k not in volatile} == \
+        {k: v for k, v in first.items() if k not in volatile}

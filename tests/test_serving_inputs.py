@@ -1,0 +1,140 @@
+"""Every public call of Recommender (and the batch job over it) checks its arguments:
+a bad one raises InputError naming the argument, the value received and what is allowed,
+instead of a numpy/pandas error, a silent wrong answer or an out-of-memory kill."""
+
+import numpy as np
+import pytest
+
+from pipelines.errors import InputError
+from serving import Filters, Recommender, batch
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_ranked):
+    return Recommender.from_pretrained(str(tiny_ranked[0]))
+
+
+@pytest.fixture(scope="module")
+def users(rec):
+    return rec.users["user_id"].to_numpy()[:3]
+
+
+@pytest.mark.parametrize("k", [-3, 0, 2.5, "10", True])
+def test_k_must_be_a_positive_int(rec, users, k):
+    with pytest.raises(InputError, match=rf"`k` must be an int.*Received: k={k!r}"):
+        rec.recommend(users, k=k)
+    with pytest.raises(InputError, match=rf"`k` must be an int.*Received: k={k!r}"):
+        rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=k)
+    with pytest.raises(InputError, match=r"`candidates` must be an int.*Received: candidates="):
+        rec.recommend(users, k=5, candidates=k)
+    out = rec.recommend(users, k=np.int64(3), candidates=np.int32(20))  # numpy ints are ints
+    assert (out.groupby("user_id").size() == 3).all()
+
+
+def test_k_is_capped_at_the_catalog_size(rec, users, monkeypatch):
+    n = len(rec.anime)
+    search = rec.index.search
+
+    def spy(queries, k=None, **kwargs):
+        assert k <= n, f"searched with k={k} > catalog size {n}"
+        return search(queries, k, **kwargs)
+
+    monkeypatch.setattr(rec.index, "search", spy)
+    out = rec.recommend(users[:1], k=10**9)
+    allowed = set(rec.anime["media_id"][Filters().allowed(rec.anime)])
+    expected = allowed - set(rec._seen[rec._user_row.get_loc(users[0])].tolist())
+    assert set(out["anime_id"]) == expected and out["rank"].tolist() == list(range(1, len(expected) + 1))
+    assert len(rec.recommend(users[:1], k=10**9, candidates=10**12)) == len(expected)
+    assert len(rec.popular([1], k=10**9)) == len(allowed)
+    assert len(rec.similar_anime(int(rec.anime["media_id"].iloc[0]), k=10**9)) == n - 1
+    history = rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=10**9)
+    assert len(history) == len(allowed - {int(rec.anime["media_id"].iloc[0])})
+
+
+def test_history_unknown_titles_warn_and_none_matching_is_an_error(rec):
+    known = int(rec.anime["media_id"].iloc[0])
+    with pytest.warns(UserWarning, match=r"1 history entries match no .*'Cowboy Bebop'"):
+        out = rec.recommend_for_history([("Cowboy Bebop", 90), (known, None)], k=5)
+    assert out.attrs["unknown"] == ["Cowboy Bebop"] and len(out) == 5
+    with pytest.raises(InputError, match=r"None of the 2 history entries.*'Cowboy Bebop', 99999999"
+                                         r".*rec\.anime\[\['media_id', 'title'"):
+        rec.recommend_for_history([("Cowboy Bebop", 90), (99999999, None)])
+    empty = rec.recommend_for_history([], k=5)  # documented: the popularity fallback
+    assert len(empty) == 5 and (empty["source"] == "popularity").all()
+
+
+@pytest.mark.parametrize("entries, shown", [
+    ([("Cowboy Bebop",)], r"entries\[0\]`.*Received: \('Cowboy Bebop',\)"),
+    ([(38, 90), (38, 150)], r"entries\[1\]`.*0 to 100. Received: \(38, 150\)"),
+    ([(38, "90")], r"entries\[0\]`.*Received: \(38, '90'\)"),
+    ([(2.5, 90)], r"entries\[0\]`.*Received: \(2.5, 90\)"),
+    (["Cowboy Bebop"], r"entries\[0\]`.*Received: 'Cowboy Bebop'"),
+    ("Cowboy Bebop", r"`entries` must be a list.*Received: entries='Cowboy Bebop'"),
+])
+def test_history_entries_must_be_id_or_title_and_score_pairs(rec, entries, shown):
+    with pytest.raises(InputError, match=shown):
+        rec.recommend_for_history(entries)
+
+
+def test_filters_are_checked(rec, users):
+    valid = sorted(rec.anime["format"].dropna().unique())
+    with pytest.raises(InputError, match=rf"`formats` must be formats of this model's catalog: "
+                                         rf"\['{valid[0]}'.*Received: formats=\('TVV',\)"):
+        rec.recommend(users, filters=Filters(formats=("TVV",)))
+    one = Filters(formats="TV")  # a single string is one format, not four letters
+    assert one.formats == ("TV",)
+    out = rec.recommend(users, k=5, filters=one)
+    formats = rec.anime.set_index("media_id").loc[out["anime_id"], "format"]
+    assert len(out) == 15 and (formats == "TV").all()
+    with pytest.raises(InputError, match=r"`min_year` must be <= `max_year`. "
+                                         r"Received: min_year=2020, max_year=2010"):
+        Filters(min_year=2020, max_year=2010)
+    with pytest.raises(InputError, match=r"`max_popularity` must be a number >= 0.*max_popularity=-1"):
+        Filters(max_popularity=-1)
+    with pytest.raises(InputError, match=r"`exclude_ids` must be anime ids.*exclude_ids=\('a',\)"):
+        Filters(exclude_ids=("a",))
+    with pytest.raises(InputError, match=r"`min_year` must be an int. Received: min_year='2000'"):
+        Filters(min_year="2000")
+    with pytest.raises(InputError, match=r"`filters` must be a serving.Filters.*filters=\{'formats'"):
+        rec.recommend(users, filters={"formats": "TV"})
+
+
+def test_user_ids_must_be_integers(rec, users):
+    with pytest.raises(InputError, match=r"`user_ids` must be a list or array of integer ids. "
+                                         r"Received 1 value\(s\) that are not: \['abc'\]"):
+        rec.recommend(["abc"])
+    with pytest.raises(InputError, match=r"`user_ids`.*\[2.5, 'x'\]"):
+        rec.recommend([int(users[0]), 2.5, "x"])
+    with pytest.raises(InputError, match="not in the training data"):
+        rec.recommend([123456789])
+    assert rec.recommend(int(users[0]), k=2)["user_id"].tolist() == [users[0]] * 2
+
+
+def test_similar_anime_checks_k_and_the_id(rec):
+    anime_id = int(rec.anime["media_id"].iloc[0])
+    with pytest.raises(InputError, match=r"`k` must be an int >= 1. Received: k=-2"):
+        rec.similar_anime(anime_id, k=-2)
+    with pytest.raises(InputError, match=rf"`anime_id` must be an int. Received: anime_id='{anime_id}'"):
+        rec.similar_anime(str(anime_id))
+    with pytest.raises(InputError, match=r"`anime_id` must be an int. Received: anime_id=1.5"):
+        rec.similar_anime(1.5)
+
+
+def test_candidates_must_be_at_least_k(rec, users, tiny_ranked, tmp_path, capsys):
+    message = r"`candidates` must be >= `k`.*Received: k=10, candidates=5"
+    with pytest.raises(InputError, match=message):
+        rec.recommend(users, k=10, candidates=5)
+    with pytest.raises(InputError, match=message):
+        rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=10, candidates=5)
+    # Default candidates follow k: max(k, 100), capped at the catalog.
+    assert (rec.recommend(users, k=101).groupby("user_id").size() == 101).all()
+
+    out = tmp_path / "recs"
+    for args, shown in [(["--k", "10", "--candidates", "5"], "k=10, candidates=5"),
+                        (["--k", "-3"], "k=-3"), (["--formats", "TVV"], "TVV"),
+                        (["--min-year", "2020", "--max-year", "2010"], "min_year=2020")]:
+        code = batch.main(["--model", str(tiny_ranked[0]), "--out", str(out), "--quiet", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and shown in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert not out.exists(), "nothing is written for a bad option"
