@@ -15,11 +15,13 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-# Reinstall only when the requirements change.
-$(STAMP): requirements.txt requirements-dev.txt
+# Reinstall only when the requirements change. The project itself goes in editable
+# (`anirank` and `anirank-crawl` on .venv/bin), built with the venv's own setuptools.
+$(STAMP): requirements.txt requirements-dev.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 clean:

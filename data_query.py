@@ -87,6 +87,7 @@ query ($ids: [Int], $perPage: Int) {
     }
   }
 }"""
+QUIET_HELP = "no progress bars (may come before or after the command)"
 MEDIA_BATCH = 50   # AniList's perPage maximum
 LIST_CHUNK = 500   # MediaListCollection's perChunk maximum
 
@@ -366,15 +367,21 @@ def _todo(conn, kind: str) -> list[int]:
 
 @dataclasses.dataclass
 class Summary:
+    """What one crawl command did. ``skipped`` and ``failed`` count items by reason;
+    ``entries`` is None for commands that fetch no list entries (users, media), and is
+    then left out of the printed summary."""
+
     fetched: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
     failed: Counter = dataclasses.field(default_factory=Counter)
-    entries: int = 0
+    entries: int | None = None
     stopped: str | None = None
 
     def as_dict(self, client: AniListClient, seconds: float) -> dict:
-        return {"fetched": self.fetched, "entries": self.entries,
-                "skipped": dict(self.skipped), "failed": dict(self.failed),
+        out = {"fetched": self.fetched}
+        if self.entries is not None:
+            out["entries"] = self.entries
+        return {**out, "skipped": dict(self.skipped), "failed": dict(self.failed),
                 "requests": client.stats.requests, "429s": client.stats.rate_limited,
                 "retries": client.stats.retries, "stopped": self.stopped,
                 "seconds": round(seconds, 2)}
@@ -387,13 +394,20 @@ def _reason(message: str) -> str:
 # ---------------------------------------------------------------------------------------
 # The crawls: fetch apart from save; each item's rows and state in one transaction.
 
-def _passes(user: dict, min_entries: int, active_days: int | None, now: int) -> str | None:
-    """None if the user passes the curation filters, else why not."""
+def _passes(user: dict, min_entries: int, active_days: int | None,
+            now: int) -> tuple[str, str] | None:
+    """None if the user passes the curation filters, else ``(filter, detail)``: the
+    filter as the summary counts it, and this user's numbers for the crawl state."""
     count = (((user.get("statistics") or {}).get("anime")) or {}).get("count") or 0
     if count < min_entries:
-        return f"filtered: {count} entries < {min_entries}"
-    if active_days is not None and (user.get("updatedAt") or 0) < now - active_days * 86_400:
-        return f"filtered: not updated in {active_days} days"
+        return (f"fewer than {min_entries} entries (--min-entries)",
+                f"{count} entries, fewer than {min_entries} (--min-entries)")
+    updated = user.get("updatedAt") or 0
+    if active_days is not None and updated < now - active_days * 86_400:
+        detail = (f"last updated {(now - updated) // 86_400} days ago" if updated
+                  else "never updated")
+        return (f"inactive for more than {active_days} days (--active-days)",
+                f"{detail}, more than {active_days} (--active-days)")
     return None
 
 
@@ -404,8 +418,8 @@ def _save_users(conn, users: list[dict], summary: Summary, min_entries: int,
     for user in users:
         why = _passes(user, min_entries, active_days, now)
         if why:
-            summary.skipped[why.split(":")[0]] += 1
-            _set_state(conn, "user", user["id"], "skipped", why)
+            summary.skipped[why[0]] += 1
+            _set_state(conn, "user", user["id"], "skipped", why[1])
         else:
             keep.append(user_row(user, now))
             _set_state(conn, "user", user["id"], "done")
@@ -503,7 +517,7 @@ def save_list(conn, user_id: int, rows: list[dict]) -> None:
 
 def crawl_lists(conn, client: AniListClient, *, progress: bool = True) -> Summary:
     """Fetches the list of every user whose list is pending or failed."""
-    summary = Summary()
+    summary = Summary(entries=0)
     for user_id in tqdm(_todo(conn, "lists"), desc="lists", unit="user", disable=not progress):
         try:
             lists, favourites = fetch_list(client, user_id)
@@ -621,18 +635,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests per minute, at most; 0 turns the client-side limit off "
                             "(default: %(default)s; AniList documents 90 but runs at 30)")
     group.add_argument("--max-requests", type=int, default=None,
-                       help="stop cleanly after this many requests; rerun to continue")
+                       help="stop cleanly after this many requests; rerun to continue "
+                            "(default: no limit)")
     group.add_argument("--max-retries", type=int, default=5,
                        help="retries of a failing request before the item is recorded as "
                             "failed (a later run retries it) (default: %(default)s)")
     group.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
-    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Also accepted before the command (top-level parser below). SUPPRESS: a command
+    # that is not given it leaves the top-level value alone instead of resetting it.
+    group.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
 
     parser = argparse.ArgumentParser(
         prog="python data_query.py", description="\n\n".join(__doc__.split("\n\n")[:2]),
         epilog="Typical crawl: users, then lists, then media; refresh later for updates. "
                "Every command resumes where the last one stopped.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     users = sub.add_parser(
         "users", parents=[common], help="discover users and store their profile statistics",
@@ -642,12 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "curation filters and queues their lists.")
     users.add_argument("--pages", type=int, default=1,
                        help="discovery pages of 50 users to fetch this run (default: %(default)s)")
-    users.add_argument("--ids", help="file with one AniList user id per line")
-    users.add_argument("--names", help="file with one AniList user name per line")
+    users.add_argument("--ids", help="file with one AniList user id per line, fetched "
+                                     "instead of discovery pages (default: none)")
+    users.add_argument("--names", help="file with one AniList user name per line, fetched "
+                                       "instead of discovery pages (default: none)")
     users.add_argument("--min-entries", type=int, default=0,
                        help="keep users with at least this many anime entries (default: %(default)s)")
     users.add_argument("--active-days", type=int, default=None,
-                       help="keep users updated within this many days")
+                       help="keep users updated within this many days (default: no limit)")
     sub.add_parser("lists", parents=[common], help="fetch the anime lists of queued users",
                    description="Fetches MediaListCollection (all chunks, custom lists "
                                "included) of every user whose list is pending or failed, "
@@ -686,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = crawl_media(conn, client, progress=progress)
             else:
                 summary = crawl_refresh(conn, client, progress=progress)
+                summary.entries = 0  # the re-fetched lists' entries, below
                 if not summary.stopped:
                     lists = crawl_lists(conn, client, progress=progress)
                     media = crawl_media(conn, client, progress=progress)

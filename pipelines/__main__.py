@@ -10,13 +10,14 @@ import argparse
 import json
 import sys
 
-from pipelines import _env  # noqa: F401  (before anything imports TensorFlow)
+from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
 from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
 DEFAULT_MODEL = "data/model"
+QUIET_HELP = "no progress bars (may come before or after the stage)"
 
 STAGES = """\
 stages (data flows top to bottom; each reads what the one before it wrote):
@@ -35,13 +36,15 @@ stages (data flows top to bottom; each reads what the one before it wrote):
 
 def _add_synth_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("synthetic world")
-    group.add_argument("--users", type=int, default=3000, help="number of users (default: 3000)")
-    group.add_argument("--anime", type=int, default=2000, help="catalog size (default: 2000)")
+    group.add_argument("--users", type=int, default=3000, help="number of users (default: %(default)s)")
+    group.add_argument("--anime", type=int, default=2000, help="catalog size (default: %(default)s)")
     group.add_argument("--entries-per-user", type=float, default=110.0,
                        help="mean list length; lengths are long-tailed (default: 110). "
                             "--users 23000 --anime 15000 --entries-per-user 310 gives ~7M "
                             "entries, the size of the original AniList crawl")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the synthetic world: the same seed and sizes give the "
+                            "same store (default: %(default)s)")
 
 
 def _add_feature_args(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +70,8 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
                        help="statuses whose scores (when > 0) are ranking labels "
                             "(default: %(default)s)")
     group.add_argument("--split-seed", type=int, default=defaults.seed,
-                       help="seed of the random split for users without entry times "
-                            "(default: %(default)s)")
+                       help="seed of the random train/validation/test split of users whose "
+                            "entries have no times (default: %(default)s)")
 
 
 def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
@@ -86,14 +89,20 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
                        help="softmax temperature over cosine scores (default: %(default)s)")
     group.add_argument("--no-logq", action="store_true",
                        help="turn off the sampling-bias (logQ) correction of in-batch negatives")
-    group.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=d.batch_size,
+                       help="training examples per batch; the other titles of a batch are "
+                            "each example's negatives (default: %(default)s)")
     group.add_argument("--learning-rate", type=float, default=d.learning_rate,
                        help="Adam learning rate (default: %(default)s)")
     group.add_argument("--max-epochs", type=int, default=d.max_epochs,
                        help="upper bound; training stops early when validation Recall@100 "
                             "has not improved for --patience epochs (default: %(default)s)")
-    group.add_argument("--patience", type=int, default=d.patience, help="(default: %(default)s)")
-    group.add_argument("--train-seed", type=int, default=d.seed, help="(default: %(default)s)")
+    group.add_argument("--patience", type=int, default=d.patience,
+                       help="epochs without a better validation Recall@100 before training "
+                            "stops; the best epoch's weights are kept (default: %(default)s)")
+    group.add_argument("--train-seed", type=int, default=d.seed,
+                       help="seed of the retrieval model's initialisation, shuffling and "
+                            "validation sample (default: %(default)s)")
 
 
 def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
@@ -121,7 +130,9 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                        help="retrieval top-K that ranking reorders (default: %(default)s)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
-    group.add_argument("--ranking-seed", type=int, default=d.seed, help="(default: %(default)s)")
+    group.add_argument("--ranking-seed", type=int, default=d.seed,
+                       help="seed of the ranker's list sampling, shuffling and "
+                            "initialisation (default: %(default)s)")
 
 
 def _ranking_config(args: argparse.Namespace) -> RankingConfig:
@@ -145,10 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines",
         description="anirank: two-stage anime recommendations. Runs the pipeline stages.",
         epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    parser.add_argument("--version", action="version", version=f"anirank {__version__}",
+                        help="print the anirank version and exit")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    # --quiet is also accepted after the stage. SUPPRESS: a stage that is not given it
+    # leaves the value of the top-level option alone instead of resetting it to False.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help=QUIET_HELP)
 
-    synth = sub.add_parser(
+    def add_stage(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    synth = add_stage(
         "synth", help="generate a seeded synthetic AniList world into the raw store",
         description="Writes a synthetic AniList-shaped world (anime, users, list entries) "
                     "into the raw store, built in a temporary file and renamed into place, "
@@ -157,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_synth_args(synth)
 
-    kaggle = sub.add_parser(
+    kaggle = add_stage(
         "import-kaggle", help="import the Kaggle MyAnimeList CSV dumps into the raw store",
         description="Imports anime.csv and a ratings file (rating.csv, animelist.csv or "
                     "rating_complete.csv) from the 2017 or 2020 Kaggle MyAnimeList data "
@@ -165,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "reason and skipped. Re-importing the same files changes nothing.")
     kaggle.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     kaggle.add_argument("--anime", required=True, help="path to anime.csv")
-    kaggle.add_argument("--ratings", help="path to rating.csv / animelist.csv / rating_complete.csv")
+    kaggle.add_argument("--ratings",
+                        help="path to rating.csv / animelist.csv / rating_complete.csv "
+                             "(default: none; only the titles are imported)")
 
-    features = sub.add_parser(
+    features = add_stage(
         "features", help="raw store -> Parquet feature tables",
         description="Splits each user's entries by time into train/validation/test, "
                     "computes user features from train only, anime features from the "
@@ -176,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_feature_args(features)
 
-    retrieval = sub.add_parser(
+    retrieval = add_stage(
         "train-retrieval", help="feature tables -> two-tower model + ScaNN index + metrics",
         description="Trains the two-tower retrieval model (in-batch softmax with logQ "
                     "correction, early stopping on validation Recall@100), evaluates it "
@@ -187,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"feature table directory (default: {DEFAULT_FEATURES})")
     _add_retrieval_args(retrieval)
 
-    ranking = sub.add_parser(
+    ranking = add_stage(
         "train-ranking", help="feature tables + retrieval model -> listwise ranker + metrics",
         description="Builds lists of retrieved and relevant titles (validation period by "
                     "default), trains the listwise ranker (ApproxNDCG by default, one per "
@@ -200,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"model directory with a trained retrieval model (default: {DEFAULT_MODEL})")
     _add_ranking_args(ranking)
 
-    evaluate = sub.add_parser(
+    evaluate = add_stage(
         "evaluate", help="model dir + feature tables -> evaluation report",
         description="Recomputes every metric from the saved towers, index and ranker on "
                     "the test split, beside popularity, random and (on synthetic data) "
@@ -214,18 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ground truth of a synthetic world (default: <db>.truth.npz "
                                "beside the store the features came from, if present)")
 
-    publish = sub.add_parser(
+    publish = add_stage(
         "publish", help="model dir -> Hugging Face Hub model repo",
         description="Writes the model card (README.md) into the model directory and uploads "
                     "the directory to a Hub model repo in one commit (creating the repo if "
-                    "needed). The token comes from HF_TOKEN or `huggingface-cli login`; the "
-                    "endpoint from HF_ENDPOINT.")
+                    "needed). The token comes from HF_TOKEN or `hf auth login`; the "
+                    "endpoint from HF_ENDPOINT (default: https://huggingface.co). To try "
+                    "it with no network, see the README, \"Try it without network\".")
     publish.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
     publish.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/anirank-demo")
     publish.add_argument("--private", action="store_true", help="create the repo private")
     publish.add_argument("--message", help="commit message (default: the headline metrics)")
+    publish.add_argument("--source-url",
+                         help="the anirank repository the card links to and installs from "
+                              "(`pip install \"anirank @ git+URL\"`); default: no link, the "
+                              "card says to install from a checkout")
 
-    run = sub.add_parser(
+    run = add_stage(
         "run", help="the whole job on the default synthetic data",
         description="Generates the default synthetic world, builds its feature tables, "
                     "trains and evaluates the retrieval model, then the ranker, and writes "
@@ -305,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines import publish
 
             result = publish.run(args.model, args.repo, private=args.private,
-                                 commit_message=args.message)
+                                 commit_message=args.message, source_url=args.source_url)
             print(f"published {args.model} to {result['repo']}: commit {result['commit']}\n"
                   f"{result['url']}")
     except AnirankError as err:

@@ -3,14 +3,39 @@
 TFRS 0.7 is written against Keras 2. TensorFlow 2.20 ships Keras 3 as ``tf.keras``
 unless ``TF_USE_LEGACY_KERAS=1`` is set *before* ``import tensorflow``; after that it is
 too late, so every package ``__init__`` (and every script) imports this module first.
+
+TensorFlow's start-up chatter is kept quiet unless asked for. Its C++ side logs, on
+every command, CPU feature notes, oneDNN notes (INFO) and, on a machine without an
+NVIDIA GPU, ``E ... cuda_platform.cc:51] failed call to cuInit: ... (303)`` (ERROR, when
+the first op runs). Only ``TF_CPP_MIN_LOG_LEVEL`` silences these: 2 hides INFO and
+WARNING, 3 hides ERROR too. The default here is 3 when the machine has no NVIDIA device
+(``/dev/nvidiactl``, ``/proc/driver/nvidia``, or WSL's ``/dev/dxg``), where the ERROR
+lines at start-up are all about the GPU it does not have, and 2 where there is one, so a
+GPU user still sees driver and CUDA errors. Errors that stop a computation are Python
+exceptions and are raised whatever the level. The variable is only defaulted: set it to
+see everything again, e.g.
+
+    TF_CPP_MIN_LOG_LEVEL=0 python -m pipelines train-retrieval ...
+
+Not covered: the one line TensorFlow 2.20 logs through absl directly, "Compiled cluster
+using XLA!" (with absl's "All log messages before absl::InitializeLog()" note), printed
+once per process at the first XLA compilation (the ranker at serving time); no
+environment variable governs it. ``TF_ENABLE_ONEDNN_OPTS`` is left alone on purpose: it
+changes numerics, not logging.
 """
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# TensorFlow's C++ INFO/WARNING lines (CPU feature guards, oneDNN notes) drown our own
-# progress output; errors still show. A user who wants them sets the variable themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _has_nvidia_device() -> bool:
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg"))
+
+
+# TensorFlow's C++ log lines drown our own progress output (see the docstring); a user
+# who wants them sets the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _has_nvidia_device() else "3")
 # numpy's OpenBLAS threads busy-wait about 2**28 cycles after each matmul (its default
 # THREAD_TIMEOUT), taking the cores the top-k threads and TensorFlow need next; at 2**4
 # they sleep at once. Measured: top-100 of a fresh 3000 x 2000 score block 0.038 s

@@ -481,7 +481,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
         tick = time.perf_counter()
         entries = store.read_entries(conn)
         media = store.read_media(conn)
-        source = (store.source(conn) or "unknown").split(":")[0]
+        source = store.describe_source(conn)
         read_seconds = time.perf_counter() - tick
     finally:
         conn.close()
@@ -491,7 +491,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     del entries
     schema["timings"]["read"] = round(read_seconds, 2)
     schema["source_db"] = str(Path(db).resolve())  # where the ground truth of a synthetic world sits
-    schema["source"] = {"synth": "synthetic"}.get(source, source)
+    schema["source"] = source  # what the data is: the model card names it
     bar.update()
     bar.set_postfix_str(f"writing {out}")
 
@@ -506,7 +506,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     bar.update()
     bar.close()
     summary = dict(schema["counts"], out=str(out), dropped_features=schema["dropped_features"],
-                   db=str(db), source=schema["source"],
+                   db=str(db), source=source["kind"],
                    seconds=round(time.perf_counter() - start, 2))
     return summary
 

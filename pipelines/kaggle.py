@@ -291,8 +291,12 @@ def run(db: str | os.PathLike = "data/anirank.db", *, anime: str | os.PathLike,
     try:
         store.claim_source(conn, "kaggle", db)
         summary = {"anime": import_anime(conn, anime)}
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('kaggle_dump', ?)",
+                     (summary["anime"]["format"],))
         if ratings is not None:
             summary["ratings"] = import_ratings(conn, ratings, progress=progress)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('kaggle_ratings', ?)",
+                         (Path(ratings).name,))
     finally:
         conn.close()
     summary["seconds"] = round(time.perf_counter() - start, 2)

@@ -2,9 +2,10 @@
 
     python -m pipelines publish --model data/model --repo your-name/anirank-demo [--private]
 
-The token comes from ``HF_TOKEN`` or ``huggingface-cli login`` (never printed or logged).
-The repo is created if needed; the model card (``README.md``: YAML metadata with
-library_name, tags, datasets and metrics, how to load, the evaluation table) is written
+The token comes from ``HF_TOKEN`` or ``hf auth login`` (never printed or logged). The
+repo is created if needed; the model card (``README.md``: YAML metadata with library_name,
+tags and metrics; how to install and load it; the towers used with TensorFlow alone; the
+training data and split as the schema records them; evaluation; limitations) is written
 into the model directory and the whole directory is uploaded as one commit whose
 message carries the headline metrics. Load it back with
 ``serving.Recommender.from_pretrained("your-name/anirank-demo", revision=...)``.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import atomic
+from pipelines import __version__, atomic
 from pipelines.errors import InputError
 from pipelines.features import describe_split
 from pipelines.formatting import num
@@ -36,72 +37,153 @@ def _headline(metrics: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None and v == v}  # v == v: not NaN
 
 
-def model_card(model_dir: Path, repo_id: str) -> str:
-    """README.md of the repo: YAML metadata + how to load + the evaluation tables."""
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    config = json.loads((model_dir / "config.json").read_text())
-    head = _headline(metrics)
-    schema = config["feature_schema"]
-    # The card's example runs as written: a real user, title and id of this model.
+# How to use the towers with TensorFlow and huggingface_hub alone (no anirank installed),
+# e.g. to put the title embeddings into your own vector database. Tested as published.
+TOWERS_SNIPPET = """\
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from huggingface_hub import snapshot_download
+
+path = snapshot_download("{repo_id}")  # pin revision="<commit sha>" to freeze it
+
+
+def embed(tower, table):
+    \"\"\"Rows of a Parquet table -> embeddings, through the tower's raw-feature signature.\"\"\"
+    fn = tf.saved_model.load(f"{{path}}/{{tower}}").signatures["serving_default"]
+    inputs = {{}}
+    for name, spec in fn.structured_input_signature[1].items():
+        column = table[name]
+        if spec.dtype == tf.string and spec.shape.rank == 2:   # genres, tags: padded with ""
+            width = spec.shape[1]
+            inputs[name] = tf.constant([(list(v) + [""] * width)[:width] for v in column])
+        elif spec.dtype == tf.string:                          # one category; "" = missing
+            inputs[name] = tf.constant(column.fillna("").astype(str).tolist())
+        elif spec.shape.rank == 2:                             # taste vectors
+            inputs[name] = tf.constant(np.stack(column.to_numpy()), tf.float32)
+        else:                                                  # ids and numbers; NaN = missing
+            kind = "float64" if spec.dtype.is_floating else "int64"
+            inputs[name] = tf.constant(column.to_numpy(kind), spec.dtype)
+    return fn(**inputs)["embedding"].numpy()
+
+
+anime = pd.read_parquet(f"{{path}}/anime.parquet")
+users = pd.read_parquet(f"{{path}}/users.parquet")
+seen = pd.read_parquet(f"{{path}}/seen.parquet")
+catalog = embed("candidate_tower", anime)                 # one row per title of anime.parquet
+user_id = {user_id}
+query = embed("query_tower", users[users["user_id"] == user_id])[0]
+scores = catalog @ query                                  # higher = better
+scores[anime["media_id"].isin(seen.loc[seen["user_id"] == user_id, "media_id"]).to_numpy()] = -np.inf
+scores[anime["is_adult"].fillna(0).to_numpy() > 0] = -np.inf   # as Recommender does by default
+top10 = anime["media_id"].to_numpy()[np.argsort(-scores, kind="stable")[:10]]
+print(top10.tolist())
+"""
+
+# Anime features that describe a title as of the crawl or the dump, not as of the
+# training cutoff: offline metrics that use them are optimistic.
+SNAPSHOT_FEATURES = ("popularity", "favourites", "average_score")
+
+
+def _examples(model_dir: Path) -> tuple[int, str, int]:
+    """A real user id, title and title id of this model, so the card's code runs as written."""
     anime = pd.read_parquet(model_dir / "anime.parquet", columns=["media_id", "title", "train_count"])
     top = anime.sort_values("train_count", ascending=False, kind="stable").iloc[:2]
-    example_title, example_id = top["title"].iloc[0], int(top["media_id"].iloc[1])
-    example_user = int(pd.read_parquet(model_dir / "users.parquet", columns=["user_id"])["user_id"].iloc[0])
-    dropped = ["Left out of the model, for lack of data in the source: " + "; ".join(
-        f"`{name}` ({reason})" for name, reason in schema.get("dropped_features", {}).items())
-        + ".", ""] if schema.get("dropped_features") else []
-    yaml = ["---", "library_name: tensorflow", "tags:", "- recommender-system", "- anime",
-            "- two-tower", "- tensorflow-recommenders", "- scann", "- learning-to-rank",
-            "datasets:", "- anilist", "metrics:", "- recall", "- ndcg", "model-index:",
-            f"- name: {repo_id.split('/')[-1]}", "  results:", "  - task:",
-            "      type: recommendation", "    dataset:", "      name: anirank feature tables",
-            f"      type: {config.get('data_fingerprint', 'unknown')}", "    metrics:"]
-    for name, value in head.items():
-        yaml += [f"    - type: {name}", f"      value: {value:.4f}"]
-    yaml.append("---")
+    user = pd.read_parquet(model_dir / "users.parquet", columns=["user_id"])["user_id"].iloc[0]
+    return int(user), str(top["title"].iloc[0]), int(top["media_id"].iloc[1])
+
+
+def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> str:
+    """README.md of the repo: YAML metadata (``huggingface_hub.ModelCardData``), how to
+    install and load it, the towers without anirank, the training data as the schema
+    records it, the evaluation tables and the limitations."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    schema = config["feature_schema"]
+    source = schema.get("source")
+    if not isinstance(source, dict):   # feature tables from before the source was recorded
+        source = {"kind": source or "unknown", "description": "a raw store of unknown origin"}
+    name = repo_id.split("/")[-1]
+    data = ModelCardData(
+        library_name="tensorflow", model_name=name, metrics=["recall", "ndcg"],
+        tags=["recommender-system", "anime", "two-tower", "tensorflow-recommenders", "scann",
+              "learning-to-rank", f"anirank-{source['kind']}"],
+        eval_results=[EvalResult(task_type="recommendation", dataset_type=source["kind"],
+                                 dataset_name=source["description"], metric_type=metric,
+                                 metric_value=round(value, 4))
+                      for metric, value in _headline(metrics).items()])
+
     r = metrics.get("retrieval", {})
-    rows = [("two-tower", r.get("model")), ("two-tower, ids only", r.get("ids_only")),
-            ("most popular", r.get("popularity")), ("EASE (item-item, closed form)", r.get("ease"))]
     table = ["| model | Recall@10 | Recall@100 | NDCG@10 | NDCG@100 |", "|---|---|---|---|---|"]
-    for name, m in rows:
+    for label, m in (("two-tower", r.get("model")), ("two-tower, ids only", r.get("ids_only")),
+                     ("most popular", r.get("popularity")),
+                     ("EASE (item-item, closed form)", r.get("ease"))):
         if m:
-            table.append(f"| {name} | " + " | ".join(
+            table.append(f"| {label} | " + " | ".join(
                 num(m[k]) for k in ("recall@10", "recall@100", "ndcg@10", "ndcg@100")) + " |")
     e2e = metrics.get("ranking", {}).get("end_to_end")
     if e2e:
         table += ["", "| end to end (retrieve 100, rank) | NDCG@10 | Recall@10 | MRR |",
                   "|---|---|---|---|"]
-        for name in ("ranked", "retrieval_order"):
-            m = e2e[name]
-            table.append(f"| {name.replace('_', ' ')} | " + " | ".join(
-                num(m[k]) for k in ("ndcg@10", "recall@10", "mrr")) + " |")
+        for label in ("ranked", "retrieval_order"):
+            table.append(f"| {label.replace('_', ' ')} | " + " | ".join(
+                num(e2e[label][k]) for k in ("ndcg@10", "recall@10", "mrr")) + " |")
+
+    user, title, anime_id = _examples(model_dir)
+    install = (f'pip install "anirank @ git+{source_url}"' if source_url else
+               "pip install <path to an anirank checkout>   # or the wheel `pip wheel --no-deps .` builds there")
+    dropped = schema.get("dropped_features") or {}
+    used = {f["name"] for f in schema["features"]}
+    snapshot = [f for f in SNAPSHOT_FEATURES if f in used]
+    limits = [
+        "- `users.parquet` and `seen.parquet` hold per-user data of the training lists "
+        "(features and titles), which `recommend(user_ids)` needs. Publish a model trained "
+        "on real people's lists only where their terms allow it."]
+    if snapshot:
+        limits.append(f"- The title features {', '.join(f'`{f}`' for f in snapshot)} are "
+                      "snapshots taken when the data was collected, after the training "
+                      "cutoff: offline metrics that use them are optimistic.")
+    if source["kind"] == "synthetic":
+        limits.append("- Trained on a synthetic world: the numbers show that the method "
+                      "works where the generator's assumptions hold, not how it does on "
+                      "real users.")
+    if dropped:
+        limits.append("- Left out for lack of data in the source: " + "; ".join(
+            f"`{f}` ({why})" for f, why in dropped.items()) + ".")
     body = [
-        f"# {repo_id.split('/')[-1]}", "",
-        "A two-stage anime recommender from [anirank](https://github.com/anirank): a "
-        "two-tower retrieval model (TensorFlow Recommenders) with user and anime side "
+        f"# {name}", "",
+        f"A two-stage anime recommender made with anirank {config.get('versions', {}).get('anirank', __version__)}: "
+        "a two-tower retrieval model (TensorFlow Recommenders) with user and anime side "
         "features, a candidate index over every title, and a listwise ranker trained for "
-        "NDCG.", "", "## Load it", "", "```python",
-        "from serving import Recommender", "",
+        "NDCG." + (f" Source code: {source_url}." if source_url else ""), "",
+        "## Install", "", "```bash", install, "```", "",
+        "## Load it", "", "```python", "from serving import Recommender", "",
         f'rec = Recommender.from_pretrained("{repo_id}")  # pin revision="<commit sha>" to freeze it',
-        f"rec.recommend([{example_user}], k=10)  # a user in the training data",
-        f"rec.recommend_for_history([({example_title!r}, 90), ({example_id}, None)], k=10)",
-        f"rec.similar_anime({example_id}, k=10)",
-        "```", "", "Batch jobs: `python -m serving.batch --model " + repo_id +
-        " --users all --out recs/`.", "",
-        "## Evaluation", "",
-        f"Test split: {describe_split(schema)}; titles the user had before the test period "
-        "are excluded from every ranking.", "", *table, "", *dropped,
+        f"rec.recommend([{user}], k=10)  # a user of the training data",
+        f"rec.recommend_for_history([({title!r}, 90), ({anime_id}, None)], k=10)  # anyone, from a list",
+        f"rec.similar_anime({anime_id}, k=10)", "```", "",
+        f"Batch jobs: `python -m serving.batch --model {repo_id} --users all --out recs/`.", "",
+        "## Use the towers directly", "",
+        "The towers are TensorFlow SavedModels whose `serving_default` signature takes raw "
+        "features by name; with TensorFlow and huggingface_hub alone (no anirank), this "
+        "embeds the catalog and one user and takes the user's top 10 titles by dot product, "
+        "the retrieval stage's answer (the ranker then reorders the top 100):", "",
+        "```python", TOWERS_SNIPPET.format(repo_id=repo_id, user_id=user).rstrip(), "```", "",
+        "## Training data", "",
+        f"Trained on {source['description']}. Test split: {describe_split(schema)}; titles "
+        "the user had before the test period are excluded from every ranking.", "",
+        "## Evaluation", "", *table, "",
         f"Versions: {json.dumps(config.get('versions', {}), sort_keys=True)}. "
         f"Data fingerprint: `{config.get('data_fingerprint')}`.", "",
-        "This repo also holds `users.parquet` and `seen.parquet` (per-user features and list "
-        "titles of the training data), which `recommend(user_ids)` needs. Publish a model "
-        "trained on real users' lists only where their terms allow it.", ""]
-    return "\n".join(yaml + [""] + body)
+        "## Limitations", "", *limits, ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
 
 
 def run(model: str | os.PathLike, repo_id: str, *, private: bool = False,
         token: str | None = None, endpoint: str | None = None,
-        commit_message: str | None = None) -> dict:
+        commit_message: str | None = None, source_url: str | None = None) -> dict:
     """Stage function behind ``python -m pipelines publish``. Returns commit id and URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -111,7 +193,7 @@ def run(model: str | os.PathLike, repo_id: str, *, private: bool = False,
     if missing:
         raise InputError(f"{model_dir} is not a complete model directory: missing {missing}. "
                          "Train it first (`python -m pipelines run`).")
-    card = model_card(model_dir, repo_id)
+    card = model_card(model_dir, repo_id, source_url)
     atomic.write_text(model_dir / "README.md", card)
     head = _headline(json.loads((model_dir / "metrics.json").read_text()))
     message = commit_message or "anirank model: " + ", ".join(f"{k} {v:.4f}" for k, v in head.items())

@@ -12,10 +12,12 @@ Conventions: times are Unix seconds; a missing value is NULL, never a made-up nu
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -159,6 +161,37 @@ def source(conn: sqlite3.Connection) -> str | None:
     """What filled the store: ``anilist``, ``kaggle`` or ``synth:<config>``; None if empty."""
     row = conn.execute("SELECT value FROM meta WHERE key='source'").fetchone()
     return row and row[0]
+
+
+KAGGLE_DUMPS = {"2017": 'the Kaggle "Anime Recommendations Database" (2017) dump',
+                "2020": 'the Kaggle "Anime Recommendation Database 2020" dump'}
+
+
+def describe_source(conn: sqlite3.Connection) -> dict:
+    """What filled the store, for the schema and the model card: ``{"kind": "synthetic" |
+    "kaggle" | "anilist" | "unknown", "description": one phrase, ...details}``."""
+    held = source(conn) or "unknown"
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    if held.startswith("synth"):
+        # synth records the repr of its config dict after "synth:".
+        config = ast.literal_eval(held.split(":", 1)[1])
+        return {"kind": "synthetic", "seed": config["seed"],
+                "description": f"the anirank synthetic AniList-shaped world (seed "
+                               f"{config['seed']}, {config['users']:,} users, "
+                               f"{config['anime']:,} titles)"}
+    if held == "kaggle":
+        dump = meta.get("kaggle_dump", "")
+        ratings = meta.get("kaggle_ratings")
+        return {"kind": "kaggle", "dump": dump, "ratings_file": ratings,
+                "description": KAGGLE_DUMPS.get(dump, "a Kaggle MyAnimeList dump")
+                + (f" ({ratings})" if ratings else "")}
+    if held == "anilist":
+        latest = conn.execute("SELECT MAX(updated_at) FROM crawl_state "
+                              "WHERE kind = 'lists' AND state = 'done'").fetchone()[0]
+        day = time.strftime("%Y-%m-%d", time.gmtime(latest)) if latest else None
+        return {"kind": "anilist", "crawled_until": day,
+                "description": "an AniList crawl" + (f" (lists fetched up to {day})" if day else "")}
+    return {"kind": "unknown", "description": "a raw store of unknown origin"}
 
 
 def claim_source(conn: sqlite3.Connection, name: str, path: str | os.PathLike) -> None:

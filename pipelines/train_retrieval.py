@@ -34,7 +34,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from pipelines import atomic, baselines
+from pipelines import __version__, atomic, baselines
 from pipelines import features as feature_tables
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
@@ -346,7 +346,8 @@ def _versions() -> dict:
     import tensorflow_recommenders as tfrs
     from importlib.metadata import version
 
-    return {"tensorflow": tf.__version__, "tensorflow-recommenders": tfrs.__version__,
+    return {"anirank": __version__, "tensorflow": tf.__version__,
+            "tensorflow-recommenders": tfrs.__version__,
             "scann": version("scann"), "numpy": np.__version__, "pandas": pd.__version__}
 
 

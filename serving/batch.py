@@ -183,20 +183,27 @@ def read_output(out: str | os.PathLike) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory or Hub repo id")
-    parser.add_argument("--revision", help="Hub revision (branch, tag or commit sha)")
+    parser.add_argument("--revision",
+                        help="Hub revision: branch, tag or commit sha (default: main)")
     parser.add_argument("--users", default="all",
-                        help="'all' (every user the model knows), or a CSV/Parquet/text file of user ids")
+                        help="'all' (every user the model knows), or a CSV/Parquet/text file "
+                             "of user ids (default: %(default)s)")
     parser.add_argument("--out", default="data/recommendations", help="output directory (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user (default: %(default)s)")
     parser.add_argument("--candidates", type=int,
                         help="retrieved titles the ranker reorders, >= k (default: max(k, 100))")
     parser.add_argument("--chunk-size", type=int, default=2048, help="users per part (default: %(default)s)")
-    parser.add_argument("--formats", help="comma list of formats to keep, e.g. TV,MOVIE")
-    parser.add_argument("--min-year", type=int)
-    parser.add_argument("--max-year", type=int)
-    parser.add_argument("--max-popularity", type=float, help="hidden gems: at most this many members")
+    parser.add_argument("--formats",
+                        help="comma list of formats to keep, e.g. TV,MOVIE (default: all)")
+    parser.add_argument("--min-year", type=int,
+                        help="keep titles from this season year on; titles without a year "
+                             "pass (default: no limit)")
+    parser.add_argument("--max-year", type=int,
+                        help="keep titles up to this season year (default: no limit)")
+    parser.add_argument("--max-popularity", type=float,
+                        help="hidden gems: at most this many members (default: no limit)")
     parser.add_argument("--allow-adult", action="store_true", help="include adult titles")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         filters = Filters(formats=tuple(args.formats.split(",")) if args.formats else None,

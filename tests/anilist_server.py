@@ -5,12 +5,20 @@ shapes, for the queries ``data_query.py`` sends, and can inject the faults the c
 must survive: 429 with Retry-After, 5xx, slow answers (timeouts), truncated JSON,
 private users (404 + GraphQL error), titles AniList no longer returns, and a 403
 "API disabled". It records when each request arrived, so tests measure the client's rate.
+
+From the command line (the README's "Try it without network"), serving a store until
+Ctrl-C, e.g. the synthetic world `make run` writes:
+
+    python -m tests.anilist_server --db data/anirank.db --port 8766
+    python data_query.py users --pages 10 --endpoint http://127.0.0.1:8766/ --rate 0
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -19,7 +27,7 @@ from http.server import BaseHTTPRequestHandler
 import pandas as pd
 
 from pipelines import store
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, port_argument, serve_until_interrupted
 
 
 def _int(v):
@@ -55,9 +63,12 @@ class AniListStandIn(LoopbackServer):
       delay: seconds to wait before answering each request.
       timeout_seconds: how long a "timeout" fault stalls.
       requests: ``[(monotonic time, kind)]`` of every request received.
+      port: where it listens on 127.0.0.1 (0: a free port).
     """
 
-    def __init__(self, db, *, delay: float = 0.0, timeout_seconds: float = 1.0):
+    def __init__(self, db, *, delay: float = 0.0, timeout_seconds: float = 1.0,
+                 port: int = 0):
+        self.port = port
         conn = store.connect(db, readonly=True)
         try:
             self.users = store.read_users(conn).set_index("user_id", drop=False)
@@ -248,3 +259,38 @@ class AniListStandIn(LoopbackServer):
         return 200, {"data": {"Page": {"media": out}}}
 
 
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.errors import AnirankError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.anilist_server",
+        description="Serves a raw store (e.g. the synthetic world of `make run`) as AniList's "
+                    "GraphQL API on 127.0.0.1 until Ctrl-C, in AniList's response shapes, "
+                    "for `python data_query.py --endpoint`. No faults are injected.")
+    parser.add_argument("--db", default="data/anirank.db",
+                        help="raw store to serve (default: %(default)s)")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="seconds to wait before each answer (default: %(default)s)")
+    port_argument(parser, 8766)
+    args = parser.parse_args(argv)
+    try:
+        server = AniListStandIn(args.db, delay=args.delay, port=args.port)
+    except AnirankError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def describe(server: AniListStandIn) -> list[str]:
+        entries = sum(len(rows) for rows in server.entries.values())
+        return [f"stand-in AniList GraphQL API at {server.url} serving {args.db} "
+                f"({len(server.users):,} users, {len(server.media):,} titles, "
+                f"{entries:,} list entries; Ctrl-C stops it)",
+                "crawl it into a store of its own with data_query.py, passing:",
+                f"  --endpoint {server.url} --rate 0 --db data/anilist.db",
+                f"e.g. python data_query.py users --pages 10 --endpoint {server.url} "
+                "--rate 0 --db data/anilist.db"]
+
+    return serve_until_interrupted(server, describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

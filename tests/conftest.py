@@ -82,3 +82,20 @@ def tiny_ranked(tiny_model, tiny_features, tmp_path_factory):
     metrics = train_ranking.run(tiny_features, model_dir, RankingConfig(**TINY_RANKING),
                                 compare_losses=False, progress=False)
     return model_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def default_model(demo_db, tmp_path_factory):
+    """(features dir, model dir) of the default world (what `make run` trains
+    ``data/model`` on), trained for one epoch each: the README's examples run on it."""
+    from pipelines import train_ranking, train_retrieval
+    from pipelines.config import RankingConfig, RetrievalConfig
+
+    root = tmp_path_factory.mktemp("default_model")
+    features_dir, model_dir = root / "features", root / "model"
+    features.run(demo_db, features_dir, progress=False)
+    train_retrieval.run(features_dir, model_dir, RetrievalConfig(max_epochs=1, validation_users=200),
+                        ablation=False, progress=False)
+    train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
+                      compare_losses=False, progress=False)
+    return features_dir, model_dir

@@ -1,26 +1,38 @@
 """A stand-in Hugging Face Hub on 127.0.0.1, for the real ``huggingface_hub`` client.
 
 Answers what create_repo, upload_folder (preupload + commit), snapshot_download and
-hf_hub_download call (see ../shared/DESIGN.md, "Hugging Face Hub facts"), keeping every
-commit, so revisions can be pinned. Point the client at it with ``HF_ENDPOINT`` (read at
-import) or ``endpoint=``.
+hf_hub_download call (the routes are in ``post`` and ``get`` below; the callers are
+``pipelines/publish.py`` and ``serving/hub.py``), keeping every commit in memory, so
+revisions can be pinned. Point the client at it with ``HF_ENDPOINT`` (read at import) or
+``endpoint=``; any token is accepted.
+
+In tests: ``with HubStandIn() as hub: hub.url``. From the command line (the README's "Try
+it without network"), serving until Ctrl-C:
+
+    python -m tests.hub_server --port 8765
+    HF_ENDPOINT=http://127.0.0.1:8765 HF_TOKEN=any python -m pipelines publish ...
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import gzip
 import hashlib
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
 
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, port_argument, serve_until_interrupted
 
 
 class HubStandIn(LoopbackServer):
-    def __init__(self):
+    """``with HubStandIn() as hub: hub.url``; ``port=0``: a free port."""
+
+    def __init__(self, *, port: int = 0):
+        self.port = port
         self.repos: dict[str, dict] = {}   # repo_id -> {"commits": {sha: files}, "main": sha}
         self.requests: list[tuple[str, str]] = []
         self.authorizations: list[str | None] = []
@@ -182,3 +194,25 @@ class HubStandIn(LoopbackServer):
                                   "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
                                   "Content-Type": "application/octet-stream"}
         return 404, b"", not_found
+
+
+def _describe(hub: HubStandIn) -> list[str]:
+    return [f"stand-in Hugging Face Hub at {hub.url} (repos live in memory until it stops; "
+            "Ctrl-C stops it)",
+            "point huggingface_hub and `python -m pipelines publish` at it with:",
+            f"  export HF_ENDPOINT={hub.url} HF_TOKEN=any"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.hub_server",
+        description="Serves a stand-in Hugging Face Hub on 127.0.0.1 until Ctrl-C: create "
+                    "repos, upload, download and pin revisions with the real client, with "
+                    "no network and no account.")
+    port_argument(parser, 8765)
+    args = parser.parse_args(argv)
+    return serve_until_interrupted(HubStandIn(port=args.port), _describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

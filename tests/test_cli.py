@@ -1,6 +1,7 @@
 """The command line and the one environment module every entry point imports first."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,125 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys, argv, message):
     code = cli.main(["--quiet", *[a.format(tmp=tmp_path) for a in argv]])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def _option_parsers():
+    """(name, parser) of every parser of every command line: ``python -m pipelines``
+    and each stage, ``python data_query.py`` and each command, ``python -m serving.batch``."""
+    import argparse
+
+    import data_query
+    from serving import batch
+
+    out = []
+    for prog, parser in (("pipelines", cli.build_parser()), ("data_query", data_query.build_parser())):
+        out.append((prog, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out += [(f"{prog} {name}", sub) for name, sub in action.choices.items()]
+    # serving.batch builds its parser inside main(): catch it as it parses.
+    caught = []
+
+    def catch(self, args=None, namespace=None):
+        caught.append(self)
+        raise SystemExit(0)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        with pytest.raises(SystemExit):
+            batch.main([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    out.append(("serving.batch", caught[0]))
+    return out
+
+
+def test_every_option_explains_itself_and_shows_its_default():
+    import argparse
+
+    parsers = _option_parsers()
+    assert {name for name, _ in parsers} >= {
+        "pipelines", "pipelines train-retrieval", "pipelines train-ranking", "pipelines run",
+        "data_query users", "data_query media", "serving.batch"}
+    lacking, no_default = [], []
+    for name, parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            flag = f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+            text = action.help or ""
+            if not isinstance(action.help, str) or not re.sub(r"\(default: %\(default\)s\)", "", text).strip(" .;"):
+                lacking.append(flag)
+                continue
+            flag_only = action.nargs == 0   # --quiet, --no-ablation: on or off
+            if not (flag_only or action.required) and "default" not in text:
+                no_default.append(flag)
+    assert not lacking, f"options without help: {lacking}"
+    assert not no_default, f"options whose help does not show the default: {no_default}"
+    # The ones a new user found without help, and the batch job's --users.
+    helps = {f"{name} {a.option_strings[0]}": parser._get_formatter()._expand_help(a)
+             for name, parser in parsers for a in parser._actions if a.option_strings and a.help}
+    for flag in ("pipelines train-retrieval --batch-size", "pipelines train-retrieval --patience",
+                 "pipelines synth --seed", "pipelines train-retrieval --train-seed",
+                 "pipelines train-ranking --ranking-seed", "pipelines features --split-seed"):
+        assert len(helps[flag]) > 40 and "(default: " in helps[flag], flag
+    assert "(default: all)" in helps["serving.batch --users"]
+
+
+@pytest.mark.parametrize("argv, quiet", [
+    (["--quiet", "features"], True),
+    (["features", "--quiet"], True),
+    (["--quiet", "features", "--quiet"], True),
+    (["features"], False),
+    (["--quiet", "train-retrieval", "--batch-size", "64"], True),
+    (["train-retrieval", "--batch-size", "64", "--quiet"], True),
+])
+def test_quiet_goes_before_or_after_the_stage(argv, quiet):
+    assert cli.build_parser().parse_args(argv).quiet is quiet
+
+
+def test_quiet_after_the_stage_reaches_the_stage(tmp_path, capsys):
+    db = tmp_path / "w.db"
+    assert cli.main(["synth", "--db", str(db), "--users", "30", "--anime", "20",
+                     "--entries-per-user", "5", "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "synthetic world: 30 users" in out.out
+    assert "it/s" not in out.err and "%|" not in out.err, "no progress bars"
+
+
+def test_publish_help_names_the_login_command_the_pinned_hub_client_has():
+    result = _python("-m", "pipelines", "publish", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "`hf auth login`" in text and "huggingface-cli" not in text
+    assert "huggingface-cli" not in Path(cli.__file__).read_text()
+
+
+TF_START = ("import towers.model, tensorflow as tf, os; "
+            "print(int(tf.constant(1) + 1), os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+
+
+def test_tensorflow_start_up_is_quiet_unless_asked():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    # The first op initialises the devices: that is where cuInit fails on a CPU machine.
+    result = subprocess.run([sys.executable, "-c", TF_START], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "2"
+    for chatter in ("cuInit", "oneDNN custom operations", "cpu_feature_guard",
+                    "Could not find cuda drivers"):
+        assert chatter not in result.stderr, result.stderr
+    # The user's own setting wins (it shows the lines again, where this machine has them).
+    loud = subprocess.run([sys.executable, "-c", TF_START], cwd=ROOT,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.split() == ["2", "0"]
+    # Errors are still raised as exceptions, with TensorFlow's message.
+    bad = subprocess.run([sys.executable, "-c", "import towers.model, tensorflow as tf; "
+                          "tf.constant([1, 2]) @ tf.constant([[1.0]])"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "InvalidArgumentError" in bad.stderr and "MatMul" in bad.stderr

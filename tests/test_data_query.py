@@ -280,3 +280,65 @@ def test_fuzzy_dates_and_zero_times():
     assert dq._fuzzy_date({"year": 2020, "month": None, "day": None}) is None
     assert dq._fuzzy_date({"year": 2021, "month": 2, "day": 30}) is None
     assert dq._seconds(0) is None and dq._seconds(5) == 5
+
+
+@pytest.mark.parametrize("argv, quiet", [
+    (["--quiet", "users"], True),
+    (["users", "--quiet"], True),
+    (["--quiet", "media", "--quiet"], True),
+    (["lists"], False),
+    (["--quiet", "refresh", "--rate", "0"], True),
+])
+def test_quiet_goes_before_or_after_the_command(argv, quiet):
+    assert dq.build_parser().parse_args(argv).quiet is quiet
+
+
+def _summary(capsys) -> dict:
+    import json
+
+    return json.loads(capsys.readouterr().out)
+
+
+def test_summary_names_the_filters_and_leaves_out_keys_that_do_not_apply(world, tmp_path, capsys):
+    import time
+
+    db = tmp_path / "crawl.db"
+    with AniListStandIn(world) as server:
+        users = server.users.sort_index()
+        min_entries = int(users["anime_count"].median())
+        now = time.time()
+        updated = users["updated_at"].astype(float)
+        # A cutoff halfway between two users' update times, far from either.
+        gaps = np.sort(((now - updated) / 86_400).to_numpy())
+        active_days = int(gaps[len(gaps) // 3]) + 1
+        assert (np.abs(gaps - active_days) > 0.01).all()
+        few = users["anime_count"] < min_entries
+        inactive = ~few & (updated < now - active_days * 86_400)
+        args = ["--db", str(db), "--endpoint", server.url, "--rate", "0"]
+        # --quiet before the command here, after it below: both work.
+        assert dq.main(["--quiet", "users", *args, "--pages", "10", "--min-entries",
+                        str(min_entries), "--active-days", str(active_days)]) == 0
+        summary = _summary(capsys)
+        assert summary["skipped"] == {
+            f"fewer than {min_entries} entries (--min-entries)": int(few.sum()),
+            f"inactive for more than {active_days} days (--active-days)": int(inactive.sum())}
+        assert 0 < few.sum() and 0 < inactive.sum()
+        assert summary["fetched"] == int((~few & ~inactive).sum())
+        assert "entries" not in summary, "discovering users fetches no list entries"
+        assert dq.main(["lists", *args, "--quiet"]) == 0
+        lists = _summary(capsys)
+        assert lists["fetched"] == summary["fetched"] and lists["entries"] > 0
+        assert dq.main(["media", *args, "--quiet"]) == 0
+        media = _summary(capsys)
+        assert "entries" not in media and media["fetched"] > 0
+        assert set(media) == {"fetched", "skipped", "failed", "requests", "429s", "retries",
+                              "stopped", "seconds"}
+    conn = store.connect(db, readonly=True)
+    messages = dict(conn.execute("SELECT item_id, message FROM crawl_state "
+                                 "WHERE kind='user' AND state='skipped'").fetchall())
+    conn.close()
+    first_few = int(users.index[few][0])
+    count = int(users.loc[first_few, "anime_count"])
+    assert messages[first_few] == f"{count} entries, fewer than {min_entries} (--min-entries)"
+    first_inactive = int(users.index[inactive][0])
+    assert messages[first_inactive].endswith(f"days ago, more than {active_days} (--active-days)")

@@ -1,16 +1,12 @@
 """The README's examples run as written: every ```python block, in order, in one
 namespace, against a model trained (briefly) on the default synthetic world, the world
-`make run` trains ``data/model`` on."""
+`make run` trains ``data/model`` on (conftest's ``default_model``). tests/test_package.py
+runs the same blocks from an installed wheel, outside the checkout."""
 
 import re
 import textwrap
 import warnings
 from pathlib import Path
-
-import pytest
-
-from pipelines import features, train_ranking, train_retrieval
-from pipelines.config import RankingConfig, RetrievalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,19 +15,6 @@ def python_blocks(text: str) -> list[str]:
     """The code of every ```python block (indented ones, e.g. in a list, dedented)."""
     return [textwrap.dedent(code)
             for code in re.findall(r"^[ ]*```python\n(.*?)^[ ]*```", text, flags=re.S | re.M)]
-
-
-@pytest.fixture(scope="module")
-def default_model(demo_db, tmp_path_factory) -> tuple[Path, Path]:
-    """(features dir, model dir) of the default world, trained for one epoch each."""
-    root = tmp_path_factory.mktemp("readme")
-    features_dir, model_dir = root / "features", root / "model"
-    features.run(demo_db, features_dir, progress=False)
-    train_retrieval.run(features_dir, model_dir, RetrievalConfig(max_epochs=1, validation_users=200),
-                        ablation=False, progress=False)
-    train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
-                      compare_losses=False, progress=False)
-    return features_dir, model_dir
 
 
 def test_readme_python_blocks_run_on_the_default_model(default_model, monkeypatch, capsys):

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from huggingface_hub import ModelCard
 
 import data_query as dq
-from pipelines import synth
+from pipelines import publish, synth
 from pipelines.__main__ import main
 from serving import Recommender, batch
 from tests.anilist_server import AniListStandIn
@@ -97,6 +98,9 @@ def _import(capsys, tmp: Path, anime: str, ratings: str) -> Path:
 def test_kaggle_2017_end_to_end(fixture, tmp_path, capsys):
     db = _import(capsys, tmp_path, f"{fixture}/anime.csv", f"{fixture}/rating.csv")
     run = _stages(capsys, db, tmp_path)
+    assert run["schema"]["source"] == {
+        "kind": "kaggle", "dump": "2017", "ratings_file": "rating.csv",
+        "description": 'the Kaggle "Anime Recommendations Database" (2017) dump (rating.csv)'}
     dropped = run["schema"]["dropped_features"]
     assert set(dropped) == NOT_IN_2017
     assert dropped["studio"] == "no values in the source"
@@ -104,6 +108,10 @@ def test_kaggle_2017_end_to_end(fixture, tmp_path, capsys):
     assert f"Test split: {RANDOM_SPLIT}" in run["report"]
     assert "not its newest part" in run["report"]
     assert "`studio` (no values in the source)" in run["report"]
+    card = ModelCard(publish.model_card(run["model"], "tester/mal2017"))
+    assert card.data.eval_results[0].dataset_name == run["schema"]["source"]["description"]
+    assert f"Test split: {RANDOM_SPLIT}" in card.text and "not its newest part" in card.text
+    assert "`studio` (no values in the source)" in card.text
     short = run["metrics"]["retrieval"]["model"]["short_history"]
     if fixture == "kaggle2017_min10":
         # Every user has >= 10 training entries: the short-history group is empty and
@@ -145,7 +153,8 @@ def test_anilist_crawl_end_to_end(tmp_path, capsys):
             assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     run = _stages(capsys, db, tmp_path)
-    assert run["schema"]["source"] == "anilist"
+    assert run["schema"]["source"]["kind"] == "anilist"
+    assert run["schema"]["source"]["description"].startswith("an AniList crawl (lists fetched up to 20")
     assert run["schema"]["split"]["method"] == "time"
     assert f"Test split: {TIME_SPLIT};" in run["report"]
     assert "from " + str(db) + " (anilist data" in run["printed"]["features"]
