@@ -90,6 +90,7 @@ query ($ids: [Int], $perPage: Int) {
 QUIET_HELP = "no progress bars (may come before or after the command)"
 MEDIA_BATCH = 50   # AniList's perPage maximum
 LIST_CHUNK = 500   # MediaListCollection's perChunk maximum
+MAX_SKIPPED_PAGES = 5  # user pages refused in a row: the query itself is broken; stop
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,27 +344,7 @@ def _frame(rows: list[dict], columns) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------
-# Crawl state.
-
-def _set_state(conn, kind: str, item_id: int, state: str, message: str | None = None) -> None:
-    conn.execute(
-        "INSERT INTO crawl_state(kind, item_id, state, message, attempts, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind, item_id) DO UPDATE SET "
-        "state=excluded.state, message=excluded.message, "
-        "attempts=crawl_state.attempts + excluded.attempts, updated_at=excluded.updated_at",
-        (kind, int(item_id), state, message, int(state != "pending"), int(time.time())))
-
-
-def _enqueue(conn, kind: str, ids) -> None:
-    conn.executemany("INSERT OR IGNORE INTO crawl_state(kind, item_id, state, attempts) "
-                     "VALUES (?, ?, 'pending', 0)", ((kind, int(i)) for i in ids))
-
-
-def _todo(conn, kind: str) -> list[int]:
-    return [r[0] for r in conn.execute(
-        "SELECT item_id FROM crawl_state WHERE kind=? AND state IN ('pending', 'failed') "
-        "ORDER BY item_id", (kind,))]
-
+# What a crawl did, and what it does when a request fails.
 
 @dataclasses.dataclass
 class Summary:
@@ -389,6 +370,36 @@ class Summary:
 
 def _reason(message: str) -> str:
     return message.split(" (after")[0][:120]
+
+
+def _attempt(conn, summary: Summary, fetch, kind: str, ids=(), *,
+             requeue: bool = True) -> tuple[str, object]:
+    """Runs ``fetch()`` for one crawl item, which stands for ``ids`` in the crawl state
+    of ``kind`` (a title batch: several; a user name: none), and applies the crawl's
+    error policy. Returns ``("done", what fetch returned)`` or ``(outcome, None)``:
+
+    - ``"skipped"``: AniList answered with a GraphQL error (private user, deleted title,
+      invalid query); counted with its message, the ids recorded skipped: never retried.
+    - ``"failed"``: a transient failure outlived the retries; counted with its reason and,
+      with ``requeue``, the ids recorded failed, so the crawl's next run retries them
+      (without: the crawl retries the item its own way, e.g. from its cursor).
+    - ``"stopped"``: the request budget is used up; ``summary.stopped`` says so and the
+      crawl stops cleanly (rerun to continue).
+    """
+    try:
+        return "done", fetch()
+    except (GraphQLError, TransientError) as err:
+        outcome = "skipped" if isinstance(err, GraphQLError) else "failed"
+        counts = summary.skipped if outcome == "skipped" else summary.failed
+        counts[_reason(str(err))] += len(ids) or 1
+        if ids and (outcome == "skipped" or requeue):
+            with store.transaction(conn):
+                for item_id in ids:
+                    store.set_state(conn, kind, item_id, outcome, str(err))
+        return outcome, None
+    except BudgetExhausted as err:
+        summary.stopped = str(err)
+        return "stopped", None
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,12 +430,12 @@ def _save_users(conn, users: list[dict], summary: Summary, min_entries: int,
         why = _passes(user, min_entries, active_days, now)
         if why:
             summary.skipped[why[0]] += 1
-            _set_state(conn, "user", user["id"], "skipped", why[1])
+            store.set_state(conn, "user", user["id"], "skipped", why[1])
         else:
             keep.append(user_row(user, now))
-            _set_state(conn, "user", user["id"], "done")
+            store.set_state(conn, "user", user["id"], "done")
     store.upsert_users(conn, _frame(keep, store.USER_COLUMNS))
-    _enqueue(conn, "lists", [u["user_id"] for u in keep])
+    store.enqueue(conn, "lists", [u["user_id"] for u in keep])
     summary.fetched += len(keep)
 
 
@@ -437,46 +448,43 @@ def crawl_users(conn, client: AniListClient, *, pages: int | None = None,
     summary = Summary()
     if ids is not None or names is not None:
         items = [("id", i) for i in ids or []] + [("name", n) for n in names or []]
-        done = {r[0] for r in conn.execute(
-            "SELECT item_id FROM crawl_state WHERE kind='user' AND state IN ('done','skipped')")}
+        done = set(store.crawl_items(conn, "user", ("done", "skipped")))
         items = [(k, v) for k, v in items if not (k == "id" and v in done)]
         for kind, value in tqdm(items, desc="users", disable=not progress):
-            try:
-                user = client.query(USER_QUERY, {kind: value})["User"]
-            except GraphQLError as err:
-                summary.skipped[_reason(str(err))] += 1
-                if kind == "id":
-                    with store.transaction(conn):
-                        _set_state(conn, "user", value, "skipped", str(err))
-                continue
-            except TransientError as err:
-                summary.failed[_reason(str(err))] += 1
-                continue
-            except BudgetExhausted as err:
-                summary.stopped = str(err)
+            # A failed user is not recorded: the next run asks again for every id
+            # neither done nor skipped.
+            outcome, user = _attempt(conn, summary,
+                                     lambda: client.query(USER_QUERY, {kind: value})["User"],
+                                     "user", [value] if kind == "id" else (), requeue=False)
+            if outcome == "stopped":
                 break
-            with store.transaction(conn):
-                _save_users(conn, [user], summary, min_entries, active_days)
+            if outcome == "done":
+                with store.transaction(conn):
+                    _save_users(conn, [user], summary, min_entries, active_days)
         return summary
 
-    row = conn.execute("SELECT value FROM crawl_cursor WHERE name='users_page'").fetchone()
-    page = int(row[0]) if row else 1
+    page = int(store.get_cursor(conn, "users_page") or 1)
     bar = tqdm(total=pages, desc="user pages", disable=not progress)
-    fetched_pages = 0
+    fetched_pages = skipped_in_a_row = 0
     while pages is None or fetched_pages < pages:
-        try:
-            data = client.query(USERS_PAGE_QUERY, {"page": page, "perPage": per_page})["Page"]
-        except (GraphQLError, TransientError) as err:
-            summary.failed[_reason(str(err))] += 1
+        # A page that failed stops the crawl, its cursor left on it: the next run
+        # retries it. A page AniList refuses (GraphQL error) is skipped for good.
+        outcome, data = _attempt(
+            conn, summary, lambda: client.query(
+                USERS_PAGE_QUERY, {"page": page, "perPage": per_page})["Page"],
+            "users_page", [page], requeue=False)
+        if outcome in ("stopped", "failed"):
             break
-        except BudgetExhausted as err:
-            summary.stopped = str(err)
+        skipped_in_a_row = skipped_in_a_row + 1 if outcome == "skipped" else 0
+        if skipped_in_a_row == MAX_SKIPPED_PAGES:
+            summary.stopped = (f"{MAX_SKIPPED_PAGES} user pages in a row answered with "
+                               "GraphQL errors")
             break
-        more = bool((data.get("pageInfo") or {}).get("hasNextPage"))
+        data = data or {}  # a skipped page: no users from it, on to the next
+        more = outcome == "skipped" or bool((data.get("pageInfo") or {}).get("hasNextPage"))
         with store.transaction(conn):  # the page's users and the cursor move together
             _save_users(conn, data.get("users") or [], summary, min_entries, active_days)
-            conn.execute("INSERT OR REPLACE INTO crawl_cursor VALUES ('users_page', ?)",
-                         (str(page + 1 if more else page),))
+            store.set_cursor(conn, "users_page", page + 1 if more else page)
         page += 1
         fetched_pages += 1
         bar.update()
@@ -507,34 +515,23 @@ def save_list(conn, user_id: int, rows: list[dict]) -> None:
     """Replaces the user's entries with ``rows``, queues unseen titles, marks the list
     done: one transaction, so a crash never leaves half a list."""
     with store.transaction(conn):
-        conn.execute("DELETE FROM entries WHERE user_id=?", (user_id,))
-        store.upsert_entries(conn, _frame(rows, store.ENTRY_COLUMNS))
-        known = {r[0] for r in conn.execute(
-            "SELECT item_id FROM crawl_state WHERE kind='media'")}
-        _enqueue(conn, "media", [r["media_id"] for r in rows if r["media_id"] not in known])
-        _set_state(conn, "lists", user_id, "done")
+        store.replace_user_entries(conn, user_id, _frame(rows, store.ENTRY_COLUMNS))
+        store.enqueue(conn, "media", [r["media_id"] for r in rows])
+        store.set_state(conn, "lists", user_id, "done")
 
 
 def crawl_lists(conn, client: AniListClient, *, progress: bool = True) -> Summary:
     """Fetches the list of every user whose list is pending or failed."""
     summary = Summary(entries=0)
-    for user_id in tqdm(_todo(conn, "lists"), desc="lists", unit="user", disable=not progress):
-        try:
-            lists, favourites = fetch_list(client, user_id)
-        except GraphQLError as err:
-            summary.skipped[_reason(str(err))] += 1
-            with store.transaction(conn):
-                _set_state(conn, "lists", user_id, "skipped", str(err))
-            continue
-        except TransientError as err:
-            summary.failed[_reason(str(err))] += 1
-            with store.transaction(conn):
-                _set_state(conn, "lists", user_id, "failed", str(err))
-            continue
-        except BudgetExhausted as err:
-            summary.stopped = str(err)
+    for user_id in tqdm(store.pending(conn, "lists"), desc="lists", unit="user",
+                        disable=not progress):
+        outcome, fetched = _attempt(conn, summary, lambda: fetch_list(client, user_id),
+                                    "lists", [user_id])
+        if outcome == "stopped":
             break
-        rows = entry_rows(user_id, lists, favourites)
+        if outcome != "done":
+            continue
+        rows = entry_rows(user_id, *fetched)
         save_list(conn, user_id, rows)
         summary.fetched += 1
         summary.entries += len(rows)
@@ -545,24 +542,17 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
     """Fetches metadata of queued titles in batches of 50 (``media(id_in: ...)``)."""
     summary = Summary()
     with store.transaction(conn):  # titles in entries that nothing queued (e.g. imports)
-        _enqueue(conn, "media", [r[0] for r in conn.execute(
-            "SELECT DISTINCT media_id FROM entries WHERE media_id NOT IN "
-            "(SELECT media_id FROM media)")])
-    todo = _todo(conn, "media")
+        store.enqueue(conn, "media", store.unknown_media(conn))
+    todo = store.pending(conn, "media")
     batches = [todo[i:i + MEDIA_BATCH] for i in range(0, len(todo), MEDIA_BATCH)]
     for batch in tqdm(batches, desc="media", unit="batch", disable=not progress):
-        try:
-            found = client.query(MEDIA_QUERY, {"ids": batch, "perPage": MEDIA_BATCH})["Page"]["media"]
-        except (GraphQLError, TransientError) as err:
-            state = "skipped" if isinstance(err, GraphQLError) else "failed"
-            (summary.skipped if state == "skipped" else summary.failed)[_reason(str(err))] += len(batch)
-            with store.transaction(conn):
-                for media_id in batch:
-                    _set_state(conn, "media", media_id, state, str(err))
-            continue
-        except BudgetExhausted as err:
-            summary.stopped = str(err)
+        outcome, found = _attempt(conn, summary, lambda: client.query(
+            MEDIA_QUERY, {"ids": batch, "perPage": MEDIA_BATCH})["Page"]["media"],
+            "media", batch)
+        if outcome == "stopped":
             break
+        if outcome != "done":
+            continue
         now, wanted = int(time.time()), set(batch)
         rows = [media_row(m, now) for m in found or [] if m and m.get("id") in wanted]
         with store.transaction(conn):
@@ -570,9 +560,9 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
             got = {r["media_id"] for r in rows}
             for media_id in batch:
                 if media_id in got:
-                    _set_state(conn, "media", media_id, "done")
+                    store.set_state(conn, "media", media_id, "done")
                 else:
-                    _set_state(conn, "media", media_id, "skipped", "not returned by AniList")
+                    store.set_state(conn, "media", media_id, "skipped", "not returned by AniList")
         summary.fetched += len(got)
         missing = len(batch) - len(got)
         if missing:
@@ -582,25 +572,23 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
 
 def crawl_refresh(conn, client: AniListClient, *, progress: bool = True) -> Summary:
     """Re-queues the lists of users whose newest list update is later than what the store
-    has (one small request per user), then fetches those lists and any new titles."""
+    has (one small request per user); ``main`` then fetches those lists and any new
+    titles. A user AniList now refuses (e.g. gone private) is skipped, as the lists crawl
+    skips them; a check that failed is asked again by the next refresh."""
     summary = Summary()
-    users = [r[0] for r in conn.execute(
-        "SELECT item_id FROM crawl_state WHERE kind='lists' AND state='done' ORDER BY item_id")]
+    users = store.crawl_items(conn, "lists", ("done",))
     for user_id in tqdm(users, desc="refresh", unit="user", disable=not progress):
-        try:
-            found = client.query(LAST_UPDATE_QUERY, {"userId": user_id})["Page"]["mediaList"]
-        except (GraphQLError, TransientError) as err:
-            summary.failed[_reason(str(err))] += 1
-            continue
-        except BudgetExhausted as err:
-            summary.stopped = str(err)
+        outcome, found = _attempt(conn, summary, lambda: client.query(
+            LAST_UPDATE_QUERY, {"userId": user_id})["Page"]["mediaList"],
+            "lists", [user_id], requeue=False)
+        if outcome == "stopped":
             break
+        if outcome != "done":
+            continue
         latest = max((m.get("updatedAt") or 0 for m in found or []), default=0)
-        stored = conn.execute("SELECT MAX(updated_at) FROM entries WHERE user_id=?",
-                              (user_id,)).fetchone()[0] or 0
-        if latest > stored:
+        if latest > (store.latest_entry_update(conn, user_id) or 0):
             with store.transaction(conn):
-                _set_state(conn, "lists", user_id, "pending", "changed since last crawl")
+                store.set_state(conn, "lists", user_id, "pending", "changed since last crawl")
             summary.fetched += 1
         else:
             summary.skipped["unchanged"] += 1

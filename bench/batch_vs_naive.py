@@ -32,7 +32,7 @@ def naive(rec: Recommender, user_ids, k=10, candidates=100):
     out = []
     for uid in user_ids:
         row = rec._user_row.get_indexer([uid])[0]
-        raw = {s["name"]: tf.constant(rec._user_raw[s["name"]][row:row + 1]) for s in rec._user_specs}
+        raw = {s["name"]: tf.constant(rec._user_raw[s["name"]][row:row + 1]) for s in rec.retrieval.user_specs}
         q = rec.query_tower(**raw)["embedding"].numpy()[0]
         scores = emb @ q
         seen = rec._anime_row.get_indexer(rec._seen[row])

@@ -20,16 +20,17 @@ from pipelines import _env  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 from pipelines.config import RetrievalConfig  # noqa: E402
-from pipelines.train_retrieval import Data, _dataset  # noqa: E402
+from pipelines.tables import FeatureTables  # noqa: E402
+from pipelines.train_retrieval import training_dataset  # noqa: E402
 from towers.model import TwoTowerModel  # noqa: E402
 
 
-def build(data, batch_size, eager):
+def build(tables, batch_size, eager):
     """A compiled model and its endless input, already built, traced and warmed up."""
     config = RetrievalConfig(batch_size=batch_size)
-    ds, _ = _dataset(data, config)
+    ds, _ = training_dataset(tables, config)
     ds = ds.repeat()
-    model = TwoTowerModel(data.schema, config)
+    model = TwoTowerModel(tables.schema, config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), run_eagerly=eager)
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)
     return model, ds
@@ -47,8 +48,8 @@ def main():
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    data = Data.load(args.features)
-    recipes = {"ours": build(data, 1024, False), "orig": build(data, 512, True)}
+    tables = FeatureTables.load(args.features)
+    recipes = {"ours": build(tables, 1024, False), "orig": build(tables, 512, True)}
     # Interleaved windows, the best of each kept: the machine is shared, and the fastest
     # window is the least disturbed measurement of either recipe.
     best = {name: float("inf") for name in recipes}

@@ -11,7 +11,7 @@ import json
 import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig
+from pipelines.config import LOSS_NAMES, FeatureConfig, RankingConfig, RetrievalConfig
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -115,10 +115,8 @@ def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
 
 def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     d = RankingConfig()
-    from ranking.losses import LOSSES
-
     group = parser.add_argument_group("ranking model")
-    group.add_argument("--loss", default=d.loss, choices=sorted(LOSSES),
+    group.add_argument("--loss", default=d.loss, choices=sorted(LOSS_NAMES),
                        help="listwise loss of the saved ranker (default: %(default)s)")
     group.add_argument("--no-loss-comparison", action="store_true",
                        help="train only --loss, not one ranker per loss for the comparison")
@@ -126,7 +124,7 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                        help="relevant titles per training list (default: %(default)s)")
     group.add_argument("--negatives-per-list", type=int, default=d.negatives_per_list,
                        help="retrieved titles the user did not watch, per list (default: %(default)s)")
-    group.add_argument("--candidates", type=int, default=d.candidates,
+    group.add_argument("--candidates", type=int, default=d.num_candidates,
                        help="retrieval top-K that ranking reorders (default: %(default)s)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
@@ -137,7 +135,7 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
 
 def _ranking_config(args: argparse.Namespace) -> RankingConfig:
     return RankingConfig(loss=args.loss, labelled_per_list=args.labelled_per_list,
-                         negatives_per_list=args.negatives_per_list, candidates=args.candidates,
+                         negatives_per_list=args.negatives_per_list, num_candidates=args.candidates,
                          max_epochs=args.ranking_epochs, seed=args.ranking_seed)
 
 

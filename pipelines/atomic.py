@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -42,12 +42,30 @@ def directory(out: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Replaces a text file whole (write a sibling, then rename)."""
+@contextlib.contextmanager
+def file(path: str | os.PathLike, companions: Sequence[str] = ()) -> Iterator[Path]:
+    """``with file(path) as tmp:`` write the file ``tmp``; on success ``tmp`` replaces
+    ``path``, on error it is deleted and ``path`` is left as it was.
+
+    Args:
+      companions: suffixes of files a writer keeps beside its file (SQLite's ``-wal`` and
+        ``-shm``): the temporary file's are deleted with it, and ``path``'s before the
+        rename, so the new file never inherits stale ones.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
     try:
-        tmp.write_text(text)
+        yield tmp
+        for suffix in companions:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for suffix in ("", *companions):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replaces a text file whole (write a sibling, then rename)."""
+    with file(path) as tmp:
+        tmp.write_text(text)

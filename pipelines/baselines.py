@@ -5,7 +5,7 @@
   item-item weight matrix in closed form, ``B = I - P diag(1 / diag(P))`` with
   ``P = (X'X + lambda I)^-1`` (equivalently ``B_ij = -P_ij / P_jj``, zero diagonal), and a
   user's scores ``x_u B`` from their binary training row ``x_u``. It was the strongest
-  baseline while we planned (DESIGN.md), so the report sets it beside the two-tower.
+  baseline in the project's planning runs, so the report sets it beside the two-tower.
 
 Both see the same information as the two-tower: the training split only (the query
 tower's user features are computed from training entries alone), so a test ranking
@@ -17,25 +17,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines import protocol
+from pipelines.tables import FeatureTables
+
 MAX_EASE_TITLES = 20_000   # a dense float64 title x title inverse: 3.2 GB at this size
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
-def popularity_scorer(data):
+def popularity_scorer(tables: FeatureTables):
     """``score_fn(user_rows) -> [b, num_anime]``: training interaction counts for every user."""
-    counts = data.train_counts()
+    counts = tables.train_counts()
     scores = counts.astype(np.float32)
     return lambda rows: np.broadcast_to(scores, (len(rows), len(scores)))
 
 
-def gram(data, batch_size: int = 4096) -> np.ndarray:
+def gram(tables: FeatureTables, batch_size: int = 4096) -> np.ndarray:
     """``X'X`` (float64 ``[num_anime, num_anime]``) of the binary user x title training
     matrix, accumulated over blocks of users so ``X`` is never dense whole."""
-    train = data.pairs("train")
+    train = tables.pairs("train")
     rows = np.unique(train["user_row"])
-    out = np.zeros((len(data.anime), len(data.anime)), np.float64)
+    out = np.zeros((len(tables.anime), len(tables.anime)), np.float64)
     for start in range(0, len(rows), batch_size):
-        x = data.matrix(rows[start:start + batch_size], train).astype(np.float32)
+        x = tables.matrix(rows[start:start + batch_size], train).astype(np.float32)
         out += x.T @ x
     return out
 
@@ -52,28 +55,27 @@ def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
     return b.astype(np.float32)
 
 
-def ease_scorer(data, weights: np.ndarray):
+def ease_scorer(tables: FeatureTables, weights: np.ndarray):
     """``score_fn(user_rows)``: each user's training row times ``weights``."""
-    train = data.pairs("train")
-    return lambda rows: data.matrix(rows, train).astype(np.float32) @ weights
+    train = tables.pairs("train")
+    return lambda rows: tables.matrix(rows, train).astype(np.float32) @ weights
 
 
-def fit_ease(data, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
+def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
     """EASE with ``lam`` (or the ``lambdas`` value with the best validation Recall@100).
 
     Returns ``{"lambda", "validation_recall@100": {lambda: recall}, "scorer"}``, or None
     when the catalog is larger than ``MAX_EASE_TITLES`` (the dense inverse would not fit
     comfortably; the report says it was skipped).
     """
-    from pipelines.train_retrieval import rank_metrics
-
-    if len(data.anime) > MAX_EASE_TITLES:
+    if len(tables.anime) > MAX_EASE_TITLES:
         return None
-    g = gram(data)
+    g = gram(tables)
     tried = {}
     if lam is None:
-        tried = {value: rank_metrics(ease_scorer(data, ease_weights(g, value)), data,
-                                     "validation")["recall@100"] for value in lambdas}
+        tried = {value: protocol.rank_metrics(ease_scorer(tables, ease_weights(g, value)),
+                                              tables, "validation")["recall@100"]
+                 for value in lambdas}
         lam = max(tried, key=tried.get)  # the first (smallest) on a tie
     return {"lambda": lam, "validation_recall@100": tried,
-            "scorer": ease_scorer(data, ease_weights(g, lam))}
+            "scorer": ease_scorer(tables, ease_weights(g, lam))}

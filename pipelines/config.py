@@ -18,8 +18,12 @@ class _JsonConfig:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
 
+    # Keys renamed since models were first saved: {old: new}. Old configs still load.
+    _RENAMED: dict[str, str] = {}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        data = {cls._RENAMED.get(k, k): v for k, v in data.items()}
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - fields
         if unknown:
@@ -28,6 +32,11 @@ class _JsonConfig:
 
 
 STATUSES = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING", "PLANNING")
+
+# The ranker's listwise losses, by name: the keys of ``ranking.losses.LOSSES`` (which
+# asserts it at import). Named here so validating a config or building the CLI never
+# imports TensorFlow.
+LOSS_NAMES = ("approx_ndcg", "list_mle", "softmax", "mse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +170,8 @@ class RankingConfig(_JsonConfig):
       negatives_per_list: retrieved titles the user did not watch, per list (with
         ``labelled_per_list``, the mix of relevant and not that ranking sees at serving).
       max_lists_per_user: lists per user, each with fresh negatives and missed titles.
-      candidates: retrieval top-K the negatives come from (and end-to-end evaluation ranks).
+      num_candidates: retrieval top-K the negatives come from (and end-to-end evaluation
+        ranks).
       use_similarity: give the ranker the retrieval score of each title as a feature.
       use_ids: give the ranker user and title id embeddings too (off by default: the
         retrieval score already carries the id signal, and ids overfit the few lists).
@@ -177,13 +187,15 @@ class RankingConfig(_JsonConfig):
       seed: list sampling, shuffling and initialisation.
     """
 
+    _RENAMED = {"candidates": "num_candidates"}  # config.json of models before 0.1.0
+
     loss: str = "approx_ndcg"
     approx_temperature: float = 0.1
     relevance_scale: float = 20.0
     labelled_per_list: int = 5
     negatives_per_list: int = 20
     max_lists_per_user: int = 4
-    candidates: int = 100
+    num_candidates: int = 100
     use_similarity: bool = True
     use_ids: bool = False
     fit_split: str = "validation"
@@ -198,11 +210,9 @@ class RankingConfig(_JsonConfig):
     seed: int = 0
 
     def __post_init__(self):
-        from ranking.losses import LOSSES
-
-        if self.loss not in LOSSES:
-            raise InputError(f"`loss` must be one of {sorted(LOSSES)}. Received: {self.loss!r}.")
-        for name in ("labelled_per_list", "max_lists_per_user", "candidates", "batch_size",
+        if self.loss not in LOSS_NAMES:
+            raise InputError(f"`loss` must be one of {sorted(LOSS_NAMES)}. Received: {self.loss!r}.")
+        for name in ("labelled_per_list", "max_lists_per_user", "num_candidates", "batch_size",
                      "max_epochs"):
             if getattr(self, name) <= 0:
                 raise InputError(f"`{name}` should be a positive integer. "

@@ -2,14 +2,14 @@
 
     python -m pipelines evaluate --model data/model --features data/features
 
-Writes ``<model>/report/`` (into a temporary directory, renamed into place when whole):
-``metrics.json`` (every number, with the protocol, data fingerprint, versions and
-config), ``report.md`` (tables generated from that same dict, plots embedded) and PNG
-plots. Everything is recomputed from what the earlier stages saved (towers, index,
-ranker), with the metric code those stages use (``ranking/metrics.py`` through
-``train_retrieval.rank_per_user`` and ``train_ranking.end_to_end``), so the numbers agree
-with the training-time ones. On a synthetic world (``<db>.truth.npz`` beside the store
-the features came from) every table also has the oracle that knows the generator:
+Writes ``<model>/report/`` (report.md, tables generated from the metrics, and PNG plots)
+and the numbers into ``<model>/metrics.json`` under ``evaluation`` (with the protocol,
+data fingerprint, versions and configs), in one atomic swap of the model directory
+(``pipelines/artifact.py``); ``--report DIR`` writes a standalone report directory
+instead. Everything is recomputed from what the earlier stages saved (towers, index,
+ranker) with the protocol those stages use (``pipelines/protocol.py``), so the numbers
+agree with the training-time ones. On a synthetic world (``<db>.truth.npz`` beside the
+store the features came from) every table also has the oracle that knows the generator:
 retrieval by the true log-odds of adding a title (popularity bias + true affinity),
 ranking by the true expected score.
 """
@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from pipelines import atomic, baselines, synth
+from pipelines import artifact, atomic, baselines, protocol, synth
 from pipelines import features as feature_tables
-from pipelines.errors import InputError
-from pipelines.formatting import num
-from pipelines.train_ranking import (Retrieval, baseline_list_metrics, end_to_end,
-                                     held_out_lists, list_metrics, predict_with)
-from pipelines.train_retrieval import (Data, factorized_top_k, index_benchmark,
-                                       rank_per_user)
 from pipelines.config import RankingConfig
+from pipelines.errors import InputError
+from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, num, table
+from pipelines.tables import FeatureTables
+from towers.index import ann_benchmark
 
 CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
 E2E_KS = (1, 2, 3, 5, 10, 20)
@@ -43,10 +41,10 @@ def _bucket_names():
     return [f"{lo}-{hi}" if hi else f"{lo}+" for lo, hi in BUCKETS]
 
 
-def _load_truth(data: Data, truth: str | os.PathLike | None):
+def _load_truth(tables: FeatureTables, truth: str | os.PathLike | None):
     path = Path(truth) if truth else None
-    if path is None and data.schema.get("source_db"):
-        candidate = synth.truth_path(data.schema["source_db"])
+    if path is None and tables.schema.get("source_db"):
+        candidate = synth.truth_path(tables.schema["source_db"])
         path = candidate if candidate.exists() else None
     if path is None:
         return None
@@ -55,16 +53,15 @@ def _load_truth(data: Data, truth: str | os.PathLike | None):
     return synth.Truth.load(path)
 
 
-def _oracle_keys(truth, data: Data):
-    """fn(user_rows, anime_rows [n, C] or None) -> the generator's log-odds of adding."""
-    media = data.anime["media_id"].to_numpy()
-    a_index = truth._index(truth.media_ids, media, "media")
-    log_pop = np.log(np.maximum(data.anime["popularity"].fillna(1).to_numpy(), 1))
-    u_index = truth._index(truth.user_ids, data.users["user_id"].to_numpy(), "user")
+def _oracle_keys(truth, tables: FeatureTables):
+    """fn(user_rows) -> [n, num_anime] and fn(user_rows, anime_rows [n, C]) -> [n, C]:
+    the generator's log-odds of each user adding each title (``Truth.adding_log_odds``)."""
+    media = tables.anime["media_id"].to_numpy()
+    users = tables.users["user_id"].to_numpy()
+    popularity = tables.anime["popularity"]
 
     def all_titles(rows):
-        aff = truth.user_vectors[u_index[rows]] @ truth.anime_vectors[a_index].T
-        return synth.POPULARITY_BIAS * log_pop[None, :] + synth.TASTE_BIAS * aff
+        return truth.adding_log_odds(users[rows], media, popularity)
 
     def within(rows, cand):
         return np.take_along_axis(all_titles(rows), np.maximum(cand, 0), axis=1)
@@ -72,21 +69,22 @@ def _oracle_keys(truth, data: Data):
     return all_titles, within
 
 
-def _retrieval_section(data: Data, retrieval: Retrieval, truth, saved: dict) -> dict:
-    queries, candidates = retrieval.queries, retrieval.candidates
-    scorers = {"two-tower": lambda r: queries[r] @ candidates.T,
-               "most popular": baselines.popularity_scorer(data)}
+def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, truth,
+                       saved: dict) -> dict:
+    queries, candidate_embeddings = retrieval.queries, retrieval.candidate_embeddings
+    scorers = {"two-tower": lambda r: queries[r] @ candidate_embeddings.T,
+               "most popular": baselines.popularity_scorer(tables)}
     # EASE with the lambda the training stage tuned on validation (tuned here if absent).
     tuned = (saved.get("retrieval", {}).get("ease") or {}).get("lambda")
-    ease = baselines.fit_ease(data, lam=tuned)
+    ease = baselines.fit_ease(tables, lam=tuned)
     if ease is not None:
         scorers["EASE"] = ease["scorer"]
     if truth is not None:
-        scorers["oracle"] = _oracle_keys(truth, data)[0]
-    n_train = data.users["n_train"].to_numpy()
+        scorers["oracle"] = _oracle_keys(truth, tables)[0]
+    n_train = tables.users["n_train"].to_numpy()
     curves, by_activity = {}, {}
     for name, fn in scorers.items():
-        rows, per_user = rank_per_user(fn, data, "test", ks=CURVE_KS)
+        rows, per_user = protocol.rank_per_user(fn, tables, "test", ks=CURVE_KS)
         curves[name] = {k: float(np.nanmean(v)) for k, v in per_user.items()}
         by_activity[name] = {}
         for (lo, hi), label in zip(BUCKETS, _bucket_names()):
@@ -96,45 +94,45 @@ def _retrieval_section(data: Data, retrieval: Retrieval, truth, saved: dict) -> 
                 "users": int(ok.sum()),
                 "recall@100": float(np.nanmean(per_user["recall@100"][ok])) if ok.any() else None,
                 "ndcg@10": float(np.nanmean(per_user["ndcg@10"][ok])) if ok.any() else None}
-    test_rows = np.unique(data.pairs("test")["user_row"])
+    test_rows = np.unique(tables.pairs("test")["user_row"])
     ids_only = saved.get("retrieval", {}).get("ids_only")
     return {
         "curves": curves, "by_activity": by_activity,
         "ease": None if ease is None else {"lambda": ease["lambda"]},
         "ids_only": None if ids_only is None else {
             k: ids_only[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")},
-        "factorized": factorized_top_k(queries, candidates, data.pairs("test")),
-        "index": index_benchmark(candidates, queries[test_rows], data.anime["media_id"].to_numpy()),
+        "factorized": protocol.factorized_top_k(queries, candidate_embeddings, tables.pairs("test")),
+        "index": ann_benchmark(candidate_embeddings, queries[test_rows],
+                               tables.anime["media_id"].to_numpy()),
     }
 
 
-def _ranking_section(model_dir: Path, data: Data, retrieval: Retrieval, truth, saved: dict):
+def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, truth,
+                     saved: dict):
     ranking = retrieval.config.get("ranking")
-    if ranking is None or not (model_dir / "ranker").exists():
+    saved_ranker, ranker = artifact.load_ranker(retrieval.directory)
+    if ranking is None or ranker is None:
         return None, None
     config = RankingConfig.from_dict(ranking)
-    try:
-        ranker = tf.saved_model.load(str(model_dir / "ranker")).signatures["serving_default"]
-    except (OSError, ValueError, tf.errors.OpError) as err:
-        raise InputError(f"{model_dir / 'ranker'} is not a loadable SavedModel ({type(err).__name__}); "
-                         "retrain it with `python -m pipelines train-ranking`.") from None
-    lists = held_out_lists(data, retrieval, config)
-    scores = predict_with(ranker, data, lists)
-    held = {f"ranker ({config.loss})": list_metrics(scores, lists),
-            **baseline_list_metrics(data, lists)}
-    counts = data.train_counts()
+    lists = protocol.held_out_lists(tables, retrieval.queries, retrieval.candidate_embeddings,
+                                    config.relevance_scale)
+    scores = artifact.score_lists(ranker, tables, lists)
+    held = {f"ranker ({config.loss})": protocol.list_metrics(scores, lists),
+            **protocol.baseline_list_metrics(tables, lists)}
+    counts = tables.train_counts()
     extra = {"popularity order": lambda users, cand: counts[np.maximum(cand, 0)].astype(float)}
     expected = None
     if truth is not None:
-        media = data.anime["media_id"].to_numpy()
-        uids = data.users["user_id"].to_numpy()
+        media = tables.anime["media_id"].to_numpy()
+        uids = tables.users["user_id"].to_numpy()
         rows = np.maximum(lists.anime_rows, 0)
         expected = truth.expected_score(np.repeat(uids[lists.user_rows], rows.shape[1]),
                                         media[rows.reshape(-1)]).reshape(rows.shape)
-        held["oracle (true expected score)"] = list_metrics(expected, lists)
-        extra["oracle"] = _oracle_keys(truth, data)[1]
-    e2e = end_to_end(data, lambda d, l: predict_with(ranker, d, l), retrieval, config,
-                     extra_orders=extra, ks=E2E_KS)
+        held["oracle (true expected score)"] = protocol.list_metrics(expected, lists)
+        extra["oracle"] = _oracle_keys(truth, tables)[1]
+    e2e = protocol.end_to_end(tables, lambda t, l: artifact.score_lists(ranker, t, l),
+                              *retrieval.top(tables, "test", config.num_candidates),
+                              extra_orders=extra, ks=E2E_KS)
     losses = {name: {"ndcg": m["ndcg"], "ndcg@5": m["ndcg@5"]}
               for name, m in saved.get("ranking", {}).get("losses", {}).items()}
     mask = lists.mask
@@ -242,16 +240,9 @@ def render(metrics: dict) -> str:
              f"titles. Test split: {metrics['protocol']['test_split']}; titles the user had "
              "before the test period are excluded from every ranking.", "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
-             "| model | " + " | ".join(f"R@{k}" for k in CURVE_KS) + " | N@10 | N@100 |",
-             "|---|" + "---|" * (len(CURVE_KS) + 2)]
-    for name, c in r["curves"].items():
-        lines.append(f"| {name} | " + " | ".join(num(c[f"recall@{k}"]) for k in CURVE_KS)
-                     + f" | {num(c['ndcg@10'])} | {num(c['ndcg@100'])} |")
-    if r["ids_only"]:
-        i = r["ids_only"]
-        lines.append("| two-tower, ids only (training stage) | | | " + num(i["recall@10"]) + " | | "
-                     + num(i["recall@50"]) + " | " + num(i["recall@100"]) + " | | "
-                     + num(i["ndcg@10"]) + " | " + num(i["ndcg@100"]) + " |")
+             table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"])],
+                   [(f"R@{k}", f"recall@{k}") for k in CURVE_KS]
+                   + [("N@10", "ndcg@10"), ("N@100", "ndcg@100")], label="model")]
     if r.get("ease"):
         tt, ease = r["curves"]["two-tower"]["recall@100"], r["curves"]["EASE"]["recall@100"]
         verdict = "beats" if tt > ease else "does NOT beat"
@@ -282,18 +273,14 @@ def render(metrics: dict) -> str:
                   *(["No test user has two or more scored titles in the test split, so there "
                      "are no held-out lists to order: the table is empty (-).", ""]
                     if not held_out else []),
-                  "| order | NDCG | NDCG@5 |", "|---|---|---|"]
-        for name, m in k["held_out_lists"].items():
-            lines.append(f"| {name.replace('_', ' ')} | {num(m['ndcg'])} | {num(m['ndcg@5'])} |")
-        for name, m in k["losses_at_training"].items():
-            lines.append(f"| ranker trained with {name} (training stage) | {num(m['ndcg'])} | {num(m['ndcg@5'])} |")
+                  table([(name.replace("_", " "), m) for name, m in k["held_out_lists"].items()]
+                        + [(f"ranker trained with {name} (training stage)", m)
+                           for name, m in k["losses_at_training"].items()],
+                        LIST_COLUMNS, label="order")]
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
-                  "| order | NDCG@10 | Recall@10 | MRR |", "|---|---|---|---|"]
-        for name, m in e.items():
-            if isinstance(m, dict):
-                lines.append(f"| {name.replace('_', ' ')} | {num(m['ndcg@10'])} | "
-                             f"{num(m['recall@10'])} | {num(m['mrr'])} |")
+                  table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],
+                        END_TO_END_COLUMNS, label="order")]
         corr = k["score_correlation"]
         lines += ["", "![NDCG@K end to end](ndcg_end_to_end.png)", "",
                   "Correlation of ranker scores with users' scores on held-out titles: "
@@ -311,37 +298,54 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
         out: str | os.PathLike | None = None, truth: str | os.PathLike | None = None, *,
         progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines evaluate``. Returns the metrics, with
-    ``report`` set to the report directory."""
+    ``report`` set to the report directory.
+
+    By default the report goes into the model directory in one atomic swap: report.md
+    and plots in ``<model>/report/``, the numbers in ``<model>/metrics.json`` under
+    ``evaluation`` (one metrics.json per model). With ``out``, a standalone report
+    directory (report.md, plots and its own metrics.json) is written there instead and
+    the model is left as it is."""
     start = time.perf_counter()
     model_dir = Path(model)
-    out = Path(out) if out else model_dir / "report"
-    data = Data.load(features)
-    retrieval = Retrieval(model_dir, data)
-    saved = json.loads((model_dir / "metrics.json").read_text())
-    truth_data = _load_truth(data, truth)
+    tables = FeatureTables.load(features)
+    retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
+    saved = artifact.read_json(model_dir, artifact.METRICS)
+    truth_data = _load_truth(tables, truth)
+    config = tables.schema["config"]
     metrics = {
-        "model": str(model_dir),
-        "data": {"fingerprint": data.schema["fingerprint"], "counts": data.schema["counts"],
-                 "source_db": data.schema.get("source_db"), "oracle": truth_data is not None,
-                 "dropped_features": data.schema.get("dropped_features", {})},
-        "protocol": {"split": "test", "test_fraction": data.schema["config"]["test_fraction"],
-                     "test_split": feature_tables.describe_split(data.schema),
+        "model": model_dir.name,
+        "data": {"fingerprint": tables.schema["fingerprint"], "counts": tables.schema["counts"],
+                 "source": tables.schema.get("source"), "oracle": truth_data is not None,
+                 "dropped_features": tables.schema.get("dropped_features", {})},
+        "protocol": {"split": "test", "test_fraction": config["test_fraction"],
+                     "test_split": feature_tables.describe_split(tables.schema),
                      "excluded": "every entry of the user before the test period",
                      "relevant": "the user's test interactions ("
-                                 + ", ".join(data.schema["config"]["interaction_statuses"]) + ")",
+                                 + ", ".join(config["interaction_statuses"]) + ")",
                      "retrieval_oracle": "popularity bias x log popularity + taste bias x true affinity",
                      "ranking_oracle": "true expected score"},
         "versions": retrieval.config["versions"],
         "config": {k: retrieval.config.get(k) for k in ("retrieval", "ranking", "index")},
     }
-    metrics["retrieval"] = _retrieval_section(data, retrieval, truth_data, saved)
-    metrics["ranking"], pairs = _ranking_section(model_dir, data, retrieval, truth_data, saved)
+    metrics["retrieval"] = _retrieval_section(tables, retrieval, truth_data, saved)
+    metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
-    with atomic.directory(out) as tmp:
-        _plots(metrics, pairs, tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        (tmp / "report.md").write_text(render(metrics))  # last: a report.md means complete
+    def write_report(directory: Path) -> None:
+        _plots(metrics, pairs, directory)
+        (directory / "report.md").write_text(render(metrics))  # last: a report.md means complete
+
+    if out is None:
+        with artifact.update(model_dir) as tmp:
+            shutil.rmtree(tmp / "report", ignore_errors=True)
+            (tmp / "report").mkdir()
+            write_report(tmp / "report")
+            artifact.write_json(tmp, artifact.METRICS, {**saved, "evaluation": metrics})
+        out = model_dir / "report"
+    else:
+        with atomic.directory(out) as tmp:
+            artifact.write_json(tmp, artifact.METRICS, metrics)
+            write_report(tmp)
     metrics["report"] = str(out)
     return metrics
 

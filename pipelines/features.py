@@ -254,8 +254,12 @@ def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig
     return anime
 
 
-def _user_table(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
-                config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
+def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
+                  config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
+    """The user table from training entries (``user_id, media_id, score, status,
+    is_interaction``): counts, score mean/std, ratios, and genre/format share and
+    affinity vectors (``{name: [users, len(vocab)]}``). Serving builds a new user's
+    features from their list with it, exactly as the feature stage did."""
     users, u = np.unique(train["user_id"].to_numpy(), return_inverse=True)
     n = len(users)
     row = pd.Index(anime["media_id"]).get_indexer(train["media_id"])
@@ -363,25 +367,6 @@ def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Pa
     pq.write_table(table, path, compression="zstd")
 
 
-def read_vector(table: pd.DataFrame, column: str) -> np.ndarray:
-    """A fixed-size list column of a feature table as a ``[rows, width]`` float32 array."""
-    values = table[column].to_numpy()
-    return np.stack(values).astype(np.float32) if len(values) else np.zeros((0, 0), np.float32)
-
-
-def load(directory: str | os.PathLike) -> dict:
-    """Reads a feature directory: ``{"schema", "interactions", "users", "anime"}``."""
-    directory = Path(directory)
-    schema_path = directory / SCHEMA_FILE
-    if not schema_path.exists():
-        raise InputError(f"{directory} is not a feature directory (no {SCHEMA_FILE}); "
-                         "create one with `python -m pipelines features`.")
-    out = {"schema": json.loads(schema_path.read_text())}
-    for name in ("interactions", "users", "anime"):
-        out[name] = pd.read_parquet(directory / f"{name}.parquet")
-    return out
-
-
 def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     digest.update(pd.util.hash_pandas_object(entries, index=False).to_numpy().tobytes())
@@ -429,7 +414,7 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
     }
     dropped = _dropped_features(trained_titles, vocab, config)
     kept = tuple(f for f in FEATURES if f.name not in dropped)
-    users, user_vectors = _user_table(train, anime, vocab, config, global_mean)
+    users, user_vectors = user_features(train, anime, vocab, config, global_mean)
     user_vectors = {k: v for k, v in user_vectors.items() if k not in dropped}
     timings["features"] = time.perf_counter() - tick
 

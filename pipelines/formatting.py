@@ -1,8 +1,17 @@
-"""How a metric is printed in tables (stage summaries, report.md, the model card)."""
+"""How metrics are shown: one number format and one table renderer for the stage
+summaries (text), report.md and the model card (Markdown)."""
 
 from __future__ import annotations
 
 import math
+
+
+# The columns of the standard tables: (header, metrics key; dotted keys read nested dicts).
+RETRIEVAL_COLUMNS = (("R@10", "recall@10"), ("R@50", "recall@50"), ("R@100", "recall@100"),
+                     ("N@10", "ndcg@10"), ("N@100", "ndcg@100"),
+                     ("R@100 <10 train", "short_history.recall@100"))
+LIST_COLUMNS = (("NDCG", "ndcg"), ("NDCG@5", "ndcg@5"))
+END_TO_END_COLUMNS = (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"), ("MRR", "mrr"))
 
 
 def num(value, spec: str = ".4f", width: int = 0) -> str:
@@ -11,3 +20,35 @@ def num(value, spec: str = ".4f", width: int = 0) -> str:
     users, an empty activity bucket) has no mean, and says so instead of crashing."""
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     return ("-" if missing else format(value, spec)).rjust(width)
+
+
+def _get(metrics: dict, key: str):
+    """``metrics[key]``, where a dotted key reads nested dicts (``short_history.recall@100``)."""
+    for part in key.split("."):
+        metrics = (metrics or {}).get(part)
+    return metrics
+
+
+def table(rows, columns, markdown: bool = True, label: str = "") -> str:
+    """A metrics table: one row per ``(name, metrics dict)`` in ``rows`` (rows whose dict
+    is None are left out), one column per ``(header, key)`` in ``columns`` (``key``
+    dotted for nested values). Markdown for report.md and the model card, aligned text
+    for the command line; missing values show as "-"."""
+    rows = [(name, m) for name, m in rows if m is not None]
+    cells = [[name] + [num(_get(m, key)) for _, key in columns] for name, m in rows]
+    header = [label] + [h for h, _ in columns]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *cells])
+
+
+def retrieval_rows(metrics: dict) -> list:
+    """``(name, metrics)`` of the retrieval table: model, ablation and baselines."""
+    ease = metrics.get("ease")
+    return [("two-tower", metrics["model"]), ("two-tower, ids only", metrics.get("ids_only")),
+            ("most popular", metrics["popularity"]),
+            (f"EASE (lambda {ease['lambda']:g})" if ease else "EASE", ease)]

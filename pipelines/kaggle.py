@@ -41,6 +41,7 @@ import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
 from pipelines import store
+from pipelines.arrays import find_sorted
 from pipelines.errors import InputError
 
 ANIME_FORMATS = {
@@ -232,8 +233,7 @@ def _ratings_chunk(raw: pd.DataFrame, fmt: str, known_media: np.ndarray,
         ok &= has_status
 
     media_ids = media.to_numpy(dtype="float64", na_value=-1).astype(np.int64)
-    pos = np.searchsorted(known_media, media_ids).clip(0, max(len(known_media) - 1, 0))
-    known = (known_media[pos] == media_ids) if len(known_media) else np.zeros(len(raw), bool)
+    known = find_sorted(known_media, media_ids)[1]
     skipped["anime not in the store"] += int((ok & ~known).sum())
     ok &= known
 
@@ -258,8 +258,7 @@ def import_ratings(conn, path: str | os.PathLike, *, progress: bool = True) -> d
     """Streams a Kaggle ratings file into ``entries`` (and ``users``). Returns counts."""
     path = Path(path)
     fmt, header = _detect(path, RATING_FORMATS, "ratings")
-    known_media = np.array(sorted(r[0] for r in conn.execute("SELECT media_id FROM media")),
-                           dtype=np.int64)
+    known_media = store.media_ids(conn)
     if len(known_media) == 0:
         raise InputError("The store has no anime yet: import the anime file first "
                          "(`python -m pipelines import-kaggle --anime anime.csv ...`).")
@@ -291,12 +290,10 @@ def run(db: str | os.PathLike = "data/anirank.db", *, anime: str | os.PathLike,
     try:
         store.claim_source(conn, "kaggle", db)
         summary = {"anime": import_anime(conn, anime)}
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('kaggle_dump', ?)",
-                     (summary["anime"]["format"],))
+        store.note_kaggle_import(conn, dump=summary["anime"]["format"])
         if ratings is not None:
             summary["ratings"] = import_ratings(conn, ratings, progress=progress)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('kaggle_ratings', ?)",
-                         (Path(ratings).name,))
+            store.note_kaggle_import(conn, ratings_file=Path(ratings).name)
     finally:
         conn.close()
     summary["seconds"] = round(time.perf_counter() - start, 2)

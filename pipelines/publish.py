@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import __version__, atomic
+from pipelines import __version__, artifact, atomic
 from pipelines.errors import InputError
 from pipelines.features import describe_split
-from pipelines.formatting import num
+from pipelines.formatting import END_TO_END_COLUMNS, RETRIEVAL_COLUMNS, retrieval_rows, table
 
-REQUIRED = ("config.json", "metrics.json", "anime.parquet", "query_tower", "candidate_tower", "index")
 
 
 def _headline(metrics: dict) -> dict:
@@ -99,8 +98,8 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
     records it, the evaluation tables and the limitations."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    config = json.loads((model_dir / "config.json").read_text())
+    metrics = artifact.read_json(model_dir, artifact.METRICS)
+    config = artifact.read_json(model_dir, artifact.CONFIG)
     schema = config["feature_schema"]
     source = schema.get("source")
     if not isinstance(source, dict):   # feature tables from before the source was recorded
@@ -115,21 +114,12 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
                                  metric_value=round(value, 4))
                       for metric, value in _headline(metrics).items()])
 
-    r = metrics.get("retrieval", {})
-    table = ["| model | Recall@10 | Recall@100 | NDCG@10 | NDCG@100 |", "|---|---|---|---|---|"]
-    for label, m in (("two-tower", r.get("model")), ("two-tower, ids only", r.get("ids_only")),
-                     ("most popular", r.get("popularity")),
-                     ("EASE (item-item, closed form)", r.get("ease"))):
-        if m:
-            table.append(f"| {label} | " + " | ".join(
-                num(m[k]) for k in ("recall@10", "recall@100", "ndcg@10", "ndcg@100")) + " |")
+    tables = [table(retrieval_rows(metrics["retrieval"]), RETRIEVAL_COLUMNS, label="test split")]
     e2e = metrics.get("ranking", {}).get("end_to_end")
     if e2e:
-        table += ["", "| end to end (retrieve 100, rank) | NDCG@10 | Recall@10 | MRR |",
-                  "|---|---|---|---|"]
-        for label in ("ranked", "retrieval_order"):
-            table.append(f"| {label.replace('_', ' ')} | " + " | ".join(
-                num(e2e[label][k]) for k in ("ndcg@10", "recall@10", "mrr")) + " |")
+        tables.append(table([(name.replace("_", " "), e2e[name])
+                             for name in ("ranked", "retrieval_order")], END_TO_END_COLUMNS,
+                            label=f"end to end (retrieve {e2e['candidates']}, rank)"))
 
     user, title, anime_id = _examples(model_dir)
     install = (f'pip install "anirank @ git+{source_url}"' if source_url else
@@ -174,7 +164,7 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         "## Training data", "",
         f"Trained on {source['description']}. Test split: {describe_split(schema)}; titles "
         "the user had before the test period are excluded from every ranking.", "",
-        "## Evaluation", "", *table, "",
+        "## Evaluation", "", "\n\n".join(tables), "",
         f"Versions: {json.dumps(config.get('versions', {}), sort_keys=True)}. "
         f"Data fingerprint: `{config.get('data_fingerprint')}`.", "",
         "## Limitations", "", *limits, ""]
@@ -189,13 +179,10 @@ def run(model: str | os.PathLike, repo_id: str, *, private: bool = False,
     from huggingface_hub.errors import HfHubHTTPError
 
     model_dir = Path(model)
-    missing = [f for f in REQUIRED if not (model_dir / f).exists()]
-    if missing:
-        raise InputError(f"{model_dir} is not a complete model directory: missing {missing}. "
-                         "Train it first (`python -m pipelines run`).")
+    artifact.check_complete(model_dir)
     card = model_card(model_dir, repo_id, source_url)
     atomic.write_text(model_dir / "README.md", card)
-    head = _headline(json.loads((model_dir / "metrics.json").read_text()))
+    head = _headline(artifact.read_json(model_dir, artifact.METRICS))
     message = commit_message or "anirank model: " + ", ".join(f"{k} {v:.4f}" for k, v in head.items())
     api = HfApi(endpoint=endpoint, token=token)
     try:

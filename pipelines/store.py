@@ -12,7 +12,6 @@ Conventions: times are Unix seconds; a missing value is NULL, never a made-up nu
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -118,12 +117,14 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSIO
 """
 
 
-def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str | os.PathLike, *, readonly: bool = False,
+            durable: bool = True) -> sqlite3.Connection:
     """Opens (and, unless ``readonly``, creates) the raw store at ``path``.
 
     WAL mode lets readers (the feature pipeline, a notebook) work while a crawl writes;
     ``synchronous=NORMAL`` is durable across application crashes in WAL mode and only
-    risks the last transactions on power loss.
+    risks the last transactions on power loss. ``durable=False`` turns syncing off, for
+    a store built in a temporary file that a rename makes durable.
 
     Raises:
       StoreError: the file is missing (``readonly``), not SQLite, or of another schema.
@@ -140,7 +141,7 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
     conn = sqlite3.connect(uri, uri=readonly, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL" if not readonly else "PRAGMA query_only=1")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA synchronous=NORMAL" if durable else "PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-131072")  # 128 MiB page cache for bulk loads
         if not readonly:
             conn.executescript(_SCHEMA)
@@ -157,8 +158,15 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
     return conn
 
 
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Moves the write-ahead log into the database file and empties it: the file alone
+    then holds the whole store (before it is renamed or copied)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def source(conn: sqlite3.Connection) -> str | None:
-    """What filled the store: ``anilist``, ``kaggle`` or ``synth:<config>``; None if empty."""
+    """What filled the store: ``anilist``, ``kaggle`` or ``synth:<config as JSON>``; None
+    if nothing has claimed it yet."""
     row = conn.execute("SELECT value FROM meta WHERE key='source'").fetchone()
     return row and row[0]
 
@@ -173,8 +181,11 @@ def describe_source(conn: sqlite3.Connection) -> dict:
     held = source(conn) or "unknown"
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     if held.startswith("synth"):
-        # synth records the repr of its config dict after "synth:".
-        config = ast.literal_eval(held.split(":", 1)[1])
+        try:  # synth records its config as JSON after "synth:"
+            config = json.loads(held.split(":", 1)[1])
+        except ValueError:
+            raise StoreError("This synthetic store was written by an older anirank; "
+                             "regenerate it with `python -m pipelines synth`.") from None
         return {"kind": "synthetic", "seed": config["seed"],
                 "description": f"the anirank synthetic AniList-shaped world (seed "
                                f"{config['seed']}, {config['users']:,} users, "
@@ -194,10 +205,14 @@ def describe_source(conn: sqlite3.Connection) -> dict:
     return {"kind": "unknown", "description": "a raw store of unknown origin"}
 
 
-def claim_source(conn: sqlite3.Connection, name: str, path: str | os.PathLike) -> None:
-    """Records that ``name`` (``anilist`` / ``kaggle``) fills this store, or raises if
-    another source already does: users and ids of different sources must never mix in
-    one store (a crawl into the synthetic ``data/anirank.db`` would train on both).
+def claim_source(conn: sqlite3.Connection, name: str, path: str | os.PathLike,
+                 details: dict | None = None) -> None:
+    """Records that ``name`` (``anilist`` / ``kaggle`` / ``synth``) fills this store, or
+    raises if another source already does: users and ids of different sources must never
+    mix in one store (a crawl into the synthetic ``data/anirank.db`` would train on both).
+
+    Args:
+      details: recorded with the name as ``name:<details as JSON>`` (synth's config).
 
     Raises:
       StoreError: the store holds another source's data.
@@ -208,7 +223,17 @@ def claim_source(conn: sqlite3.Connection, name: str, path: str | os.PathLike) -
         raise StoreError(
             f"{path} already holds {kind}; {name} data goes into a store of its own. Pass "
             f"another --db (e.g. --db data/{name}.db), or delete {path} to replace it.")
-    conn.execute("INSERT OR IGNORE INTO meta VALUES ('source', ?)", (name,))
+    value = name if details is None else f"{name}:{json.dumps(details)}"
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (value,))
+
+
+def note_kaggle_import(conn: sqlite3.Connection, *, dump: str | None = None,
+                       ratings_file: str | None = None) -> None:
+    """Records which Kaggle dump (``2017`` / ``2020``) and ratings file filled the store,
+    for ``describe_source``; a detail left None stays as it was."""
+    for key, value in (("kaggle_dump", dump), ("kaggle_ratings", ratings_file)):
+        if value is not None:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
 
 @contextlib.contextmanager
@@ -280,6 +305,15 @@ def upsert_entries(conn: sqlite3.Connection, entries: pd.DataFrame) -> int:
     return _upsert(conn, "entries", ("user_id", "media_id"), ENTRY_COLUMNS, entries)
 
 
+def replace_user_entries(conn: sqlite3.Connection, user_id: int,
+                         entries: pd.DataFrame) -> int:
+    """Replaces everything on one user's list (favourite marks included) with ``entries``
+    (columns: ``ENTRY_COLUMNS``): titles no longer listed go. Run it inside
+    ``transaction`` to replace the list at once. Returns the row count."""
+    conn.execute("DELETE FROM entries WHERE user_id=?", (int(user_id),))
+    return upsert_entries(conn, entries)
+
+
 def refresh_user_stats(conn: sqlite3.Connection, user_ids: Iterable[int] | None = None) -> int:
     """Recomputes users' list statistics from their entries.
 
@@ -328,6 +362,66 @@ def refresh_user_stats(conn: sqlite3.Connection, user_ids: Iterable[int] | None 
         updates,
     )
     return len(updates)
+
+
+# ---------------------------------------------------------------------------------------
+# Crawl state: each item of a crawl (``kind``: ``lists``, ``media``, ``user``,
+# ``users_page``) is pending, done, failed (a later run retries it) or skipped (never
+# retried), and named cursors say where a paged crawl resumes.
+
+def set_state(conn: sqlite3.Connection, kind: str, item_id: int, state: str,
+              message: str | None = None) -> None:
+    """Records an item's state (``pending`` / ``done`` / ``failed`` / ``skipped``) and why;
+    every state but ``pending`` counts one more attempt."""
+    conn.execute(
+        "INSERT INTO crawl_state(kind, item_id, state, message, attempts, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind, item_id) DO UPDATE SET "
+        "state=excluded.state, message=excluded.message, "
+        "attempts=crawl_state.attempts + excluded.attempts, updated_at=excluded.updated_at",
+        (kind, int(item_id), state, message, int(state != "pending"), int(time.time())))
+
+
+def enqueue(conn: sqlite3.Connection, kind: str, ids: Iterable[int]) -> None:
+    """Queues the items (``pending``) that have no crawl state yet; known ones keep theirs."""
+    conn.executemany("INSERT OR IGNORE INTO crawl_state(kind, item_id, state, attempts) "
+                     "VALUES (?, ?, 'pending', 0)", ((kind, int(i)) for i in ids))
+
+
+def crawl_items(conn: sqlite3.Connection, kind: str, states: Iterable[str]) -> list[int]:
+    """The ids of ``kind`` whose state is one of ``states``, ascending."""
+    states = list(states)
+    marks = ", ".join("?" for _ in states)
+    return [r[0] for r in conn.execute(
+        f"SELECT item_id FROM crawl_state WHERE kind=? AND state IN ({marks}) "
+        "ORDER BY item_id", (kind, *states))]
+
+
+def pending(conn: sqlite3.Connection, kind: str) -> list[int]:
+    """What the next run of a crawl fetches: its pending and failed items, ascending."""
+    return crawl_items(conn, kind, ("pending", "failed"))
+
+
+def get_cursor(conn: sqlite3.Connection, name: str) -> str | None:
+    """A named cursor's value (e.g. the next discovery page); None if never set."""
+    row = conn.execute("SELECT value FROM crawl_cursor WHERE name=?", (name,)).fetchone()
+    return row and row[0]
+
+
+def set_cursor(conn: sqlite3.Connection, name: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO crawl_cursor VALUES (?, ?)", (name, str(value)))
+
+
+def unknown_media(conn: sqlite3.Connection) -> list[int]:
+    """Titles on some list that have no ``media`` row, ascending."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT media_id FROM entries WHERE media_id NOT IN "
+        "(SELECT media_id FROM media) ORDER BY media_id")]
+
+
+def latest_entry_update(conn: sqlite3.Connection, user_id: int) -> int | None:
+    """When the user's list last changed as the store has it (newest ``updated_at``)."""
+    return conn.execute("SELECT MAX(updated_at) FROM entries WHERE user_id=?",
+                        (int(user_id),)).fetchone()[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,6 +478,12 @@ def read_users(conn: sqlite3.Connection) -> pd.DataFrame:
     dtypes.update(user_id="int64", mean_score="float64", std_score="float64")
     return _read(conn, f"SELECT {', '.join(USER_COLUMNS)} FROM users ORDER BY user_id",
                  USER_COLUMNS, dtypes)
+
+
+def media_ids(conn: sqlite3.Connection) -> np.ndarray:
+    """The ids of every title in ``media``, ascending (int64)."""
+    return np.array([r[0] for r in conn.execute("SELECT media_id FROM media ORDER BY media_id")],
+                    dtype=np.int64)
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -30,14 +30,14 @@ import dataclasses
 import datetime as dt
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipelines import store
+from pipelines import atomic, store
+from pipelines.arrays import find_sorted
 from pipelines.errors import InputError, StoreError
 
 GENRES = (
@@ -128,6 +128,22 @@ class SynthConfig:
                 f"`entries_per_user` must be positive. Received: {self.entries_per_user}.")
 
 
+def _positions(sorted_ids: np.ndarray, ids, what: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    pos, found = find_sorted(sorted_ids, ids)
+    unknown = ~found
+    if unknown.any():
+        raise InputError(f"{unknown.sum()} {what} ids are not in this world, "
+                         f"e.g. {ids[unknown][:3].tolist()}.")
+    return pos
+
+
+def _adding_log_odds(affinity: np.ndarray, log_popularity: np.ndarray) -> np.ndarray:
+    """The log-odds (before the Gumbel noise) that users add titles: ``affinity`` is
+    ``[users, anime]``, ``log_popularity`` ``[anime]``."""
+    return POPULARITY_BIAS * log_popularity[None, :] + TASTE_BIAS * affinity
+
+
 @dataclasses.dataclass(frozen=True)
 class Truth:
     """The generator's ground truth for one world.
@@ -151,30 +167,46 @@ class Truth:
     scale: float
     noise_sd: float
 
+    def user_index(self, user_ids) -> np.ndarray:
+        """Rows of ``user_vectors`` (and the per-user arrays) of ``user_ids``.
+
+        Raises:
+          InputError: an id is not in this world.
+        """
+        return _positions(self.user_ids, user_ids, "user")
+
+    def anime_index(self, media_ids) -> np.ndarray:
+        """Rows of ``anime_vectors`` of ``media_ids``.
+
+        Raises:
+          InputError: an id is not in this world.
+        """
+        return _positions(self.media_ids, media_ids, "media")
+
     def affinity(self, user_ids, media_ids) -> np.ndarray:
         """True (noise-free) affinity of each ``(user_ids[i], media_ids[i])`` pair."""
-        u = self._index(self.user_ids, user_ids, "user")
-        a = self._index(self.media_ids, media_ids, "media")
+        u, a = self.user_index(user_ids), self.anime_index(media_ids)
         return np.einsum("ij,ij->i", self.user_vectors[u], self.anime_vectors[a])
 
     def expected_score(self, user_ids, media_ids) -> np.ndarray:
         """Noise-free POINT_100 score each user would give each title (unrounded)."""
-        u = self._index(self.user_ids, user_ids, "user")
+        u = self.user_index(user_ids)
         z = (self.affinity(user_ids, media_ids) - self.centre) / self.scale
         return np.clip(self.user_mean[u] + self.user_spread[u] * z, 1, 100)
 
-    @staticmethod
-    def _index(sorted_ids: np.ndarray, ids, what: str) -> np.ndarray:
-        ids = np.asarray(ids)
-        pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)
-        unknown = sorted_ids[pos] != ids
-        if unknown.any():
-            raise InputError(f"{unknown.sum()} {what} ids are not in this world, "
-                             f"e.g. {ids[unknown][:3].tolist()}.")
-        return pos
+    def adding_log_odds(self, user_ids, media_ids, popularity) -> np.ndarray:
+        """``[len(user_ids), len(media_ids)]``: the generator's log-odds (before its
+        Gumbel noise) that each user adds each title to their list, from the titles'
+        ``popularity`` (``[len(media_ids)]``, as in the store; missing counts as 1).
+        The oracle a recommender is measured against."""
+        u, a = self.user_index(user_ids), self.anime_index(media_ids)
+        log_pop = np.log(np.maximum(pd.Series(popularity).fillna(1).to_numpy(float), 1))
+        return _adding_log_odds(self.user_vectors[u] @ self.anime_vectors[a].T, log_pop)
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write(Path(path), lambda tmp: np.savez(tmp, **dataclasses.asdict(self)))
+        # A crash leaves the old truth or none, never a truncated file under the name.
+        with atomic.file(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Truth":
@@ -186,19 +218,6 @@ class Truth:
 def truth_path(db: str | os.PathLike) -> Path:
     """Where the ground truth of the world in ``db`` lives."""
     return Path(f"{db}.truth.npz")
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Write beside the target and rename: a crash leaves a stray temp file, never a
-    # truncated file under the real name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,7 +389,7 @@ def _pick(affinity: np.ndarray, log_popularity: np.ndarray, lengths: np.ndarray,
     """Which titles each user adds: ``lengths[i]`` titles for row ``i`` of ``affinity``
     (``[users, anime]``), sampled without replacement (Gumbel top-k) with log-weights
     rising with popularity and affinity."""
-    keys = POPULARITY_BIAS * log_popularity[None, :] + TASTE_BIAS * affinity
+    keys = _adding_log_odds(affinity, log_popularity)
     keys += rng.gumbel(size=keys.shape)
     return [np.argpartition(-row, k - 1)[:k] for row, k in zip(keys, lengths)]
 
@@ -484,13 +503,13 @@ def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
     if db.exists():
         conn = store.connect(db, readonly=True)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key='source'").fetchone()
+            held = store.source(conn)
         finally:
             conn.close()
-        if row is None or not row[0].startswith("synth"):
+        if held is None or not held.startswith("synth"):
             raise StoreError(
                 f"{db} already holds a raw store that is not synthetic "
-                f"(source={row and row[0]}); refusing to overwrite it. Pass another --db.")
+                f"(source={held}); refusing to overwrite it. Pass another --db.")
     cfg = config
     rng = np.random.default_rng([cfg.seed, 0])
     media, anime_vectors, release, popularity = _make_catalog(cfg, rng)
@@ -533,15 +552,12 @@ def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
         duration=media["duration"].to_numpy(), release=release,
         airing=(media["status"] == "RELEASING").to_numpy())
 
-    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex[:8]}.tmp")
     n_entries = 0
-    try:
-        conn = store.connect(tmp)
-        conn.execute("PRAGMA synchronous=OFF")  # a temp file: durability comes from the rename
+    with atomic.file(db, companions=("-wal", "-shm")) as tmp:
+        conn = store.connect(tmp, durable=False)  # durability comes from the rename
         with store.transaction(conn):
             store.upsert_media(conn, media)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)",
-                         (f"synth:{dataclasses.asdict(cfg)}",))
+            store.claim_source(conn, "synth", db, dataclasses.asdict(cfg))
         chunks = range(0, cfg.users, _USER_CHUNK)
         for i, first in enumerate(tqdm(chunks, desc="synth users", unit="block",
                                        disable=not progress)):
@@ -563,15 +579,9 @@ def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
             n_entries += len(entries)
         with store.transaction(conn):
             store.refresh_user_stats(conn)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.checkpoint(conn)
         conn.close()
         truth.save(truth_path(db))
-        for suffix in ("-wal", "-shm"):  # a replaced store must not inherit a stale WAL
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        os.replace(tmp, db)
-    finally:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
     return {
         "db": str(db), "truth": str(truth_path(db)), "users": cfg.users,
         "anime": cfg.anime, "entries": n_entries,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from pipelines.config import LOSS_NAMES
+
 _NEG = -1e9  # a finite "minus infinity": exp() underflows to 0 and gradients stay finite
 
 
@@ -99,6 +101,11 @@ LOSSES = {
     "softmax": softmax_loss,
     "mse": mse_loss,
 }
+# The config and the CLI validate loss names without importing TensorFlow, from
+# pipelines.config.LOSS_NAMES: it must name exactly these (checked even under -O).
+if tuple(LOSSES) != LOSS_NAMES:
+    raise AssertionError(f"ranking.losses.LOSSES {tuple(LOSSES)} and "
+                         f"pipelines.config.LOSS_NAMES {LOSS_NAMES} differ")
 
 
 def get(name: str):

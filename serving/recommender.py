@@ -24,7 +24,6 @@ titles come from the popularity fallback.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from pathlib import Path
@@ -33,15 +32,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from pipelines import artifact
 from pipelines.config import FeatureConfig, RankingConfig
 from pipelines.errors import InputError
+from pipelines.features import user_features
 from towers.features import apply_in_blocks, feature_specs, raw_features
-from towers.index import CandidateIndex
 
-REQUIRED = ("config.json", "anime.parquet", "users.parquet", "seen.parquet",
-            "query_tower/saved_model.pb", "candidate_tower/saved_model.pb",
-            "index/index_config.json", "index/candidate_ids.npy",
-            "index/candidate_embeddings.npy")
 OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score"]
 DEFAULT_CANDIDATES = 100
 
@@ -162,17 +158,6 @@ class Filters:
         return keep
 
 
-def _load_saved(path: Path):
-    """A loaded SavedModel, or a named error instead of TF's traceback. Keep the object,
-    not only its signatures: the signatures read its variables, and functions traced
-    over them later fail once it is garbage collected."""
-    try:
-        return tf.saved_model.load(str(path))
-    except Exception as err:  # TF raises many types for a damaged SavedModel
-        raise InputError(f"{path} is missing or corrupt and cannot be loaded as a SavedModel "
-                         f"({type(err).__name__}); download the model again or retrain it.") from None
-
-
 def _bucket(n: int, cap: int) -> int:
     """The smallest power of two >= n (at most ``cap``): batches are padded to a few
     fixed sizes so the compiled scorer is built for a handful of shapes, not each."""
@@ -189,21 +174,14 @@ class Recommender:
     """A loaded model. Build it with :meth:`from_pretrained`."""
 
     def __init__(self, directory: Path):
-        self.directory = directory
-        missing = [f for f in REQUIRED if not (directory / f).exists()]
-        if missing:
-            raise InputError(f"{directory} is not a complete anirank model: missing {missing}.")
-        try:
-            self.config = json.loads((directory / "config.json").read_text())
-            schema = self.config["feature_schema"]
-        except (ValueError, KeyError) as err:
-            raise InputError(f"{directory}/config.json is corrupt ({err}); download the "
-                             "model again.") from None
-        self._check_versions()
-        self.schema, self.widths = schema, self.config["multi_widths"]
-        self.anime = pd.read_parquet(directory / "anime.parquet")
-        self.users = pd.read_parquet(directory / "users.parquet")
-        seen = pd.read_parquet(directory / "seen.parquet")
+        self.directory = Path(directory)
+        # The retrieval half is loaded as the ranking stage and the report load it.
+        self.retrieval = artifact.RetrievalArtifact(self.directory)
+        r = self.retrieval
+        self.config, self.schema, self.widths = r.config, r.schema, r.widths
+        self.anime, self.users, self.index = r.anime, r.users, r.index
+        self.query_tower = r.query_tower
+        seen = pd.read_parquet(self.directory / "seen.parquet")
         self._user_row = pd.Index(self.users["user_id"])
         self._anime_row = pd.Index(self.anime["media_id"])
         rows = self._user_row.get_indexer(seen["user_id"])
@@ -212,20 +190,14 @@ class Recommender:
         bounds = np.searchsorted(rows[order], np.arange(len(self.users) + 1))
         # Per user row, the ids of the titles they have seen (one int64 array each).
         self._seen = np.split(seen["media_id"].to_numpy(np.int64)[order], bounds[1:-1])
-        use = self.config["retrieval"]["features"]
-        self._user_specs = feature_specs(schema, "user", use)
-        self._user_raw = raw_features(self.users, feature_specs(schema, "user"), self.widths)
-        self._anime_raw = raw_features(self.anime, feature_specs(schema, "anime"), self.widths)
-        self._saved = {"query_tower": _load_saved(directory / "query_tower")}
-        self.query_tower = self._saved["query_tower"].signatures["serving_default"]
-        self.index = CandidateIndex.load(directory / "index")
-        if not np.array_equal(self.index.ids, self.anime["media_id"].to_numpy()):
-            raise InputError(f"{directory}/index does not match anime.parquet; the model is corrupt.")
-        self.ranker, self._encoded, self.xla = None, None, False
-        if (directory / "ranker").exists():
-            self._saved["ranker"] = _load_saved(directory / "ranker")
-            signatures = self._saved["ranker"].signatures
-            self.ranker = signatures["serving_default"]
+        self._user_raw = raw_features(self.users, feature_specs(self.schema, "user"), self.widths)
+        self._anime_raw = raw_features(self.anime, feature_specs(self.schema, "anime"), self.widths)
+        self._saved = dict(r.saved)
+        self._encoded, self.xla = None, False
+        saved_ranker, self.ranker = artifact.load_ranker(self.directory)
+        if saved_ranker is not None:
+            self._saved["ranker"] = saved_ranker
+            signatures = saved_ranker.signatures
             if "encode_anime" in signatures:
                 # Titles do not depend on the user: encode the catalog once, then every
                 # batch gathers float rows instead of re-encoding strings per candidate.
@@ -245,16 +217,9 @@ class Recommender:
 
         return cls(resolve(repo_id_or_dir, revision, **hub_kwargs))
 
-    def _check_versions(self) -> None:
-        saved = self.config.get("versions", {}).get("tensorflow", "")
-        if saved.split(".")[:2] != tf.__version__.split(".")[:2]:
-            raise InputError(f"{self.directory} was saved with TensorFlow {saved}; this is "
-                             f"{tf.__version__}. Install tensorflow=={saved} to load it.")
-
     # -- scoring ----------------------------------------------------------------------
     def _embed_users(self, raw: dict) -> np.ndarray:
-        return apply_in_blocks(lambda batch: self.query_tower(**batch)["embedding"], raw,
-                               [s["name"] for s in self._user_specs])
+        return self.retrieval.embed_users(raw)
 
     def _scorer(self, score_encoded):
         """``fn(rows, similarity, user) -> scores [b, l]``: the gather of encoded titles
@@ -446,8 +411,6 @@ class Recommender:
         Raises:
           InputError: a bad argument or entry, or entries of which none matches a title.
         """
-        from pipelines.features import _user_table
-
         k, candidates = self._check_k(k, candidates)
         allowed = self._allowed(filters)
         if isinstance(entries, (str, bytes, dict)) or not np.iterable(entries):
@@ -482,7 +445,7 @@ class Recommender:
             train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
                                   "status": "COMPLETED", "is_interaction": True})
             config = FeatureConfig.from_dict(self.schema["config"])
-            users, vectors = _user_table(train, self.anime, self.schema["vocab"], config,
+            users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
                                          self.schema["stats"]["global_mean_score"])
             raw = raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
                                feature_specs(self.schema, "user"), self.widths)

@@ -3,8 +3,9 @@
 It serves a world read from a raw store (e.g. a synthetic one) in AniList's response
 shapes, for the queries ``data_query.py`` sends, and can inject the faults the crawler
 must survive: 429 with Retry-After, 5xx, slow answers (timeouts), truncated JSON,
-private users (404 + GraphQL error), titles AniList no longer returns, and a 403
-"API disabled". It records when each request arrived, so tests measure the client's rate.
+private users (404 + GraphQL error), other GraphQL errors, titles AniList no longer
+returns, and a 403 "API disabled". It records when each request arrived, so tests
+measure the client's rate.
 
 From the command line (the README's "Try it without network"), serving a store until
 Ctrl-C, e.g. the synthetic world `make run` writes:
@@ -37,6 +38,8 @@ def _int(v):
 def _float(v):
     return None if v is None or pd.isna(v) else float(v)
 
+
+GRAPHQL_ERROR = "Internal error in a resolver"  # what the "graphql" fault answers
 STATUS_LISTS = {"COMPLETED": "Completed", "CURRENT": "Watching", "PAUSED": "Paused",
                 "DROPPED": "Dropped", "PLANNING": "Planning", "REPEATING": "Rewatching"}
 
@@ -56,8 +59,9 @@ class AniListStandIn(LoopbackServer):
         Keys: ``("list", user_id)``, ``("media", first_id_of_batch)``, ``("page", n)``,
         ``("user", id)``, ``("last", user_id)``, or ``"any"`` (the next requests of any
         kind). Faults: ``"429"``, ``"500"``, ``"503"``, ``"timeout"``, ``"truncated"``,
-        ``"disabled"``, ``"low"`` (answers, with ``X-RateLimit-Remaining: 1`` and a reset
-        half a second away).
+        ``"disabled"``, ``"graphql"`` (HTTP 400 with the GraphQL error ``GRAPHQL_ERROR``),
+        ``"low"`` (answers, with ``X-RateLimit-Remaining: 1`` and a reset half a second
+        away).
       private_users: user ids answered with AniList's 404 "Private User" error.
       missing_media: media ids left out of ``media(id_in: ...)`` answers.
       delay: seconds to wait before answering each request.
@@ -152,6 +156,9 @@ class AniListStandIn(LoopbackServer):
         if fault == "disabled":
             return 403, {}, json.dumps({"data": None, "errors": [
                 {"message": "The AniList API has been temporarily disabled", "status": 403}]}).encode()
+        if fault == "graphql":
+            return 400, {}, json.dumps({"data": None, "errors": [
+                {"message": GRAPHQL_ERROR, "status": 400}]}).encode()
         if fault == "timeout":
             time.sleep(self.timeout_seconds)
         if fault == "low":  # a normal answer that says the window is nearly spent

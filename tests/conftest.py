@@ -1,38 +1,41 @@
-"""Shared fixtures: small seeded synthetic worlds and their feature tables."""
+"""Shared fixtures: small seeded synthetic worlds and their feature tables. The worlds'
+sizes and the helpers that build them are in tests/worlds.py (import those from there);
+the project root is on the path through pytest's ``pythonpath`` (pyproject.toml)."""
 
-import sys
+import json
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines import features, store, synth  # noqa: E402
-
-TINY = dict(users=400, anime=300, entries_per_user=40, seed=7)
+from pipelines import features, store, tables
+from tests.worlds import SMALL, TINY, TINY_RANKING, build_features, build_world
 
 
 @pytest.fixture(scope="session")
 def tiny_db(tmp_path_factory) -> Path:
     """A 400-user, 300-anime synthetic world (about 16k entries)."""
-    db = tmp_path_factory.mktemp("tiny") / "tiny.db"
-    synth.run(db, progress=False, **TINY)
-    return db
+    return build_world(tmp_path_factory.mktemp("tiny") / "tiny.db", **TINY)
 
 
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory) -> Path:
     """The default demo world (3k users, 2k anime, ~320k entries): a few seconds."""
-    db = tmp_path_factory.mktemp("demo") / "demo.db"
-    synth.run(db, progress=False)
-    return db
+    return build_world(tmp_path_factory.mktemp("demo") / "demo.db")
+
+
+@pytest.fixture(scope="session")
+def small_schema(tmp_path_factory) -> dict:
+    """The feature schema (schema.json) of the 50-user SMALL world: a real one, with
+    every feature kind. Under a second."""
+    root = tmp_path_factory.mktemp("small")
+    out = build_features(build_world(root / "small.db", **SMALL), root / "features")
+    return json.loads((out / features.SCHEMA_FILE).read_text())
 
 
 @pytest.fixture(scope="session")
 def demo_features(demo_db, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_features") / "features"
-    features.run(demo_db, out, progress=False)
-    return features.load(out)
+    return tables.load(build_features(demo_db, out))
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +50,7 @@ def demo_raw(demo_db):
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_db, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_features") / "features"
-    features.run(tiny_db, out, progress=False)
-    return out
+    return build_features(tiny_db, tmp_path_factory.mktemp("tiny_features") / "features")
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +64,6 @@ def tiny_model(tiny_features, tmp_path_factory):
                                   RetrievalConfig(max_epochs=10, batch_size=256),
                                   ablation=False, progress=False)
     return out, metrics
-
-
-TINY_RANKING = dict(labelled_per_list=5, negatives_per_list=10, max_lists_per_user=2,
-                    max_epochs=6, batch_size=64)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +90,7 @@ def default_model(demo_db, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("default_model")
     features_dir, model_dir = root / "features", root / "model"
-    features.run(demo_db, features_dir, progress=False)
+    build_features(demo_db, features_dir)
     train_retrieval.run(features_dir, model_dir, RetrievalConfig(max_epochs=1, validation_users=200),
                         ablation=False, progress=False)
     train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),

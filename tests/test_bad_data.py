@@ -127,7 +127,7 @@ def test_single_values_small_catalog_and_no_labelled_test_users(tmp_path, capsys
         assert "Warning" not in err, err
         if stage == "train-ranking":
             assert "(none: no test user has two or more scored titles" in out
-    metrics = json.loads((m / "report" / "metrics.json").read_text())
+    metrics = json.loads((m / "metrics.json").read_text())["evaluation"]
     assert metrics["ranking"]["held_out_users"] == 0
     assert metrics["ranking"]["score_correlation"]["ranker_vs_score"] is None
     report = (m / "report" / "report.md").read_text()

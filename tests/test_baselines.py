@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from pipelines import baselines
-from pipelines.train_retrieval import Data, ease_metrics, rank_metrics
+from pipelines.protocol import rank_metrics
+from pipelines.tables import FeatureTables
+from pipelines.train_retrieval import ease_metrics
 
 
 def test_ease_closed_form_by_hand():
@@ -22,7 +24,7 @@ def test_ease_closed_form_by_hand():
 
 
 def test_gram_counts_co_occurrences_in_training(tiny_features):
-    data = Data.load(tiny_features)
+    data = FeatureTables.load(tiny_features)
     train = data.pairs("train")
     g = baselines.gram(data, batch_size=37)  # uneven user blocks
     # Direct count: every pair of titles on one user's training list, via a self-join.
@@ -34,7 +36,7 @@ def test_gram_counts_co_occurrences_in_training(tiny_features):
 
 
 def test_ease_is_tuned_on_validation_and_beats_popularity(tiny_features):
-    data = Data.load(tiny_features)
+    data = FeatureTables.load(tiny_features)
     ease = ease_metrics(data)
     tried = ease["validation_recall@100"]
     assert set(tried) == {str(v) for v in baselines.LAMBDAS}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import __main__ as cli
-from pipelines import features
+from pipelines.tables import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert (model / "report" / "report.md").exists()
     assert "recommendations for 120 users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
     assert {p.name for p in model.iterdir()} >= {"config.json", "ranker", "query_tower", "index"}
-    tables = features.load(out)
+    tables = load(out)
     assert tables["users"]["user_id"].nunique() == 120
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
 

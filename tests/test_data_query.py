@@ -13,7 +13,7 @@ import pytest
 
 import data_query as dq
 from pipelines import store, synth
-from tests.anilist_server import AniListStandIn
+from tests.anilist_server import GRAPHQL_ERROR, AniListStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,6 +237,54 @@ def test_refresh_refetches_only_changed_lists(world, tmp_path):
                          (changed, int(rows.loc[first, "media_id"]))).fetchone()[0]
     conn.close()
     assert score == rows.loc[first, "score"]
+
+
+def _states(db, kind):
+    conn = store.connect(db, readonly=True)
+    try:
+        return conn.execute("SELECT item_id, state, message FROM crawl_state WHERE kind=? "
+                            "AND state != 'done' ORDER BY item_id", (kind,)).fetchall()
+    finally:
+        conn.close()
+
+
+def test_refresh_skips_a_user_gone_private_as_the_lists_crawl_does(world, tmp_path):
+    db = tmp_path / "crawl.db"
+    with AniListStandIn(world) as server:
+        _crawl(db, _client(server))
+    with AniListStandIn(world) as server:
+        gone = sorted(server.users.index)[4]
+        server.private_users.add(gone)
+        conn = store.connect(db)
+        refresh = dq.crawl_refresh(conn, _client(server), progress=False)
+        lists = dq.crawl_lists(conn, _client(server), progress=False)
+        conn.close()
+        kinds = [k for _, k in server.requests]
+    assert refresh.skipped == {"Private User (HTTP 404)": 1, "unchanged": 39}
+    assert not refresh.failed
+    assert _states(db, "lists") == [(gone, "skipped", "Private User (HTTP 404)")]
+    assert kinds.count("list") == 0 and lists.fetched == 0, "skipped: never retried"
+    assert _tables(db)["entries"] == _tables(world)["entries"], "what was crawled stays"
+
+
+def test_a_users_page_with_a_graphql_error_is_skipped_and_the_crawl_goes_on(world, tmp_path):
+    db = tmp_path / "crawl.db"
+    with AniListStandIn(world) as server:
+        server.faults[("page", 2)] = ["graphql"]
+        conn = store.connect(db)
+        summary = dq.crawl_users(conn, _client(server), pages=None, per_page=10,
+                                 progress=False)
+        cursor = store.get_cursor(conn, "users_page")
+        conn.close()
+        kinds = [k for _, k in server.requests]
+    message = f"{GRAPHQL_ERROR} (HTTP 400)"
+    assert kinds == ["page"] * 4, "pages 1-4, page 2 once: a GraphQL error is not retried"
+    assert summary.skipped == {message: 1} and not summary.failed and not summary.stopped
+    assert summary.fetched == 30
+    assert _states(db, "users_page") == [(2, "skipped", message)]
+    assert cursor == "4"
+    want = sorted(u[0] for u in _tables(world)["users"])
+    assert [u[0] for u in _tables(db)["users"]] == want[:10] + want[20:]
 
 
 def test_users_from_files_with_curation_filters(world, tmp_path):

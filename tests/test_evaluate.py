@@ -103,10 +103,10 @@ def test_order_metrics_by_hand():
 
 def test_report_says_when_ease_was_skipped(report, tiny_features, monkeypatch):
     from pipelines import baselines
-    from pipelines.train_retrieval import Data
+    from pipelines.tables import FeatureTables
 
     monkeypatch.setattr(baselines, "MAX_EASE_TITLES", 10)
-    assert baselines.fit_ease(Data.load(tiny_features)) is None
+    assert baselines.fit_ease(FeatureTables.load(tiny_features)) is None
     skipped = json.loads(json.dumps({k: v for k, v in report.items() if k != "report"}))
     skipped["retrieval"]["ease"] = None
     del skipped["retrieval"]["curves"]["EASE"]

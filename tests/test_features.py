@@ -10,7 +10,8 @@ import pytest
 from pipelines import features
 from pipelines.config import FeatureConfig
 from pipelines.errors import InputError
-from pipelines.features import assign_split, read_vector
+from pipelines.features import assign_split
+from pipelines.tables import load, read_vector
 
 
 def _entries(user, times, scores=None, statuses=None, media=None):
@@ -91,7 +92,7 @@ def test_untimed_users_get_a_seeded_random_split_independent_of_row_order():
 
 def test_no_leakage_on_a_synthetic_world(tiny_db, tmp_path):
     features.run(tiny_db, tmp_path / "f", progress=False)
-    inter = features.load(tmp_path / "f")["interactions"]
+    inter = load(tmp_path / "f")["interactions"]
     bounds = inter.groupby(["user_id", "split"], observed=True)["time"].agg(["min", "max"]).unstack()
     has_test = bounds["min"]["test"].notna()
     b = bounds[has_test]
@@ -164,7 +165,7 @@ def test_user_features_match_hand_computed_values():
 def test_run_writes_complete_tables_atomically(tiny_db, tmp_path, monkeypatch):
     out = tmp_path / "features"
     summary = features.run(tiny_db, out, progress=False)
-    tables = features.load(out)
+    tables = load(out)
     assert summary["entries"] == len(tables["interactions"])
     assert sum(summary[s]["entries"] for s in features.SPLITS) == summary["entries"]
     assert len(tables["users"]) == summary["users"] == 400
@@ -201,7 +202,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(InputError, match=r"unknown statuses \['WATCHED'\]"):
         FeatureConfig(interaction_statuses=("WATCHED",))
     with pytest.raises(InputError, match="not a feature directory"):
-        features.load(tmp_path)
+        load(tmp_path)
     with pytest.raises(InputError, match="no list entries"):
         features.build(_entries(1, []), _media([1]))
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()

@@ -174,3 +174,20 @@ def test_ratings_stream_in_bounded_blocks(tmp_path, monkeypatch):
         conn = store.connect(tmp_path / name, readonly=True)
         fingerprints.append(store.fingerprint(conn))
     assert fingerprints[0] == fingerprints[1]
+
+
+def test_the_store_records_which_dump_filled_it(tmp_path):
+    anime = _write(tmp_path, "anime.csv", ANIME_2020)
+    kaggle.run(tmp_path / "a.db", anime=anime, progress=False)
+    kaggle.run(tmp_path / "b.db", anime=anime, progress=False,
+               ratings=_write(tmp_path, "animelist.csv", ANIMELIST_2020))
+    described = {}
+    for name in ("a", "b"):
+        conn = store.connect(tmp_path / f"{name}.db", readonly=True)
+        assert store.source(conn) == "kaggle"
+        described[name] = store.describe_source(conn)
+        conn.close()
+    dump = 'the Kaggle "Anime Recommendation Database 2020" dump'
+    assert described["a"] == {"kind": "kaggle", "dump": "2020", "ratings_file": None,
+                              "description": dump}
+    assert described["b"]["description"] == f"{dump} (animelist.csv)"

@@ -1,10 +1,15 @@
-"""Ranking metrics against values computed by hand."""
+"""Top-K selection (towers.topk) and the ranking metrics (ranking.metrics) against
+values computed by hand."""
+
+import math
 
 import numpy as np
 import pytest
 
-from ranking import metrics
-from ranking.metrics import dcg, hits, ndcg_at_k, recall_at_k, top_k
+from ranking.metrics import (dcg, discount, hits, list_ndcg, mrr, ndcg_at_k, random_list_ndcg,
+                             recall_at_k)
+from towers import topk
+from towers.topk import top_k
 
 
 def test_top_k_orders_best_first_and_respects_exclusions():
@@ -25,7 +30,7 @@ def test_top_k_orders_best_first_and_respects_exclusions():
 
 def test_top_k_split_over_threads_equals_a_full_sort(monkeypatch):
     """Above ~256k scores the rows are split over threads; the answer must not change."""
-    monkeypatch.setattr(metrics, "_WORKERS", 3)  # three uneven row blocks on any machine
+    monkeypatch.setattr(topk, "_WORKERS", 3)  # three uneven row blocks on any machine
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(301, 2000)).astype(np.float32)   # 602k scores, odd row count
     exclude = rng.random(scores.shape) < 0.3
@@ -40,7 +45,7 @@ def test_top_k_split_over_threads_equals_a_full_sort(monkeypatch):
 def test_top_k_threads_work_in_a_forked_child(monkeypatch):
     import multiprocessing
 
-    monkeypatch.setattr(metrics, "_WORKERS", 2)
+    monkeypatch.setattr(topk, "_WORKERS", 2)
     scores = np.random.default_rng(4).normal(size=(300, 1000)).astype(np.float32)
     expected = top_k(scores, 10)  # the parent's pool exists before the fork
     with multiprocessing.get_context("fork").Pool(1) as pool:
@@ -71,7 +76,47 @@ def test_padding_is_never_a_hit():
     assert hits(np.array([[-1, 0]]), relevant).tolist() == [[False, True]]
 
 
+def test_discount_by_hand():
+    # 1 / log2(rank + 1): rank 1 -> 1, rank 3 -> 1/2, rank 7 -> 1/3.
+    np.testing.assert_allclose(discount([1, 3, 7]), [1.0, 0.5, 1 / 3])
+    np.testing.assert_allclose(discount(np.array([[2]])), [[1 / math.log2(3)]])
+
+
 def test_graded_dcg_by_hand():
     # gains 2^rel - 1 = [7, 0, 1]; discounts [1, 1/log2(3), 1/2] -> 7 + 0.5 = 7.5.
     assert dcg(np.array([3, 0, 1])) == pytest.approx(7.5)
     assert dcg(np.array([3, 0, 1]), k=1) == pytest.approx(7.0)
+
+
+def test_list_ndcg_by_hand_with_ties_padding_and_empty_lists():
+    # List 0: labels [3, 0, 1], scores [0.1, 0.9, 0.5] -> ranked labels [0, 1, 3]:
+    #   DCG = 0 + 1/log2(3) + 7/2 = 4.1309; ideal [3, 1, 0] = 7 + 1/log2(3) = 7.6309.
+    # List 1: ties [1, 1, 1] keep list order -> labels [2, 0, 0] as given: NDCG 1.
+    # List 2: all zero -> NaN. List 3: padding ranks last even with the best score.
+    labels = np.array([[3, 0, 1], [2, 0, 0], [0, 0, 0], [1, 0, 2]], float)
+    scores = np.array([[0.1, 0.9, 0.5], [1, 1, 1], [3, 2, 1], [0.2, 0.1, 9.0]])
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]], bool)
+    got = list_ndcg(scores, labels, mask)
+    expected0 = (1 / math.log2(3) + 7 / 2) / (7 + 1 / math.log2(3))
+    np.testing.assert_allclose(got[:2], [expected0, 1.0])
+    assert np.isnan(got[2])
+    assert got[3] == pytest.approx(1.0)  # label 2 is padding: only [1, 0] counts
+    # @1: list 0 puts a 0 first.
+    assert list_ndcg(scores, labels, mask, k=1)[0] == 0.0
+
+
+def test_random_order_floor_is_exact():
+    # Expected NDCG of a random order, checked against enumerating all 3! orders.
+    import itertools
+
+    labels = np.array([[3.0, 0.0, 1.0]])
+    orders = list(itertools.permutations(range(3)))
+    brute = np.mean([list_ndcg(-np.array([o], float), labels)[0] for o in orders])
+    assert random_list_ndcg(labels)[0] == pytest.approx(brute)
+    brute_at_1 = np.mean([list_ndcg(-np.array([o], float), labels, k=1)[0] for o in orders])
+    assert random_list_ndcg(labels, k=1)[0] == pytest.approx(brute_at_1)
+
+
+def test_mrr_by_hand():
+    hit = np.array([[0, 0, 1], [1, 0, 0], [0, 0, 0]], bool)
+    np.testing.assert_allclose(mrr(hit), [1 / 3, 1.0, 0.0])

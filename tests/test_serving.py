@@ -18,7 +18,7 @@ import pytest
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from serving import Filters, Recommender, batch
-from tests.conftest import TINY_RANKING
+from tests.worlds import TINY_RANKING
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -134,3 +134,67 @@ def test_errors_name_the_bad_store(tmp_path):
     conn.close()
     with pytest.raises(StoreError, match="schema version 0"):
         store.connect(tmp_path / "old.db")
+
+
+def test_crawl_state_queue_and_cursor(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    store.enqueue(conn, "lists", [5, 3, 9])
+    store.set_state(conn, "lists", 3, "done")
+    store.set_state(conn, "lists", 9, "failed", "HTTP 500")
+    store.set_state(conn, "lists", 9, "failed", "timeout")
+    store.enqueue(conn, "lists", [9, 11])  # known items keep their state
+    assert store.pending(conn, "lists") == [5, 9, 11]
+    assert store.crawl_items(conn, "lists", ["done", "skipped"]) == [3]
+    assert store.pending(conn, "media") == []
+    state = conn.execute("SELECT state, message, attempts FROM crawl_state "
+                         "WHERE kind='lists' AND item_id=9").fetchone()
+    assert state == ("failed", "timeout", 2)
+    assert store.get_cursor(conn, "users_page") is None
+    store.set_cursor(conn, "users_page", 4)
+    store.set_cursor(conn, "users_page", 5)
+    assert store.get_cursor(conn, "users_page") == "5"
+
+
+def test_replace_user_entries_and_their_times(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    store.upsert_media(conn, _media().iloc[:2])
+    store.upsert_entries(conn, _entries())
+    assert store.latest_entry_update(conn, 1) == 400 and store.latest_entry_update(conn, 7) is None
+    assert store.unknown_media(conn) == [12, 13]
+    np.testing.assert_array_equal(store.media_ids(conn), [10, 11])
+    with store.transaction(conn):
+        store.replace_user_entries(conn, 1, _entries().iloc[[1]].assign(is_favourite=1))
+    entries = store.read_entries(conn)
+    assert entries[["user_id", "media_id", "is_favourite"]].values.tolist() == [
+        [1, 11, True], [2, 10, False]]
+    assert store.latest_entry_update(conn, 1) == 250
+    assert store.unknown_media(conn) == []
+
+
+def test_sources_never_mix_and_describe_themselves(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    assert store.source(conn) is None
+    assert store.describe_source(conn)["kind"] == "unknown"
+    store.claim_source(conn, "kaggle", "raw.db")
+    store.claim_source(conn, "kaggle", "raw.db")  # the same source again: fine
+    store.note_kaggle_import(conn, dump="2017")
+    store.note_kaggle_import(conn, ratings_file="rating.csv")
+    assert store.source(conn) == "kaggle"
+    assert store.describe_source(conn) == {
+        "kind": "kaggle", "dump": "2017", "ratings_file": "rating.csv",
+        "description": 'the Kaggle "Anime Recommendations Database" (2017) dump (rating.csv)'}
+    with pytest.raises(StoreError, match="already holds kaggle data; anilist data goes"):
+        store.claim_source(conn, "anilist", "raw.db")
+
+    synthetic = store.connect(tmp_path / "synth.db")
+    store.claim_source(synthetic, "synth", "synth.db", {"users": 5, "anime": 1200, "seed": 3})
+    assert store.source(synthetic) == 'synth:{"users": 5, "anime": 1200, "seed": 3}'
+    assert store.describe_source(synthetic)["description"] == (
+        "the anirank synthetic AniList-shaped world (seed 3, 5 users, 1,200 titles)")
+    with pytest.raises(StoreError, match="already holds a synthetic world"):
+        store.claim_source(synthetic, "anilist", "synth.db")
+    # Stores of older versions recorded the config's Python repr, no longer read.
+    synthetic.execute("UPDATE meta SET value=? WHERE key='source'",
+                      ("synth:{'users': 5, 'anime': 1200, 'seed': 3}",))
+    with pytest.raises(StoreError, match="older anirank; regenerate it"):
+        store.describe_source(synthetic)

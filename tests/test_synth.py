@@ -7,7 +7,7 @@ import pytest
 
 from pipelines import store, synth
 from pipelines.errors import StoreError
-from tests.conftest import TINY
+from tests.worlds import TINY
 
 
 def _fingerprint(db):
@@ -134,7 +134,7 @@ def test_side_features_carry_signal(demo_features):
     the whole site's) predicts their held-out titles against random titles, and more so
     for users with short histories: the signal a side-feature model can use and an
     id-only model cannot, for users it has seen little of."""
-    from pipelines.features import read_vector
+    from pipelines.tables import read_vector
 
     users = demo_features["users"].set_index("user_id")
     anime = demo_features["anime"].set_index("media_id")
@@ -167,3 +167,37 @@ def test_side_features_carry_signal(demo_features):
         return (count / n_train[uu] + 1e-3) / (site[studio[aa]] + 1e-3)
 
     assert _auc(studio_lift(u, pos), studio_lift(u, neg)) > 0.54
+
+
+def test_adding_log_odds_is_the_generators_formula(tiny_db):
+    truth = synth.Truth.load(synth.truth_path(tiny_db))
+    users = truth.user_ids[[0, 7, 42]]
+    media = truth.media_ids[[3, 0, 99, 250]]
+    popularity = pd.Series([5000, None, 1, 0], dtype="Int64")  # missing and 0 count as 1
+    got = truth.adding_log_odds(users, media, popularity)
+    assert got.shape == (3, 4)
+    for i, u in enumerate([0, 7, 42]):
+        for j, (a, pop) in enumerate(zip([3, 0, 99, 250], [5000, 1, 1, 1])):
+            affinity = truth.user_vectors[u] @ truth.anime_vectors[a]
+            want = synth.POPULARITY_BIAS * np.log(pop) + synth.TASTE_BIAS * affinity
+            assert got[i, j] == pytest.approx(want, rel=1e-12)
+    np.testing.assert_array_equal(truth.user_index(users), [0, 7, 42])
+    np.testing.assert_array_equal(truth.anime_index(media), [3, 0, 99, 250])
+    with pytest.raises(Exception, match="1 media ids are not in this world"):
+        truth.adding_log_odds(users, [media[0], -5], [1, 1])
+
+
+def test_the_store_says_which_world_it_holds(tiny_db):
+    import json
+
+    conn = store.connect(tiny_db, readonly=True)
+    try:
+        held, described = store.source(conn), store.describe_source(conn)
+    finally:
+        conn.close()
+    assert held.startswith("synth:")
+    assert json.loads(held.split(":", 1)[1]) == dict(TINY, activity_sigma=1.1)
+    assert described == {
+        "kind": "synthetic", "seed": 7,
+        "description": "the anirank synthetic AniList-shaped world (seed 7, 400 users, "
+                       "300 titles)"}

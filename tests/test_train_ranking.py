@@ -11,10 +11,11 @@ import tensorflow as tf
 from pipelines import train_ranking as trk
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
-from pipelines.train_retrieval import Data
+from pipelines import artifact, protocol
+from pipelines.tables import FeatureTables
 from ranking.metrics import list_ndcg, random_list_ndcg
 
-from tests.conftest import TINY_RANKING
+from tests.worlds import TINY_RANKING
 
 CONFIG = RankingConfig(**TINY_RANKING)
 
@@ -25,15 +26,15 @@ def stage(tiny_ranked):
 
 
 def test_lists_are_built_exactly(tiny_model, tiny_features):
-    data = Data.load(tiny_features)
-    retrieval = trk.Retrieval(tiny_model[0], data)
-    candidates, _ = retrieval.top(data, ["train"], CONFIG.candidates)
-    lists = trk.build_lists(data, retrieval, candidates, "validation", CONFIG,
+    tables = FeatureTables.load(tiny_features)
+    retrieval = artifact.RetrievalArtifact(tiny_model[0]).for_tables(tables)
+    candidate_rows, _ = retrieval.top(tables, "validation", CONFIG.num_candidates)
+    lists = trk.build_lists(tables, retrieval, candidate_rows, "validation", CONFIG,
                             np.random.default_rng(0))
-    inter = data.interactions
+    inter = tables.interactions
     val = inter[inter["split"] == "validation"].set_index(["user_row", "anime_row"])
     train = set(map(tuple, inter.loc[inter["split"] == "train", ["user_row", "anime_row"]].to_numpy()))
-    mean = data.schema["stats"]["global_mean_score"]
+    mean = tables.schema["stats"]["global_mean_score"]
     assert lists.anime_rows.shape[1] == 2 * CONFIG.labelled_per_list + CONFIG.negatives_per_list
     assert (np.bincount(lists.user_rows) <= CONFIG.max_lists_per_user).all()
     for i in range(0, len(lists), 7):
@@ -44,14 +45,14 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
                 assert rel == 0 and sim == 0
                 continue
             assert (u, row) not in train, "training titles never appear"
-            assert sim == pytest.approx(float(retrieval.queries[u] @ retrieval.candidates[row]), abs=1e-5)
+            assert sim == pytest.approx(float(retrieval.queries[u] @ retrieval.candidate_embeddings[row]), abs=1e-5)
             if (u, row) in val.index:
                 entry = val.loc[(u, row)]
                 expected = (entry["score"] if entry["is_label"] else mean) / CONFIG.relevance_scale \
                     if (entry["is_label"] or entry["is_interaction"]) else 0.0
                 assert rel == pytest.approx(expected)
             else:
-                assert rel == 0 and row in candidates[u], "negatives are retrieved titles"
+                assert rel == 0 and row in candidate_rows[u], "negatives are retrieved titles"
 
 
 def test_ranker_learns_and_beats_random_order(stage):
@@ -70,19 +71,19 @@ def test_ranker_learns_and_beats_random_order(stage):
 
 def test_saved_ranker_scores_like_the_trained_one(stage, tiny_features):
     model_dir, metrics = stage
-    data = Data.load(tiny_features)
-    retrieval = trk.Retrieval(model_dir, data)
-    lists = trk.held_out_lists(data, retrieval, CONFIG)
+    tables = FeatureTables.load(tiny_features)
+    retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
+    lists = protocol.held_out_lists(tables, retrieval.queries, retrieval.candidate_embeddings,
+                                    CONFIG.relevance_scale)
     fn = tf.saved_model.load(str(model_dir / "ranker")).signatures["serving_default"]
-    batch = next(iter(trk.dataset(data, trk.Lists(lists.user_rows[:16], lists.anime_rows[:16],
-                                                  lists.relevance[:16], lists.similarity[:16]), 16)))
+    batch = next(iter(trk.dataset(tables, lists.take(np.arange(16)), 16)))
     inputs = {k: v for k, v in batch.items() if k not in ("relevance", "mask")}
     saved = fn(**inputs)["scores"].numpy()
     mask = lists.mask[:16]
     ndcg_saved = np.nanmean(list_ndcg(saved, lists.relevance[:16], mask))
     assert saved.shape == lists.anime_rows[:16].shape
     # The held-out NDCG recorded for the trained ranker is what the saved one gives.
-    full = trk.predict_with(fn, data, lists)
+    full = artifact.score_lists(fn, tables, lists)
     assert np.nanmean(list_ndcg(full, lists.relevance, lists.mask)) == pytest.approx(
         metrics["losses"]["approx_ndcg"]["ndcg"], abs=1e-6)
     assert np.isfinite(ndcg_saved)
@@ -109,5 +110,5 @@ def test_retrieval_model_of_other_data_is_refused(tiny_model, tmp_path, tiny_fea
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="trained on other data"):
         trk.run(tiny_features, model_dir, CONFIG, compare_losses=False, progress=False)
-    with pytest.raises(InputError, match="train the retrieval model first"):
+    with pytest.raises(InputError, match="not a complete anirank model.*train-retrieval"):
         trk.run(tiny_features, tmp_path, CONFIG, compare_losses=False, progress=False)

@@ -4,13 +4,13 @@ saved towers and index give back exactly what the trained model gives."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
-from pipelines import train_retrieval as tr
+from pipelines import artifact
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
+from pipelines.tables import FeatureTables
 from towers.features import feature_specs
 from towers.index import CandidateIndex
 
@@ -31,29 +31,29 @@ def test_saved_towers_reload_with_the_same_embeddings(tiny_model, tiny_features)
     model_dir, _ = tiny_model
     config = json.loads((model_dir / "config.json").read_text())
     schema, widths = config["feature_schema"], config["multi_widths"]
-    data = tr.Data.load(tiny_features)
-    assert widths == data.widths and schema["fingerprint"] == data.schema["fingerprint"]
+    tables = FeatureTables.load(tiny_features)
+    assert widths == tables.widths and schema["fingerprint"] == tables.schema["fingerprint"]
 
     # Reload in this process from SavedModel only; compare with the index's embeddings
     # (computed from the trained Keras model before export).
-    candidate_fn = tr.load_tower(model_dir / "candidate_tower")
-    anime_inputs = {s["name"]: tf.constant(data.anime_raw[s["name"]])
+    candidate_fn = artifact.load_saved_model(model_dir / "candidate_tower").signatures["serving_default"]
+    anime_inputs = {s["name"]: tf.constant(tables.anime_raw[s["name"]])
                     for s in feature_specs(schema, "anime")}
     reloaded = candidate_fn(**anime_inputs)["embedding"].numpy()
     index = CandidateIndex.load(model_dir / "index")
-    np.testing.assert_array_equal(index.ids, data.anime["media_id"].to_numpy())
+    np.testing.assert_array_equal(index.ids, tables.anime["media_id"].to_numpy())
     np.testing.assert_allclose(reloaded, index.embeddings, atol=1e-5)
 
-    query_fn = tr.load_tower(model_dir / "query_tower")
-    user_inputs = {s["name"]: tf.constant(data.user_raw[s["name"]][:50])
+    query_fn = artifact.load_saved_model(model_dir / "query_tower").signatures["serving_default"]
+    user_inputs = {s["name"]: tf.constant(tables.user_raw[s["name"]][:50])
                    for s in feature_specs(schema, "user")}
     queries = query_fn(**user_inputs)["embedding"].numpy()
     assert queries.shape == (50, config["retrieval"]["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
 
     # Retrieval through the reloaded index excludes what each user has seen.
-    train = data.pairs("train", interactions_only=False)
-    seen = [set(data.anime["media_id"].to_numpy()[train.loc[train.user_row == u, "anime_row"]])
+    train = tables.pairs("train", interactions_only=False)
+    seen = [set(tables.anime["media_id"].to_numpy()[train.loc[train.user_row == u, "anime_row"]])
             for u in range(50)]
     ids, _ = index.search(queries, 20, exclude=seen)
     assert all(not set(row.tolist()) & s for row, s in zip(ids, seen))
@@ -69,39 +69,6 @@ def test_artifact_is_complete_and_atomic(tiny_model):
     config = json.loads((model_dir / "config.json").read_text())
     assert set(config["versions"]) >= {"tensorflow", "tensorflow-recommenders", "scann"}
     assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".")]
-
-
-def test_factorized_top_k_by_hand():
-    # Two users, three titles. Scores: u0 -> [3, 1, 2], u1 -> [0, 5, 1].
-    # Pairs: (u0, t2) rank 1 (one better: t0); (u1, t1) rank 0; (u0, t1) rank 2.
-    query = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    cands = np.array([[3.0, 0.0], [1.0, 5.0], [2.0, 1.0]], np.float32)
-    pairs = pd.DataFrame({"user_row": [0, 1, 0], "anime_row": [2, 1, 1]})
-    got = tr.factorized_top_k(query, cands, pairs)
-    assert got["top_1"] == pytest.approx(1 / 3)
-    assert got["top_5"] == 1.0
-    assert got["top_10"] == 1.0
-
-
-def test_rank_metrics_exclude_the_past_and_score_the_split(tiny_features):
-    data = tr.Data.load(tiny_features)
-    # An oracle that scores each user's own test titles highest gets recall 1 at K >= their count.
-    test = data.pairs("test")
-
-    def oracle(rows):
-        return data.matrix(rows, test).astype(np.float32)
-
-    m = tr.rank_metrics(oracle, data, "test")
-    assert m["recall@100"] == pytest.approx(1.0)
-    assert m["ndcg@100"] == pytest.approx(1.0)
-    assert m["users"] == test["user_row"].nunique()
-
-    # A scorer that puts seen titles on top gains nothing: they are excluded.
-    seen = data.interactions[data.interactions["split"].isin(["train", "validation"])]
-    seen = seen[["user_row", "anime_row"]]
-    m2 = tr.rank_metrics(lambda r: data.matrix(r, seen).astype(np.float32) * 10
-                         + oracle(r), data, "test")
-    assert m2["recall@100"] == pytest.approx(1.0)
 
 
 def test_bad_config_is_a_clear_error():

@@ -1,0 +1,226 @@
+"""The model directory: what a complete one is, how it is written and changed, and how
+its SavedModels and retrieval half are loaded back.
+
+    model/
+      config.json            feature schema, configs, versions, data fingerprint (its
+                             presence marks a complete directory: written last)
+      metrics.json           every number about this model: "retrieval" (training stage),
+                             "ranking" (ranking stage), "evaluation" (the report)
+      query_tower/           SavedModel: raw user features -> embedding
+      candidate_tower/       SavedModel: raw title features -> embedding
+      index/                 CandidateIndex over every title
+      anime.parquet, users.parquet, seen.parquet   what serving needs
+      ranker/                SavedModel (after the ranking stage)
+      report/                report.md and plots (after evaluate)
+
+Every write is one atomic directory swap (``create`` for the first, ``update`` for each
+later stage), so a crash leaves the previous complete directory, never a mix. Nothing
+written here holds an absolute path: the directory is published as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import __version__, atomic
+from pipelines.errors import InputError
+from pipelines.protocol import Lists, seen_before
+from pipelines.tables import FeatureTables
+from towers.features import apply_in_blocks, feature_specs
+from towers.index import CandidateIndex
+
+CONFIG, METRICS = "config.json", "metrics.json"
+# A directory with all of these can be served and published; ranker/ is optional.
+REQUIRED = (CONFIG, METRICS, "anime.parquet", "users.parquet", "seen.parquet",
+            "query_tower/saved_model.pb", "candidate_tower/saved_model.pb",
+            "index/index_config.json", "index/candidate_ids.npy",
+            "index/candidate_embeddings.npy")
+# Feature-schema keys that describe this machine, not the model: never published.
+LOCAL_KEYS = ("source_db",)
+
+
+def check_complete(model_dir: Path, what: str = "anirank model") -> None:
+    """Raises ``InputError`` naming the missing files of an incomplete model directory."""
+    missing = [f for f in REQUIRED if not (model_dir / f).exists()]
+    if missing:
+        raise InputError(f"{model_dir} is not a complete {what}: missing {missing}. Train it "
+                         "with `python -m pipelines train-retrieval` (or download it again).")
+
+
+def read_json(model_dir: Path, name: str) -> dict:
+    """``config.json`` / ``metrics.json`` of a model directory, or a named error."""
+    path = model_dir / name
+    if not path.exists():
+        raise InputError(f"{model_dir} has no {name}: train the retrieval model first "
+                         "(`python -m pipelines train-retrieval`).")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path} is corrupt ({err}); retrain or download the model again.") from None
+
+
+def write_json(directory: Path, name: str, data: dict) -> None:
+    (directory / name).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def versions() -> dict:
+    """The library versions a model was made with (checked when it is loaded)."""
+    from importlib.metadata import version
+
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    return {"anirank": __version__, "tensorflow": tf.__version__,
+            "tensorflow-recommenders": tfrs.__version__, "scann": version("scann"),
+            "numpy": np.__version__, "pandas": pd.__version__}
+
+
+def check_versions(config: dict, model_dir: Path) -> None:
+    """A SavedModel loads only into the TensorFlow minor version that wrote it (or a
+    later one, not reliably): refuse a mismatch with the fix, not a TF traceback."""
+    import tensorflow as tf
+
+    saved = config.get("versions", {}).get("tensorflow", "")
+    if saved.split(".")[:2] != tf.__version__.split(".")[:2]:
+        raise InputError(f"{model_dir} was saved with TensorFlow {saved}; this is "
+                         f"{tf.__version__}. Install tensorflow=={saved} to load it.")
+
+
+def published_schema(schema: dict) -> dict:
+    """The feature schema as config.json carries it: without this machine's paths."""
+    return {k: v for k, v in schema.items() if k not in LOCAL_KEYS}
+
+
+def create(model_dir: str | os.PathLike):
+    """``with create(model_dir) as tmp:`` the first write of a model directory (the
+    retrieval stage): ``tmp`` replaces ``model_dir`` whole when the block succeeds."""
+    return atomic.directory(model_dir)
+
+
+@contextlib.contextmanager
+def update(model_dir: str | os.PathLike) -> Iterator[Path]:
+    """``with update(model_dir) as tmp:`` a later stage's change: ``tmp`` starts as a copy
+    of the complete directory, and replaces it in one swap when the block succeeds (a
+    crash leaves the old directory as it was)."""
+    model_dir = Path(model_dir)
+    check_complete(model_dir)
+    with atomic.directory(model_dir) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        yield tmp
+
+
+def load_saved_model(path: Path):
+    """A loaded SavedModel, or a named error instead of TensorFlow's traceback. Keep the
+    object, not only its signatures: the signatures read its variables, and functions
+    traced over them later fail once it is garbage collected."""
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(path))
+    except Exception as err:  # TF raises many types for a damaged SavedModel
+        raise InputError(f"{path} is missing or corrupt and cannot be loaded as a SavedModel "
+                         f"({type(err).__name__}); download the model again or retrain it.") from None
+
+
+def export_saved_model(obj, path: Path, signatures: dict) -> None:
+    """``tf.saved_model.save`` with the given signatures. Our Keras models have no
+    get_config on purpose (they are restored as SavedModel functions, never rebuilt
+    from a config), so Keras's warning about it is kept out of the log."""
+    import tensorflow as tf
+
+    level = tf.get_logger().level
+    tf.get_logger().setLevel("ERROR")
+    try:
+        tf.saved_model.save(obj, str(path), signatures=signatures)
+    finally:
+        tf.get_logger().setLevel(level)
+
+
+class RetrievalArtifact:
+    """The retrieval half of a model directory, loaded: config, the candidate index (with
+    the candidate embeddings), the query tower and the user and title tables.
+
+    Used by the ranking stage, the report and serving, so all three load it alike."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        self.directory = Path(model_dir)
+        check_complete(self.directory)
+        self.config = read_json(self.directory, CONFIG)
+        if "feature_schema" not in self.config or "retrieval" not in self.config:
+            raise InputError(f"{self.directory}/{CONFIG} is not an anirank model config; "
+                             "retrain or download the model again.")
+        check_versions(self.config, self.directory)
+        self.schema = self.config["feature_schema"]
+        self.widths = self.config["multi_widths"]
+        self.anime = pd.read_parquet(self.directory / "anime.parquet")
+        self.users = pd.read_parquet(self.directory / "users.parquet")
+        self.index = CandidateIndex.load(self.directory / "index")
+        if not np.array_equal(self.index.ids, self.anime["media_id"].to_numpy()):
+            raise InputError(f"{self.directory}/index does not match anime.parquet; the "
+                             "model is corrupt.")
+        self.candidate_embeddings = self.index.embeddings
+        self.saved = {"query_tower": load_saved_model(self.directory / "query_tower")}
+        self.query_tower = self.saved["query_tower"].signatures["serving_default"]
+        self.user_specs = feature_specs(self.schema, "user", self.config["retrieval"]["features"])
+
+    def embed_users(self, user_raw: dict) -> np.ndarray:
+        """Query embeddings ``[n, d]`` of users given as raw features."""
+        return apply_in_blocks(lambda batch: self.query_tower(**batch)["embedding"], user_raw,
+                               [s["name"] for s in self.user_specs])
+
+    def for_tables(self, tables: FeatureTables) -> "RetrievalArtifact":
+        """Checks the model was trained on ``tables`` and embeds their users
+        (``self.queries``, one row per ``tables.users`` row). Returns self."""
+        if self.config["data_fingerprint"] != tables.schema["fingerprint"]:
+            raise InputError(
+                f"The retrieval model in {self.directory} was trained on other data "
+                f"(fingerprint {self.config['data_fingerprint']}, features have "
+                f"{tables.schema['fingerprint']}); retrain it on these feature tables.")
+        if not np.array_equal(self.index.ids, tables.anime["media_id"].to_numpy()):
+            raise InputError("The candidate index does not cover the feature tables' titles.")
+        self.queries = self.embed_users(tables.user_raw)
+        return self
+
+    def top(self, tables: FeatureTables, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per user row of ``tables``: the top-``k`` title rows (-1 padding) and scores,
+        leaving out every title the user had before ``split``."""
+        media = tables.anime["media_id"].to_numpy()
+        by_user = seen_before(tables, split).groupby("user_row")["anime_row"].agg(list)
+        exclude = [media[by_user.get(u, [])] for u in range(len(tables.users))]
+        ids, scores = self.index.search(self.queries, k, exclude=exclude)
+        rows = pd.Index(media).get_indexer(ids.reshape(-1)).reshape(ids.shape)
+        return np.where(ids >= 0, rows, -1), scores
+
+
+def load_ranker(model_dir: Path):
+    """``(saved model, serving_default signature)`` of the model's ranker, or
+    ``(None, None)`` for a model without one."""
+    if not (model_dir / "ranker").exists():
+        return None, None
+    saved = load_saved_model(model_dir / "ranker")
+    return saved, saved.signatures["serving_default"]
+
+
+def score_lists(signature, tables: FeatureTables, lists: Lists, batch_size: int = 256) -> np.ndarray:
+    """Scores ``[n, size]`` of padded lists (padding scored: mask it) by a saved ranker's
+    ``serving_default`` signature, with the raw features of ``tables``."""
+    import tensorflow as tf
+
+    inputs = {spec.name for spec in signature.structured_input_signature[1].values()}
+    out = [np.zeros((0, lists.anime_rows.shape[1]), np.float32)]
+    for start in range(0, len(lists), batch_size):
+        part = slice(start, start + batch_size)
+        users, rows = lists.user_rows[part], np.maximum(lists.anime_rows[part], 0)
+        batch = {k: v[users] for k, v in tables.user_raw.items() if k in inputs}
+        batch.update({k: v[rows] for k, v in tables.anime_raw.items() if k in inputs})
+        batch["similarity"] = lists.similarity[part].astype(np.float32)
+        out.append(signature(**{k: tf.constant(v) for k, v in batch.items()})["scores"].numpy())
+    return np.concatenate(out)

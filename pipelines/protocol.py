@@ -1,0 +1,207 @@
+"""The evaluation protocol, in numpy (no TensorFlow): how every model, baseline and
+oracle is scored, so the training stages, the baselines and the report measure alike.
+
+Retrieval (``rank_per_user``, ``rank_metrics``): rank every title for each user with
+something relevant in a split (their interactions there), leaving out every title the
+user had before that split (``seen_before``); Recall@K and NDCG@K, overall and for users
+with fewer than ``SHORT_HISTORY`` training entries. ``factorized_top_k`` is TFRS's
+metric (all titles, nothing excluded).
+
+Ranking: ``held_out_lists`` (each test user's scored test titles, the original system's
+list-NDCG protocol) scored by ``list_metrics`` and against ``baseline_list_metrics``;
+``end_to_end`` reorders each test user's retrieved candidates and scores the order
+against their test interactions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from pipelines.tables import FeatureTables
+from ranking.metrics import (hits, list_ndcg, ndcg_at_k, order_metrics, random_list_ndcg,
+                             recall_at_k)
+from towers.topk import top_k
+
+KS = (10, 50, 100)
+FACTORIZED_KS = (1, 5, 10, 50, 100)
+SHORT_HISTORY = 10  # users with fewer training entries than this: the cold-ish group
+TEST_LIST_CAP = 50  # longest held-out list scored in the list-NDCG protocol
+BEFORE = {"validation": ("train",), "test": ("train", "validation")}
+
+
+def seen_before(tables: FeatureTables, split: str) -> pd.DataFrame:
+    """``(user_row, anime_row)`` of every entry (any status) users have before ``split``:
+    what a ranking for that split leaves out."""
+    inter = tables.interactions
+    return inter.loc[inter["split"].isin(BEFORE[split]), ["user_row", "anime_row"]]
+
+
+def mean(values: np.ndarray) -> float:
+    """Mean over the finite values; NaN (shown as "-") when there are none."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+# ---------------------------------------------------------------------------------------
+# Retrieval.
+
+def rank_per_user(score_fn, tables: FeatureTables, split: str,
+                  user_rows: np.ndarray | None = None, ks=KS,
+                  batch_size: int = 1024) -> tuple[np.ndarray, dict]:
+    """Per-user Recall@K / NDCG@K of ``score_fn(user_rows) -> [b, num_anime]`` on ``split``.
+
+    Returns the user rows scored and ``{"recall@k": [users], "ndcg@k": [users]}`` (NaN
+    for users with nothing relevant).
+    """
+    seen = seen_before(tables, split)
+    relevant_pairs = tables.pairs(split)
+    rows = np.unique(relevant_pairs["user_row"]) if user_rows is None else user_rows
+    kmax = max(ks)
+    per_user = {f"{m}@{k}": [] for m in ("recall", "ndcg") for k in ks}
+    for start in range(0, len(rows), batch_size):
+        r = rows[start:start + batch_size]
+        relevant = tables.matrix(r, relevant_pairs)
+        exclude = tables.matrix(r, seen)
+        relevant &= ~exclude
+        hit = hits(top_k(score_fn(r), kmax, exclude), relevant)
+        n_rel = relevant.sum(1)
+        for k in ks:
+            per_user[f"recall@{k}"].append(recall_at_k(hit, n_rel, k))
+            per_user[f"ndcg@{k}"].append(ndcg_at_k(hit, n_rel, k))
+    return rows, {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_user.items()}
+
+
+def rank_metrics(score_fn, tables: FeatureTables, split: str,
+                 user_rows: np.ndarray | None = None, batch_size: int = 1024) -> dict:
+    """Mean Recall@K / NDCG@K (K in ``KS``) over users with at least one relevant title,
+    overall and (``short_history``, None where there is no such user) for users with
+    fewer than ``SHORT_HISTORY`` training entries."""
+    rows, per_user = rank_per_user(score_fn, tables, split, user_rows, KS, batch_size)
+    kmax = max(KS)
+    short = tables.users["n_train"].to_numpy()[rows] < SHORT_HISTORY
+    out = {k: mean(v) for k, v in per_user.items()}
+    out["users"] = int(np.isfinite(per_user[f"recall@{kmax}"]).sum())
+    out["short_history"] = {k: mean(v[short]) if short.any() else None
+                            for k, v in per_user.items()}
+    out["short_history"]["users"] = int(np.isfinite(per_user[f"recall@{kmax}"][short]).sum())
+    return out
+
+
+def factorized_top_k(queries: np.ndarray, candidate_embeddings: np.ndarray,
+                     pairs: pd.DataFrame, batch_size: int = 4096) -> dict:
+    """TFRS FactorizedTopK on (user, title) pairs: the share whose title is in the top K
+    of all candidates (no exclusions), K in ``FACTORIZED_KS``. Ties count against it."""
+    u, a = pairs["user_row"].to_numpy(), pairs["anime_row"].to_numpy()
+    ranks = []
+    for start in range(0, len(u), batch_size):
+        q = queries[u[start:start + batch_size]]
+        scores = q @ candidate_embeddings.T
+        true = scores[np.arange(len(q)), a[start:start + batch_size]]
+        ranks.append((scores > true[:, None]).sum(1))  # 0 = best
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0)
+    return {f"top_{k}": float((ranks < k).mean()) for k in FACTORIZED_KS}
+
+
+# ---------------------------------------------------------------------------------------
+# Ranking.
+
+@dataclasses.dataclass
+class Lists:
+    """Padded lists: ``anime_rows`` ``[n, size]`` (-1 = padding), ``relevance`` and
+    ``similarity`` (same shape), and each list's ``user_rows`` ``[n]``."""
+
+    user_rows: np.ndarray
+    anime_rows: np.ndarray
+    relevance: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.anime_rows >= 0
+
+    def __len__(self) -> int:
+        return len(self.user_rows)
+
+    def take(self, keep: np.ndarray) -> "Lists":
+        return Lists(self.user_rows[keep], self.anime_rows[keep], self.relevance[keep],
+                     self.similarity[keep])
+
+
+def similarity(queries: np.ndarray, candidate_embeddings: np.ndarray, user_rows: np.ndarray,
+               anime_rows: np.ndarray) -> np.ndarray:
+    """Retrieval scores ``[n, size]`` of padded title rows (0 at padding)."""
+    sim = np.einsum("nd,nld->nl", queries[user_rows],
+                    candidate_embeddings[np.maximum(anime_rows, 0)]).astype(np.float32)
+    return np.where(anime_rows >= 0, sim, 0.0).astype(np.float32)
+
+
+def held_out_lists(tables: FeatureTables, queries: np.ndarray,
+                   candidate_embeddings: np.ndarray, relevance_scale: float) -> Lists:
+    """Each test user's scored test titles as one list (users with at least 2)."""
+    inter = tables.interactions
+    labelled = inter[(inter["split"] == "test") & inter["is_label"]]
+    labelled = labelled.sort_values(["user_row", "anime_row"])
+    user = labelled["user_row"].to_numpy()
+    start = np.searchsorted(user, user, side="left")
+    position = np.arange(len(user)) - start
+    counts = np.bincount(user, minlength=len(tables.users))
+    keep = (counts[user] >= 2) & (position < TEST_LIST_CAP)
+    users = np.flatnonzero(counts >= 2)
+    index = np.searchsorted(users, user[keep])
+    size = int(min(TEST_LIST_CAP, counts.max(initial=0)))
+    rows = np.full((len(users), max(size, 1)), -1, np.int64)
+    rel = np.zeros(rows.shape, np.float32)
+    rows[index, position[keep]] = labelled["anime_row"].to_numpy()[keep]
+    rel[index, position[keep]] = labelled["score"].to_numpy()[keep] / relevance_scale
+    return Lists(users, rows, rel, similarity(queries, candidate_embeddings, users, rows))
+
+
+def list_metrics(scores: np.ndarray, lists: Lists) -> dict:
+    """List NDCG and NDCG@5 of ordering each list by ``scores``."""
+    return {"ndcg": mean(list_ndcg(scores, lists.relevance, lists.mask)),
+            "ndcg@5": mean(list_ndcg(scores, lists.relevance, lists.mask, k=5))}
+
+
+def baseline_list_metrics(tables: FeatureTables, lists: Lists) -> dict:
+    """Random (exact expectation), popularity order and mean-training-score order."""
+    counts = tables.train_counts()
+    mean_score = tables.anime["train_mean_score"].fillna(
+        tables.schema["stats"]["global_mean_score"]).to_numpy()
+    safe = np.maximum(lists.anime_rows, 0)
+    return {
+        "random": {"ndcg": mean(random_list_ndcg(lists.relevance, lists.mask)),
+                   "ndcg@5": mean(random_list_ndcg(lists.relevance, lists.mask, k=5))},
+        "popularity": list_metrics(counts[safe].astype(np.float64), lists),
+        "mean_training_score": list_metrics(mean_score[safe], lists),
+    }
+
+
+def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
+               candidate_scores: np.ndarray, extra_orders: dict | None = None,
+               ks=(10,)) -> dict:
+    """Reorder each test user's retrieved ``candidate_rows`` ``[num_users, C]`` (titles
+    seen before the test period already left out; -1 = padding) with
+    ``score_lists(tables, lists) -> [n, C]``, and score the ranked order and the
+    retrieval order against the user's test interactions.
+
+    ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
+    (the report adds popularity and the oracle)."""
+    test = tables.pairs("test")
+    users = np.unique(test["user_row"])
+    cand = candidate_rows[users]
+    sim = np.where(cand >= 0, candidate_scores[users], 0.0).astype(np.float32)
+    lists = Lists(users, cand, np.zeros(cand.shape, np.float32), sim)
+    relevant = tables.matrix(users, test)
+    n_relevant = relevant.sum(1)
+    num_candidates = cand.shape[1]
+    ks = sorted(set(ks) | {10, num_candidates})
+    orders = {"ranked": score_lists(tables, lists),
+              "retrieval_order": -np.arange(num_candidates)[None, :].repeat(len(users), 0)}
+    for name, fn in (extra_orders or {}).items():
+        orders[name] = fn(users, cand)
+    out = {"users": int(len(users)), "candidates": num_candidates}
+    for name, order_scores in orders.items():
+        out[name] = order_metrics(cand, order_scores, relevant, n_relevant, ks)
+    return out

@@ -1,0 +1,88 @@
+"""Reading a feature directory (what ``pipelines/features.py`` writes) for the stages
+after it: the tables, the schema, raw model inputs by row, and interactions as row pairs.
+
+    tables = FeatureTables.load("data/features")
+    tables.pairs("train")          # (user_row, anime_row) of training interactions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import InputError
+from pipelines.features import SCHEMA_FILE
+from towers.features import feature_specs, multi_widths, raw_features
+
+
+def load(directory: str | os.PathLike) -> dict:
+    """A feature directory as ``{"schema", "interactions", "users", "anime"}``."""
+    directory = Path(directory)
+    schema_path = directory / SCHEMA_FILE
+    if not schema_path.exists():
+        raise InputError(f"{directory} is not a feature directory (no {SCHEMA_FILE}); "
+                         "create one with `python -m pipelines features`.")
+    out = {"schema": json.loads(schema_path.read_text())}
+    for name in ("interactions", "users", "anime"):
+        out[name] = pd.read_parquet(directory / f"{name}.parquet")
+    return out
+
+
+def read_vector(table: pd.DataFrame, column: str) -> np.ndarray:
+    """A fixed-size list column of a feature table as a ``[rows, width]`` float32 array."""
+    values = table[column].to_numpy()
+    return np.stack(values).astype(np.float32) if len(values) else np.zeros((0, 0), np.float32)
+
+
+@dataclasses.dataclass
+class FeatureTables:
+    """The feature tables as arrays: raw model inputs by row (``user_raw``, ``anime_raw``,
+    in the formats of ``towers/features.py``) and interactions with their ``user_row`` and
+    ``anime_row`` (row positions in ``users`` and ``anime``)."""
+
+    schema: dict
+    users: pd.DataFrame
+    anime: pd.DataFrame
+    user_raw: dict
+    anime_raw: dict
+    widths: dict
+    interactions: pd.DataFrame
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "FeatureTables":
+        tables = load(directory)
+        schema, users, anime = tables["schema"], tables["users"], tables["anime"]
+        widths = multi_widths(anime, schema)
+        inter = tables["interactions"]
+        inter = inter.assign(
+            user_row=pd.Index(users["user_id"]).get_indexer(inter["user_id"]),
+            anime_row=pd.Index(anime["media_id"]).get_indexer(inter["media_id"]))
+        return cls(schema, users, anime,
+                   raw_features(users, feature_specs(schema, "user"), widths),
+                   raw_features(anime, feature_specs(schema, "anime"), widths),
+                   widths, inter)
+
+    def pairs(self, split: str, interactions_only: bool = True) -> pd.DataFrame:
+        """``(user_row, anime_row)`` of ``split``'s interactions (or of all its entries)."""
+        mask = self.interactions["split"] == split
+        if interactions_only:
+            mask &= self.interactions["is_interaction"]
+        return self.interactions.loc[mask, ["user_row", "anime_row"]]
+
+    def train_counts(self) -> np.ndarray:
+        """Training interactions per title ``[num_anime]``: popularity as the models saw
+        it (``anime.parquet``'s ``train_count``, computed once by the feature stage)."""
+        return self.anime["train_count"].to_numpy(np.int64)
+
+    def matrix(self, rows: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+        """Dense bool ``[len(rows), num_anime]``: which titles each listed user has in ``pairs``."""
+        position = pd.Series(np.arange(len(rows)), index=rows)
+        sub = pairs[pairs["user_row"].isin(rows)]
+        out = np.zeros((len(rows), len(self.anime)), bool)
+        out[position[sub["user_row"]].to_numpy(), sub["anime_row"].to_numpy()] = True
+        return out

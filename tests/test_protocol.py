@@ -1,0 +1,90 @@
+"""The evaluation protocol (pipelines/protocol.py) on hand-made cases and the tiny world:
+what is excluded, what counts as relevant, and the metrics' values."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import protocol
+from pipelines.tables import FeatureTables
+
+
+def test_factorized_top_k_by_hand():
+    # Two users, three titles. Scores: u0 -> [3, 1, 2], u1 -> [0, 5, 1].
+    # Pairs: (u0, t2) rank 1 (one better: t0); (u1, t1) rank 0; (u0, t1) rank 2.
+    query = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    cands = np.array([[3.0, 0.0], [1.0, 5.0], [2.0, 1.0]], np.float32)
+    pairs = pd.DataFrame({"user_row": [0, 1, 0], "anime_row": [2, 1, 1]})
+    got = protocol.factorized_top_k(query, cands, pairs)
+    assert got["top_1"] == pytest.approx(1 / 3)
+    assert got["top_5"] == 1.0
+    assert got["top_10"] == 1.0
+
+
+def test_rank_metrics_exclude_the_past_and_score_the_split(tiny_features):
+    tables = FeatureTables.load(tiny_features)
+    # An oracle that scores each user's own test titles highest gets recall 1 at K >= their count.
+    test = tables.pairs("test")
+
+    def oracle(rows):
+        return tables.matrix(rows, test).astype(np.float32)
+
+    m = protocol.rank_metrics(oracle, tables, "test")
+    assert m["recall@100"] == pytest.approx(1.0)
+    assert m["ndcg@100"] == pytest.approx(1.0)
+    assert m["users"] == test["user_row"].nunique()
+
+    # A scorer that puts seen titles on top gains nothing: they are excluded.
+    seen = tables.interactions[tables.interactions["split"].isin(["train", "validation"])]
+    seen = seen[["user_row", "anime_row"]]
+    m2 = protocol.rank_metrics(lambda r: tables.matrix(r, seen).astype(np.float32) * 10
+                         + oracle(r), tables, "test")
+    assert m2["recall@100"] == pytest.approx(1.0)
+
+
+def test_seen_before_is_every_earlier_entry(tiny_features):
+    tables = FeatureTables.load(tiny_features)
+    inter = tables.interactions
+    for split, earlier in (("validation", {"train"}), ("test", {"train", "validation"})):
+        seen = protocol.seen_before(tables, split)
+        want = inter[inter["split"].isin(earlier)]
+        assert len(seen) == len(want)   # every status, not only interactions
+        assert set(map(tuple, seen.to_numpy())) == set(map(tuple, want[["user_row", "anime_row"]].to_numpy()))
+
+
+def test_held_out_lists_and_end_to_end_by_hand(tiny_features):
+    tables = FeatureTables.load(tiny_features)
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(len(tables.users), 4)).astype(np.float32)
+    embeddings = rng.normal(size=(len(tables.anime), 4)).astype(np.float32)
+    lists = protocol.held_out_lists(tables, queries, embeddings, relevance_scale=20.0)
+    inter = tables.interactions
+    labelled = inter[(inter["split"] == "test") & inter["is_label"]]
+    per_user = labelled.groupby("user_row").size()
+    assert list(lists.user_rows) == sorted(per_user[per_user >= 2].index)
+    i = 3
+    u, rows = lists.user_rows[i], lists.anime_rows[i][lists.mask[i]]
+    mine = labelled[labelled["user_row"] == u].sort_values("anime_row")
+    assert rows.tolist() == mine["anime_row"].tolist()[:protocol.TEST_LIST_CAP]
+    np.testing.assert_allclose(lists.relevance[i][lists.mask[i]], mine["score"].to_numpy() / 20.0)
+    np.testing.assert_allclose(lists.similarity[i][lists.mask[i]], embeddings[rows] @ queries[u],
+                               rtol=1e-5)
+    # Ordering by the true relevance beats ordering by its negation.
+    good = protocol.list_metrics(lists.relevance, lists)["ndcg"]
+    bad = protocol.list_metrics(-lists.relevance, lists)["ndcg"]
+    assert good == pytest.approx(1.0) and bad < good
+
+    # End to end over candidates that hold each user's test titles first, then titles
+    # they did not watch: the retrieval order is perfect, one that reverses it is worse.
+    test = tables.pairs("test")
+    cand = np.full((len(tables.users), 20), -1, np.int64)
+    for u, titles in test.groupby("user_row")["anime_row"]:
+        mine = titles.to_numpy()[:10]
+        others = np.setdiff1d(np.arange(len(tables.anime)), titles.to_numpy())[:20 - len(mine)]
+        cand[u] = np.r_[mine, others]
+    scores = np.where(cand >= 0, 1.0, -np.inf).astype(np.float32)
+    out = protocol.end_to_end(tables, lambda t, l: np.arange(l.anime_rows.shape[1])[None, :]
+                              .repeat(len(l), 0).astype(float), cand, scores, ks=(10,))
+    assert out["users"] == test["user_row"].nunique() and out["candidates"] == 20
+    assert out["retrieval_order"]["mrr"] == pytest.approx(1.0)
+    assert out["ranked"]["ndcg@10"] < out["retrieval_order"]["ndcg@10"]

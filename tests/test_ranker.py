@@ -1,0 +1,75 @@
+"""ranking.model.Ranker: the factorised serving halves (``project_anime`` once per
+catalog title, ``score_projected`` per request) compute the same scores as ``call``."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.config import RankingConfig
+from ranking.model import Ranker
+
+CROSS_INPUTS = ("genre_share", "genre_affinity", "format_share", "format_affinity")
+
+
+def _random_raw(specs, schema, rows, rng, width=3):
+    """Random raw features of ``specs`` with leading shape ``rows``: known and unknown
+    ids and values, missing values and padding, as the towers take them."""
+    out = {}
+    for spec in specs:
+        name, kind = spec["name"], spec["kind"]
+        vocab = schema["vocab"].get(spec["vocab"]) if spec["vocab"] else None
+        if kind == "id":
+            out[name] = rng.choice(np.array([*vocab, -1], np.int64), size=rows)
+        elif kind == "categorical":
+            out[name] = rng.choice(np.array([*vocab, "", "unknown"], object), size=rows)
+        elif kind == "multi":
+            out[name] = rng.choice(np.array([*vocab[:4], "", "", "unknown"], object),
+                                   size=(*rows, width))
+        elif kind == "numeric":
+            values = rng.normal(1.0, 2.0, size=rows).astype(np.float32)
+            out[name] = np.where(rng.random(rows) < 0.2, np.nan, values).astype(np.float32)
+        else:
+            out[name] = rng.random((*rows, len(vocab))).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("use_similarity, crosses, use_ids", [
+    (True, True, False), (False, True, False), (True, False, False), (False, False, True)],
+    ids=["similarity+crosses", "crosses", "similarity", "ids-only-blocks"])
+def test_serving_halves_equal_the_plain_call(small_schema, use_similarity, crosses, use_ids):
+    schema = small_schema
+    if not crosses:  # without the user taste vectors the ranker has no crosses
+        schema = {**schema, "features": [f for f in schema["features"]
+                                         if f["name"] not in CROSS_INPUTS]}
+    config = RankingConfig(use_similarity=use_similarity, use_ids=use_ids, hidden=(16, 8),
+                           id_dim=4, category_dim=3)
+    tf.keras.utils.set_random_seed(0)
+    ranker = Ranker(schema, config)
+    assert (len(ranker._crosses) > 0) == crosses
+
+    rng = np.random.default_rng(0)
+    batch, size, catalog = 3, 5, 7
+    user = _random_raw(ranker.user_encoder.specs, schema, (batch,), rng)
+    titles = _random_raw(ranker.anime_encoder.specs, schema, (catalog,), rng)
+    rows = rng.integers(0, catalog, size=(batch, size))             # each list's titles
+    similarity = rng.normal(size=(batch, size)).astype(np.float32)
+    lists = {k: v[rows] for k, v in titles.items()}                 # [batch, size, ...]
+    tensors = lambda raw: {k: tf.constant(v) for k, v in raw.items()}  # noqa: E731
+
+    features = tensors({**user, **lists, "similarity": similarity})
+    ranker(features)  # builds the layers
+    # Random weights everywhere (biases too), so every block of the first layer counts.
+    for weight in ranker.trainable_weights:
+        weight.assign(rng.normal(0.0, 0.3, weight.shape).astype(np.float32))
+
+    expected = ranker(features).numpy()
+    projected = ranker.project_anime(tensors(titles))                # [catalog, d]
+    got = ranker.score_projected(tensors({**user, "similarity": similarity}),
+                                 tf.gather(projected, rows)).numpy()
+    assert got.shape == expected.shape == (batch, size)
+    assert np.abs(expected).max() > 0.1   # not a trivially zero comparison
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # And the unfactorised halves, from the same encodings.
+    encoded = tf.gather(ranker.encode_anime(tensors(titles)), rows)
+    np.testing.assert_allclose(ranker.score_encoded(features, encoded).numpy(), expected,
+                               rtol=1e-5, atol=1e-5)
