@@ -1,28 +1,38 @@
 """AniList GraphQL -> raw store: users, their anime lists and statistics, anime metadata.
 
-    python data_query.py users --pages 10         # discover users (or --ids FILE / --names FILE)
+    python data_query.py users --ids FILE         # a curated list of users (or --names FILE)
+    python data_query.py users --discover --pages 10  # opt-in: page through arbitrary users
     python data_query.py lists                    # fetch every known user's anime list
     python data_query.py media                    # metadata of every title seen in lists
     python data_query.py refresh                  # re-fetch lists that changed since the last crawl
 
-Polite and resumable by design. One request at a time, at most ``--rate`` a minute
-(default 30: AniList's degraded limit, below its documented 90), slowing down before
-``X-RateLimit-Remaining`` reaches 0 and honouring ``Retry-After`` on 429. Server errors,
+AniList's terms of use forbid using the API as a data store and "hoarding or mass
+collection" of its data (they are lenient with purely educational projects). So the
+default is a curated list of users; discovering arbitrary users is opt-in (``--discover``)
+and first states the terms and the requests it will make.
+
+Polite and resumable by design. One request at a time, at most ``--rate`` of them
+completed in any 60 s (default 25: AniList runs degraded at 30 a minute while its headers
+still say 90, so they cannot be trusted), honouring ``Retry-After`` on 429. Server errors,
 timeouts, broken connections and truncated JSON are retried with exponential backoff and
 jitter, a bounded number of times; then the item is recorded as failed (with the reason)
-and the crawl moves on, and the next run retries it. GraphQL errors (private user,
-deleted title, invalid query) are recorded as skipped with AniList's message and never
-retried. Each item's rows and its crawl state are committed in one transaction, so a
-crawl killed at any moment (even SIGKILL) resumes where it stopped, with no row lost or
-duplicated. Queries use GraphQL variables; nothing is pasted into query text.
+and the next run retries it. An answer about one item (HTTP 404 "Not Found.": a private or
+deleted user) records that item as skipped with AniList's message, never retried; a query
+AniList rejects (HTTP 400: invalid, or over its complexity limit) stops the crawl with the
+message and exit status 1, and marks no item. Each item's rows and its crawl state are
+committed in one transaction, so a crawl killed at any moment (even SIGKILL) resumes where
+it stopped, with no row lost or duplicated. Queries use GraphQL variables; nothing is
+pasted into query text.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime as dt
 import json
+import math
 import random
 import sys
 import time
@@ -39,7 +49,12 @@ from pipelines import store  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 
 ENDPOINT = "https://graphql.anilist.co"
-DEFAULT_RATE = 30.0  # requests/minute; AniList's documented 90 runs degraded at 30
+TERMS = "https://docs.anilist.co/guide/terms-of-use"
+# Requests per minute. AniList documents 90 but runs degraded at 30, which its
+# X-RateLimit headers do not show (they say 90, and throttling starts at Remaining 60);
+# 25 leaves room for clock jitter and anything else on the same IP.
+DEFAULT_RATE = 25.0
+RATE_WINDOW = 60.0  # seconds: the window AniList counts requests in
 
 USER_FIELDS = """
   id name createdAt updatedAt
@@ -56,8 +71,11 @@ USER_QUERY = """
 query ($id: Int, $name: String) {
   User(id: $id, name: $name) { %s }
 }""" % USER_FIELDS
+FAVOURITES_PAGE = 25  # Favourites.anime's perPage maximum
+# A user's favourite anime come with the first chunk of their list only (@include), 25 a
+# page; FAVOURITES_QUERY fetches the pages after the first.
 LIST_QUERY = """
-query ($userId: Int, $chunk: Int, $perChunk: Int) {
+query ($userId: Int, $chunk: Int, $perChunk: Int, $withFavourites: Boolean!) {
   MediaListCollection(userId: $userId, type: ANIME, chunk: $chunk, perChunk: $perChunk) {
     hasNextChunk
     lists {
@@ -67,22 +85,36 @@ query ($userId: Int, $chunk: Int, $perChunk: Int) {
         completedAt { year month day }
       }
     }
-    user { id favourites { anime(page: 1, perPage: 50) { nodes { id } } } }
+    user @include(if: $withFavourites) {
+      id favourites { anime(page: 1, perPage: %d) { pageInfo { hasNextPage } nodes { id } } }
+    }
   }
-}"""
-LAST_UPDATE_QUERY = """
+}""" % FAVOURITES_PAGE
+FAVOURITES_QUERY = """
+query ($userId: Int, $page: Int) {
+  User(id: $userId) {
+    id favourites { anime(page: $page, perPage: %d) { pageInfo { hasNextPage } nodes { id } } }
+  }
+}""" % FAVOURITES_PAGE
+# What refresh asks per user: the newest list update, and how many entries the list has
+# (the sum over statuses of the user's statistics; PageInfo.total "is not guaranteed to
+# be accurate, do not rely on this for logic", says AniList's reference).
+REFRESH_QUERY = """
 query ($userId: Int) {
   Page(page: 1, perPage: 1) {
     mediaList(userId: $userId, type: ANIME, sort: UPDATED_TIME_DESC) { updatedAt }
   }
+  User(id: $userId) { statistics { anime { statuses { status count } } } }
 }"""
+# source and status in the newest enum versions (MediaSource 3: WEB_NOVEL, GAME,
+# PICTURE_BOOK, ...; MediaStatus 2: HIATUS); unversioned, AniList answers version 1.
 MEDIA_QUERY = """
 query ($ids: [Int], $perPage: Int) {
   Page(page: 1, perPage: $perPage) {
     media(id_in: $ids, type: ANIME) {
-      id idMal title { romaji english } format status episodes duration source season
-      seasonYear averageScore meanScore popularity favourites isAdult countryOfOrigin
-      studios(isMain: true) { nodes { name } }
+      id idMal title { romaji english } format status(version: 2) episodes duration
+      source(version: 3) season seasonYear averageScore meanScore popularity favourites
+      isAdult countryOfOrigin studios(isMain: true) { nodes { name } }
       genres tags { name rank } description
     }
   }
@@ -90,7 +122,8 @@ query ($ids: [Int], $perPage: Int) {
 QUIET_HELP = "no progress bars (may come before or after the command)"
 MEDIA_BATCH = 50   # AniList's perPage maximum
 LIST_CHUNK = 500   # MediaListCollection's perChunk maximum
-MAX_SKIPPED_PAGES = 5  # user pages refused in a row: the query itself is broken; stop
+LIST_CAP = 11_000  # MediaListCollection returns at most this many most recently updated entries
+MAX_SKIPPED_PAGES = 5  # user pages skipped in a row (404s): nothing more to find; stop
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,12 +134,22 @@ class CrawlError(AnirankError):
 
 
 class GraphQLError(CrawlError):
-    """AniList answered with GraphQL ``errors`` (private user, deleted title, invalid
-    query): the item is skipped with this message, never retried."""
+    """AniList answered with GraphQL ``errors``; one of the two kinds below."""
 
     def __init__(self, messages: list[str], status: int):
         super().__init__("; ".join(messages) + f" (HTTP {status})")
         self.status = status
+
+
+class NotFound(GraphQLError):
+    """An answer about one item: HTTP 404 "Not Found." (a private, deleted or unknown
+    user). The item is skipped with this message, never retried; the crawl goes on."""
+
+
+class QueryRejected(GraphQLError):
+    """AniList refused the query itself (HTTP 400: a validation error, "Max query
+    complexity should be 500 ..."): every item would fail alike, so the crawl stops with
+    this message and marks no item; rerun once the query is fixed."""
 
 
 class TransientError(CrawlError):
@@ -130,26 +173,45 @@ class ClientStats:
 
 
 class RateLimiter:
-    """At most ``per_minute`` request starts in any 60 s (evenly spaced), plus a pause
-    when the server says few requests remain in its window. ``per_minute <= 0``: off."""
+    """At most ``per_window`` requests completed in any ``window`` seconds (a sliding
+    window over completion times), and starts spread evenly (``window / per_window``
+    apart: no bursts for AniList's burst limiter). Counting completions rather than
+    starts is what makes it hold at the server: the next request starts only once the
+    ``per_window``-th most recent one completed ``window`` seconds ago, so however long a
+    request waited in transit or in the server's queue before it was counted, the server
+    never counts more than ``per_window`` in its window. ``per_window <= 0``: off (429
+    pauses still hold)."""
 
-    def __init__(self, per_minute: float, clock=time.monotonic, sleep=time.sleep):
-        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+    def __init__(self, per_window: float, window: float = RATE_WINDOW,
+                 clock=time.monotonic, sleep=time.sleep):
+        # A fractional rate (e.g. 0.5 a minute): one request per a longer window.
+        self.limit = max(1, math.floor(per_window)) if per_window > 0 else 0
+        self.window = window * self.limit / per_window if per_window > 0 else 0.0
+        self.interval = self.window / self.limit if self.limit else 0.0
         self.clock, self.sleep = clock, sleep
-        self._next = 0.0
+        self._completed: collections.deque = collections.deque(maxlen=self.limit or 1)
+        self._last_start = -math.inf
         self._hold_until = 0.0
 
     def wait(self) -> float:
         """Sleeps until the next request may start; returns the seconds slept."""
         now = self.clock()
-        start = max(now, self._next, self._hold_until)
+        start = max(now, self._hold_until)
+        if self.limit:
+            start = max(start, self._last_start + self.interval)
+            if len(self._completed) == self.limit:
+                start = max(start, self._completed[0] + self.window)
         if start > now:
             self.sleep(start - now)
-        self._next = start + self.interval
+        self._last_start = start
         return start - now
 
+    def completed(self) -> None:
+        """Records that a request completed (answered, failed or timed out) now."""
+        self._completed.append(self.clock())
+
     def hold(self, seconds: float) -> None:
-        """No request for ``seconds`` from now (429, low remaining budget, API paused)."""
+        """No request for ``seconds`` from now (429, a paused API, backoff)."""
         self._hold_until = max(self._hold_until, self.clock() + seconds)
 
 
@@ -158,7 +220,8 @@ class AniListClient:
 
     Args:
       endpoint: GraphQL URL (tests point it at a stand-in server on 127.0.0.1).
-      rate: requests per minute (0 = no client-side limit).
+      rate: requests per ``window`` (a minute), at most (0 = no client-side limit).
+      window: seconds of the rate's sliding window (tests shorten it).
       max_retries: retries of a transient failure before giving up on the item.
       backoff: base seconds of the exponential backoff (doubling, with full jitter).
       timeout: seconds per request.
@@ -166,11 +229,12 @@ class AniListClient:
     """
 
     def __init__(self, endpoint: str = ENDPOINT, *, rate: float = DEFAULT_RATE,
-                 max_retries: int = 5, backoff: float = 2.0, max_backoff: float = 120.0,
-                 timeout: float = 30.0, max_requests: int | None = None,
-                 session: requests.Session | None = None, sleep=time.sleep):
+                 window: float = RATE_WINDOW, max_retries: int = 5, backoff: float = 2.0,
+                 max_backoff: float = 120.0, timeout: float = 30.0,
+                 max_requests: int | None = None, session: requests.Session | None = None,
+                 sleep=time.sleep):
         self.endpoint = endpoint
-        self.limiter = RateLimiter(rate, sleep=sleep)
+        self.limiter = RateLimiter(rate, window, sleep=sleep)
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.timeout, self.max_requests = timeout, max_requests
         self.session = session or requests.Session()
@@ -190,7 +254,8 @@ class AniListClient:
         """The ``data`` of one GraphQL request.
 
         Raises:
-          GraphQLError: AniList answered with ``errors``.
+          NotFound: HTTP 404 "Not Found." (a private or missing user): this item only.
+          QueryRejected: any other GraphQL error (HTTP 400: invalid or too complex).
           TransientError: failures outlived ``max_retries``.
           BudgetExhausted: ``max_requests`` reached.
         """
@@ -210,9 +275,11 @@ class AniListClient:
                 reason = "timeout"
             except requests.ConnectionError as err:
                 reason = f"connection error: {type(err).__name__}"
+            finally:
+                self.limiter.completed()
             if reason is None:
-                self._note_budget(response)
                 if response.status_code == 429:
+                    # AniList: a 1-minute timeout; Retry-After says how long is left.
                     self.stats.rate_limited += 1
                     limited += 1
                     if limited > 20:
@@ -232,8 +299,7 @@ class AniListClient:
                     else:
                         errors = body.get("errors") if isinstance(body, dict) else None
                         if errors:
-                            raise GraphQLError([str(e.get("message", e)) for e in errors],
-                                               response.status_code)
+                            raise _graphql_error(errors, response.status_code)
                         if response.status_code != 200 or not isinstance(body.get("data"), dict):
                             reason = f"HTTP {response.status_code} without data"
                         else:
@@ -260,15 +326,15 @@ class AniListClient:
                 pass
         return 60.0
 
-    def _note_budget(self, response) -> None:
-        # Slow down before the server's window runs out rather than collecting 429s.
-        remaining = response.headers.get("X-RateLimit-Remaining")
-        if remaining is not None and remaining.isdigit() and int(remaining) <= 1:
-            reset = response.headers.get("X-RateLimit-Reset")
-            wait = 60.0
-            if reset and reset.replace(".", "", 1).isdigit():
-                wait = min(max(float(reset) - time.time(), 0.0), 60.0)
-            self._pause(wait)
+
+def _graphql_error(errors: list, http_status: int) -> GraphQLError:
+    """Which kind of GraphQL error AniList's ``errors`` are: about one item (404, every
+    error "status": 404) or about the query (anything else)."""
+    messages = [str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors]
+    statuses = {e.get("status") if isinstance(e, dict) else None for e in errors}
+    if http_status == 404 or statuses == {404}:
+        return NotFound(messages, http_status)
+    return QueryRejected(messages, http_status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,18 +416,22 @@ def _frame(rows: list[dict], columns) -> pd.DataFrame:
 class Summary:
     """What one crawl command did. ``skipped`` and ``failed`` count items by reason;
     ``entries`` is None for commands that fetch no list entries (users, media), and is
-    then left out of the printed summary."""
+    then left out of the printed summary, with ``capped`` (lists AniList cut at
+    ``LIST_CAP`` entries). ``stopped`` says why the crawl stopped early; ``rejected``:
+    because AniList rejected a query (the command then exits 1)."""
 
     fetched: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
     failed: Counter = dataclasses.field(default_factory=Counter)
     entries: int | None = None
+    capped: int = 0
     stopped: str | None = None
+    rejected: bool = False
 
     def as_dict(self, client: AniListClient, seconds: float) -> dict:
         out = {"fetched": self.fetched}
         if self.entries is not None:
-            out["entries"] = self.entries
+            out.update({"entries": self.entries, "capped lists": self.capped})
         return {**out, "skipped": dict(self.skipped), "failed": dict(self.failed),
                 "requests": client.stats.requests, "429s": client.stats.rate_limited,
                 "retries": client.stats.retries, "stopped": self.stopped,
@@ -378,18 +448,20 @@ def _attempt(conn, summary: Summary, fetch, kind: str, ids=(), *,
     of ``kind`` (a title batch: several; a user name: none), and applies the crawl's
     error policy. Returns ``("done", what fetch returned)`` or ``(outcome, None)``:
 
-    - ``"skipped"``: AniList answered with a GraphQL error (private user, deleted title,
-      invalid query); counted with its message, the ids recorded skipped: never retried.
+    - ``"skipped"``: AniList answered about this item (HTTP 404 "Not Found.": a private
+      or deleted user); counted with its message, the ids recorded skipped: never retried.
     - ``"failed"``: a transient failure outlived the retries; counted with its reason and,
       with ``requeue``, the ids recorded failed, so the crawl's next run retries them
       (without: the crawl retries the item its own way, e.g. from its cursor).
-    - ``"stopped"``: the request budget is used up; ``summary.stopped`` says so and the
-      crawl stops cleanly (rerun to continue).
+    - ``"stopped"``: the request budget is used up, or AniList rejected the query itself
+      (HTTP 400: invalid, too complex), which every item would meet alike:
+      ``summary.stopped`` says which (``summary.rejected`` for the latter), no id is
+      marked, and the crawl stops (rerun to continue, once the query is fixed).
     """
     try:
         return "done", fetch()
-    except (GraphQLError, TransientError) as err:
-        outcome = "skipped" if isinstance(err, GraphQLError) else "failed"
+    except (NotFound, TransientError) as err:
+        outcome = "skipped" if isinstance(err, NotFound) else "failed"
         counts = summary.skipped if outcome == "skipped" else summary.failed
         counts[_reason(str(err))] += len(ids) or 1
         if ids and (outcome == "skipped" or requeue):
@@ -397,6 +469,10 @@ def _attempt(conn, summary: Summary, fetch, kind: str, ids=(), *,
                 for item_id in ids:
                     store.set_state(conn, kind, item_id, outcome, str(err))
         return outcome, None
+    except QueryRejected as err:
+        summary.stopped = f"AniList rejected the query: {err}"
+        summary.rejected = True
+        return "stopped", None
     except BudgetExhausted as err:
         summary.stopped = str(err)
         return "stopped", None
@@ -443,8 +519,10 @@ def crawl_users(conn, client: AniListClient, *, pages: int | None = None,
                 per_page: int = 50, ids: list[int] | None = None,
                 names: list[str] | None = None, min_entries: int = 0,
                 active_days: int | None = None, progress: bool = True) -> Summary:
-    """Discovers users (paged ``Page { users }`` from the saved cursor, or the given ids
-    or names), stores the curated ones and queues their lists."""
+    """Stores the given users (``ids`` / ``names``) or, without them, discovers users
+    (paged ``Page { users }`` from the saved cursor), keeps the curated ones and queues
+    their lists. Discovery is what AniList's terms warn about: ``main`` runs it only on
+    ``--discover``."""
     summary = Summary()
     if ids is not None or names is not None:
         items = [("id", i) for i in ids or []] + [("name", n) for n in names or []]
@@ -467,8 +545,8 @@ def crawl_users(conn, client: AniListClient, *, pages: int | None = None,
     bar = tqdm(total=pages, desc="user pages", disable=not progress)
     fetched_pages = skipped_in_a_row = 0
     while pages is None or fetched_pages < pages:
-        # A page that failed stops the crawl, its cursor left on it: the next run
-        # retries it. A page AniList refuses (GraphQL error) is skipped for good.
+        # A page that failed or was rejected stops the crawl, its cursor left on it: the
+        # next run retries it. A page answered "Not Found." is skipped for good.
         outcome, data = _attempt(
             conn, summary, lambda: client.query(
                 USERS_PAGE_QUERY, {"page": page, "perPage": per_page})["Page"],
@@ -477,8 +555,7 @@ def crawl_users(conn, client: AniListClient, *, pages: int | None = None,
             break
         skipped_in_a_row = skipped_in_a_row + 1 if outcome == "skipped" else 0
         if skipped_in_a_row == MAX_SKIPPED_PAGES:
-            summary.stopped = (f"{MAX_SKIPPED_PAGES} user pages in a row answered with "
-                               "GraphQL errors")
+            summary.stopped = f"{MAX_SKIPPED_PAGES} user pages in a row not found"
             break
         data = data or {}  # a skipped page: no users from it, on to the next
         more = outcome == "skipped" or bool((data.get("pageInfo") or {}).get("hasNextPage"))
@@ -494,34 +571,58 @@ def crawl_users(conn, client: AniListClient, *, pages: int | None = None,
     return summary
 
 
+def _favourite_ids(connection: dict | None) -> tuple[set[int], bool]:
+    """A ``favourites { anime }`` page: its media ids, and whether another page follows."""
+    anime = ((connection or {}).get("favourites") or {}).get("anime") or {}
+    ids = {n["id"] for n in anime.get("nodes") or [] if n}
+    return ids, bool((anime.get("pageInfo") or {}).get("hasNextPage"))
+
+
 def fetch_list(client: AniListClient, user_id: int) -> tuple[list[dict], set[int]]:
-    """All chunks of a user's anime list collection, and their favourite anime ids."""
-    lists, favourites, chunk = [], set(), 1
+    """All chunks of a user's anime list collection, and their favourite anime ids: the
+    first page of favourites with the first chunk, the pages after it (25 a page) on
+    their own, each asked once."""
+    lists, favourites, more, chunk = [], set(), False, 1
     while True:
         data = client.query(LIST_QUERY, {"userId": user_id, "chunk": chunk,
-                                         "perChunk": LIST_CHUNK})["MediaListCollection"]
+                                         "perChunk": LIST_CHUNK,
+                                         "withFavourites": chunk == 1})["MediaListCollection"]
         if data is None:
-            raise GraphQLError(["no list collection returned"], 200)
+            raise NotFound(["no list collection returned"], 200)
         lists.extend(data.get("lists") or [])
-        user = data.get("user") or {}
-        nodes = ((((user.get("favourites") or {}).get("anime")) or {}).get("nodes")) or []
-        favourites |= {n["id"] for n in nodes}
+        if chunk == 1:
+            favourites, more = _favourite_ids(data.get("user"))
         if not data.get("hasNextChunk"):
-            return lists, favourites
+            break
         chunk += 1
+    page = 1
+    while more:
+        page += 1
+        user = client.query(FAVOURITES_QUERY, {"userId": user_id, "page": page})["User"]
+        found, more = _favourite_ids(user)
+        favourites |= found
+    return lists, favourites
 
 
-def save_list(conn, user_id: int, rows: list[dict]) -> None:
+def capped_note() -> str:
+    """The crawl-state message of a list AniList cut at ``LIST_CAP`` entries."""
+    return (f"capped: AniList returned only the {LIST_CAP:,} most recently updated "
+            "entries")
+
+
+def save_list(conn, user_id: int, rows: list[dict], note: str | None = None) -> None:
     """Replaces the user's entries with ``rows``, queues unseen titles, marks the list
-    done: one transaction, so a crash never leaves half a list."""
+    done (with ``note``): one transaction, so a crash never leaves half a list."""
     with store.transaction(conn):
         store.replace_user_entries(conn, user_id, _frame(rows, store.ENTRY_COLUMNS))
         store.enqueue(conn, "media", [r["media_id"] for r in rows])
-        store.set_state(conn, "lists", user_id, "done")
+        store.set_state(conn, "lists", user_id, "done", note)
 
 
 def crawl_lists(conn, client: AniListClient, *, progress: bool = True) -> Summary:
-    """Fetches the list of every user whose list is pending or failed."""
+    """Fetches the list of every user whose list is pending or failed. A list of
+    ``LIST_CAP`` entries is what AniList cuts longer lists to (their most recently
+    updated entries): it is kept, noted in its crawl state and counted as capped."""
     summary = Summary(entries=0)
     for user_id in tqdm(store.pending(conn, "lists"), desc="lists", unit="user",
                         disable=not progress):
@@ -532,9 +633,11 @@ def crawl_lists(conn, client: AniListClient, *, progress: bool = True) -> Summar
         if outcome != "done":
             continue
         rows = entry_rows(user_id, *fetched)
-        save_list(conn, user_id, rows)
+        capped = len(rows) >= LIST_CAP
+        save_list(conn, user_id, rows, capped_note() if capped else None)
         summary.fetched += 1
         summary.entries += len(rows)
+        summary.capped += capped
     return summary
 
 
@@ -572,26 +675,35 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
 
 def crawl_refresh(conn, client: AniListClient, *, progress: bool = True) -> Summary:
     """Re-queues the lists of users whose newest list update is later than what the store
-    has (one small request per user); ``main`` then fetches those lists and any new
-    titles. A user AniList now refuses (e.g. gone private) is skipped, as the lists crawl
-    skips them; a check that failed is asked again by the next refresh."""
+    has, or whose list now holds fewer entries than the store has (entries deleted: the
+    newest update alone would never show it), with one small request per user; ``main``
+    then fetches those lists and any new titles. A user AniList now refuses (e.g. gone
+    private) is skipped, as the lists crawl skips them; a check that failed is asked again
+    by the next refresh."""
     summary = Summary()
     users = store.crawl_items(conn, "lists", ("done",))
     for user_id in tqdm(users, desc="refresh", unit="user", disable=not progress):
         outcome, found = _attempt(conn, summary, lambda: client.query(
-            LAST_UPDATE_QUERY, {"userId": user_id})["Page"]["mediaList"],
-            "lists", [user_id], requeue=False)
+            REFRESH_QUERY, {"userId": user_id}), "lists", [user_id], requeue=False)
         if outcome == "stopped":
             break
         if outcome != "done":
             continue
-        latest = max((m.get("updatedAt") or 0 for m in found or []), default=0)
+        latest = max((m.get("updatedAt") or 0 for m in found["Page"]["mediaList"] or []),
+                     default=0)
+        anime = ((found.get("User") or {}).get("statistics") or {}).get("anime") or {}
+        statuses = anime.get("statuses")
+        count = None if statuses is None else sum(s.get("count") or 0 for s in statuses)
         if latest > (store.latest_entry_update(conn, user_id) or 0):
-            with store.transaction(conn):
-                store.set_state(conn, "lists", user_id, "pending", "changed since last crawl")
-            summary.fetched += 1
+            why = "changed since last crawl"
+        elif count is not None and count < store.entry_count(conn, user_id):
+            why = "entries removed since last crawl"
         else:
             summary.skipped["unchanged"] += 1
+            continue
+        with store.transaction(conn):
+            store.set_state(conn, "lists", user_id, "pending", why)
+        summary.fetched += 1
     return summary
 
 
@@ -614,14 +726,44 @@ def _read_ids(path: str) -> list[int]:
     return [int(x) for x in lines]
 
 
+def _check_users_choice(args) -> None:
+    """``users`` needs one way to choose users: a curated list, or opt-in discovery."""
+    curated = args.ids is not None or args.names is not None
+    if args.discover and curated:
+        raise InputError("--discover pages through arbitrary users and --ids / --names "
+                         "fetch the users listed; pass one or the other.")
+    if not args.discover and not curated:
+        raise InputError("users needs --ids FILE / --names FILE (a curated list of users) "
+                         "or --discover --pages N (arbitrary users, opt-in: AniList's terms "
+                         "forbid mass collection).")
+    if args.pages is not None and not args.discover:
+        raise InputError("--pages counts discovery pages; it goes with --discover.")
+    if args.pages is not None and args.pages < 1:
+        raise InputError(f"--pages must be at least 1, not {args.pages}.")
+
+
+def discovery_notice(pages: int, rate: float, max_requests: int | None) -> str:
+    """What ``users --discover`` prints first: AniList's terms and its request budget."""
+    budget = pages if max_requests is None else min(pages, max_requests)
+    time_taken = (f", about {math.ceil(budget / rate)} min at {rate:g} requests/minute"
+                  if rate > 0 else "")
+    return (f"AniList's terms of use ({TERMS}) forbid using the API as a data store and "
+            "hoarding or mass collection of its data; they are lenient with purely "
+            "educational projects. --discover pages through arbitrary users: this run "
+            f"makes up to {budget} request{'s' * (budget != 1)} ({pages} page"
+            f"{'s' * (pages != 1)} of 50 users{time_taken}), and `lists` then makes at "
+            "least one more per user kept. Collect only what your project needs.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
     group.add_argument("--db", default="data/anilist.db", help="raw store (default: %(default)s)")
     group.add_argument("--endpoint", default=ENDPOINT, help="GraphQL endpoint (default: %(default)s)")
     group.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                       help="requests per minute, at most; 0 turns the client-side limit off "
-                            "(default: %(default)s; AniList documents 90 but runs at 30)")
+                       help="requests completed in any minute, at most; 0 turns the "
+                            "client-side limit off (default: %(default)s; AniList documents "
+                            "90 but runs degraded at 30, which its headers do not show)")
     group.add_argument("--max-requests", type=int, default=None,
                        help="stop cleanly after this many requests; rerun to continue "
                             "(default: no limit)")
@@ -634,41 +776,51 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
 
     parser = argparse.ArgumentParser(
-        prog="python data_query.py", description="\n\n".join(__doc__.split("\n\n")[:2]),
+        prog="python data_query.py", description="\n\n".join(__doc__.split("\n\n")[:3]),
         epilog="Typical crawl: users, then lists, then media; refresh later for updates. "
-               "Every command resumes where the last one stopped.",
+               "Every command resumes where the last one stopped. Exit status: 0 done or "
+               "stopped cleanly (--max-requests), 1 stopped because AniList rejected a "
+               "query, 2 bad input.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     users = sub.add_parser(
-        "users", parents=[common], help="discover users and store their profile statistics",
-        description="Discovers users with paged `Page { users }` queries, resuming at the "
-                    "saved page, or fetches the users listed in --ids / --names files; "
-                    "stores the profiles and anime statistics of those that pass the "
-                    "curation filters and queues their lists.")
-    users.add_argument("--pages", type=int, default=1,
-                       help="discovery pages of 50 users to fetch this run (default: %(default)s)")
-    users.add_argument("--ids", help="file with one AniList user id per line, fetched "
-                                     "instead of discovery pages (default: none)")
-    users.add_argument("--names", help="file with one AniList user name per line, fetched "
-                                       "instead of discovery pages (default: none)")
+        "users", parents=[common], help="store users' profile statistics, queue their lists",
+        description="Fetches the users listed in --ids / --names files (the default way: a "
+                    "curated list), or, with --discover, pages through arbitrary users "
+                    "with `Page { users }` queries, resuming at the saved page. Stores the "
+                    "profiles and anime statistics of those that pass the curation filters "
+                    "and queues their lists. AniList's terms of use forbid hoarding or mass "
+                    f"collection of its data ({TERMS}): discovery is opt-in and says what "
+                    "it will cost first.")
+    users.add_argument("--ids", help="file with one AniList user id per line (default: none)")
+    users.add_argument("--names", help="file with one AniList user name per line (default: none)")
+    users.add_argument("--discover", action="store_true",
+                       help="page through arbitrary users instead of a list (opt-in; prints "
+                            "AniList's terms and the requests it will make)")
+    users.add_argument("--pages", type=int, default=None,
+                       help="with --discover: pages of 50 users to fetch this run "
+                            "(default: 1)")
     users.add_argument("--min-entries", type=int, default=0,
                        help="keep users with at least this many anime entries (default: %(default)s)")
     users.add_argument("--active-days", type=int, default=None,
                        help="keep users updated within this many days (default: no limit)")
     sub.add_parser("lists", parents=[common], help="fetch the anime lists of queued users",
                    description="Fetches MediaListCollection (all chunks, custom lists "
-                               "included) of every user whose list is pending or failed, "
-                               "and writes each user's entries with their done mark in one "
-                               "transaction.")
+                               "included, favourites once per user) of every user whose "
+                               "list is pending or failed, and writes each user's entries "
+                               "with their done mark in one transaction. AniList returns at "
+                               f"most the {LIST_CAP:,} most recently updated entries of a "
+                               "list: such lists are counted as capped.")
     sub.add_parser("media", parents=[common], help="fetch metadata of titles seen in lists",
                    description="Fetches metadata (titles, format, episodes, studio, genres, "
                                "tags, scores, ...) for every title in the entries that the "
                                "store lacks, 50 per request.")
     sub.add_parser("refresh", parents=[common], help="re-fetch lists that changed",
                    description="For each crawled user, asks for the time of their newest "
-                               "list update; re-fetches the lists that changed since the "
-                               "last crawl, then fetches metadata of new titles.")
+                               "list update and their entry count; re-fetches the lists "
+                               "that changed or shrank since the last crawl, then fetches "
+                               "metadata of new titles.")
     return parser
 
 
@@ -677,14 +829,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     progress = not args.quiet
     try:
+        if args.command == "users":
+            _check_users_choice(args)
+            ids = _read_ids(args.ids) if args.ids else None
+            names = _read_lines(args.names) if args.names else None
+            if args.discover:
+                args.pages = args.pages or 1
+                print(discovery_notice(args.pages, args.rate, args.max_requests),
+                      file=sys.stderr)
         client = AniListClient(args.endpoint, rate=args.rate, max_retries=args.max_retries,
                                timeout=args.timeout, max_requests=args.max_requests)
         conn = store.connect(args.db)
         try:
             store.claim_source(conn, "anilist", args.db)
             if args.command == "users":
-                ids = _read_ids(args.ids) if args.ids else None
-                names = _read_lines(args.names) if args.names else None
                 summary = crawl_users(conn, client, pages=args.pages, ids=ids, names=names,
                                       min_entries=args.min_entries,
                                       active_days=args.active_days, progress=progress)
@@ -693,21 +851,34 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "media":
                 summary = crawl_media(conn, client, progress=progress)
             else:
-                summary = crawl_refresh(conn, client, progress=progress)
-                summary.entries = 0  # the re-fetched lists' entries, below
-                if not summary.stopped:
-                    lists = crawl_lists(conn, client, progress=progress)
-                    media = crawl_media(conn, client, progress=progress)
-                    summary.entries = lists.entries
-                    summary.failed.update(lists.failed + media.failed)
-                    summary.stopped = lists.stopped or media.stopped
+                summary = _refresh(conn, client, progress)
         finally:
             conn.close()
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict(client, time.perf_counter() - start), indent=2))
+    if summary.rejected:
+        print(f"error: {summary.stopped}; the crawl stopped and marked nothing: rerun "
+              "once the query is fixed.", file=sys.stderr)
+        return 1
     return 0
+
+
+def _refresh(conn, client: AniListClient, progress: bool) -> Summary:
+    """``refresh``: the checks, then the lists they re-queued, then new titles; one
+    summary (``fetched``: lists re-queued)."""
+    summary = crawl_refresh(conn, client, progress=progress)
+    summary.entries = 0  # the re-fetched lists' entries, below
+    for crawl in (crawl_lists, crawl_media):
+        if summary.stopped:
+            break
+        part = crawl(conn, client, progress=progress)
+        summary.entries += part.entries or 0
+        summary.capped += part.capped
+        summary.failed.update(part.failed)
+        summary.stopped, summary.rejected = part.stopped, part.rejected
+    return summary
 
 
 if __name__ == "__main__":

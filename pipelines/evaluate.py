@@ -82,9 +82,10 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     if truth is not None:
         scorers["oracle"] = _oracle_keys(truth, tables)[0]
     n_train = tables.users["n_train"].to_numpy()
-    curves, by_activity = {}, {}
+    curves, by_activity, users = {}, {}, {}
     for name, fn in scorers.items():
         rows, per_user = protocol.rank_per_user(fn, tables, "test", ks=CURVE_KS)
+        users[name] = per_user   # the same users, in the same order, for every scorer
         curves[name] = {k: float(np.nanmean(v)) for k, v in per_user.items()}
         by_activity[name] = {}
         for (lo, hi), label in zip(BUCKETS, _bucket_names()):
@@ -98,6 +99,9 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     ids_only = saved.get("retrieval", {}).get("ids_only")
     return {
         "curves": curves, "by_activity": by_activity,
+        "differences": _differences(users, "two-tower", [n for n in ("EASE", "most popular")
+                                                          if n in users],
+                                    ("recall@100", "ndcg@10")),
         "ease": None if ease is None else {"lambda": ease["lambda"]},
         "ids_only": None if ids_only is None else {
             k: ids_only[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")},
@@ -130,9 +134,10 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                                         media[rows.reshape(-1)]).reshape(rows.shape)
         held["oracle (true expected score)"] = protocol.list_metrics(expected, lists)
         extra["oracle"] = _oracle_keys(truth, tables)[1]
+    per_user = {}
     e2e = protocol.end_to_end(tables, lambda t, l: artifact.score_lists(ranker, t, l),
                               *retrieval.top(tables, "test", config.num_candidates),
-                              extra_orders=extra, ks=E2E_KS)
+                              extra_orders=extra, ks=E2E_KS, per_user=per_user)
     losses = {name: {"ndcg": m["ndcg"], "ndcg@5": m["ndcg@5"]}
               for name, m in saved.get("ranking", {}).get("losses", {}).items()}
     mask = lists.mask
@@ -142,11 +147,22 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         pairs["true_expected"] = expected[mask]
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
                "held_out_users": len(lists), "end_to_end": e2e,
+               "differences": _differences(per_user, "ranked", ["retrieval_order", "popularity order"],
+                                           ("ndcg@10", "recall@10", "mrr")),
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
     if expected is not None:
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
             pairs["ranker"], pairs["true_expected"])
     return section, pairs
+
+
+def _differences(per_user: dict, system: str, others: list, metrics) -> dict:
+    """``{"<system> - <other>": {metric: paired bootstrap}}``: how much ``system`` beats
+    each of ``others`` on the same users, with a 95% CI."""
+    return {f"{system} - {other}": {m: protocol.paired_bootstrap(per_user[system][m],
+                                                                 per_user[other][m])
+                                    for m in metrics}
+            for other in others}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -231,6 +247,23 @@ def _dropped_lines(dropped: dict) -> list[str]:
         f"`{name}` ({reason})" for name, reason in dropped.items()) + ".", ""]
 
 
+def _difference_lines(differences: dict | None) -> list[str]:
+    """The paired-bootstrap table: each difference with its CI, noise called noise."""
+    if not differences:
+        return []
+    first = next(iter(next(iter(differences.values())).values()))
+    lines = [f"Differences on the same test users (paired bootstrap, users resampled "
+             f"{first['draws']:,} times, {first['level']:.0%} CI; a difference whose interval "
+             "holds 0 is noise):", "", "| comparison | metric | difference | CI | verdict |",
+             "|---|---|---|---|---|"]
+    for name, by_metric in differences.items():
+        for metric, d in by_metric.items():
+            lines.append(f"| {name.replace('_', ' ')} | {metric} | {num(d['difference'], '+.4f')} | "
+                         f"[{num(d['ci'][0], '+.4f')}, {num(d['ci'][1], '+.4f')}] | "
+                         f"{'significant' if d['significant'] else 'not significant'} |")
+    return lines + [""]
+
+
 def render(metrics: dict) -> str:
     """report.md, from the metrics dict alone (so its numbers are metrics.json's)."""
     r = metrics["retrieval"]
@@ -261,7 +294,8 @@ def render(metrics: dict) -> str:
         lines.append(f"| {name} Recall@100 | " + " | ".join(
             f"{num(buckets[b]['recall@100'])} ({buckets[b]['users']})" for b in _bucket_names()) + " |")
     x = r["index"]
-    lines += ["", "![By activity](by_activity.png)", "", "### ScaNN against brute force", "",
+    lines += ["", "![By activity](by_activity.png)", "", *_difference_lines(r.get("differences")),
+              "### ScaNN against brute force", "",
               f"Tree + asymmetric hashing over {x['candidates']:,} candidates, "
               f"{x['queries']:,} test-user queries, k = {x['k']}: recall {num(x['scann_recall'])}; "
               f"{x['scann_queries_per_second']:,.0f} queries/s vs "
@@ -280,7 +314,8 @@ def render(metrics: dict) -> str:
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],
-                        END_TO_END_COLUMNS, label="order")]
+                        END_TO_END_COLUMNS, label="order"), "",
+                  *_difference_lines(k.get("differences"))]
         corr = k["score_correlation"]
         lines += ["", "![NDCG@K end to end](ndcg_end_to_end.png)", "",
                   "Correlation of ranker scores with users' scores on held-out titles: "

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.tables import FeatureTables
-from ranking.metrics import (hits, list_ndcg, ndcg_at_k, order_metrics, random_list_ndcg,
-                             recall_at_k)
+from ranking.metrics import (hits, list_ndcg, ndcg_at_k, order_metrics_per_query,
+                             random_list_ndcg, recall_at_k)
 from towers.topk import top_k
 
 KS = (10, 50, 100)
@@ -180,14 +180,15 @@ def baseline_list_metrics(tables: FeatureTables, lists: Lists) -> dict:
 
 def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
                candidate_scores: np.ndarray, extra_orders: dict | None = None,
-               ks=(10,)) -> dict:
+               ks=(10,), per_user: dict | None = None) -> dict:
     """Reorder each test user's retrieved ``candidate_rows`` ``[num_users, C]`` (titles
     seen before the test period already left out; -1 = padding) with
     ``score_lists(tables, lists) -> [n, C]``, and score the ranked order and the
     retrieval order against the user's test interactions.
 
     ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
-    (the report adds popularity and the oracle)."""
+    (the report adds popularity and the oracle). ``per_user``: a dict that receives
+    ``{order name: {metric: [users]}}`` (for paired comparisons)."""
     test = tables.pairs("test")
     users = np.unique(test["user_row"])
     cand = candidate_rows[users]
@@ -203,5 +204,30 @@ def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
         orders[name] = fn(users, cand)
     out = {"users": int(len(users)), "candidates": num_candidates}
     for name, order_scores in orders.items():
-        out[name] = order_metrics(cand, order_scores, relevant, n_relevant, ks)
+        values = order_metrics_per_query(cand, order_scores, relevant, n_relevant, ks)
+        out[name] = {k: float(np.mean(v)) if k == "mrr" else mean(v) for k, v in values.items()}
+        if per_user is not None:
+            per_user[name] = values
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Uncertainty.
+
+def paired_bootstrap(a, b, draws: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """The mean per-user difference ``a - b`` of two systems scored on the same users
+    (users where either is NaN left out) and its bootstrap confidence interval: users
+    resampled with replacement ``draws`` times (seeded). ``significant``: the interval
+    excludes 0. Differences inside it are noise and are reported as such."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    d = a[both] - b[both]
+    if len(d) < 2:
+        return {"difference": None, "ci": [None, None], "level": level, "users": int(len(d)),
+                "draws": draws, "significant": False}
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), (min(100, draws - i), len(d)))].mean(1)
+                            for i in range(0, draws, 100)])   # 100 draws at a time: bounded memory
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"difference": float(d.mean()), "ci": [float(lo), float(hi)], "level": level,
+            "users": int(len(d)), "draws": draws, "significant": bool(lo > 0 or hi < 0)}

@@ -424,6 +424,12 @@ def latest_entry_update(conn: sqlite3.Connection, user_id: int) -> int | None:
                         (int(user_id),)).fetchone()[0]
 
 
+def entry_count(conn: sqlite3.Connection, user_id: int) -> int:
+    """How many entries the store has on the user's list."""
+    return conn.execute("SELECT COUNT(*) FROM entries WHERE user_id=?",
+                        (int(user_id),)).fetchone()[0]
+
+
 # ---------------------------------------------------------------------------------------
 # Reads. Columnar: rows are fetched in blocks and turned into typed numpy columns, so a
 # 7M-entry store reads in seconds without holding 7M Python tuples at once.

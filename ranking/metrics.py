@@ -107,9 +107,11 @@ def mrr(hit: np.ndarray) -> np.ndarray:
     return np.where(hit.any(1), 1.0 / (first + 1), 0.0)
 
 
-def order_metrics(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarray,
-                  n_relevant: np.ndarray, ks=(10,)) -> dict:
-    """Metrics of ordering each query's candidate list by ``scores`` (best first).
+def order_metrics_per_query(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarray,
+                            n_relevant: np.ndarray, ks=(10,)) -> dict:
+    """Metrics of ordering each query's candidate list by ``scores`` (best first), per
+    query: ``{"ndcg@k", "recall@k" for k in ks, "mrr"}``, each ``[queries]`` (NaN for
+    NDCG and recall where nothing is relevant; MRR 0 without a hit).
 
     Args:
       candidates: ``[queries, C]`` item indices (-1 = padding, ranked last).
@@ -117,16 +119,20 @@ def order_metrics(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarr
       relevant: ``[queries, num_items]`` bool.
       n_relevant: ``[queries]`` relevant items per query (recall's denominator: those
         retrieval missed count too).
-
-    Returns:
-      ``{"ndcg@k", "recall@k" for k in ks, "mrr"}``, means over queries with something
-      relevant (MRR over all queries, 0 without a hit).
     """
     order = np.argsort(np.where(candidates >= 0, -scores, np.inf), axis=1, kind="stable")
     hit = hits(np.take_along_axis(candidates, order, axis=1), relevant)
     out = {}
     for k in ks:
-        out[f"ndcg@{k}"] = float(np.nanmean(ndcg_at_k(hit, n_relevant, k)))
-        out[f"recall@{k}"] = float(np.nanmean(recall_at_k(hit, n_relevant, k)))
-    out["mrr"] = float(np.mean(mrr(hit)))
+        out[f"ndcg@{k}"] = ndcg_at_k(hit, n_relevant, k)
+        out[f"recall@{k}"] = recall_at_k(hit, n_relevant, k)
+    out["mrr"] = mrr(hit).astype(np.float64)
     return out
+
+
+def order_metrics(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarray,
+                  n_relevant: np.ndarray, ks=(10,)) -> dict:
+    """The means of :func:`order_metrics_per_query`: NDCG and recall over queries with
+    something relevant, MRR over all queries."""
+    per_query = order_metrics_per_query(candidates, scores, relevant, n_relevant, ks)
+    return {k: float(np.mean(v) if k == "mrr" else np.nanmean(v)) for k, v in per_query.items()}

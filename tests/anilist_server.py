@@ -1,30 +1,41 @@
 """A stand-in AniList GraphQL server on 127.0.0.1 for the crawler's tests.
 
 It serves a world read from a raw store (e.g. a synthetic one) in AniList's response
-shapes, for the queries ``data_query.py`` sends, and can inject the faults the crawler
-must survive: 429 with Retry-After, 5xx, slow answers (timeouts), truncated JSON,
-private users (404 + GraphQL error), other GraphQL errors, titles AniList no longer
-returns, and a 403 "API disabled". It records when each request arrived, so tests
-measure the client's rate.
+shapes, for the queries ``data_query.py`` sends, and behaves as AniList does where the
+crawler must get it right: favourites 25 a page with ``pageInfo``, enum values in the
+version a query asks for (version 1 without one), lists cut to their ``list_cap`` most
+recently updated entries, private and unknown users as HTTP 404 "Not Found.", a
+complexity error for a media query of a ``perPage`` over ``max_media_per_page``, and,
+with ``rate_limit``, AniList's degraded rate limit (headers that say 90 while it enforces
+fewer, a 429 with ``Retry-After`` and a timeout when exceeded). It can inject the faults the crawler must
+survive: 429 with Retry-After, 5xx, slow answers (timeouts), truncated JSON, GraphQL
+errors, titles AniList no longer returns, and a 403 "API disabled". It records when each
+request arrived and when each was counted against the rate limit, so tests measure the
+client's rate as the server sees it.
 
 From the command line (the README's "Try it without network"), serving a store until
 Ctrl-C, e.g. the synthetic world `make run` writes:
 
     python -m tests.anilist_server --db data/anirank.db --port 8766
-    python data_query.py users --pages 10 --endpoint http://127.0.0.1:8766/ --rate 0
+    python data_query.py users --discover --pages 10 --endpoint http://127.0.0.1:8766/ --rate 0
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import json
+import math
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
+import graphql
 import pandas as pd
 
 from pipelines import store
@@ -39,9 +50,42 @@ def _float(v):
     return None if v is None or pd.isna(v) else float(v)
 
 
-GRAPHQL_ERROR = "Internal error in a resolver"  # what the "graphql" fault answers
+# What the "graphql" fault answers (HTTP 400): the example of AniList's guide to errors.
+GRAPHQL_ERROR = 'Cannot query field "nonexistentField" on type "MediaList".'
 STATUS_LISTS = {"COMPLETED": "Completed", "CURRENT": "Watching", "PAUSED": "Paused",
                 "DROPPED": "Dropped", "PLANNING": "Planning", "REPEATING": "Rewatching"}
+
+# AniList's schema, from its published API reference (tests/make_anilist_schema.py).
+SCHEMA_FILE = Path(__file__).with_name("anilist_schema.graphql")
+
+
+@lru_cache(maxsize=None)
+def schema() -> graphql.GraphQLSchema:
+    return graphql.build_schema(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def rejection(query) -> bytes | None:
+    """AniList's HTTP 400 body for a query that does not parse or does not validate
+    against its schema (every request is checked before it is answered), else None."""
+    if not isinstance(query, str) or not query.strip():
+        return _errors_body((graphql.GraphQLError("Must provide query string."),))
+    return _validated(query)
+
+
+@lru_cache(maxsize=256)  # the crawler sends a handful of distinct query texts
+def _validated(query: str) -> bytes | None:
+    try:
+        errors = graphql.validate(schema(), graphql.parse(query))
+    except graphql.GraphQLError as err:  # a syntax error
+        errors = [err]
+    return _errors_body(errors) if errors else None
+
+
+def _errors_body(errors) -> bytes:
+    return json.dumps({"errors": [
+        {"message": e.message, "status": 400,
+         "locations": [{"line": at.line, "column": at.column} for at in e.locations or ()]}
+        for e in errors], "data": None}).encode()
 
 
 def _fuzzy(seconds):
@@ -51,27 +95,104 @@ def _fuzzy(seconds):
     return {"year": d.year, "month": d.month, "day": d.day}
 
 
+# Enum values by version (AniList's reference: docs/reference/enum/mediasource.md and
+# mediastatus.md). A value newer than the version asked for is answered as OTHER /
+# RELEASING: what AniList answers then is not documented; the point is that it is not
+# the newer value.
+SOURCE_VERSIONS = {1: {"ORIGINAL", "MANGA", "LIGHT_NOVEL", "VISUAL_NOVEL", "VIDEO_GAME",
+                       "OTHER"}}
+SOURCE_VERSIONS[2] = SOURCE_VERSIONS[1] | {"NOVEL", "DOUJINSHI", "ANIME"}
+SOURCE_VERSIONS[3] = SOURCE_VERSIONS[2] | {"WEB_NOVEL", "LIVE_ACTION", "GAME", "COMIC",
+                                           "MULTIMEDIA_PROJECT", "PICTURE_BOOK"}
+STATUS_VERSIONS = {1: {"FINISHED", "RELEASING", "NOT_YET_RELEASED", "CANCELLED"}}
+STATUS_VERSIONS[2] = STATUS_VERSIONS[1] | {"HIATUS"}
+NOT_FOUND = {"message": "Not Found.", "status": 404}  # AniList's answer for a private user
+
+
+def _in_version(value, versions: dict, version, fallback):
+    known = versions.get(version or 1, versions[max(versions)])
+    return value if value is None or pd.isna(value) or value in known else fallback
+
+
+@lru_cache(maxsize=256)
+def _selections(query: str) -> dict:
+    """Each field name in ``query`` -> ``(arguments, directives)`` of its first selection:
+    ``{argument: value}`` and ``{directive: {argument: value}}``, a value being a literal
+    or ``"$name"`` for a variable."""
+    def value(node):
+        if isinstance(node, graphql.VariableNode):
+            return "$" + node.name.value
+        return graphql.value_from_ast_untyped(node)
+
+    def arguments(node):
+        return {a.name.value: value(a.value) for a in node.arguments or ()}
+
+    found = {}
+
+    class Fields(graphql.Visitor):
+        def enter_field(self, node, *_):
+            found.setdefault(node.name.value, (
+                arguments(node), {d.name.value: arguments(d) for d in node.directives or ()}))
+
+    graphql.visit(graphql.parse(query), Fields())
+    return found
+
+
+def _argument(query: str, variables: dict, field: str, name: str, default=None):
+    """The value ``field``'s argument ``name`` has in this request, or ``default``."""
+    value = _selections(query).get(field, ({}, {}))[0].get(name, default)
+    if isinstance(value, str) and value.startswith("$"):
+        value = variables.get(value[1:], default)
+    return default if value is None else value
+
+
+def _included(query: str, variables: dict, field: str) -> bool:
+    """Whether ``field`` is selected in this request (``@include`` / ``@skip`` applied)."""
+    if field not in _selections(query):
+        return False
+    directives = _selections(query)[field][1]
+    resolve = lambda v: variables.get(v[1:]) if isinstance(v, str) and v.startswith("$") else v  # noqa: E731
+    if "include" in directives and not resolve(directives["include"].get("if")):
+        return False
+    return not ("skip" in directives and resolve(directives["skip"].get("if")))
+
+
 class AniListStandIn(LoopbackServer):
     """``with AniListStandIn(db) as server: server.url``.
 
     Attributes:
       faults: ``{key: [fault, ...]}``; each request matching ``key`` pops the next fault.
-        Keys: ``("list", user_id)``, ``("media", first_id_of_batch)``, ``("page", n)``,
-        ``("user", id)``, ``("last", user_id)``, or ``"any"`` (the next requests of any
-        kind). Faults: ``"429"``, ``"500"``, ``"503"``, ``"timeout"``, ``"truncated"``,
-        ``"disabled"``, ``"graphql"`` (HTTP 400 with the GraphQL error ``GRAPHQL_ERROR``),
-        ``"low"`` (answers, with ``X-RateLimit-Remaining: 1`` and a reset half a second
-        away).
-      private_users: user ids answered with AniList's 404 "Private User" error.
+        Keys: ``("list", user_id)``, ``("favourites", user_id)``, ``("media",
+        first_id_of_batch)``, ``("page", n)``, ``("user", id)``, ``("last", user_id)``, or
+        ``"any"`` (the next requests of any kind). Faults: ``"429"`` (with ``Retry-After:
+        retry_after``), ``"500"``, ``"503"``, ``"timeout"``, ``"slow"`` (answers after
+        ``slow_seconds``), ``"truncated"``, ``"disabled"``, ``"graphql"`` (HTTP 400 with
+        the GraphQL error ``GRAPHQL_ERROR``).
+      private_users: user ids answered with AniList's HTTP 404 "Not Found." error.
       missing_media: media ids left out of ``media(id_in: ...)`` answers.
+      max_media_per_page: a media query of a larger ``perPage`` is refused as too complex,
+        as AniList refuses a query over its complexity limit (HTTP 400); None: no limit.
+      list_cap: a list collection holds at most this many of the user's most recently
+        updated entries (AniList: 11,000).
+      rate_limit: requests per ``rate_window`` seconds the server serves (a sliding window,
+        counting each request when it is answered, after ``delay`` and slow faults, as a
+        server counts a request when a worker takes it from its queue); more get HTTP 429
+        with ``Retry-After`` and a timeout of ``retry_after`` seconds in which every
+        request gets 429. The ``X-RateLimit-*`` headers say 90 regardless, as AniList's
+        do while it runs degraded at 30. None: no limit.
       delay: seconds to wait before answering each request.
       timeout_seconds: how long a "timeout" fault stalls.
       requests: ``[(monotonic time, kind)]`` of every request received.
+      served: monotonic times at which requests were counted against the rate limit
+        (answered, not 429); ``throttled``: the 429s the rate limit answered.
+      favourite_pages: ``{user_id: favourites pages served}``.
       port: where it listens on 127.0.0.1 (0: a free port).
     """
 
     def __init__(self, db, *, delay: float = 0.0, timeout_seconds: float = 1.0,
-                 port: int = 0):
+                 slow_seconds: float = 0.5, rate_limit: int | None = None,
+                 rate_window: float = 60.0, retry_after: float = 60.0,
+                 list_cap: int = 11_000, max_media_per_page: int | None = None, port: int = 0):
         self.port = port
         conn = store.connect(db, readonly=True)
         try:
@@ -84,8 +205,14 @@ class AniListStandIn(LoopbackServer):
         self.faults: dict = defaultdict(list)
         self.private_users: set[int] = set()
         self.missing_media: set[int] = set()
-        self.delay, self.timeout_seconds = delay, timeout_seconds
+        self.max_media_per_page, self.list_cap = max_media_per_page, list_cap
+        self.rate_limit, self.rate_window, self.retry_after = rate_limit, rate_window, retry_after
+        self.delay, self.timeout_seconds, self.slow_seconds = delay, timeout_seconds, slow_seconds
         self.requests: list[tuple[float, str]] = []
+        self.served: list[float] = []
+        self.throttled = 0
+        self.favourite_pages: Counter = Counter()
+        self._timeout_until = 0.0
         self.request_event = threading.Event()
         self.notify_after: int | None = None
         self._lock = threading.Lock()
@@ -101,7 +228,9 @@ class AniListStandIn(LoopbackServer):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
-                status, headers, payload = server.answer(body["query"], body.get("variables") or {})
+                rejected = rejection(body.get("query"))  # validated against the schema first
+                status, headers, payload = (400, {}, rejected) if rejected else server.answer(
+                    body["query"], body.get("variables") or {})
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
@@ -129,6 +258,8 @@ class AniListStandIn(LoopbackServer):
             kind, key = "media", ("media", (variables["ids"] or [None])[0])
         elif "users(" in query:
             kind, key = "page", ("page", variables["page"])
+        elif "favourites" in query and "User(" in query:
+            kind, key = "favourites", ("favourites", variables.get("userId"))
         elif "User(" in query:
             kind, key = "user", ("user", variables.get("id"))
         else:
@@ -146,11 +277,23 @@ class AniListStandIn(LoopbackServer):
             self.request_event.set()
         if self.delay:
             time.sleep(self.delay)
-        headers = {"X-RateLimit-Limit": "90", "X-RateLimit-Remaining": "60"}
+        if fault in ("timeout", "slow"):
+            time.sleep(self.timeout_seconds if fault == "timeout" else self.slow_seconds)
+        with self._lock:  # counted now, as a worker takes it
+            now = time.monotonic()
+            used = len(self.served) - bisect.bisect_right(self.served, now - self.rate_window)
+            if now < self._timeout_until or (self.rate_limit is not None
+                                             and used >= self.rate_limit):
+                if now >= self._timeout_until:  # AniList: a 1-minute timeout starts
+                    self._timeout_until = now + self.retry_after
+                self.throttled += 1
+                return self._too_many(self._timeout_until - now)
+            self.served.append(now)
+        # AniList's headers while degraded: a limit of 90, whatever it enforces; no
+        # X-RateLimit-Reset or Retry-After but with a 429.
+        headers = {"X-RateLimit-Limit": "90", "X-RateLimit-Remaining": str(max(89 - used, 0))}
         if fault == "429":
-            return 429, {"Retry-After": "0", "X-RateLimit-Reset": str(int(time.time())),
-                         "X-RateLimit-Remaining": "0"}, json.dumps(
-                {"data": None, "errors": [{"message": "Too Many Requests.", "status": 429}]}).encode()
+            return self._too_many(self.retry_after)
         if fault in ("500", "503"):
             return int(fault), {}, b"<html>Bad Gateway</html>"
         if fault == "disabled":
@@ -159,16 +302,18 @@ class AniListStandIn(LoopbackServer):
         if fault == "graphql":
             return 400, {}, json.dumps({"data": None, "errors": [
                 {"message": GRAPHQL_ERROR, "status": 400}]}).encode()
-        if fault == "timeout":
-            time.sleep(self.timeout_seconds)
-        if fault == "low":  # a normal answer that says the window is nearly spent
-            headers = {"X-RateLimit-Limit": "90", "X-RateLimit-Remaining": "1",
-                       "X-RateLimit-Reset": str(time.time() + 0.5)}
-        status, data = getattr(self, f"_{kind}")(variables)
+        status, data = getattr(self, f"_{kind}")(query, variables)
         payload = json.dumps(data).encode()
         if fault == "truncated":
             payload = payload[: len(payload) // 2]
         return status, headers, payload
+
+    @staticmethod
+    def _too_many(seconds: float):
+        wait = max(math.ceil(seconds), 0)
+        return 429, {"Retry-After": str(wait), "X-RateLimit-Reset": str(int(time.time()) + wait),
+                     "X-RateLimit-Limit": "90", "X-RateLimit-Remaining": "0"}, json.dumps(
+            {"data": None, "errors": [{"message": "Too Many Requests.", "status": 429}]}).encode()
 
     # -- AniList shapes -------------------------------------------------------------
     def _user_json(self, user_id):
@@ -181,10 +326,10 @@ class AniListStandIn(LoopbackServer):
                     "minutesWatched": _int(u["minutes_watched"]),
                     "episodesWatched": _int(u["episodes_watched"])}}}
 
-    def _private(self, user_id):
-        return 404, {"data": None, "errors": [{"message": "Private User", "status": 404}]}
+    def _not_found(self):
+        return 404, {"errors": [NOT_FOUND], "data": None}
 
-    def _page(self, variables):
+    def _page(self, query, variables):
         page, per_page = variables["page"], min(variables.get("perPage") or 50, 50)
         ids = sorted(self.users.index)
         chunk = ids[(page - 1) * per_page: page * per_page]
@@ -192,15 +337,13 @@ class AniListStandIn(LoopbackServer):
             "pageInfo": {"hasNextPage": page * per_page < len(ids)},
             "users": [self._user_json(i) for i in chunk]}}}
 
-    def _user(self, variables):
+    def _user(self, query, variables):
         user_id = variables.get("id")
         if user_id is None:
             match = self.users.index[self.users["name"] == variables.get("name")]
             user_id = int(match[0]) if len(match) else None
-        if user_id is None or user_id not in self.users.index:
-            return 404, {"data": {"User": None}, "errors": [{"message": "Not Found.", "status": 404}]}
-        if user_id in self.private_users:
-            return self._private(user_id)
+        if user_id is None or user_id not in self.users.index or user_id in self.private_users:
+            return self._not_found()
         return 200, {"data": {"User": self._user_json(user_id)}}
 
     def _entry_json(self, e):
@@ -209,11 +352,26 @@ class AniListStandIn(LoopbackServer):
                 "createdAt": _int(e.created_at) or 0, "updatedAt": _int(e.updated_at) or 0,
                 "completedAt": _fuzzy(_int(e.completed_at))}
 
-    def _list(self, variables):
-        user_id = variables["userId"]
-        if user_id in self.private_users:
-            return self._private(user_id)
+    def _favourites_json(self, query, variables, user_id):
+        """``{"id", "favourites": {"anime": ...}}``: one page of 25 at most, as AniList."""
         rows = self.entries.get(user_id)
+        ids = [] if rows is None else [int(m) for m in rows.loc[rows["is_favourite"], "media_id"]]
+        page = _argument(query, variables, "anime", "page", 1)
+        per_page = min(_argument(query, variables, "anime", "perPage", 25), 25)
+        with self._lock:
+            self.favourite_pages[user_id] += 1
+        return {"id": user_id, "favourites": {"anime": {
+            "pageInfo": {"hasNextPage": page * per_page < len(ids)},
+            "nodes": [{"id": m} for m in ids[(page - 1) * per_page: page * per_page]]}}}
+
+    def _list(self, query, variables):
+        user_id = variables["userId"]
+        if user_id in self.private_users or user_id not in self.users.index:
+            return self._not_found()
+        rows = self.entries.get(user_id)
+        if rows is not None and len(rows) > self.list_cap:  # the most recently updated
+            rows = rows.sort_values(["updated_at", "media_id"], ascending=[False, True])
+            rows = rows.head(self.list_cap).sort_values("media_id")
         rows = [] if rows is None else list(rows.itertuples(index=False))
         chunk, per = variables.get("chunk") or 1, variables.get("perChunk") or 500
         part = rows[(chunk - 1) * per: chunk * per]
@@ -229,21 +387,40 @@ class AniListStandIn(LoopbackServer):
                 lists[name]["entries"].append(item)
             if i % 11 == 10 or i % 7 == 0:
                 custom["entries"].append(item)
-        favourites = [{"id": int(e.media_id)} for e in rows if e.is_favourite]
-        return 200, {"data": {"MediaListCollection": {
-            "hasNextChunk": chunk * per < len(rows),
-            "lists": list(lists.values()) + ([custom] if custom["entries"] else []),
-            "user": {"id": user_id, "favourites": {"anime": {"nodes": favourites}}}}}}
+        collection = {"hasNextChunk": chunk * per < len(rows),
+                      "lists": list(lists.values()) + ([custom] if custom["entries"] else [])}
+        if _included(query, variables, "user"):
+            collection["user"] = self._favourites_json(query, variables, user_id)
+        return 200, {"data": {"MediaListCollection": collection}}
 
-    def _last(self, variables):
+    def _favourites(self, query, variables):
+        user_id = variables.get("userId")
+        if user_id in self.private_users or user_id not in self.users.index:
+            return self._not_found()
+        return 200, {"data": {"User": self._favourites_json(query, variables, user_id)}}
+
+    def _last(self, query, variables):
+        """Refresh's check: the newest list update, and the user's statistics by status
+        (counted from the list as it is now)."""
         user_id = variables["userId"]
-        if user_id in self.private_users:
-            return self._private(user_id)
+        if user_id in self.private_users or user_id not in self.users.index:
+            return self._not_found()
         rows = self.entries.get(user_id)
         latest = [] if rows is None else [{"updatedAt": int(rows["updated_at"].max())}]
-        return 200, {"data": {"Page": {"mediaList": latest}}}
+        counts = {} if rows is None else rows["status"].astype(str).value_counts().to_dict()
+        return 200, {"data": {
+            "Page": {"mediaList": latest},
+            "User": {"statistics": {"anime": {"statuses": [
+                {"status": s, "count": int(c)} for s, c in sorted(counts.items())]}}}}}
 
-    def _media(self, variables):
+    def _media(self, query, variables):
+        per_page = _argument(query, variables, "Page", "perPage", 50)
+        if self.max_media_per_page is not None and per_page > self.max_media_per_page:
+            got = math.ceil(500 * per_page / self.max_media_per_page)
+            return 400, {"errors": [{"message": f"Max query complexity should be 500 but "
+                                                f"got {got}.", "status": 400}], "data": None}
+        source_version = _argument(query, variables, "source", "version")
+        status_version = _argument(query, variables, "status", "version")
         out = []
         for media_id in variables["ids"]:
             if media_id in self.missing_media or media_id not in self.media.index:
@@ -253,8 +430,11 @@ class AniListStandIn(LoopbackServer):
             out.append({
                 "id": int(media_id), "idMal": num(m["id_mal"]),
                 "title": {"romaji": m["title_romaji"], "english": m["title_english"]},
-                "format": m["format"], "status": m["status"], "episodes": num(m["episodes"]),
-                "duration": num(m["duration"]), "source": m["source"], "season": m["season"],
+                "format": m["format"],
+                "status": _in_version(m["status"], STATUS_VERSIONS, status_version, "RELEASING"),
+                "episodes": num(m["episodes"]), "duration": num(m["duration"]),
+                "source": _in_version(m["source"], SOURCE_VERSIONS, source_version, "OTHER"),
+                "season": m["season"],
                 "seasonYear": num(m["season_year"]), "averageScore": num(m["average_score"]),
                 "meanScore": num(m["mean_score"]), "popularity": num(m["popularity"]),
                 "favourites": num(m["favourites"]),
@@ -265,7 +445,6 @@ class AniListStandIn(LoopbackServer):
                 "description": m["description"]})
         return 200, {"data": {"Page": {"media": out}}}
 
-
 def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import AnirankError
 
@@ -273,15 +452,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.anilist_server",
         description="Serves a raw store (e.g. the synthetic world of `make run`) as AniList's "
                     "GraphQL API on 127.0.0.1 until Ctrl-C, in AniList's response shapes, "
-                    "for `python data_query.py --endpoint`. No faults are injected.")
+                    "for `python data_query.py --endpoint`. No faults are injected; "
+                    "--rate-limit plays AniList's degraded rate limit.")
     parser.add_argument("--db", default="data/anirank.db",
                         help="raw store to serve (default: %(default)s)")
     parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds to wait before each answer (default: %(default)s)")
+    parser.add_argument("--rate-limit", type=int, default=0,
+                        help="requests a minute served, as AniList's degraded 30 (headers "
+                             "still say 90); more get HTTP 429 and a 1-minute timeout; 0: "
+                             "no limit (default: %(default)s)")
     port_argument(parser, 8766)
     args = parser.parse_args(argv)
     try:
-        server = AniListStandIn(args.db, delay=args.delay, port=args.port)
+        server = AniListStandIn(args.db, delay=args.delay, port=args.port,
+                                rate_limit=args.rate_limit or None)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -293,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{entries:,} list entries; Ctrl-C stops it)",
                 "crawl it into a store of its own with data_query.py, passing:",
                 f"  --endpoint {server.url} --rate 0 --db data/anilist.db",
-                f"e.g. python data_query.py users --pages 10 --endpoint {server.url} "
+                f"e.g. python data_query.py users --discover --pages 10 --endpoint {server.url} "
                 "--rate 0 --db data/anilist.db"]
 
     return serve_until_interrupted(server, describe)

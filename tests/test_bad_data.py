@@ -145,7 +145,7 @@ def test_sources_never_mix_in_one_store(tmp_path, capsys):
     code, _, err = _run(capsys, "import-kaggle", "--db", db, "--anime",
                         FIXTURES / "kaggle2017" / "anime.csv")
     _one_line_error(code, err, "already holds a synthetic world", "--db")
-    code = dq.main(["users", "--db", db, "--endpoint", "http://127.0.0.1:9", "--quiet"])
+    code = dq.main(["users", "--discover", "--db", db, "--endpoint", "http://127.0.0.1:9", "--quiet"])
     _one_line_error(code, capsys.readouterr().err, "already holds a synthetic world")
     kaggle = tmp_path / "mal.db"
     for _ in range(2):   # the same source twice is one store

@@ -1,15 +1,21 @@
-"""The AniList crawler against a stand-in GraphQL server on 127.0.0.1: exact crawls,
-every injected fault survived as documented, SIGKILL-and-resume, and the rate limit."""
+"""The AniList crawler against a stand-in GraphQL server on 127.0.0.1: exact crawls
+(favourites across pages, enums in their newest versions), every injected fault survived
+as documented, answers about one item skipped and rejected queries stopping the crawl,
+SIGKILL-and-resume, AniList's degraded rate limit, capped lists, refresh after deletions,
+and discovery as an opt-in."""
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 import data_query as dq
 from pipelines import store, synth
@@ -20,11 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A small synthetic world, completion times at midnight UTC (AniList keeps dates)."""
+    """A small synthetic world, completion times at midnight UTC (AniList keeps dates);
+    the longest list's every title a favourite (78: four pages of 25), and a few titles
+    on hiatus (MediaStatus version 2 only), besides the world's own WEB_NOVEL and NOVEL
+    sources (MediaSource versions 3 and 2)."""
     db = tmp_path_factory.mktemp("anilist") / "world.db"
     synth.run(db, users=40, anime=150, entries_per_user=25, seed=3, progress=False)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE entries SET completed_at = completed_at - completed_at % 86400")
+    conn.execute("UPDATE entries SET is_favourite = 1 WHERE user_id = (SELECT user_id FROM "
+                 "entries GROUP BY user_id ORDER BY COUNT(*) DESC, user_id LIMIT 1)")
+    conn.execute("UPDATE media SET status = 'HIATUS' WHERE media_id IN "
+                 "(SELECT DISTINCT media_id FROM entries ORDER BY media_id LIMIT 3)")
     conn.commit()
     conn.close()
     return db
@@ -69,6 +82,7 @@ def test_full_crawl_reproduces_the_world(world, tmp_path, monkeypatch):
     db = tmp_path / "crawl.db"
     with AniListStandIn(world) as server:
         lists, media = _crawl(db, _client(server))
+        favourites = {u: int(rows["is_favourite"].sum()) for u, rows in server.entries.items()}
     got, want = _tables(db), _tables(world)
     assert got["users"] == want["users"]
     assert got["entries"] == want["entries"]
@@ -78,6 +92,14 @@ def test_full_crawl_reproduces_the_world(world, tmp_path, monkeypatch):
     assert media.fetched == len(seen) and not media.skipped
     kinds = [k for _, k in server.requests]
     assert kinds.count("media") == -(-len(seen) // dq.MEDIA_BATCH)
+    # Favourites: once per user (with the first of many chunks), 25 a page, every page.
+    assert max(favourites.values()) == 78
+    assert server.favourite_pages == {u: max(1, -(-n // 25)) for u, n in favourites.items()}
+    assert kinds.count("favourites") == 3
+    # Enums in the versions asked for: the stand-in answers version 1 to a query without.
+    statuses = {m[5] for m in got["media"]}
+    sources = {m[8] for m in got["media"]}
+    assert "HIATUS" in statuses and {"WEB_NOVEL", "NOVEL"} <= sources
     # Re-running finds nothing to do and changes nothing.
     with AniListStandIn(world) as server:
         _crawl(db, _client(server))
@@ -87,7 +109,7 @@ def test_full_crawl_reproduces_the_world(world, tmp_path, monkeypatch):
 
 def test_transient_faults_are_retried(world, tmp_path):
     db = tmp_path / "crawl.db"
-    with AniListStandIn(world, timeout_seconds=0.6) as server:
+    with AniListStandIn(world, timeout_seconds=0.6, retry_after=0) as server:
         ids = sorted(server.users.index)
         server.faults[("list", ids[0])] = ["429", "429"]
         server.faults[("list", ids[1])] = ["500", "503"]
@@ -122,7 +144,11 @@ def test_persistent_failure_is_recorded_then_retried_by_the_next_run(world, tmp_
     assert _tables(db)["entries"] == _tables(world)["entries"]
 
 
-def test_graphql_errors_are_skipped_with_the_message_and_never_retried(world, tmp_path):
+NOT_FOUND = "Not Found. (HTTP 404)"  # AniList's answer for a private or unknown user
+
+
+def test_private_users_and_deleted_titles_are_skipped_with_the_message_never_retried(
+        world, tmp_path):
     db = tmp_path / "crawl.db"
     with AniListStandIn(world) as server:
         private = sorted(server.users.index)[:2]
@@ -131,14 +157,18 @@ def test_graphql_errors_are_skipped_with_the_message_and_never_retried(world, tm
         gone = want["entries"][0][1]
         server.missing_media.add(gone)
         lists, media = _crawl(db, _client(server))
-    assert lists.skipped == {"Private User (HTTP 404)": 2}
+        raw = requests.post(server.url, json={"query": dq.USER_QUERY,
+                                              "variables": {"id": int(private[0])}}, timeout=10)
+    assert raw.status_code == 404 and raw.json()["errors"] == [
+        {"message": "Not Found.", "status": 404}], "as AniList answers a private user"
+    assert lists.skipped == {NOT_FOUND: 2} and not lists.stopped
     assert media.skipped == {"not returned by AniList": 1}
     conn = store.connect(db, readonly=True)
     rows = conn.execute("SELECT kind, item_id, state, message FROM crawl_state "
                         "WHERE state='skipped' ORDER BY kind, item_id").fetchall()
     conn.close()
-    assert rows == [("lists", private[0], "skipped", "Private User (HTTP 404)"),
-                    ("lists", private[1], "skipped", "Private User (HTTP 404)"),
+    assert rows == [("lists", private[0], "skipped", NOT_FOUND),
+                    ("lists", private[1], "skipped", NOT_FOUND),
                     ("media", gone, "skipped", "not returned by AniList")]
     with AniListStandIn(world) as server:
         _crawl(db, _client(server))
@@ -197,24 +227,81 @@ def test_rate_limit_is_never_exceeded(world):
     assert times[-1] - times[0] >= 11 * 0.1 * 0.95
 
 
-def test_429_waits_for_retry_after_then_retries(world):
-    with AniListStandIn(world) as server:
-        server.faults["any"] = ["429"]
-        client = _client(server)
+def _most_in_a_window(times, window: float) -> int:
+    """The most of ``times`` in any half-open window (t - window, t]."""
+    times = np.sort(np.asarray(times))
+    return int(max(((times > t - window) & (times <= t)).sum() for t in times))
+
+
+class StartSpacing:
+    """The client's old limit, to show what it did: starts evenly spaced, completions not
+    counted."""
+
+    def __init__(self, per_window: int, window: float):
+        self.interval, self._next, self._hold_until = window / per_window, 0.0, 0.0
+
+    def wait(self) -> float:
+        now = time.monotonic()
+        start = max(now, self._next, self._hold_until)
+        if start > now:
+            time.sleep(start - now)
+        self._next = start + self.interval
+        return start - now
+
+    def completed(self) -> None:
+        pass
+
+    def hold(self, seconds: float) -> None:
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+
+def test_a_degraded_limit_is_kept_by_completion_where_start_spacing_broke_it(world, tmp_path):
+    """AniList counts a request when it serves it: one held up in its queue is counted
+    late, next to the ones after it. Spacing starts (the old client) then crowds more
+    than the limit into a window; counting completions never does."""
+    def crawl(name, limiter=None):
+        with AniListStandIn(world, rate_limit=4, rate_window=1.0, retry_after=2,
+                            slow_seconds=0.6) as server:
+            server.faults[("page", 1)] = ["slow"]
+            client = _client(server, rate=4, window=1.0)
+            if limiter is not None:
+                client.limiter = limiter
+            conn = store.connect(tmp_path / f"{name}.db")
+            summary = dq.crawl_users(conn, client, pages=6, per_page=5, progress=False)
+            conn.close()
+        return summary, client, server
+
+    _, old, old_server = crawl("old", StartSpacing(4, 1.0))
+    assert old_server.throttled >= 1 and old.stats.rate_limited >= 1
+    summary, new, server = crawl("new")
+    assert server.throttled == 0 and new.stats.rate_limited == 0
+    assert summary.fetched == 30 and len(server.served) == 6
+    assert _most_in_a_window(server.served, 1.0) == 4, "at the limit, never over it"
+
+
+def test_the_degraded_servers_headers_and_a_429_waited_out_for_its_retry_after(world):
+    """AniList degraded: its headers say 90 while it serves fewer; Retry-After and
+    X-RateLimit-Reset come with a 429 only, and the client waits that long."""
+    page = {"query": dq.USERS_PAGE_QUERY, "variables": {"page": 1, "perPage": 5}}
+    with AniListStandIn(world, rate_limit=3, rate_window=1.0, retry_after=2) as server:
+        served = [requests.post(server.url, json=page, timeout=10) for _ in range(3)]
+        asked = time.time()
+        refused = requests.post(server.url, json=page, timeout=10)
+        client = _client(server)  # no client-side limit: the server's 429 decides
         data = client.query(dq.USERS_PAGE_QUERY, {"page": 1, "perPage": 5})
+        arrivals = [t for t, _ in server.requests]
+    assert [r.status_code for r in served] == [200] * 3
+    assert [r.headers["X-RateLimit-Limit"] for r in served] == ["90"] * 3
+    assert [r.headers["X-RateLimit-Remaining"] for r in served] == ["89", "88", "87"]
+    assert not {"Retry-After", "X-RateLimit-Reset"} & set(served[0].headers)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+    assert abs(int(refused.headers["X-RateLimit-Reset"]) - (asked + 2)) < 1.5
+    assert refused.json() == {"data": None, "errors": [
+        {"message": "Too Many Requests.", "status": 429}]}
     assert len(data["Page"]["users"]) == 5
     assert client.stats.rate_limited == 1 and client.stats.requests == 2
-
-
-def test_low_remaining_budget_slows_down_before_a_429(world):
-    with AniListStandIn(world) as server:
-        server.faults["any"] = ["low"]
-        client = _client(server)
-        client.query(dq.USERS_PAGE_QUERY, {"page": 1, "perPage": 5})
-        client.query(dq.USERS_PAGE_QUERY, {"page": 2, "perPage": 5})
-        (first, _), (second, _) = server.requests
-    assert second - first >= 0.35  # waited for the window's reset (0.5 s away)
-    assert client.stats.rate_limited == 0
+    # The client's first try fell in the timeout; its retry came after the timeout ended.
+    assert arrivals[5] - arrivals[3] >= 1.9 and client.stats.waited_seconds >= 1.5
 
 
 def test_refresh_refetches_only_changed_lists(world, tmp_path):
@@ -260,14 +347,43 @@ def test_refresh_skips_a_user_gone_private_as_the_lists_crawl_does(world, tmp_pa
         lists = dq.crawl_lists(conn, _client(server), progress=False)
         conn.close()
         kinds = [k for _, k in server.requests]
-    assert refresh.skipped == {"Private User (HTTP 404)": 1, "unchanged": 39}
+    assert refresh.skipped == {NOT_FOUND: 1, "unchanged": 39}
     assert not refresh.failed
-    assert _states(db, "lists") == [(gone, "skipped", "Private User (HTTP 404)")]
+    assert _states(db, "lists") == [(gone, "skipped", NOT_FOUND)]
     assert kinds.count("list") == 0 and lists.fetched == 0, "skipped: never retried"
     assert _tables(db)["entries"] == _tables(world)["entries"], "what was crawled stays"
 
 
-def test_a_users_page_with_a_graphql_error_is_skipped_and_the_crawl_goes_on(world, tmp_path):
+def test_refresh_refetches_a_list_the_user_deleted_entries_from(world, tmp_path):
+    """The newest update alone misses a deletion (here the newest entry's: the newest
+    update even goes back); the list's count, smaller than the store's, does not."""
+    db = tmp_path / "crawl.db"
+    with AniListStandIn(world) as server:
+        _crawl(db, _client(server))
+    with AniListStandIn(world) as server:
+        victim = max(server.entries, key=lambda u: (len(server.entries[u]), u))
+        rows = server.entries[victim]
+        newest = rows["updated_at"].idxmax()
+        gone = int(rows.loc[newest, "media_id"])
+        server.entries[victim] = rows.drop(index=newest)
+        conn = store.connect(db)
+        refresh = dq.crawl_refresh(conn, _client(server), progress=False)
+        state = conn.execute("SELECT state, message FROM crawl_state WHERE kind='lists' "
+                             "AND item_id=?", (victim,)).fetchone()
+        conn.close()
+        code = dq.main(["refresh", "--db", str(db), "--endpoint", server.url, "--rate", "0",
+                        "--quiet"])
+        kinds = [k for _, k in server.requests]
+    assert refresh.fetched == 1 and refresh.skipped == {"unchanged": 39}
+    assert state == ("pending", "entries removed since last crawl")
+    assert code == 0 and kinds.count("list") == 1
+    want = [e for e in _tables(world)["entries"] if (e[0], e[1]) != (victim, gone)]
+    assert _tables(db)["entries"] == want, "the deleted entry is gone from the store"
+
+
+def test_a_rejected_users_page_stops_discovery_with_its_cursor_on_it(world, tmp_path):
+    """A query AniList rejects (HTTP 400) would be rejected for every page alike: the
+    crawl stops with the message, marks nothing, and the next run resumes on that page."""
     db = tmp_path / "crawl.db"
     with AniListStandIn(world) as server:
         server.faults[("page", 2)] = ["graphql"]
@@ -275,16 +391,92 @@ def test_a_users_page_with_a_graphql_error_is_skipped_and_the_crawl_goes_on(worl
         summary = dq.crawl_users(conn, _client(server), pages=None, per_page=10,
                                  progress=False)
         cursor = store.get_cursor(conn, "users_page")
-        conn.close()
         kinds = [k for _, k in server.requests]
+        again = dq.crawl_users(conn, _client(server), pages=None, per_page=10,
+                               progress=False)
+        conn.close()
     message = f"{GRAPHQL_ERROR} (HTTP 400)"
-    assert kinds == ["page"] * 4, "pages 1-4, page 2 once: a GraphQL error is not retried"
-    assert summary.skipped == {message: 1} and not summary.failed and not summary.stopped
-    assert summary.fetched == 30
-    assert _states(db, "users_page") == [(2, "skipped", message)]
-    assert cursor == "4"
-    want = sorted(u[0] for u in _tables(world)["users"])
-    assert [u[0] for u in _tables(db)["users"]] == want[:10] + want[20:]
+    assert kinds == ["page"] * 2, "page 1, then page 2 once: a rejected query is not retried"
+    assert summary.stopped == f"AniList rejected the query: {message}" and summary.rejected
+    assert not summary.skipped and not summary.failed and summary.fetched == 10
+    assert _states(db, "users_page") == [] and cursor == "2"
+    assert again.fetched == 30 and not again.stopped
+    assert _tables(db)["users"] == _tables(world)["users"]
+
+
+def test_a_query_anilist_rejects_stops_the_crawl_exits_1_and_marks_nothing(
+        world, tmp_path, capsys):
+    db = tmp_path / "crawl.db"
+    args = ["--db", str(db), "--rate", "0", "--quiet"]
+    with AniListStandIn(world, max_media_per_page=20) as server:
+        conn = store.connect(db)
+        dq.crawl_users(conn, _client(server), pages=None, progress=False)
+        dq.crawl_lists(conn, _client(server), progress=False)
+        conn.close()
+        code = dq.main(["media", *args, "--endpoint", server.url])
+        printed = capsys.readouterr()
+        kinds = [k for _, k in server.requests]
+    message = "Max query complexity should be 500 but got 1250. (HTTP 400)"
+    summary = json.loads(printed.out)
+    assert code == 1
+    assert summary["stopped"] == f"AniList rejected the query: {message}"
+    assert summary["skipped"] == {} and summary["failed"] == {} and summary["fetched"] == 0
+    assert printed.err.startswith(f"error: AniList rejected the query: {message}")
+    assert printed.err.count("\n") == 1
+    assert kinds.count("media") == 1, "stopped at the first rejection"
+    media = _states(db, "media")
+    assert media and {state for _, state, _ in media} == {"pending"}, "nothing skipped"
+    with AniListStandIn(world) as server:  # the query fits again: the next run fetches all
+        assert dq.main(["media", *args, "--endpoint", server.url]) == 0
+    assert _states(db, "media") == [] and json.loads(capsys.readouterr().out)["fetched"] == len(media)
+
+
+def test_a_capped_list_is_kept_noted_and_counted(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dq, "LIST_CAP", 20)
+    db = tmp_path / "crawl.db"
+    with AniListStandIn(world, list_cap=20) as server:
+        conn = store.connect(db)
+        dq.crawl_users(conn, _client(server), pages=None, progress=False)
+        conn.close()
+        code = dq.main(["lists", "--db", str(db), "--endpoint", server.url, "--rate", "0",
+                        "--quiet"])
+        lists = {u: rows for u, rows in server.entries.items()}
+    summary = _summary(capsys)
+    capped = sorted(u for u, rows in lists.items() if len(rows) >= 20)
+    assert code == 0 and summary["capped lists"] == len(capped) > 0
+    conn = store.connect(db, readonly=True)
+    notes = dict(conn.execute("SELECT item_id, message FROM crawl_state WHERE kind='lists' "
+                              "AND message IS NOT NULL").fetchall())
+    longest = max(capped, key=lambda u: len(lists[u]))
+    stored = {r[0] for r in conn.execute("SELECT media_id FROM entries WHERE user_id=?",
+                                         (longest,))}
+    conn.close()
+    assert notes == {u: "capped: AniList returned only the 20 most recently updated entries"
+                     for u in capped}
+    newest = lists[longest].sort_values(["updated_at", "media_id"], ascending=[False, True])
+    assert len(lists[longest]) > 20 and stored == set(newest["media_id"][:20])
+
+
+def test_users_needs_a_curated_list_or_opt_in_discovery(world, tmp_path, capsys):
+    db = tmp_path / "crawl.db"
+    for argv, says in ((["users"], "users needs --ids FILE / --names FILE"),
+                       (["users", "--pages", "3"], "users needs --ids FILE"),
+                       (["users", "--discover", "--ids", "x.txt"], "pass one or the other"),
+                       (["users", "--discover", "--pages", "0"], "--pages must be at least 1")):
+        assert dq.main([*argv, "--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert not db.exists(), "refused before anything was written"
+    with AniListStandIn(world) as server:
+        code = dq.main(["users", "--discover", "--pages", "2", "--db", str(db), "--endpoint",
+                        server.url, "--rate", "0", "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0 and json.loads(printed.out)["fetched"] == 40
+    notice = printed.err.strip()
+    assert "\n" not in notice and "terms of use" in notice and "mass collection" in notice
+    assert "up to 2 requests (2 pages of 50 users)" in notice
+    assert "about 4 min at 25 requests/minute" in dq.discovery_notice(100, 25, None)
+    assert "up to 7 requests" in dq.discovery_notice(100, 25, 7)
 
 
 def test_users_from_files_with_curation_filters(world, tmp_path):
@@ -342,14 +534,10 @@ def test_quiet_goes_before_or_after_the_command(argv, quiet):
 
 
 def _summary(capsys) -> dict:
-    import json
-
     return json.loads(capsys.readouterr().out)
 
 
 def test_summary_names_the_filters_and_leaves_out_keys_that_do_not_apply(world, tmp_path, capsys):
-    import time
-
     db = tmp_path / "crawl.db"
     with AniListStandIn(world) as server:
         users = server.users.sort_index()
@@ -364,7 +552,7 @@ def test_summary_names_the_filters_and_leaves_out_keys_that_do_not_apply(world, 
         inactive = ~few & (updated < now - active_days * 86_400)
         args = ["--db", str(db), "--endpoint", server.url, "--rate", "0"]
         # --quiet before the command here, after it below: both work.
-        assert dq.main(["--quiet", "users", *args, "--pages", "10", "--min-entries",
+        assert dq.main(["--quiet", "users", *args, "--discover", "--pages", "10", "--min-entries",
                         str(min_entries), "--active-days", str(active_days)]) == 0
         summary = _summary(capsys)
         assert summary["skipped"] == {
@@ -376,6 +564,7 @@ def test_summary_names_the_filters_and_leaves_out_keys_that_do_not_apply(world, 
         assert dq.main(["lists", *args, "--quiet"]) == 0
         lists = _summary(capsys)
         assert lists["fetched"] == summary["fetched"] and lists["entries"] > 0
+        assert lists["capped lists"] == 0
         assert dq.main(["media", *args, "--quiet"]) == 0
         media = _summary(capsys)
         assert "entries" not in media and media["fetched"] > 0

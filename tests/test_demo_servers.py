@@ -107,7 +107,7 @@ def test_stand_in_anilist_command_serves_a_store_to_the_crawler(tiny_db, tmp_pat
         url = _url(lines[0])
         assert "400 users" in lines[0]
         assert f"--endpoint {url} --rate 0" in "\n".join(lines)
-        for command in (["users", "--pages", "3"], ["lists"]):
+        for command in (["users", "--discover", "--pages", "3"], ["lists"]):
             code = dq.main([*command, "--db", str(db), "--endpoint", url, "--rate", "0",
                             "--quiet"])
             assert code == 0, capsys.readouterr().err

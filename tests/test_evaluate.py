@@ -55,8 +55,8 @@ def test_report_md_numbers_are_metrics_json_numbers(report):
     saved = json.loads((Path(report["report"]) / "metrics.json").read_text())
 
     def numbers(value):
-        if isinstance(value, dict):
-            for v in value.values():
+        if isinstance(value, (dict, list)):
+            for v in (value.values() if isinstance(value, dict) else value):
                 yield from numbers(v)
         elif isinstance(value, float):
             yield f"{value:.4f}"
@@ -113,3 +113,19 @@ def test_report_says_when_ease_was_skipped(report, tiny_features, monkeypatch):
     text = evaluate.render(skipped)
     assert "EASE: skipped: 300 titles is more than the 10 its dense" in text
     assert "| EASE |" not in text
+
+
+def test_differences_are_paired_bootstraps_with_honest_verdicts(report):
+    d = report["ranking"]["differences"]["ranked - retrieval_order"]["ndcg@10"]
+    e2e = report["ranking"]["end_to_end"]
+    assert d["difference"] == pytest.approx(e2e["ranked"]["ndcg@10"] - e2e["retrieval_order"]["ndcg@10"])
+    assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+    assert d["significant"] == (d["ci"][0] > 0 or d["ci"][1] < 0)
+    r = report["retrieval"]["differences"]["two-tower - most popular"]["recall@100"]
+    curves = report["retrieval"]["curves"]
+    assert r["difference"] == pytest.approx(curves["two-tower"]["recall@100"]
+                                            - curves["most popular"]["recall@100"])
+    text = (Path(report["report"]) / "report.md").read_text()
+    verdict = "significant" if d["significant"] else "not significant"
+    assert (f"| ranked - retrieval order | ndcg@10 | {d['difference']:+.4f} | "
+            f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] | {verdict} |") in text

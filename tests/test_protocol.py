@@ -88,3 +88,24 @@ def test_held_out_lists_and_end_to_end_by_hand(tiny_features):
     assert out["users"] == test["user_row"].nunique() and out["candidates"] == 20
     assert out["retrieval_order"]["mrr"] == pytest.approx(1.0)
     assert out["ranked"]["ndcg@10"] < out["retrieval_order"]["ndcg@10"]
+
+
+def test_paired_bootstrap_by_construction():
+    rng = np.random.default_rng(1)
+    base = rng.random(2000)
+    # A clear gain: b is a minus 0.05 plus small noise -> CI around +0.05, excluding 0.
+    clear = protocol.paired_bootstrap(base, base - 0.05 + rng.normal(0, 0.01, 2000))
+    assert clear["difference"] == pytest.approx(0.05, abs=0.002) and clear["significant"]
+    assert clear["ci"][0] < clear["difference"] < clear["ci"][1]
+    # No gain: the same values reshuffled between the systems -> an interval holding 0.
+    a, b = rng.random(2000), rng.random(2000)
+    noise = protocol.paired_bootstrap(a, b)
+    assert noise["ci"][0] < 0 < noise["ci"][1] and not noise["significant"]
+    # The CI's width is the standard error's: about 2 x 1.96 x sd / sqrt(n).
+    width = noise["ci"][1] - noise["ci"][0]
+    assert width == pytest.approx(2 * 1.96 * np.std(a - b) / np.sqrt(2000), rel=0.15)
+    # Users with a NaN on either side are left out; seeded, so reproducible.
+    a[:10] = np.nan
+    assert protocol.paired_bootstrap(a, b)["users"] == 1990
+    assert protocol.paired_bootstrap(a, b) == protocol.paired_bootstrap(a, b)
+    assert protocol.paired_bootstrap([1.0], [0.0])["difference"] is None

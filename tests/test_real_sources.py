@@ -147,7 +147,7 @@ def test_anilist_crawl_end_to_end(tmp_path, capsys):
     conn.close()
     db = tmp_path / "anilist.db"
     with AniListStandIn(world) as server:
-        for command in (["users", "--pages", "20"], ["lists"], ["media"]):
+        for command in (["users", "--discover", "--pages", "20"], ["lists"], ["media"]):
             code = dq.main([*command, "--db", str(db), "--endpoint", server.url, "--rate", "0",
                             "--quiet"])
             assert code == 0, capsys.readouterr().err
