@@ -87,6 +87,9 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
         rows, per_user = protocol.rank_per_user(fn, tables, "test", ks=CURVE_KS)
         users[name] = per_user   # the same users, in the same order, for every scorer
         curves[name] = {k: float(np.nanmean(v)) for k, v in per_user.items()}
+        curves[name]["ci"] = {k: protocol.mean_ci(v) for k, v in per_user.items()
+                              if k.startswith("recall@")}
+        curves[name]["users"] = int(np.isfinite(per_user["recall@100"]).sum())
         by_activity[name] = {}
         for (lo, hi), label in zip(BUCKETS, _bucket_names()):
             inside = (n_train[rows] >= lo) & ((n_train[rows] <= hi) if hi else True)
@@ -94,6 +97,7 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
             by_activity[name][label] = {
                 "users": int(ok.sum()),
                 "recall@100": float(np.nanmean(per_user["recall@100"][ok])) if ok.any() else None,
+                "recall@100_ci": protocol.mean_ci(per_user["recall@100"][ok]),
                 "ndcg@10": float(np.nanmean(per_user["ndcg@10"][ok])) if ok.any() else None}
     test_rows = np.unique(tables.pairs("test")["user_row"])
     ids_only = saved.get("retrieval", {}).get("ids_only")
@@ -176,39 +180,65 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 # Plots and the Markdown report.
 
 def _plots(metrics: dict, pairs, out: Path) -> list[str]:
+    """The report's figures: every curve and bar with its user count and a 95% CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+
+    def integer_k_axis(ax, ks):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(k) for k in ks])
 
     names = []
     r = metrics["retrieval"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in r["curves"].items():
-        ax.plot(CURVE_KS, [curve[f"recall@{k}"] for k in CURVE_KS], marker="o", label=name)
-    if r["ids_only"]:
-        ks = (10, 50, 100)
-        ax.plot(ks, [r["ids_only"][f"recall@{k}"] for k in ks], "s--", label="two-tower, ids only")
-    ax.set(xscale="log", xlabel="K", ylabel="Recall@K (test, seen excluded)", title="Retrieval")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "recall_at_k.png", dpi=110)
-    names.append("recall_at_k.png")
-    plt.close(fig)
+    # The oracle gets a panel of its own: on one axis it flattens the models' curves.
+    models = {n: c for n, c in r["curves"].items() if n != "oracle"}
+    panels = [("Retrieval", models)] + ([("Against the oracle", {
+        n: r["curves"][n] for n in ("two-tower", "oracle")})] if "oracle" in r["curves"] else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for name, curve in curves.items():
+            values = [curve[f"recall@{k}"] for k in CURVE_KS]
+            ax.plot(CURVE_KS, values, marker="o", label=f"{name} ({curve.get('users', 0):,} users)")
+            ci = curve.get("ci", {})
+            if all(ci.get(f"recall@{k}", [None])[0] is not None for k in CURVE_KS):
+                ax.fill_between(CURVE_KS, [ci[f"recall@{k}"][0] for k in CURVE_KS],
+                                [ci[f"recall@{k}"][1] for k in CURVE_KS], alpha=0.2)
+        if title == "Retrieval" and r["ids_only"]:
+            ks = (10, 50, 100)
+            ax.plot(ks, [r["ids_only"][f"recall@{k}"] for k in ks], "s--", label="two-tower, ids only")
+        integer_k_axis(ax, CURVE_KS)
+        ax.set(xlabel="K", ylabel="Recall@K (test, seen excluded; 95% CI band)", title=title)
+        ax.legend(fontsize=8)
+    save(fig, "recall_at_k.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = _bucket_names()
     width = 0.8 / len(r["by_activity"])
     for i, (name, buckets) in enumerate(r["by_activity"].items()):
-        ax.bar(np.arange(len(labels)) + i * width, [buckets[b]["recall@100"] or 0 for b in labels],
-               width, label=name)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(r["by_activity"]) - 1) / 2, labels)
-    ax.set(xlabel="training entries of the user", ylabel="Recall@100", title="By user activity")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "by_activity.png", dpi=110)
-    names.append("by_activity.png")
-    plt.close(fig)
+        x = np.arange(len(labels)) + i * width
+        heights = [buckets[b]["recall@100"] or 0 for b in labels]
+        ci = [buckets[b].get("recall@100_ci") or [None, None] for b in labels]
+        errors = np.array([[h - (c[0] if c[0] is not None else h), (c[1] if c[1] is not None else h) - h]
+                           for h, c in zip(heights, ci)]).T
+        ax.bar(x, heights, width, yerr=errors, capsize=2, label=name)
+    users = r["by_activity"].get("two-tower") or next(iter(r["by_activity"].values()))
+    ax.set_xticks(np.arange(len(labels)) + width * (len(r["by_activity"]) - 1) / 2,
+                  [f"{b}\n({users[b]['users']:,} users)" for b in labels])
+    ax.set(xlabel="training entries of the user", ylabel="Recall@100 (95% CI)",
+           title="By user activity")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save(fig, "by_activity.png")
 
     if metrics.get("ranking"):
         e2e = metrics["ranking"]["end_to_end"]
@@ -216,28 +246,30 @@ def _plots(metrics: dict, pairs, out: Path) -> list[str]:
         for name, m in e2e.items():
             if isinstance(m, dict):
                 ax.plot(E2E_KS, [m[f"ndcg@{k}"] for k in E2E_KS], marker="o", label=name.replace("_", " "))
+        integer_k_axis(ax, E2E_KS)
         ax.set(xlabel="K", ylabel="NDCG@K (test interactions)",
-               title=f"End to end over the top {e2e['candidates']} retrieved")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ndcg_end_to_end.png", dpi=110)
-        names.append("ndcg_end_to_end.png")
-        plt.close(fig)
+               title=f"End to end over the top {e2e['candidates']} retrieved, {e2e['users']:,} users")
+        ax.legend(fontsize=8)
+        save(fig, "ndcg_end_to_end.png")
 
     if metrics.get("ranking") and len(pairs["ranker"]):
         target = "true_expected" if "true_expected" in pairs else "score"
-        fig, ax = plt.subplots(figsize=(5, 4))
-        hb = ax.hexbin(pairs[target], pairs["ranker"], gridsize=35, mincnt=1, cmap="viridis")
+        corr = metrics["ranking"]["score_correlation"][
+            "ranker_vs_true_expected" if target == "true_expected" else "ranker_vs_score"]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        x, y = pairs[target], pairs["ranker"]
+        hb = ax.hexbin(x, y, gridsize=35, mincnt=1, cmap="viridis")
         fig.colorbar(hb, ax=ax, label="titles")
+        if np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            grid = np.array([x.min(), x.max()])
+            ax.plot(grid, slope * grid + intercept, "r-", lw=1, label="least-squares line")
+            ax.legend(fontsize=8, loc="lower right")
         ax.set(xlabel="true expected score" if target == "true_expected" else "user's score",
-               ylabel="ranker score", title="Held-out scored titles")
-        fig.tight_layout()
-        fig.savefig(out / "scores.png", dpi=110)
-        names.append("scores.png")
-        plt.close(fig)
+               ylabel="ranker score",
+               title=f"Held-out scored titles ({len(x):,}), correlation {num(corr, '.3f')}")
+        save(fig, "scores.png")
     return names
-
-
 
 
 def _dropped_lines(dropped: dict) -> list[str]:
@@ -245,6 +277,28 @@ def _dropped_lines(dropped: dict) -> list[str]:
         return []
     return ["Left out of the model, for lack of data: " + "; ".join(
         f"`{name}` ({reason})" for name, reason in dropped.items()) + ".", ""]
+
+
+def _ranker_warnings(ranking: dict) -> list[str]:
+    """Plain warnings where the saved ranker is not the best order on held-out lists."""
+    held = ranking["held_out_lists"]
+    saved = next((m for name, m in held.items() if name.startswith("ranker")), None)
+    if saved is None or saved["ndcg"] is None or saved["ndcg"] != saved["ndcg"]:
+        return []
+    out = []
+    for name in ("popularity", "mean_training_score"):
+        other = held.get(name, {}).get("ndcg")
+        if other is not None and other > saved["ndcg"]:
+            out.append(f"**Note:** on held-out lists the saved ranker ({num(saved['ndcg'])}) "
+                       f"orders worse than {name.replace('_', ' ')} order ({num(other)}).")
+    loss = ranking["config"]["loss"]
+    better = {n: m["ndcg"] for n, m in ranking.get("losses_at_training", {}).items()
+              if n != loss and m["ndcg"] is not None and m["ndcg"] > saved["ndcg"]}
+    if better:
+        out.append(f"**Note:** rankers trained with {', '.join(sorted(better))} scored higher "
+                   f"on held-out lists at training time than the saved {loss} ranker "
+                   f"({num(saved['ndcg'])}); see the table above.")
+    return out + ([""] if out else [])
 
 
 def _difference_lines(differences: dict | None) -> list[str]:
@@ -272,6 +326,11 @@ def render(metrics: dict) -> str:
              f"{metrics['data']['counts']['users']:,} users, {metrics['data']['counts']['anime']:,} "
              f"titles. Test split: {metrics['protocol']['test_split']}; titles the user had "
              "before the test period are excluded from every ranking.", "",
+             f"Data: {(metrics['data'].get('source') or {}).get('description', 'not recorded')}."
+             + (" The oracle rows know the generator: for retrieval, each user's true odds of "
+                "adding each title (its popularity and the user's true taste); for ranking, "
+                "the score the user would give each title without noise. They are the "
+                "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
              table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"])],
                    [(f"R@{k}", f"recall@{k}") for k in CURVE_KS]
@@ -311,6 +370,7 @@ def render(metrics: dict) -> str:
                         + [(f"ranker trained with {name} (training stage)", m)
                            for name, m in k["losses_at_training"].items()],
                         LIST_COLUMNS, label="order")]
+        lines += ["", *_ranker_warnings(k)]
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],

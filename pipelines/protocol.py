@@ -214,6 +214,23 @@ def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
 # ---------------------------------------------------------------------------------------
 # Uncertainty.
 
+def _resampled_means(d: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([d[rng.integers(0, len(d), (min(100, draws - i), len(d)))].mean(1)
+                           for i in range(0, draws, 100)])   # 100 draws at a time: bounded memory
+
+
+def mean_ci(values, draws: int = 1000, seed: int = 0, level: float = 0.95) -> list:
+    """``[low, high]``: the bootstrap confidence interval of the mean of ``values`` over
+    users (NaN left out; ``[None, None]`` under 2 values). For error bars."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return [None, None]
+    lo, hi = np.quantile(_resampled_means(v, draws, seed), [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
 def paired_bootstrap(a, b, draws: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """The mean per-user difference ``a - b`` of two systems scored on the same users
     (users where either is NaN left out) and its bootstrap confidence interval: users
@@ -225,9 +242,7 @@ def paired_bootstrap(a, b, draws: int = 1000, seed: int = 0, level: float = 0.95
     if len(d) < 2:
         return {"difference": None, "ci": [None, None], "level": level, "users": int(len(d)),
                 "draws": draws, "significant": False}
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([d[rng.integers(0, len(d), (min(100, draws - i), len(d)))].mean(1)
-                            for i in range(0, draws, 100)])   # 100 draws at a time: bounded memory
+    means = _resampled_means(d, draws, seed)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"difference": float(d.mean()), "ci": [float(lo), float(hi)], "level": level,
             "users": int(len(d)), "draws": draws, "significant": bool(lo > 0 or hi < 0)}

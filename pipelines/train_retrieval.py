@@ -149,6 +149,7 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     return model, {
         "history": stopper.history, "best_epoch": stopper.stopping.best_epoch,
         "epochs": epochs, "train_pairs": n_pairs,
+        "fit_seconds": fit_seconds,   # training only, without the validation passes
         "examples_per_second": round(n_pairs * epochs / fit_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }

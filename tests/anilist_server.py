@@ -181,7 +181,11 @@ class AniListStandIn(LoopbackServer):
         request gets 429. The ``X-RateLimit-*`` headers say 90 regardless, as AniList's
         do while it runs degraded at 30. None: no limit.
       delay: seconds to wait before answering each request.
-      timeout_seconds: how long a "timeout" fault stalls.
+      timeout_seconds: how long a "timeout" fault stalls (at most: leaving the ``with``
+        block ends every stall, so a long one never outlives the server).
+      pause_at: ``(kind, n)``: the ``n``-th request of that kind (counted from 1) sets
+        ``paused`` and is not answered until ``resume`` is set (leaving the ``with`` block
+        sets it): a test can act (e.g. SIGKILL the client) at an exact point of a crawl.
       requests: ``[(monotonic time, kind)]`` of every request received.
       served: monotonic times at which requests were counted against the rate limit
         (answered, not 429); ``throttled``: the 429s the rate limit answered.
@@ -215,6 +219,8 @@ class AniListStandIn(LoopbackServer):
         self._timeout_until = 0.0
         self.request_event = threading.Event()
         self.notify_after: int | None = None
+        self.pause_at: tuple[str, int] | None = None
+        self.paused, self.resume = threading.Event(), threading.Event()
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -242,7 +248,12 @@ class AniListStandIn(LoopbackServer):
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
 
+        self.resume.clear()
         return self._serve(Handler)
+
+    def __exit__(self, *exc):
+        self.resume.set()  # no handler is left waiting on a pause or a stall
+        super().__exit__(*exc)
 
     @property
     def url(self) -> str:
@@ -268,6 +279,7 @@ class AniListStandIn(LoopbackServer):
         with self._lock:
             self.requests.append((time.monotonic(), kind))
             n = len(self.requests)
+            pause = self.pause_at == (kind, sum(k == kind for _, k in self.requests))
             fault = None
             for k in (key, "any"):
                 if self.faults.get(k):
@@ -275,10 +287,15 @@ class AniListStandIn(LoopbackServer):
                     break
         if self.notify_after is not None and n >= self.notify_after:
             self.request_event.set()
+        if pause:
+            self.paused.set()
+            self.resume.wait()
         if self.delay:
             time.sleep(self.delay)
-        if fault in ("timeout", "slow"):
-            time.sleep(self.timeout_seconds if fault == "timeout" else self.slow_seconds)
+        if fault == "timeout":
+            self.resume.wait(self.timeout_seconds)
+        elif fault == "slow":
+            time.sleep(self.slow_seconds)
         with self._lock:  # counted now, as a worker takes it
             now = time.monotonic()
             used = len(self.served) - bisect.bisect_right(self.served, now - self.rate_window)

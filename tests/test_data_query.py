@@ -108,20 +108,39 @@ def test_full_crawl_reproduces_the_world(world, tmp_path, monkeypatch):
 
 
 def test_transient_faults_are_retried(world, tmp_path):
+    # Every fault answers at once, and no answer comes near the client's 30 s timeout:
+    # the counts are exact whatever the machine's speed.
     db = tmp_path / "crawl.db"
-    with AniListStandIn(world, timeout_seconds=0.6, retry_after=0) as server:
+    with AniListStandIn(world, retry_after=0) as server:
         ids = sorted(server.users.index)
         server.faults[("list", ids[0])] = ["429", "429"]
         server.faults[("list", ids[1])] = ["500", "503"]
-        server.faults[("list", ids[2])] = ["timeout"]
         server.faults[("list", ids[3])] = ["truncated"]
         server.faults[("list", ids[4])] = ["disabled"]
-        client = _client(server, timeout=0.3)
+        client = _client(server, timeout=30.0)
         lists, _ = _crawl(db, client)
+        list_requests = [k for _, k in server.requests].count("list")
     assert lists.fetched == 40 and not lists.failed and not lists.skipped
-    assert client.stats.rate_limited == 2
-    assert client.stats.retries == 5  # 500, 503, timeout, truncated JSON, 403 disabled
+    assert client.stats.rate_limited == 2  # 429s wait, they are not retries
+    assert client.stats.retries == 4  # 500, 503, truncated JSON, 403 disabled
+    assert list_requests == 40 + 2 + 4
     assert _tables(db)["entries"] == _tables(world)["entries"]
+
+
+def test_a_request_that_times_out_is_retried_and_its_reason_recorded(world):
+    # The "timeout" fault never answers while the server runs (the stall outlasts the
+    # test; leaving the with block ends it): the client's 0.5 s timeout always fires on
+    # it. A slow machine may time out another try too, so retries are a bounded range.
+    with AniListStandIn(world, timeout_seconds=600) as server:
+        victim = sorted(server.users.index)[2]
+        want = dq.fetch_list(_client(server), victim)
+        server.faults[("list", victim)] = ["timeout"]
+        client = _client(server, timeout=0.5, max_retries=3)
+        assert dq.fetch_list(client, victim) == want
+        assert 1 <= client.stats.retries <= 3
+        server.faults[("list", victim)] = ["timeout"]
+        with pytest.raises(dq.TransientError, match=r"^timeout \(after 0 retries\)$"):
+            dq.fetch_list(_client(server, timeout=0.5, max_retries=0), victim)
 
 
 def test_persistent_failure_is_recorded_then_retried_by_the_next_run(world, tmp_path):
@@ -186,18 +205,23 @@ def test_sigkill_mid_crawl_then_rerun_equals_an_uninterrupted_crawl(world, tmp_p
             conn.close()
     command = [sys.executable, "data_query.py", "lists", "--db", str(killed), "--rate", "0",
                "--quiet"]
-    with AniListStandIn(world, delay=0.02) as server:
-        server.notify_after = 15
+    # The stand-in holds the 16th list request unanswered until the test has killed the
+    # crawler: 15 lists are saved, the 16th is in flight, whatever the machine's speed.
+    with AniListStandIn(world) as server:
+        server.pause_at = ("list", 16)
         proc = subprocess.Popen(command + ["--endpoint", server.url], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert server.request_event.wait(60), "the crawl never got going"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            assert server.paused.wait(120), "the crawl never reached its 16th list"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        server.resume.set()
     conn = store.connect(killed, readonly=True)
     done = conn.execute("SELECT COUNT(*) FROM crawl_state WHERE kind='lists' AND state='done'").fetchone()[0]
     users_with_entries = conn.execute("SELECT COUNT(DISTINCT user_id) FROM entries").fetchone()[0]
     conn.close()
-    assert 0 < done < 40, "killed mid-crawl"
+    assert done == 15, "killed mid-crawl, on the 16th list"
     assert users_with_entries == done, "no half-written list"
     with AniListStandIn(world) as server:
         result = subprocess.run(command + ["--endpoint", server.url], cwd=ROOT,

@@ -38,7 +38,12 @@ def test_scann_tree_ah_recall_against_brute_force():
     index = CandidateIndex.build(x, ids, IndexConfig(mode="ann"))
     assert index.config.resolved(len(ids))["exact"] is False
     got, _ = index.search(q, 100)
-    assert _recall(got, exact) >= 0.95
+    # ScaNN's k-means is not reproducible from Python: tree() exposes no seed (the
+    # partitioning proto's clustering_seed is fixed, yet builds differ between processes
+    # and even between the first and later builds in one). Measured over 52 builds in 5
+    # processes: Recall@100 0.9982 to 1.0. Broken settings (e.g. 2 of 55 leaves searched,
+    # reorder 100) measure 0.71-0.76.
+    assert _recall(got, exact) >= 0.98
     # Searching every leaf with full reordering is exact.
     full = CandidateIndex.build(x, ids, IndexConfig(mode="ann", num_leaves=20,
                                                    leaves_to_search=20, reorder=3000))

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,22 @@ from serving import Filters, Recommender, batch
 from tests.worlds import TINY_RANKING
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# `python -m serving.batch ARGS`, except that os.replace, about to put part-00003.parquet
+# in place, prints so and waits for the test's SIGKILL instead.
+_STOP_BEFORE_PART_3 = """
+import os, runpy, sys, time
+replace = os.replace
+def stopping(src, dst, *args, **kwargs):
+    if os.path.basename(dst) == "part-00003.parquet":
+        print("stopped before part-00003.parquet", flush=True)
+        time.sleep(3600)
+    return replace(src, dst, *args, **kwargs)
+os.replace = stopping
+sys.argv = ["serving.batch", *sys.argv[1:]]
+runpy.run_module("serving.batch", run_name="__main__", alter_sys=True)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -135,23 +150,29 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
     pd.testing.assert_frame_equal(known.drop(columns="source").reset_index(drop=True), expected)
 
     # Killed mid-way (SIGKILL), then rerun: the same parts, byte for byte in content.
+    # The job runs as the command line does, in a child whose os.replace stops before
+    # putting part 3 in place (its temporary file written), says so on stdout and waits:
+    # the kill lands there, after exactly parts 0-2, whatever the machine's speed.
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "serving.batch", "--model", str(tiny_ranked[0]),
-               "--users", str(listing), "--out", str(killed), "--k", "5", "--chunk-size", "10",
-               "--quiet"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(killed.glob("part-00002.parquet")) and time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    parts = sorted(killed.glob("part-*.parquet"))
-    assert 3 <= len(parts) < 31 and not (killed / batch.DONE).exists(), "killed mid-way"
+    arguments = ["--model", str(tiny_ranked[0]), "--users", str(listing), "--out", str(killed),
+                 "--k", "5", "--chunk-size", "10", "--quiet"]
+    command = [sys.executable, "-m", "serving.batch", *arguments]
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_BEFORE_PART_3, *arguments], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline() == "stopped before part-00003.parquet\n", "never got there"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    parts = sorted(p.name for p in killed.glob("part-*.parquet"))
+    assert parts == [f"part-{i:05d}.parquet" for i in range(3)]
+    assert not (killed / batch.DONE).exists(), "killed mid-way"
+    assert [p.name.split(".")[1] for p in killed.glob(".*.tmp")] == ["part-00003"], \
+        "the killed part's temporary file is left"
     with pytest.raises(InputError, match="did not finish"):
         batch.read_output(killed)
-    # What a kill during a part's write leaves (the kill above may or may not land there).
+    # And what a kill during another part's write leaves.
     (killed / ".part-00029.parquet.0badf00d.tmp").write_bytes(b"PAR1 half a file")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

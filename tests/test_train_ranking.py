@@ -56,17 +56,28 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
 
 
 def test_ranker_learns_and_beats_random_order(stage):
+    # Measured on this seeded world (ranking seeds 0 / 1 / 2 of the same lists): validation
+    # NDCG@10 0.425 -> 0.587 / 0.400 -> 0.632 / 0.465 -> 0.554 over the 6 epochs; held-out
+    # NDCG 0.9373 / 0.9374 / 0.9356 against the random-order floor 0.9271; end to end,
+    # NDCG@10 0.158 / 0.164 / 0.167 against retrieval order's 0.114. An untrained ranker
+    # (fit a no-op: the same run, weights at their initial values) gets no improvement
+    # (0.370 every epoch), held-out 0.9232 (below random) and 0.018 end to end.
     _, metrics = stage
     training = metrics["losses"]["approx_ndcg"]["training"]
-    best = max(h["validation_ndcg@10"] for h in training["history"])
-    assert best == training["history"][training["best_epoch"] - 1]["validation_ndcg@10"]
-    assert training["lists_per_second"] > 0
+    history = [h["validation_ndcg@10"] for h in training["history"]]
+    assert len(history) == training["epochs"] and training["best_epoch"] >= 2
+    best = history[training["best_epoch"] - 1]
+    assert best == max(history)
+    assert best - history[0] >= 0.05, f"validation NDCG@10 did not improve: {history}"
     held = metrics["held_out_lists"]
     assert set(held) == {"random", "popularity", "mean_training_score"}
+    assert metrics["losses"]["approx_ndcg"]["ndcg"] >= held["random"]["ndcg"] + 0.005
     e2e = metrics["end_to_end"]
-    assert {"ndcg@10", "recall@10", "mrr", "recall@100"} <= set(e2e["ranked"])
+    assert e2e["ranked"]["ndcg@10"] >= e2e["retrieval_order"]["ndcg@10"] + 0.02
+    assert e2e["ranked"]["mrr"] > e2e["retrieval_order"]["mrr"]
     # Reordering the same candidates cannot change recall over all of them.
     assert e2e["ranked"]["recall@100"] == pytest.approx(e2e["retrieval_order"]["recall@100"])
+    assert training["train_lists"] == metrics["lists"]["train"]
 
 
 def test_saved_ranker_scores_like_the_trained_one(stage, tiny_features):

@@ -15,7 +15,7 @@ from towers.features import feature_specs
 from towers.index import CandidateIndex
 
 
-def test_training_lowers_the_loss_and_beats_popularity(tiny_model):
+def test_training_lowers_the_loss_and_beats_popularity(tiny_model, tiny_features):
     _, metrics = tiny_model
     history = metrics["training"]["history"]
     losses = [h["loss"] for h in history]
@@ -24,7 +24,11 @@ def test_training_lowers_the_loss_and_beats_popularity(tiny_model):
     assert best == history[metrics["training"]["best_epoch"] - 1]["validation_recall@100"]
     assert metrics["model"]["recall@100"] > 1.05 * metrics["popularity"]["recall@100"]
     assert metrics["model"]["ndcg@100"] > metrics["popularity"]["ndcg@100"]
-    assert metrics["training"]["examples_per_second"] > 0
+    # Throughput is what an epoch of training interactions over the fitting time gives.
+    t = metrics["training"]
+    assert t["train_pairs"] == len(FeatureTables.load(tiny_features).pairs("train"))
+    assert t["examples_per_second"] == round(t["train_pairs"] * t["epochs"] / t["fit_seconds"], 1)
+    assert t["epochs"] == len(history) and t["fit_seconds"] < t["seconds"]
 
 
 def test_saved_towers_reload_with_the_same_embeddings(tiny_model, tiny_features):
