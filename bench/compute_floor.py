@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--model", default="data/model")
     args = parser.parse_args()
     rec = Recommender.from_pretrained(args.model)
-    users = rec._embed_users(rec._user_raw)
+    users = rec.retrieval.embed_users(rec._user_raw)
     cands = rec.index.embeddings
     floor = best_of(lambda: users @ cands.T)
     ours = best_of(lambda: brute_force_top_k(users, cands, 100))

@@ -32,7 +32,7 @@ import pandas as pd
 
 from pipelines import __version__, atomic
 from pipelines.errors import InputError
-from pipelines.protocol import Lists, seen_before
+from pipelines.protocol import seen_before
 from pipelines.tables import FeatureTables
 from towers.features import apply_in_blocks, feature_specs
 from towers.index import CandidateIndex
@@ -47,11 +47,11 @@ REQUIRED = (CONFIG, METRICS, "anime.parquet", "users.parquet", "seen.parquet",
 LOCAL_KEYS = ("source_db",)
 
 
-def check_complete(model_dir: Path, what: str = "anirank model") -> None:
+def check_complete(model_dir: Path) -> None:
     """Raises ``InputError`` naming the missing files of an incomplete model directory."""
     missing = [f for f in REQUIRED if not (model_dir / f).exists()]
     if missing:
-        raise InputError(f"{model_dir} is not a complete {what}: missing {missing}. Train it "
+        raise InputError(f"{model_dir} is not a complete anirank model: missing {missing}. Train it "
                          "with `python -m pipelines train-retrieval` (or download it again).")
 
 
@@ -209,18 +209,23 @@ def load_ranker(model_dir: Path):
     return saved, saved.signatures["serving_default"]
 
 
-def score_lists(signature, tables: FeatureTables, lists: Lists, batch_size: int = 256) -> np.ndarray:
+def score_lists(signature, user_raw: dict, anime_raw: dict, user_rows: np.ndarray,
+                anime_rows: np.ndarray, similarity: np.ndarray,
+                batch_size: int = 256) -> np.ndarray:
     """Scores ``[n, size]`` of padded lists (padding scored: mask it) by a saved ranker's
-    ``serving_default`` signature, with the raw features of ``tables``."""
+    ``serving_default`` signature: list ``i`` is user ``user_rows[i]`` of ``user_raw``
+    with the titles ``anime_rows[i]`` of ``anime_raw`` (-1 = padding) and their retrieval
+    ``similarity``. The report scores held-out lists with it; serving, a model without
+    the factorised signatures."""
     import tensorflow as tf
 
     inputs = {spec.name for spec in signature.structured_input_signature[1].values()}
-    out = [np.zeros((0, lists.anime_rows.shape[1]), np.float32)]
-    for start in range(0, len(lists), batch_size):
+    out = [np.zeros((0, anime_rows.shape[1]), np.float32)]
+    for start in range(0, len(user_rows), batch_size):
         part = slice(start, start + batch_size)
-        users, rows = lists.user_rows[part], np.maximum(lists.anime_rows[part], 0)
-        batch = {k: v[users] for k, v in tables.user_raw.items() if k in inputs}
-        batch.update({k: v[rows] for k, v in tables.anime_raw.items() if k in inputs})
-        batch["similarity"] = lists.similarity[part].astype(np.float32)
+        users, rows = user_rows[part], np.maximum(anime_rows[part], 0)
+        batch = {k: v[users] for k, v in user_raw.items() if k in inputs}
+        batch.update({k: v[rows] for k, v in anime_raw.items() if k in inputs})
+        batch["similarity"] = similarity[part].astype(np.float32)
         out.append(signature(**{k: tf.constant(v) for k, v in batch.items()})["scores"].numpy())
     return np.concatenate(out)

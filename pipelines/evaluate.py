@@ -124,7 +124,7 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     config = RankingConfig.from_dict(ranking)
     lists = protocol.held_out_lists(tables, retrieval.queries, retrieval.candidate_embeddings,
                                     config.relevance_scale)
-    scores = artifact.score_lists(ranker, tables, lists)
+    scores = _score(ranker, tables, lists)
     held = {f"ranker ({config.loss})": protocol.list_metrics(scores, lists),
             **protocol.baseline_list_metrics(tables, lists)}
     counts = tables.train_counts()
@@ -139,7 +139,7 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         held["oracle (true expected score)"] = protocol.list_metrics(expected, lists)
         extra["oracle"] = _oracle_keys(truth, tables)[1]
     per_user = {}
-    e2e = protocol.end_to_end(tables, lambda t, l: artifact.score_lists(ranker, t, l),
+    e2e = protocol.end_to_end(tables, lambda t, l: _score(ranker, t, l),
                               *retrieval.top(tables, "test", config.num_candidates),
                               extra_orders=extra, ks=E2E_KS, per_user=per_user)
     losses = {name: {"ndcg": m["ndcg"], "ndcg@5": m["ndcg@5"]}
@@ -158,6 +158,11 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
             pairs["ranker"], pairs["true_expected"])
     return section, pairs
+
+
+def _score(ranker, tables: FeatureTables, lists: protocol.Lists) -> np.ndarray:
+    return artifact.score_lists(ranker, tables.user_raw, tables.anime_raw, lists.user_rows,
+                                lists.anime_rows, lists.similarity)
 
 
 def _differences(per_user: dict, system: str, others: list, metrics) -> dict:

@@ -166,14 +166,6 @@ def predict(ranker, tables: FeatureTables, lists: Lists, constants=None,
     return _predict(_SCORE_FUNCTIONS[ranker], tables, lists, constants, batch_size)
 
 
-def predict_with(signature, tables: FeatureTables, lists: Lists,
-                 batch_size: int = 256) -> np.ndarray:
-    """The same with a saved ranker's ``serving_default`` signature."""
-    inputs = {spec.name for spec in signature.structured_input_signature[1].values()}
-    return _predict(lambda batch: signature(**{k: v for k, v in batch.items() if k in inputs})["scores"],
-                    tables, lists, None, batch_size)
-
-
 def _predict(score, tables: FeatureTables, lists: Lists, constants, batch_size: int) -> np.ndarray:
     if len(lists) == 0:
         return np.zeros(lists.anime_rows.shape, np.float32)

@@ -218,9 +218,6 @@ class Recommender:
         return cls(resolve(repo_id_or_dir, revision, **hub_kwargs))
 
     # -- scoring ----------------------------------------------------------------------
-    def _embed_users(self, raw: dict) -> np.ndarray:
-        return self.retrieval.embed_users(raw)
-
     def _scorer(self, score_encoded):
         """``fn(rows, similarity, user) -> scores [b, l]``: the gather of encoded titles
         and the ranker's ``score_encoded`` signature as one function, compiled with XLA
@@ -266,20 +263,14 @@ class Recommender:
                                           user)
                 out.append(scores.numpy()[:stop - start])
             return np.concatenate(out)
-        inputs = {s.name for s in self.ranker.structured_input_signature[1].values()}
-        out = []
-        for start in range(0, len(cand_rows), batch_size):
-            rows = np.maximum(cand_rows[start:start + batch_size], 0)
-            batch = {k: tf.constant(v[start:start + batch_size]) for k, v in user_raw.items() if k in inputs}
-            batch.update({k: tf.constant(v[rows]) for k, v in self._anime_raw.items() if k in inputs})
-            batch["similarity"] = tf.constant(sim[start:start + batch_size])
-            out.append(self.ranker(**batch)["scores"].numpy())
-        return np.concatenate(out)
+        # A ranker without the factorised signatures: its serving_default, row by row.
+        return artifact.score_lists(self.ranker, user_raw, self._anime_raw,
+                                    np.arange(len(cand_rows)), cand_rows, sim, batch_size)
 
     def _recommend_raw(self, user_raw: dict, seen: list | None, k: int, candidates: int,
                        allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (title rows, scores) for users given as raw features."""
-        queries = self._embed_users(user_raw)
+        queries = self.retrieval.embed_users(user_raw)
         ids, sim = self.index.search(queries, candidates, exclude=seen, allowed=allowed)
         cand = self._anime_row.get_indexer(ids.reshape(-1)).reshape(ids.shape)
         cand = np.where(ids >= 0, cand, -1)

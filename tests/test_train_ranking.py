@@ -94,7 +94,8 @@ def test_saved_ranker_scores_like_the_trained_one(stage, tiny_features):
     ndcg_saved = np.nanmean(list_ndcg(saved, lists.relevance[:16], mask))
     assert saved.shape == lists.anime_rows[:16].shape
     # The held-out NDCG recorded for the trained ranker is what the saved one gives.
-    full = artifact.score_lists(fn, tables, lists)
+    full = artifact.score_lists(fn, tables.user_raw, tables.anime_raw, lists.user_rows,
+                                lists.anime_rows, lists.similarity)
     assert np.nanmean(list_ndcg(full, lists.relevance, lists.mask)) == pytest.approx(
         metrics["losses"]["approx_ndcg"]["ndcg"], abs=1e-6)
     assert np.isfinite(ndcg_saved)
