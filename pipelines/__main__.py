@@ -11,7 +11,7 @@ import json
 import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import LOSS_NAMES, FeatureConfig, RankingConfig, RetrievalConfig
+from pipelines.config import LOSS_NAMES, PROTOCOLS, FeatureConfig, RankingConfig, RetrievalConfig
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -52,14 +52,29 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("features")
     group.add_argument("--out", default=DEFAULT_FEATURES,
                        help=f"feature table directory, replaced atomically (default: {DEFAULT_FEATURES})")
+    group.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol,
+                       help="as_of: one time cutoff T for everyone (train before T, "
+                            "validation [T, T+h), test [T+h, T+2h)), as a model trained today "
+                            "and used tomorrow sees the data; per_user: the last fractions of "
+                            "each user's own list by time. Lists without entry times are "
+                            "split at random per user either way (default: %(default)s)")
+    group.add_argument("--as-of", metavar="DATE",
+                       help="the cutoff T, an ISO date or datetime in UTC such as 2025-06-01 "
+                            "(default: when 1 - validation - test fraction of the timed "
+                            "entries had happened)")
+    group.add_argument("--horizon-days", type=float,
+                       help="length h of the validation and of the test period (default: "
+                            "half the time from T to the last entry, so the two periods "
+                            "cover the rest)")
     group.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                       help="last fraction of each user's entries (by time) before the test "
-                            "part, held out for validation (default: %(default)s)")
+                       help="share of entries held out for validation: sets the default "
+                            "cutoff, and the per-user share in the random and per_user "
+                            "splits (default: %(default)s)")
     group.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
-                       help="last fraction of each user's entries (by time) held out for "
-                            "test (default: %(default)s)")
+                       help="share of entries held out for test, likewise (default: %(default)s)")
     group.add_argument("--min-entries-to-split", type=int, default=defaults.min_entries_to_split,
-                       help="users with fewer entries stay wholly in train (default: %(default)s)")
+                       help="in the random and per_user splits, users with fewer entries "
+                            "stay wholly in train (default: %(default)s)")
     group.add_argument("--interaction-statuses", default=",".join(defaults.interaction_statuses),
                        help="list statuses that count as watched, the positives of retrieval "
                             "(default: %(default)s)")
@@ -141,6 +156,7 @@ def _ranking_config(args: argparse.Namespace) -> RankingConfig:
 
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
+        protocol=args.protocol, as_of=args.as_of, horizon_days=args.horizon_days,
         validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
         min_entries_to_split=args.min_entries_to_split,
         interaction_statuses=tuple(s.strip().upper() for s in args.interaction_statuses.split(",")),
@@ -190,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = add_stage(
         "features", help="raw store -> Parquet feature tables",
-        description="Splits each user's entries by time into train/validation/test, "
-                    "computes user features from train only, anime features from the "
-                    "media table, and vocabularies and statistics from train; writes "
+        description="Splits the entries into train/validation/test (by default at one "
+                    "time cutoff for everyone, see --protocol), computes user features, "
+                    "title statistics (popularity, favourites, mean score), vocabularies "
+                    "and normalisation statistics from train only; writes "
                     "interactions/users/anime Parquet tables and schema.json.")
     features.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_feature_args(features)

@@ -1,6 +1,8 @@
 """Retrieval baselines the two-tower is reported against, under the same protocol.
 
 - Most popular: every user gets the titles with the most training interactions.
+- Most popular recently: the same, counting only the ``RECENT_DAYS`` before the as-of
+  cutoff (on time splits, what is being watched now is the strongest trivial baseline).
 - EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): an
   item-item weight matrix in closed form, ``B = I - P diag(1 / diag(P))`` with
   ``P = (X'X + lambda I)^-1`` (equivalently ``B_ij = -P_ij / P_jj``, zero diagonal), and a
@@ -20,6 +22,7 @@ import numpy as np
 from pipelines import protocol
 from pipelines.tables import FeatureTables
 
+RECENT_DAYS = 30
 MAX_EASE_TITLES = 20_000   # a dense float64 title x title inverse: 3.2 GB at this size
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
@@ -28,6 +31,22 @@ def popularity_scorer(tables: FeatureTables):
     """``score_fn(user_rows) -> [b, num_anime]``: training interaction counts for every user."""
     counts = tables.train_counts()
     scores = counts.astype(np.float32)
+    return lambda rows: np.broadcast_to(scores, (len(rows), len(scores)))
+
+
+def recent_popularity_scorer(tables: FeatureTables, days: int = RECENT_DAYS):
+    """``score_fn(user_rows)``: training interactions per title in the ``days`` before
+    the as-of cutoff, ties broken by all training interactions; None when the feature
+    tables have no cutoff (a source without entry times)."""
+    as_of = (tables.schema.get("split") or {}).get("as_of")
+    if as_of is None:
+        return None
+    inter = tables.interactions
+    recent = ((inter["split"] == "train") & inter["is_interaction"]
+              & (inter["time"] >= as_of - days * 86_400)).to_numpy()
+    counts = np.bincount(inter["anime_row"].to_numpy()[recent], minlength=len(tables.anime))
+    overall = tables.train_counts()
+    scores = (counts + overall / (overall.max(initial=0) + 1.0)).astype(np.float32)
     return lambda rows: np.broadcast_to(scores, (len(rows), len(scores)))
 
 

@@ -7,6 +7,7 @@ every model's ``config.json``), so what produced a table is always recorded besi
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 from pipelines.errors import InputError
@@ -31,6 +32,25 @@ class _JsonConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+PROTOCOLS = ("as_of", "per_user")
+
+
+def parse_time(value: str, name: str = "time") -> int:
+    """An ISO date or datetime (UTC unless it names a zone) as unix seconds.
+
+    Raises:
+      InputError: ``value`` is not an ISO date/datetime.
+    """
+    try:
+        when = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"`{name}` must be an ISO date or datetime such as 2025-06-01 or "
+                         f"2025-06-01T12:00. Received: {value!r}.") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp())
+
+
 STATUSES = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING", "PLANNING")
 
 # The ranker's listwise losses, by name: the keys of ``ranking.losses.LOSSES`` (which
@@ -44,12 +64,26 @@ class FeatureConfig(_JsonConfig):
     """How the raw store becomes feature tables.
 
     Attributes:
-      validation_fraction: last fraction (by time) of each user's entries held out for
-        validation, before the test fraction.
-      test_fraction: last fraction (by time) of each user's entries held out for test.
-      min_entries_to_split: users with fewer entries keep all of them in train.
-      time_columns: entry time used for the temporal split: the first non-NULL of these
-        columns. A user with any entry lacking all of them is split randomly (seeded).
+      protocol: ``"as_of"`` (default): one global time cutoff T for everyone, as a model
+        trained today and used tomorrow sees the data: train = entries before T,
+        validation = ``[T, T+h)``, test = ``[T+h, T+2h)``; users, titles, vocabularies and
+        statistics are those of T. ``"per_user"``: the last fractions of each user's own
+        list by time (lets other users' later entries into training; kept to compare).
+        Either way, lists without usable times are split at random per user (seeded).
+      as_of: the cutoff T as an ISO date or datetime in UTC (``"2025-06-01"``); None =
+        the time by which ``1 - validation_fraction - test_fraction`` of the timed entries
+        had happened, at midnight UTC.
+      horizon_days: the length h of the validation and of the test period; None = half
+        the time from T to the last entry (whole days), so the two periods cover the rest.
+      validation_fraction: the share of entries held out for validation: where the
+        default as-of cutoff falls, and per user in the random and per-user splits.
+      test_fraction: the share of entries held out for test, likewise.
+      min_entries_to_split: in the random and per-user splits, users with fewer entries
+        keep all of them in train.
+      time_columns: an entry's time: the first non-NULL of these columns. The default
+        puts ``updated_at`` first (when the entry reached the status and score we see),
+        so no training entry carries a score or status given after the cutoff. A user
+        with any entry lacking all of them is split randomly (seeded).
       interaction_statuses: list statuses that count as positive interactions for
         retrieval (the user watched the title).
       min_interaction_score: additionally require score >= this for an interaction
@@ -65,10 +99,13 @@ class FeatureConfig(_JsonConfig):
       seed: seed of the random split used where entry times are missing.
     """
 
+    protocol: str = "as_of"
+    as_of: str | None = None
+    horizon_days: float | None = None
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     min_entries_to_split: int = 5
-    time_columns: tuple[str, ...] = ("created_at", "updated_at", "completed_at")
+    time_columns: tuple[str, ...] = ("updated_at", "completed_at", "created_at")
     interaction_statuses: tuple[str, ...] = ("COMPLETED", "CURRENT", "REPEATING")
     min_interaction_score: int = 0
     label_statuses: tuple[str, ...] = ("COMPLETED", "CURRENT", "PAUSED", "DROPPED", "REPEATING")
@@ -79,6 +116,13 @@ class FeatureConfig(_JsonConfig):
     seed: int = 0
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"`protocol` must be one of {list(PROTOCOLS)}. "
+                             f"Received: {self.protocol!r}.")
+        if self.as_of is not None:
+            parse_time(self.as_of, "as_of")
+        if self.horizon_days is not None and not self.horizon_days > 0:
+            raise InputError(f"`horizon_days` must be positive. Received: {self.horizon_days}.")
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -35,6 +35,7 @@ from towers.index import ann_benchmark
 CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
 E2E_KS = (1, 2, 3, 5, 10, 20)
 BUCKETS = ((1, 9), (10, 49), (50, 199), (200, None))
+RECENT = f"most popular, last {baselines.RECENT_DAYS} days"
 
 
 def _bucket_names():
@@ -79,6 +80,9 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     ease = baselines.fit_ease(tables, lam=tuned)
     if ease is not None:
         scorers["EASE"] = ease["scorer"]
+    recent = baselines.recent_popularity_scorer(tables)
+    if recent is not None:
+        scorers[RECENT] = recent
     if truth is not None:
         scorers["oracle"] = _oracle_keys(truth, tables)[0]
     n_train = tables.users["n_train"].to_numpy()
@@ -103,9 +107,12 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     ids_only = saved.get("retrieval", {}).get("ids_only")
     return {
         "curves": curves, "by_activity": by_activity,
-        "differences": _differences(users, "two-tower", [n for n in ("EASE", "most popular")
-                                                          if n in users],
-                                    ("recall@100", "ndcg@10")),
+        "differences": {
+            **protocol.differences(users, "two-tower",
+                                   [n for n in ("EASE", RECENT, "most popular") if n in users],
+                                   ("recall@100", "ndcg@10")),
+            # the ablation is not saved: its paired difference comes from training
+            **(saved.get("retrieval", {}).get("differences") or {})},
         "ease": None if ease is None else {"lambda": ease["lambda"]},
         "ids_only": None if ids_only is None else {
             k: ids_only[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")},
@@ -151,7 +158,7 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         pairs["true_expected"] = expected[mask]
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
                "held_out_users": len(lists), "end_to_end": e2e,
-               "differences": _differences(per_user, "ranked", ["retrieval_order", "popularity order"],
+               "differences": protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
                                            ("ndcg@10", "recall@10", "mrr")),
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
     if expected is not None:
@@ -163,15 +170,6 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
 def _score(ranker, tables: FeatureTables, lists: protocol.Lists) -> np.ndarray:
     return artifact.score_lists(ranker, tables.user_raw, tables.anime_raw, lists.user_rows,
                                 lists.anime_rows, lists.similarity)
-
-
-def _differences(per_user: dict, system: str, others: list, metrics) -> dict:
-    """``{"<system> - <other>": {metric: paired bootstrap}}``: how much ``system`` beats
-    each of ``others`` on the same users, with a 95% CI."""
-    return {f"{system} - {other}": {m: protocol.paired_bootstrap(per_user[system][m],
-                                                                 per_user[other][m])
-                                    for m in metrics}
-            for other in others}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -330,7 +328,12 @@ def render(metrics: dict) -> str:
              f"Model `{metrics['model']}`, data fingerprint `{metrics['data']['fingerprint']}`, "
              f"{metrics['data']['counts']['users']:,} users, {metrics['data']['counts']['anime']:,} "
              f"titles. Test split: {metrics['protocol']['test_split']}; titles the user had "
-             "before the test period are excluded from every ranking.", "",
+             "before the test period are excluded from every ranking. "
+             + ("Title popularity, favourites and mean score are counted from the training "
+                "entries, never read from the source's snapshot columns."
+                if metrics["protocol"].get("title_statistics") == "training entries" else
+                "Title popularity, favourites and mean score are the source's snapshot "
+                "columns (feature tables from before anirank counted them): optimistic."), "",
              f"Data: {(metrics['data'].get('source') or {}).get('description', 'not recorded')}."
              + (" The oracle rows know the generator: for retrieval, each user's true odds of "
                 "adding each title (its popularity and the user's true taste); for ranking, "
@@ -342,10 +345,14 @@ def render(metrics: dict) -> str:
                    + [("N@10", "ndcg@10"), ("N@100", "ndcg@100")], label="model")]
     if r.get("ease"):
         tt, ease = r["curves"]["two-tower"]["recall@100"], r["curves"]["EASE"]["recall@100"]
-        verdict = "beats" if tt > ease else "does NOT beat"
+        d = r["differences"]["two-tower - EASE"]["recall@100"]
+        verdict = ("is within noise of" if not d["significant"] else
+                   "beats" if d["difference"] > 0 else "does NOT beat")
         lines += ["", f"EASE: closed-form item-item weights from the training split, lambda "
                   f"{r['ease']['lambda']:g} (picked by validation Recall@100). The two-tower "
-                  f"{verdict} it at Recall@100 ({num(tt)} vs {num(ease)})."]
+                  f"{verdict} it at Recall@100 ({num(tt)} vs {num(ease)}, difference "
+                  f"{num(d['difference'], '+.4f')}, 95% CI [{num(d['ci'][0], '+.4f')}, "
+                  f"{num(d['ci'][1], '+.4f')}])."]
     else:
         lines += ["", f"EASE: skipped: {metrics['data']['counts']['anime']:,} titles is more "
                   f"than the {baselines.MAX_EASE_TITLES:,} its dense title x title inverse allows."]
@@ -420,6 +427,8 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
         "protocol": {"split": "test", "test_fraction": config["test_fraction"],
                      "test_split": feature_tables.describe_split(tables.schema),
                      "excluded": "every entry of the user before the test period",
+                     "title_statistics": ("training entries" if "protocol" in (
+                         tables.schema.get("split") or {}) else "source snapshot"),
                      "relevant": "the user's test interactions ("
                                  + ", ".join(config["interaction_statuses"]) + ")",
                      "retrieval_oracle": "popularity bias x log popularity + taste bias x true affinity",

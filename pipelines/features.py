@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines import atomic, store
-from pipelines.config import FeatureConfig
+from pipelines.config import FeatureConfig, parse_time
 from pipelines.errors import InputError
 
 SCHEMA_FILE = "schema.json"
@@ -95,7 +95,6 @@ FEATURES = (
     FeatureSpec("favourites", "anime", "numeric", transform="log1p"),
     FeatureSpec("average_score", "anime", "numeric"),
     FeatureSpec("train_count", "anime", "numeric", transform="log1p"),
-    FeatureSpec("train_mean_score", "anime", "numeric"),
     FeatureSpec("is_adult", "anime", "numeric"),
 )
 
@@ -113,12 +112,55 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
-    """Adds ``time`` (the split time, NULL if unknown) and ``split`` to ``entries``.
+_DAY = 86_400
 
-    Returns a copy sorted by (user_id, order key, media_id), where the order key is the
-    entry time for users whose entries all have one and a seeded hash of (user, media)
-    for the others, so the random split does not depend on row order.
+
+def _cutoff(times: np.ndarray, config: FeatureConfig) -> tuple[int, int]:
+    """The as-of cutoff T and the period length h (seconds) from the timed entries'
+    ``times`` (see ``FeatureConfig.as_of`` and ``horizon_days``).
+
+    Raises:
+      InputError: an explicit ``as_of`` leaves no entry before or after it.
+    """
+    first, last = int(times.min()), int(times.max())
+    if config.as_of is None:
+        share = 1.0 - config.validation_fraction - config.test_fraction
+        as_of = int(np.quantile(times, share)) // _DAY * _DAY
+        as_of = max(as_of, first + 1)  # at least one training entry
+    else:
+        as_of = parse_time(config.as_of, "as_of")
+    horizon = -(-(last + 1 - as_of) // (2 * _DAY)) * _DAY  # two periods to the last entry
+    if config.horizon_days is not None:
+        horizon = int(round(config.horizon_days * _DAY))
+    if as_of <= first or as_of > last:
+        raise InputError(
+            f"The as-of cutoff {_date(as_of)} leaves no "
+            f"{'training' if as_of <= first else 'validation or test'} entries: the "
+            f"entries run from {_date(first)} to {_date(last)}. Pass an --as-of inside "
+            "that range, or leave it out for the default.")
+    return as_of, max(horizon, _DAY)
+
+
+def _date(seconds: int) -> str:
+    """Unix seconds as a UTC date (and time, when not midnight) for people."""
+    when = pd.Timestamp(int(seconds), unit="s")
+    return when.strftime("%Y-%m-%d" if when == when.normalize() else "%Y-%m-%d %H:%M")
+
+
+def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataFrame, dict | None]:
+    """Adds ``time`` (the entry time, NULL if unknown), ``split`` and ``random_split``.
+
+    Timed lists: under the as-of protocol, train/validation/test by one global cutoff
+    (``split`` is NULL for entries after the test period); under the per-user protocol,
+    the last fractions of each list by time, entries tied with a boundary going to the
+    earlier side. Lists without usable times (some entry has no time, or all share one)
+    are split in a seeded random order, per user, under either protocol.
+
+    Returns:
+      The frame, sorted by (user_id, order key, media_id), where the order key is the
+      entry time for timed lists and a seeded hash of (user, media) for the others (so
+      the random split does not depend on row order); and ``{"as_of", "horizon"}`` in
+      unix seconds when a cutoff was used, else None.
     """
     frame = entries.copy()
     when = frame[config.time_columns[0]]
@@ -142,8 +184,26 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
                    frame["time"].fillna(0).to_numpy(np.int64))
     order = np.lexsort((frame["media_id"].to_numpy(), key, user))
     frame = frame.iloc[order].reset_index(drop=True)
-    key, user = key[order], user[order]
+    key, user, random_order = key[order], user[order], random_order[order]
+    split = _per_user_split(key, user, config)
 
+    cutoff = None
+    if config.protocol == "as_of" and not random_order.all():
+        timed = ~random_order
+        as_of, horizon = _cutoff(key[timed], config)
+        by_time = np.select([key < as_of, key < as_of + horizon, key < as_of + 2 * horizon],
+                            ["train", "validation", "test"], default=None)
+        split = np.where(timed, by_time, split)
+        cutoff = {"as_of": as_of, "horizon": horizon}
+    frame["split"] = pd.Categorical(split, categories=SPLITS)
+    frame["random_split"] = random_order
+    return frame, cutoff
+
+
+def _per_user_split(key: np.ndarray, user: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Each list's last ``test_fraction`` by ``key`` to test and the
+    ``validation_fraction`` before it to validation (``key``, ``user`` sorted by user,
+    then key); lists shorter than ``min_entries_to_split`` stay in train."""
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     sizes = np.diff(np.r_[starts, len(user)])
     split_users = sizes >= config.min_entries_to_split
@@ -165,27 +225,40 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
 
     test = after(n_test)
     validation = after(n_test + n_val) & ~test
-    split = np.full(len(frame), "train", dtype=object)
+    split = np.full(len(key), "train", dtype=object)
     split[validation] = "validation"
     split[test] = "test"
-    frame["split"] = pd.Categorical(split, categories=SPLITS)
-    frame["random_split"] = random_order[order]
-    return frame
+    return split
 
 
-def _split_protocol(frame: pd.DataFrame, config: FeatureConfig) -> dict:
-    """How the split was made, for the report: by time, at random, or both (counting the
-    users whose lists are split: shorter ones stay whole in train)."""
+def _split_protocol(frame: pd.DataFrame, config: FeatureConfig, cutoff: dict | None,
+                    left_out: dict) -> dict:
+    """How the split was made, for the report: the protocol (as of a cutoff, per user),
+    whether lists were split by time, at random or both (counting the users whose lists
+    are split; in the random and per-user splits shorter ones stay whole in train), the
+    cutoff and periods, and what was left out."""
     sizes = frame.groupby("user_id").size()
-    split = sizes.index[sizes >= config.min_entries_to_split]
-    users = len(split)
-    random_users = int(frame.loc[frame["random_split"], "user_id"].drop_duplicates()
-                       .isin(split).sum())
-    method = "time" if random_users == 0 else "random" if random_users == users else "mixed"
-    return {"method": method, "users": users, "random_split_users": random_users,
-            "test_fraction": config.test_fraction,
-            "validation_fraction": config.validation_fraction,
-            "min_entries_to_split": config.min_entries_to_split}
+    random_users = frame.loc[frame["random_split"], "user_id"].drop_duplicates()
+    random_split = sizes.index.isin(random_users.to_numpy())
+    split = (sizes >= config.min_entries_to_split) | ~random_split
+    if config.protocol == "per_user":
+        split = sizes >= config.min_entries_to_split
+    users = int(split.sum())
+    n_random = int((split & random_split).sum())
+    method = "time" if n_random == 0 else "random" if n_random == users else "mixed"
+    out = {"method": method, "protocol": config.protocol if cutoff else "per_user",
+           "users": users, "random_split_users": n_random,
+           "test_fraction": config.test_fraction,
+           "validation_fraction": config.validation_fraction,
+           "min_entries_to_split": config.min_entries_to_split,
+           "left_out": left_out}
+    if cutoff:
+        as_of, horizon = cutoff["as_of"], cutoff["horizon"]
+        out.update(as_of=as_of, horizon_days=horizon / _DAY,
+                   periods={"train": [None, _date(as_of)],
+                            "validation": [_date(as_of), _date(as_of + horizon)],
+                            "test": [_date(as_of + horizon), _date(as_of + 2 * horizon)]})
+    return out
 
 
 def describe_split(schema: dict) -> str:
@@ -195,6 +268,24 @@ def describe_split(schema: dict) -> str:
         "random_split_users": schema["counts"].get("random_split_users", 0),
         "users": schema["counts"]["users"], "test_fraction": schema["config"]["test_fraction"]}
     share = f"{split['test_fraction']:.0%}"
+    if split.get("protocol") == "as_of":
+        periods = split["periods"]
+        left = split.get("left_out", {})
+        text = (f"as of {periods['validation'][0]} (one time cutoff for everyone): the "
+                f"model sees entries before it; validation is {periods['validation'][0]} to "
+                f"{periods['validation'][1]}, test {periods['test'][0]} to "
+                f"{periods['test'][1]} ({split['horizon_days']:g} days each)")
+        dropped = [f"{n:,} {what}" for what, n in (
+            ("entries after the test period", left.get("after_test", 0)),
+            ("entries of users with nothing before the cutoff", left.get("new_users", 0)),
+            ("entries of titles no one had listed before it", left.get("new_titles", 0))) if n]
+        if dropped:
+            text += "; left out: " + ", ".join(dropped)
+        if split["method"] == "mixed":
+            text += (f"; for the {split['random_split_users']:,} users without usable entry "
+                     f"times, a seeded random {share} of the list (a random sample, not the "
+                     "newest part)")
+        return text
     if split["method"] == "time":
         return f"the last {share} of each user's list by time"
     if split["method"] == "random":
@@ -228,6 +319,13 @@ def _multi_hot(lists: pd.Series, vocab: list[str]) -> np.ndarray:
 
 
 def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """One row per title: metadata from the media table, and what people made of it
+    counted from the *training entries alone* (so as of the cutoff): ``popularity``
+    (lists it is on, any status, as AniList counts it), ``favourites`` (of those, marked
+    favourite), ``average_score`` (mean of their nonzero scores; NULL if none) and
+    ``train_count`` (training interactions). The media table's own popularity,
+    favourites and scores are snapshots from the crawl, which already count the test
+    period: they are never read."""
     anime = pd.DataFrame({
         "media_id": media["media_id"],
         "title": media["title_english"].fillna(media["title_romaji"]),
@@ -241,17 +339,20 @@ def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig
         "season_year": media["season_year"].astype("float64"),
         "episodes": media["episodes"].astype("float64"),
         "duration": media["duration"].astype("float64"),
-        "popularity": media["popularity"].astype("float64"),
-        "favourites": media["favourites"].astype("float64"),
-        "average_score": media["average_score"].astype("float64"),
         "is_adult": media["is_adult"].astype("float64"),
         "status": media["status"],
     })
     per_title = train.groupby("media_id", observed=True)
-    anime["train_count"] = anime["media_id"].map(per_title["is_interaction"].sum()).fillna(0)
+    counted = lambda values: anime["media_id"].map(values).fillna(0).astype("float64")
+    anime["popularity"] = counted(per_title.size())
+    # A source that records no favourites at all (the Kaggle dumps) has no such feature.
+    has_favourites = bool(train["is_favourite"].fillna(False).astype(bool).any())
+    anime["favourites"] = (counted(per_title["is_favourite"].sum()) if has_favourites
+                           else np.nan)
     scored = train[train["score"] > 0].groupby("media_id")["score"].mean()
-    anime["train_mean_score"] = anime["media_id"].map(scored).astype("float64")
-    return anime
+    anime["average_score"] = anime["media_id"].map(scored).astype("float64")
+    anime["train_count"] = counted(per_title["is_interaction"].sum())
+    return anime.reset_index(drop=True)
 
 
 def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
@@ -375,6 +476,23 @@ def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _leave_out(frame: pd.DataFrame, cutoff: dict | None) -> tuple[pd.DataFrame, dict]:
+    """Under a cutoff, drops what no model at the cutoff could be asked about: entries
+    after the test period, and validation/test entries of users with no entry before the
+    cutoff or of titles no one had listed before it. Returns the rest and the counts."""
+    if not cutoff:
+        return frame, {}
+    after = frame["split"].isna().to_numpy()
+    train = frame["split"].to_numpy() == "train"
+    new_user = ~frame["user_id"].isin(frame.loc[train, "user_id"].unique()).to_numpy() & ~after
+    new_title = (~frame["media_id"].isin(frame.loc[train, "media_id"].unique()).to_numpy()
+                 & ~after & ~new_user)
+    left_out = {"after_test": int(after.sum()), "new_users": int(new_user.sum()),
+                "new_titles": int(new_title.sum())}
+    keep = ~(after | new_user | new_title)
+    return frame[keep].reset_index(drop=True), left_out
+
+
 def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig()):
     """The feature computation, in memory: entries + media -> tables and schema.
 
@@ -387,7 +505,11 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
     tick = time.perf_counter()
     known = entries["media_id"].isin(media["media_id"])
     dropped_unknown = int((~known).sum())
-    frame = assign_split(entries[known], config)
+    frame, cutoff = assign_split(entries[known], config)
+    frame, left_out = _leave_out(frame, cutoff)
+    if not (frame["split"] == "train").any():
+        raise InputError("No entry falls in the training split; lower --as-of or the "
+                         "held-out fractions.")
     timings["split"] = time.perf_counter() - tick
 
     score = frame["score"].to_numpy()
@@ -399,6 +521,8 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
     global_mean = float(train.loc[train["score"] > 0, "score"].mean()) if (train["score"] > 0).any() else 0.0
 
     tick = time.perf_counter()
+    if cutoff:  # the catalog as of the cutoff: titles someone had listed before it
+        media = media[media["media_id"].isin(train["media_id"].unique())]
     anime = _anime_table(media, train, config)
     trained_titles = anime[anime["media_id"].isin(train["media_id"].unique())]
     vocab = {
@@ -426,7 +550,7 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         counts[split] = {"entries": len(part), "interactions": int(part["is_interaction"].sum()),
                          "labels": int(part["is_label"].sum()),
                          "users": int(part["user_id"].nunique())}
-    split = _split_protocol(frame, config)
+    split = _split_protocol(frame, config, cutoff, left_out)
     counts["random_split_users"] = split["random_split_users"]
     schema = {
         "config": config.to_dict(),
@@ -491,6 +615,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
     bar.update()
     bar.close()
     summary = dict(schema["counts"], out=str(out), dropped_features=schema["dropped_features"],
+                   split=describe_split(schema),
                    db=str(db), source=source["kind"],
                    seconds=round(time.perf_counter() - start, 2))
     return summary
@@ -502,6 +627,7 @@ def format_summary(summary: dict) -> str:
              f"({summary['source']} data; {summary['seconds']} s)",
              f"  users {summary['users']:,}  anime {summary['anime']:,}  "
              f"entries {summary['entries']:,}  sparsity {summary['sparsity']:.4%}"]
+    lines.append(f"  split: {summary['split']}")
     for split in SPLITS:
         part = summary[split]
         lines.append(f"  {split:<10} entries {part['entries']:>10,}  interactions "

@@ -167,7 +167,7 @@ def list_metrics(scores: np.ndarray, lists: Lists) -> dict:
 def baseline_list_metrics(tables: FeatureTables, lists: Lists) -> dict:
     """Random (exact expectation), popularity order and mean-training-score order."""
     counts = tables.train_counts()
-    mean_score = tables.anime["train_mean_score"].fillna(
+    mean_score = tables.anime["average_score"].fillna(
         tables.schema["stats"]["global_mean_score"]).to_numpy()
     safe = np.maximum(lists.anime_rows, 0)
     return {
@@ -246,3 +246,12 @@ def paired_bootstrap(a, b, draws: int = 1000, seed: int = 0, level: float = 0.95
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"difference": float(d.mean()), "ci": [float(lo), float(hi)], "level": level,
             "users": int(len(d)), "draws": draws, "significant": bool(lo > 0 or hi < 0)}
+
+
+def differences(per_user: dict, system: str, others, metrics) -> dict:
+    """``{"<system> - <other>": {metric: paired_bootstrap}}`` from ``per_user``
+    (``{name: {metric: [users]}}``, every name scored on the same users in the same
+    order): how much ``system`` beats each of ``others``, with a 95% CI."""
+    return {f"{system} - {other}": {m: paired_bootstrap(per_user[system][m], per_user[other][m])
+                                    for m in metrics}
+            for other in others}

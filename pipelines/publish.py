@@ -79,8 +79,9 @@ top10 = anime["media_id"].to_numpy()[np.argsort(-scores, kind="stable")[:10]]
 print(top10.tolist())
 """
 
-# Anime features that describe a title as of the crawl or the dump, not as of the
-# training cutoff: offline metrics that use them are optimistic.
+# Anime features that feature tables written before anirank counted them from the
+# training entries took from the media table: a snapshot from the crawl or the dump, not
+# as of the training cutoff, so offline metrics that use them are optimistic.
 SNAPSHOT_FEATURES = ("popularity", "favourites", "average_score")
 
 
@@ -126,7 +127,8 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
                "pip install <path to an anirank checkout>   # or the wheel `pip wheel --no-deps .` builds there")
     dropped = schema.get("dropped_features") or {}
     used = {f["name"] for f in schema["features"]}
-    snapshot = [f for f in SNAPSHOT_FEATURES if f in used]
+    counted = "protocol" in (schema.get("split") or {})  # titles' statistics from training entries
+    snapshot = [] if counted else [f for f in SNAPSHOT_FEATURES if f in used]
     limits = [
         "- `users.parquet` and `seen.parquet` hold per-user data of the training lists "
         "(features and titles), which `recommend(user_ids)` needs. Publish a model trained "

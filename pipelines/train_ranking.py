@@ -78,7 +78,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
       - plus up to ``labelled_per_list`` of the user's scored titles in the split that
         retrieval missed, so there is graded signal beyond the retrieved few;
 
-    in shuffled order, padded with -1.
+    in shuffled order, padded with -1. Lists with nothing relevant are left out.
     """
     n_anime = len(tables.anime)
     keys, values = _relevance_lookup(tables, split, config)
@@ -120,6 +120,10 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     shuffle = np.argsort(rng.random(rows.shape), axis=1)
     rows = np.take_along_axis(rows, shuffle, axis=1)
     relevance = np.take_along_axis(relevance, shuffle, axis=1)
+    # A list with nothing relevant teaches nothing (a user whose only watched title in
+    # the split was neither retrieved nor scored): left out.
+    useful = relevance.max(axis=1, initial=0.0) > 0
+    users, rows, relevance = users[useful], rows[useful], relevance[useful]
     return Lists(users, rows, relevance, protocol.similarity(
         retrieval.queries, retrieval.candidate_embeddings, users, rows))
 

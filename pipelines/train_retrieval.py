@@ -55,16 +55,24 @@ def check_trainable(tables: FeatureTables) -> None:
                              f"{what[:-1] if found == 1 else what}; the two-tower model needs "
                              f"at least 2: {fix}.")
     config = tables.schema["config"]
+    split_info = tables.schema.get("split") or {}
     for split in ("validation", "test"):
-        if tables.pairs(split).empty:
+        if not tables.pairs(split).empty:
+            continue
+        why = (f"The {split} split has no interactions (statuses "
+               f"{', '.join(config['interaction_statuses'])}): there is nothing to "
+               f"{'stop early on' if split == 'validation' else 'evaluate on'}.")
+        if split_info.get("protocol") == "as_of":
+            period = split_info["periods"][split]
             raise InputError(
-                f"The {split} split has no interactions (statuses "
-                f"{', '.join(config['interaction_statuses'])}): there is nothing to "
-                f"{'stop early on' if split == 'validation' else 'evaluate on'}. Users are "
-                f"split only with at least {config['min_entries_to_split']} entries and a "
-                f"{split}_fraction above 0 (now {config[split + '_fraction']}); rebuild the "
-                "features with `python -m pipelines features --min-entries-to-split N "
-                f"--{split}-fraction F`, or {fix}.")
+                f"{why} The {split} period runs from {period[0]} to {period[1]}; rebuild the "
+                "features with another `--as-of DATE` or `--horizon-days N` (`python -m "
+                f"pipelines features --help`), or {fix}.")
+        raise InputError(
+            f"{why} Users are split only with at least {config['min_entries_to_split']} "
+            f"entries and a {split}_fraction above 0 (now {config[split + '_fraction']}); "
+            "rebuild the features with `python -m pipelines features --min-entries-to-split "
+            f"N --{split}-fraction F`, or {fix}.")
 
 
 def training_dataset(tables: FeatureTables, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]:
@@ -155,6 +163,13 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     }
 
 
+def scorer(model: TwoTowerModel, tables: FeatureTables):
+    """``score_fn(user_rows) -> [b, num_anime]`` of a trained model."""
+    candidate_embeddings = embed(model.candidate_tower, tables.anime_raw)
+    queries = embed(model.query_tower, tables.user_raw)
+    return lambda r: queries[r] @ candidate_embeddings.T
+
+
 def evaluate(model: TwoTowerModel, tables: FeatureTables) -> dict:
     """Test-split metrics of a trained model."""
     candidate_embeddings = embed(model.candidate_tower, tables.anime_raw)
@@ -167,6 +182,24 @@ def evaluate(model: TwoTowerModel, tables: FeatureTables) -> dict:
 def popularity_metrics(tables: FeatureTables) -> dict:
     """The same protocol for "most popular in training" (ties broken by title order)."""
     return protocol.rank_metrics(baselines.popularity_scorer(tables), tables, "test")
+
+
+def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
+    """The same protocol for "most popular in the last days before the cutoff" (None
+    without a cutoff)."""
+    recent = baselines.recent_popularity_scorer(tables)
+    if recent is None:
+        return None
+    return {**protocol.rank_metrics(recent, tables, "test"), "days": baselines.RECENT_DAYS}
+
+
+def ablation_difference(tables: FeatureTables, model: TwoTowerModel,
+                        ids_model: TwoTowerModel) -> dict:
+    """The two-tower minus its ids-only ablation on the test users, per metric, with a
+    paired bootstrap CI (the ablation model is not saved, so the report reads this)."""
+    per_user = {name: protocol.rank_per_user(scorer(m, tables), tables, "test")[1]
+                for name, m in (("two-tower", model), ("ids only", ids_model))}
+    return protocol.differences(per_user, "two-tower", ["ids only"], ("recall@100", "ndcg@10"))
 
 
 def ease_metrics(tables: FeatureTables) -> dict | None:
@@ -226,12 +259,14 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     model, training = train(tables, config, progress=progress)
     metrics = {"model": evaluate(model, tables), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
+               "recent_popularity": recent_popularity_metrics(tables),
                "ease": ease_metrics(tables)}
     if ablation and config.features != "ids":
         ids_config = dataclasses.replace(config, features="ids")
         ids_model, ids_training = train(tables, ids_config, progress=progress)
         metrics["ids_only"] = evaluate(ids_model, tables)
         metrics["ids_only"]["training"] = ids_training
+        metrics["differences"] = ablation_difference(tables, model, ids_model)
     test_rows = np.unique(tables.pairs("test")["user_row"])
     metrics["index"] = ann_benchmark(embed(model.candidate_tower, tables.anime_raw),
                                      embed(model.query_tower, tables.user_raw, test_rows),

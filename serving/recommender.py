@@ -3,7 +3,7 @@
     from serving import Filters, Recommender
 
     rec = Recommender.from_pretrained("data/model")            # or "user/anirank-model"
-    rec.recommend([3323, 3439], k=10, filters=Filters(formats="TV", max_popularity=50_000))
+    rec.recommend([3323, 3439], k=10, filters=Filters(formats="TV", max_popularity=500))
     rec.recommend_for_history([("Yoru of Monogatari", 90), (45, None)])
     rec.similar_anime(38, k=10)
 
@@ -87,7 +87,8 @@ class Filters:
         ``"TV"``); None = all. Each must be a format of the catalog
         (``rec.anime["format"].unique()``).
       min_year, max_year: season year range (inclusive); titles without a year pass.
-      max_popularity: hidden gems: at most this many AniList members (>= 0).
+      max_popularity: hidden gems: on at most this many lists of the training data,
+        as of its cutoff (`anime.parquet` -> `popularity`; >= 0).
       exclude_adult: leave out adult titles (default True).
       exclude_ids: anime ids never to recommend (one int or a sequence of ints).
     """

@@ -40,26 +40,36 @@ def _one_line_error(code: int, err: str, *phrases: str) -> None:
         assert phrase in errors[0], errors[0]
 
 
-def _features(capsys, tmp_path, db):
-    code, out, err = _run(capsys, "features", "--db", db, "--out", tmp_path / "f")
+def _features(capsys, tmp_path, db, *args):
+    code, out, err = _run(capsys, "features", "--db", db, "--out", tmp_path / "f", *args)
     assert code == 0, err
     return json.loads((tmp_path / "f" / "schema.json").read_text()), out
 
 
-@pytest.mark.parametrize("case, statement, phrases", [
+# The newest quarter of the entries by time, in SQL: covers the default as-of periods
+# (the newest fifth, from a cutoff at midnight before it).
+_LATE = ("COALESCE(updated_at, completed_at, created_at) >= (SELECT t FROM (SELECT "
+         "COALESCE(updated_at, completed_at, created_at) AS t FROM entries ORDER BY t) "
+         "LIMIT 1 OFFSET (SELECT COUNT(*) * 3 / 4 FROM entries))")
+
+
+@pytest.mark.parametrize("case, statement, args, phrases", [
     ("one user", "DELETE FROM entries WHERE user_id != (SELECT MIN(user_id) FROM entries)",
-     ("only 1 user;", "import more")),
+     (), ("only 1 user;", "import more")),
     ("one title", "DELETE FROM entries WHERE media_id != (SELECT media_id FROM entries "
                   "GROUP BY media_id ORDER BY COUNT(*) DESC LIMIT 1)",
-     ("only 1 title;", "import more")),
+     (), ("only 1 title;", "import more")),
     ("lists too short to split", "DELETE FROM entries WHERE (user_id, media_id) IN (SELECT "
      "user_id, media_id FROM (SELECT user_id, media_id, ROW_NUMBER() OVER (PARTITION BY "
-     "user_id ORDER BY media_id) AS i FROM entries) WHERE i > 4)",
+     "user_id ORDER BY media_id) AS i FROM entries) WHERE i > 4)", ("--protocol", "per_user"),
      ("The validation split has no interactions", "--min-entries-to-split")),
+    ("nothing watched after the cutoff", f"UPDATE entries SET status = 'PLANNING' WHERE {_LATE}",
+     (), ("The validation split has no interactions", "The validation period runs from",
+          "--as-of DATE")),
 ])
-def test_data_a_model_cannot_learn_from_is_named(case, statement, phrases, tmp_path, capsys):
+def test_data_a_model_cannot_learn_from_is_named(case, statement, args, phrases, tmp_path, capsys):
     db = _world(tmp_path, statement)
-    _features(capsys, tmp_path, db)
+    _features(capsys, tmp_path, db, *args)
     code, _, err = _run(capsys, "train-retrieval", "--features", tmp_path / "f",
                         "--model", tmp_path / "m", "--no-ablation")
     _one_line_error(code, err, *phrases)
@@ -89,7 +99,7 @@ def test_no_scores_at_all(tmp_path, capsys):
     model directory still evaluates and serves without a ranker."""
     db = _world(tmp_path, "UPDATE entries SET score = 0")
     schema, _ = _features(capsys, tmp_path, db)
-    assert schema["dropped_features"]["train_mean_score"] == "no values in the source"
+    assert schema["dropped_features"]["average_score"] == "no values in the source"
     f, m = tmp_path / "f", tmp_path / "m"
     code, _, err = _run(capsys, "train-retrieval", "--features", f, "--model", m,
                         "--max-epochs", "1", "--no-ablation")
@@ -107,13 +117,12 @@ def test_single_values_small_catalog_and_no_labelled_test_users(tmp_path, capsys
     """One format and one country for every title (a one-value vocabulary), 80 titles
     (fewer than the 100 candidates ranking reorders), and no scores in anyone's test
     period (no held-out lists): every stage runs, and the tables say "-"."""
-    db = _world(
-        tmp_path, "UPDATE media SET format = 'TV', country = 'JP'",
-        """UPDATE entries SET score = 0 WHERE (user_id, media_id) IN (
-             SELECT user_id, media_id FROM (SELECT user_id, media_id, ROW_NUMBER() OVER (
-               PARTITION BY user_id ORDER BY COALESCE(created_at, updated_at, completed_at)
-               DESC) AS newest, COUNT(*) OVER (PARTITION BY user_id) AS n FROM entries)
-             WHERE newest <= MAX(1, n / 4.0))""")
+    db = _world(tmp_path, "UPDATE media SET format = 'TV', country = 'JP'")
+    schema, _ = _features(capsys, tmp_path, db)
+    test_start = schema["split"]["as_of"] + 86_400 * schema["split"]["horizon_days"]
+    with sqlite3.connect(db) as conn:  # no score in anyone's test period
+        conn.execute("UPDATE entries SET score = 0 WHERE "
+                     f"COALESCE(updated_at, completed_at, created_at) >= {test_start}")
     schema, _ = _features(capsys, tmp_path, db)
     assert schema["vocab"]["format"] == ["TV"] and schema["vocab"]["country"] == ["JP"]
     assert {"format", "country", "format_share"} <= {f["name"] for f in schema["features"]}

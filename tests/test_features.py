@@ -48,16 +48,74 @@ def _media(ids, genres=None, formats=None):
     })
 
 
+PER_USER = FeatureConfig(protocol="per_user")
+DAY = 86_400
+
+
+def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows():
+    # Cutoff T = day 10, periods of 5 days: train < T, validation [T, T+5d), test
+    # [T+5d, T+10d), later entries left out; also left out: validation/test entries of
+    # a user with nothing before T (user 3) and of a title no one listed before T (m9).
+    day = lambda d: 1_000 * DAY + d * DAY  # noqa: E731
+    t0 = pd.Timestamp(day(10), unit="s").strftime("%Y-%m-%d")
+    rows = pd.concat([
+        _entries(1, [day(1), day(9), day(10), day(14), day(15), day(19), day(20)],
+                 media=[1, 2, 3, 4, 5, 6, 7]),
+        _entries(2, [day(2), day(3), day(4), day(5), day(12), day(16)], media=[3, 4, 5, 6, 1, 9]),
+        _entries(3, [day(11), day(17)], media=[1, 2]),
+    ])
+    media = _media(list(range(1, 10)))
+    config = FeatureConfig(as_of=t0, horizon_days=5)
+    split, cutoff = assign_split(rows, config)
+    assert cutoff == {"as_of": day(10), "horizon": 5 * DAY}
+    got = split.set_index(["user_id", "media_id"])["split"].astype(object).to_dict()
+    assert got[(1, 1)] == got[(1, 2)] == got[(2, 3)] == got[(2, 6)] == "train"
+    assert got[(1, 3)] == got[(1, 4)] == got[(2, 1)] == "validation"
+    assert got[(1, 5)] == got[(1, 6)] == got[(2, 9)] == "test"
+    assert pd.isna(got[(1, 7)])  # day 20 = T + 2h: after the test period
+    inter, users, _, anime, schema = features.build(rows, media, config)
+    kept = set(zip(inter["user_id"], inter["media_id"]))
+    assert kept == {(1, 1), (1, 2), (2, 3), (2, 4), (2, 5), (2, 6),  # train
+                    (1, 3), (1, 4), (2, 1), (1, 5), (1, 6)}          # validation, test
+    assert schema["split"]["left_out"] == {"after_test": 1, "new_users": 2, "new_titles": 1}
+    assert users["user_id"].tolist() == [1, 2]
+    # The catalog is what had been listed before T: m7-m9 were not.
+    assert anime["media_id"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert schema["split"]["periods"]["test"] == [
+        pd.Timestamp(day(15), unit="s").strftime("%Y-%m-%d"),
+        pd.Timestamp(day(20), unit="s").strftime("%Y-%m-%d")]
+    assert features.describe_split(schema).startswith(f"as of {t0} (one time cutoff")
+
+
+def test_default_cutoff_holds_out_the_last_fifth_of_entries():
+    # 100 entries one day apart: T at the 80% quantile (day 79.2 -> midnight of day 79),
+    # the two periods cover the rest: h = ceil((100 - 79) / 2) = 11 days.
+    rows = pd.concat([_entries(u, [d * DAY for d in range(u, 100, 4)],
+                               media=list(range(u, 100, 4))) for u in range(4)])
+    split, cutoff = assign_split(rows, FeatureConfig())
+    assert cutoff == {"as_of": 79 * DAY, "horizon": 11 * DAY}
+    counts = split["split"].value_counts()
+    assert (counts["train"], counts["validation"], counts["test"]) == (79, 11, 10)
+    with pytest.raises(InputError, match="leaves no training entries"):
+        assign_split(rows, FeatureConfig(as_of="1960-01-01"))
+    with pytest.raises(InputError, match="leaves no validation or test entries"):
+        assign_split(rows, FeatureConfig(as_of="2100-01-01"))
+    with pytest.raises(InputError, match="ISO date"):
+        FeatureConfig(as_of="last tuesday")
+    with pytest.raises(InputError, match="protocol"):
+        FeatureConfig(protocol="random")
+
+
 def test_temporal_split_is_exact():
     # 10 entries at distinct times, inserted out of order: last 1 test, 1 before validation.
     times = [5, 1, 9, 3, 7, 2, 10, 4, 8, 6]
-    split = assign_split(_entries(1, times), FeatureConfig())
+    split, _ = assign_split(_entries(1, times), PER_USER)
     by_time = split.set_index("time")["split"]
     assert by_time[10] == "test" and by_time[9] == "validation"
     assert (by_time[list(range(1, 9))] == "train").all()
     # 20 entries -> 16 / 2 / 2; a user under min_entries_to_split keeps everything in train.
     both = pd.concat([_entries(1, list(range(20))), _entries(2, [3, 2, 1])])
-    counts = assign_split(both, FeatureConfig()).groupby(["user_id", "split"], observed=True).size()
+    counts = assign_split(both, PER_USER)[0].groupby(["user_id", "split"], observed=True).size()
     assert counts[1].to_dict() == {"train": 16, "validation": 2, "test": 2}
     assert counts[2].to_dict() == {"train": 3}
 
@@ -66,11 +124,11 @@ def test_ties_at_a_boundary_go_to_the_earlier_split():
     # Times 1..8 then three entries at time 9: the would-be test entry ties with the
     # validation and train entries before it, so all three stay in train.
     times = [1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9]
-    split = assign_split(_entries(1, times), FeatureConfig())
+    split, _ = assign_split(_entries(1, times), PER_USER)
     assert (split["split"] == "train").all()
     # 1..9 then two at 10: the last (test) entry ties with the one before it, so both
     # go to validation and the user has no test entry rather than a leaky one.
-    split = assign_split(_entries(1, list(range(1, 10)) + [10, 10]), FeatureConfig())
+    split, _ = assign_split(_entries(1, list(range(1, 10)) + [10, 10]), PER_USER)
     assert split.loc[split["time"] == 10, "split"].eq("validation").all()
     assert split.loc[split["time"] <= 9, "split"].eq("train").all()
 
@@ -78,20 +136,21 @@ def test_ties_at_a_boundary_go_to_the_earlier_split():
 def test_untimed_users_get_a_seeded_random_split_independent_of_row_order():
     rows = pd.concat([_entries(u, [None] * 50, media=list(range(50))) for u in range(40)])
     config = FeatureConfig(seed=3)
-    a = assign_split(rows, config)
-    b = assign_split(rows.sample(frac=1.0, random_state=1), config)
+    a, cutoff = assign_split(rows, config)
+    assert cutoff is None  # no times: no cutoff, whatever the protocol
+    b, _ = assign_split(rows.sample(frac=1.0, random_state=1), config)
     key = ["user_id", "media_id"]
     merged = a.merge(b, on=key, suffixes=("_a", "_b"))
     assert (merged["split_a"] == merged["split_b"]).all()
     assert a["random_split"].all()
     counts = a.groupby("user_id")["split"].value_counts().unstack()
     assert (counts["test"] == 5).all() and (counts["validation"] == 5).all()
-    other = assign_split(rows, FeatureConfig(seed=4)).merge(a, on=key)
+    other = assign_split(rows, FeatureConfig(seed=4))[0].merge(a, on=key)
     assert (other["split_x"] != other["split_y"]).any(), "the seed changes the split"
 
 
 def test_no_leakage_on_a_synthetic_world(tiny_db, tmp_path):
-    features.run(tiny_db, tmp_path / "f", progress=False)
+    features.run(tiny_db, tmp_path / "f", PER_USER, progress=False)
     inter = load(tmp_path / "f")["interactions"]
     bounds = inter.groupby(["user_id", "split"], observed=True)["time"].agg(["min", "max"]).unstack()
     has_test = bounds["min"]["test"].notna()
@@ -101,26 +160,54 @@ def test_no_leakage_on_a_synthetic_world(tiny_db, tmp_path):
     assert has_test.mean() > 0.8
 
 
-def test_test_scores_do_not_change_any_feature(tiny_db):
+def _rewrite_after(entries: pd.DataFrame, cutoff: int) -> pd.DataFrame:
+    """Every entry (of any user) from ``cutoff`` on rewritten: score reversed, status
+    DROPPED, favourite flipped, every third one deleted, and one new entry per user."""
+    future = (entries["updated_at"] >= cutoff).to_numpy()
+    out = entries.copy()
+    out.loc[future, "score"] = 100 - out.loc[future, "score"]
+    out.loc[future, "status"] = "DROPPED"
+    out.loc[future, "is_favourite"] = ~out.loc[future, "is_favourite"]
+    out = out[~(future & (np.arange(len(out)) % 3 == 0))]
+    extra = out.groupby("user_id").tail(1).assign(
+        media_id=lambda f: f["media_id"] + 1_000_000, created_at=cutoff + 5,
+        updated_at=cutoff + 5)
+    return pd.concat([out, extra], ignore_index=True)
+
+
+def test_no_entry_after_the_cutoff_changes_any_training_table_statistic_or_vocabulary(tiny_db):
     from pipelines import store
 
     conn = store.connect(tiny_db, readonly=True)
     entries, media = store.read_entries(conn), store.read_media(conn)
-    _, users, vectors, anime, schema = features.build(entries, media)
-    split = assign_split(entries, FeatureConfig())
-    held_out = split[split["split"] != "train"][["user_id", "media_id"]]
-    changed = entries.merge(held_out.assign(flip=1), how="left", on=["user_id", "media_id"])
-    flip = changed["flip"].eq(1).to_numpy()
-    changed.loc[flip, "score"] = 100 - changed.loc[flip, "score"]
-    changed.loc[flip, "status"] = "DROPPED"
-    changed = changed.drop(columns="flip")
-    _, users2, vectors2, anime2, schema2 = features.build(changed, media)
+    conn.close()
+    _, _, _, _, schema = features.build(entries, media)
+    cutoff = schema["split"]["as_of"]
+    # T and h pinned: the default T is a quantile of all entry times, so it moves when
+    # later entries do (that choice of date carries no entry into any table).
+    config = FeatureConfig(as_of=schema["split"]["periods"]["validation"][0],
+                           horizon_days=schema["split"]["horizon_days"])
+    inter, users, vectors, anime, schema = features.build(entries, media, config)
+    changed = _rewrite_after(entries, cutoff)
+    media2 = pd.concat([media, media.assign(media_id=media["media_id"] + 1_000_000)])
+    inter2, users2, vectors2, anime2, schema2 = features.build(changed, media2, config)
+    assert schema2["split"]["as_of"] == cutoff
     pd.testing.assert_frame_equal(users, users2)
     for name in vectors:
         np.testing.assert_array_equal(vectors[name], vectors2[name])
     pd.testing.assert_frame_equal(anime, anime2)
     assert schema["vocab"] == schema2["vocab"] and schema["stats"] == schema2["stats"]
+    assert schema["features"] == schema2["features"]
+    train, train2 = (i[i["split"] == "train"].reset_index(drop=True) for i in (inter, inter2))
+    pd.testing.assert_frame_equal(train, train2)
     assert schema["fingerprint"] != schema2["fingerprint"], "the data did change"
+
+    # The same rewrite does reach the tables under the per-user split: other users'
+    # later entries are training entries there (why as-of is the default).
+    _, users3, _, anime3, schema3 = features.build(changed, media2, PER_USER)
+    _, users4, _, anime4, schema4 = features.build(entries, media, PER_USER)
+    assert not anime3["popularity"].equals(anime4["popularity"])
+    assert schema3["stats"] != schema4["stats"]
 
 
 def test_user_features_match_hand_computed_values():
@@ -136,7 +223,8 @@ def test_user_features_match_hand_computed_values():
     media = _media([1, 2, 3, 4, 5],
                    genres=[["Action"], ["Action"], ["Drama"], ["Drama"], ["Action", "Drama"]],
                    formats=["TV", "TV", "MOVIE", "TV", "TV"])
-    config = FeatureConfig(min_entries_to_split=6, affinity_prior=1.0)
+    entries.loc[[0, 2], "is_favourite"] = True
+    config = FeatureConfig(protocol="per_user", min_entries_to_split=6, affinity_prior=1.0)
     inter, users, vectors, anime, schema = features.build(entries, media, config)
     u = users.iloc[0]
     assert (u["n_train"], u["n_scored"], u["completed_count"]) == (5, 4, 2)
@@ -158,7 +246,12 @@ def test_user_features_match_hand_computed_values():
     a = anime.set_index("media_id")
     assert a.loc[1, "tags"] == ["Gore"]  # rank-10 tag is below min_tag_rank
     assert a.loc[1, "train_count"] == 1 and a.loc[2, "train_count"] == 0  # DROPPED: not watched
-    assert a.loc[5, "train_mean_score"] == 70.0
+    # Title statistics are counted from the training entries, not read from the media
+    # table (whose popularity 100, favourites 1, scores 70 are a crawl-time snapshot).
+    assert a.loc[1, "popularity"] == a.loc[4, "popularity"] == 1  # any status counts
+    assert a.loc[1, "favourites"] == 1 and a.loc[2, "favourites"] == 0
+    assert a.loc[5, "average_score"] == 70.0 and a.loc[1, "average_score"] == 80.0
+    assert np.isnan(a.loc[4, "average_score"])  # PLANNING, unscored
     assert inter["is_label"].tolist() == [True, True, True, False, True]
 
 
@@ -168,9 +261,12 @@ def test_run_writes_complete_tables_atomically(tiny_db, tmp_path, monkeypatch):
     tables = load(out)
     assert summary["entries"] == len(tables["interactions"])
     assert sum(summary[s]["entries"] for s in features.SPLITS) == summary["entries"]
-    assert len(tables["users"]) == summary["users"] == 400
+    # Users as of the cutoff: those with an entry before it (of the world's 400).
+    inter = tables["interactions"]
+    n_users = inter.loc[inter["split"] == "train", "user_id"].nunique()
+    assert len(tables["users"]) == summary["users"] == n_users and 350 < n_users < 400
     width = len(tables["schema"]["vocab"]["genres"])
-    assert read_vector(tables["users"], "genre_share").shape == (400, width)
+    assert read_vector(tables["users"], "genre_share").shape == (n_users, width)
     schema = json.loads((out / "schema.json").read_text())
     assert schema["config"] == FeatureConfig().to_dict()
     assert {f["name"] for f in schema["features"]} >= {"user_id", "media_id", "genres"}

@@ -37,11 +37,12 @@ def test_card_metadata_and_text_match_the_schema(tiny_ranked):
     assert result.metric_type == "recall@100"
     assert result.metric_value == round(metrics["retrieval"]["model"]["recall@100"], 4)
     assert f"Test split: {describe_split(schema)};" in text
-    assert describe_split(schema).startswith("the last 10% of each user's list by time")
+    assert describe_split(schema).startswith("as of ")
     assert "github.com" not in text and "anilist" not in (card.data.datasets or [])
     assert f"made with anirank {__version__}" in text
     assert "pip install <path to an anirank checkout>" in text
-    assert "`popularity`, `favourites`, `average_score` are snapshots" in text
+    # Title statistics are counted from training entries: no snapshot caveat.
+    assert "snapshots" not in text
     assert "Trained on a synthetic world" in text
 
     linked = ModelCard(publish.model_card(model_dir, "tester/anime",

@@ -63,12 +63,13 @@ def test_filters(rec):
     anime = rec.anime.set_index("media_id")
     users = rec.users["user_id"].to_numpy()[:10]
     banned = tuple(rec.recommend(users[:1], k=3)["anime_id"])
-    f = Filters(formats=("TV", "ONA"), min_year=2000, max_year=2024, max_popularity=20_000,
+    cap = float(anime["popularity"].median())  # leaves out the more popular half
+    f = Filters(formats=("TV", "ONA"), min_year=2000, max_year=2024, max_popularity=cap,
                 exclude_ids=banned)
     out = rec.recommend(users, k=5, filters=f)
     a = anime.loc[out["anime_id"]]
     assert a["format"].isin(["TV", "ONA"]).all()
-    assert a["season_year"].between(2000, 2024).all() and (a["popularity"] <= 20_000).all()
+    assert a["season_year"].between(2000, 2024).all() and (a["popularity"] <= cap).all()
     assert not a["is_adult"].astype(bool).any() and not set(banned) & set(out["anime_id"])
 
 
@@ -147,7 +148,10 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
                                   .reset_index(drop=True), rec.popular([999999999], k=5))
     known = out[out["source"] == "model"]
     expected = rec.recommend(users, k=5)
-    pd.testing.assert_frame_equal(known.drop(columns="source").reset_index(drop=True), expected)
+    # The same titles in the same order; scores equal up to float32 rounding (the batch
+    # job multiplies in chunks of another shape).
+    pd.testing.assert_frame_equal(known.drop(columns="source").reset_index(drop=True), expected,
+                                  rtol=1e-4)
 
     # Killed mid-way (SIGKILL), then rerun: the same parts, byte for byte in content.
     # The job runs as the command line does, in a child whose os.replace stops before
