@@ -63,8 +63,10 @@ def main():
     configs, records, validation, rankers, training = {}, {}, {}, {}, {}
     for i, (n, loss) in enumerate(settings, 1):
         key = name(n, loss)
+        # holdout_seed: the same held-out users in every setting, so they compare paired.
         config = dataclasses.replace(default, negatives_per_list=n, loss=loss,
-                                     max_epochs=args.ranking_epochs, seed=args.ranking_seed)
+                                     max_epochs=args.ranking_epochs, seed=args.ranking_seed,
+                                     holdout_seed=args.ranking_seed)
         tick = time.perf_counter()
         metrics, trained, per_user = trk.fit_and_evaluate(tables, retrieval, config, [loss],
                                                           test=False, progress=False)

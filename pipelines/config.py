@@ -179,7 +179,12 @@ class RankingConfig(_JsonConfig):
         titles the retrieval model never trained on, so the similarity feature means the
         same at training as at serving (on ``train`` lists retrieval has memorised the
         positives and the ranker learns to over-trust it).
-      holdout_users: share of the fit split's users held out for early stopping.
+      holdout_users: share of the fit split's users held out for early stopping (and
+        the validation end to end every setting is chosen on).
+      holdout_seed: None (default): the held-out users are drawn after the lists, by the
+        list sampler (``seed``), so they change with the list settings. An int: drawn by
+        a generator of their own, the same users whatever the list settings (negatives
+        per list, lists per user), so runs with different settings compare paired.
       hidden: the scoring MLP's layer sizes.
       id_dim, category_dim: embedding sizes (as the towers').
       batch_size: lists per batch. learning_rate: Adam.
@@ -200,6 +205,7 @@ class RankingConfig(_JsonConfig):
     use_ids: bool = False
     fit_split: str = "validation"
     holdout_users: float = 0.2
+    holdout_seed: int | None = None
     hidden: tuple[int, ...] = (128, 64)
     id_dim: int = 32
     category_dim: int = 16

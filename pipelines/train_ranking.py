@@ -12,9 +12,9 @@ The lists come from the *validation* period by default (``fit_split``): titles t
 retrieval model never trained on, so the retrieval score the ranker takes as a feature
 means at training what it means at serving. (Built from training titles, the positives
 carry the inflated scores of titles retrieval memorised, and the ranker learns to
-over-trust retrieval.) A seeded 20% of those users are held out (the same users whatever
-the list settings): their lists stop training early on NDCG@10, and they are the users
-every choice is made on.
+over-trust retrieval.) A seeded 20% of those users are held out: their lists stop
+training early on NDCG@10, and they are the users every choice is made on (with
+``holdout_seed``, the same users whatever the list settings).
 
 Validation (held-out users), where the loss, negatives per list and epochs are chosen:
   - end to end: each held-out user's top-``num_candidates`` retrieved titles (training
@@ -257,17 +257,20 @@ def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     """The lists the ranker fits on, the lists of the held-out users (early stopping) and
     the retrieved candidates ``(rows, scores)`` per user (training titles excluded).
 
-    The held-out users are drawn from the users of the fit split with a generator of
-    their own (seeded by ``config.seed``), so they are the same users whatever the list
-    settings (negatives per list, lists per user, loss): settings are then compared on the
-    same users, paired."""
+    The held-out users: with ``config.holdout_seed`` set, drawn from the users of the fit
+    split by a generator of their own, so they are the same users whatever the list
+    settings (negatives per list, lists per user, loss) and settings trained in separate
+    runs compare paired, on the same users (``bench/ranker_settings.py``); unset (the
+    stage's default), drawn by the list generator after the lists, as the stage always
+    has (the losses of one run share them either way)."""
     # Negatives come from what retrieval would show: its top titles outside the user's
     # training entries (entries of the fit split itself are dropped in build_lists).
     candidates = retrieval.top(tables, "validation", config.num_candidates)
-    lists = build_lists(tables, retrieval, candidates[0], config.fit_split, config,
-                        np.random.default_rng(config.seed))
-    train_lists, held_lists = split_users(lists, config.holdout_users,
-                                          np.random.default_rng([config.seed, 1]))
+    rng = np.random.default_rng(config.seed)
+    lists = build_lists(tables, retrieval, candidates[0], config.fit_split, config, rng)
+    if config.holdout_seed is not None:
+        rng = np.random.default_rng([config.holdout_seed, 1])
+    train_lists, held_lists = split_users(lists, config.holdout_users, rng)
     return train_lists, held_lists, candidates
 
 
@@ -311,7 +314,7 @@ def choose(records: dict, metric: str = CHOICE_METRIC) -> dict:
 
 
 def end_to_end_on_test(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, ranker,
-                    config: RankingConfig) -> dict:
+                       config: RankingConfig) -> dict:
     """End to end on the test split (every test user): reporting only."""
     return protocol.end_to_end(tables, lambda t, lists: predict(ranker, t, lists),
                                *retrieval.top(tables, "test", config.num_candidates))

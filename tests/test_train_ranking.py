@@ -165,9 +165,14 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
     v = stage[1]["validation"]
     assert (v["fit_users"], v["held_out_users"], v["users"]) == (len(fit), len(held), len(expected))
     assert v["losses"][CONFIG.loss]["users"] == len(expected)
-    # The held-out users do not depend on the list settings: settings compare paired.
-    other = dataclasses.replace(CONFIG, negatives_per_list=3, max_lists_per_user=1)
-    assert np.array_equal(np.unique(trk.fit_lists(tables, retrieval, other)[1].user_rows), held)
+    # With holdout_seed, the held-out users do not depend on the list settings (runs with
+    # different settings compare paired), and are still disjoint from the fitting users.
+    paired = [dataclasses.replace(CONFIG, holdout_seed=0, **settings) for settings in
+              ({}, {"negatives_per_list": 3, "max_lists_per_user": 1})]
+    splits = [trk.fit_lists(tables, retrieval, c)[:2] for c in paired]
+    (fit_a, held_a), (fit_b, held_b) = [[np.unique(l.user_rows) for l in s] for s in splits]
+    assert np.array_equal(held_a, held_b) and np.array_equal(fit_a, fit_b)
+    assert not np.intersect1d(fit_a, held_a).size and len(held_a) == len(held)
 
 
 def test_validation_end_to_end_by_hand(tiny_lists):
