@@ -223,12 +223,15 @@ class RankingConfig(_JsonConfig):
         titles the retrieval model never trained on, so the similarity feature means the
         same at training as at serving (on ``train`` lists retrieval has memorised the
         positives and the ranker learns to over-trust it).
-      holdout_users: share of the fit split's users held out for early stopping.
+      holdout_users: share of the fit split's users held out for early stopping (and
+        the validation end to end every setting is chosen on).
       hidden: the scoring MLP's layer sizes.
       id_dim, category_dim: embedding sizes (as the towers').
       batch_size: lists per batch. learning_rate: Adam.
       max_epochs, patience: early stopping on validation NDCG@10, best weights kept.
-      seed: list sampling, shuffling and initialisation.
+      seed: list sampling, shuffling and initialisation, and which users are held out
+        (by a generator of their own: the same users whatever the list settings, so
+        runs with different settings compare paired on the same users).
     """
 
     _RENAMED = {"candidates": "num_candidates"}  # config.json of models before 0.1.0

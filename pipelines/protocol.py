@@ -10,7 +10,9 @@ metric (all titles, nothing excluded).
 Ranking: ``held_out_lists`` (each test user's scored test titles, the original system's
 list-NDCG protocol) scored by ``list_metrics`` and against ``baseline_list_metrics``;
 ``end_to_end`` reorders each test user's retrieved candidates and scores the order
-against their test interactions.
+against their test interactions; ``end_to_end_on`` does the same on any split and subset
+of users (the ranking stage's validation users held out from fitting, where settings are
+chosen).
 """
 
 from __future__ import annotations
@@ -189,12 +191,32 @@ def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
     ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
     (the report adds popularity and the oracle). ``per_user``: a dict that receives
     ``{order name: {metric: [users]}}`` (for paired comparisons)."""
-    test = tables.pairs("test")
-    users = np.unique(test["user_row"])
+    return end_to_end_on(tables, "test", score_lists, candidate_rows, candidate_scores,
+                         extra_orders=extra_orders, ks=ks, per_user=per_user)
+
+
+def end_to_end_users(tables: FeatureTables, split: str,
+                     user_rows: np.ndarray | None = None) -> np.ndarray:
+    """The users an end-to-end evaluation on ``split`` scores, sorted: those with an
+    interaction in ``split`` (and, given ``user_rows``, among them)."""
+    users = np.unique(tables.pairs(split)["user_row"])
+    return users if user_rows is None else np.intersect1d(users, user_rows)
+
+
+def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidate_rows: np.ndarray,
+                  candidate_scores: np.ndarray, user_rows: np.ndarray | None = None,
+                  extra_orders: dict | None = None, ks=(10,),
+                  per_user: dict | None = None) -> dict:
+    """:func:`end_to_end` on any ``split`` and, given ``user_rows``, only those users
+    (e.g. the validation users held out from fitting a ranker): ``candidate_rows`` must
+    leave out what each user had before ``split``; the orders are scored against the
+    user's ``split`` interactions. ``end_to_end`` is this on ``"test"``, every user."""
+    relevant_pairs = tables.pairs(split)
+    users = end_to_end_users(tables, split, user_rows)
     cand = candidate_rows[users]
     sim = np.where(cand >= 0, candidate_scores[users], 0.0).astype(np.float32)
     lists = Lists(users, cand, np.zeros(cand.shape, np.float32), sim)
-    relevant = tables.matrix(users, test)
+    relevant = tables.matrix(users, relevant_pairs)
     n_relevant = relevant.sum(1)
     num_candidates = cand.shape[1]
     ks = sorted(set(ks) | {10, num_candidates})
@@ -249,9 +271,9 @@ def paired_bootstrap(a, b, draws: int = 1000, seed: int = 0, level: float = 0.95
 
 
 def differences(per_user: dict, system: str, others, metrics) -> dict:
-    """``{"<system> - <other>": {metric: paired_bootstrap}}`` from ``per_user``
-    (``{name: {metric: [users]}}``, every name scored on the same users in the same
-    order): how much ``system`` beats each of ``others``, with a 95% CI."""
+    """``{"<system> - <other>": {metric: paired bootstrap}}`` from per-user values
+    ``{name: {metric: [users]}}`` (as :func:`end_to_end_on` fills ``per_user``): how
+    much ``system`` beats each of ``others`` on the same users, with a 95% CI."""
     return {f"{system} - {other}": {m: paired_bootstrap(per_user[system][m], per_user[other][m])
                                     for m in metrics}
             for other in others}

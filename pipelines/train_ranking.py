@@ -12,10 +12,19 @@ The lists come from the *validation* period by default (``fit_split``): titles t
 retrieval model never trained on, so the retrieval score the ranker takes as a feature
 means at training what it means at serving. (Built from training titles, the positives
 carry the inflated scores of titles retrieval memorised, and the ranker learns to
-over-trust retrieval.) A seeded 20% of those users' lists are held out for early
-stopping on NDCG@10; the test split is never touched before evaluation.
+over-trust retrieval.) A seeded 20% of those users are held out: their lists stop
+training early on NDCG@10, and they are the users every choice is made on (the same
+users whatever the list settings).
 
-Evaluation on the test split:
+Validation (held-out users), where the loss, negatives per list and epochs are chosen:
+  - end to end: each held-out user's top-``num_candidates`` retrieved titles (training
+    titles excluded, as serving would), in ranked, retrieval and popularity order,
+    scored by NDCG@10 / Recall@10 / MRR against their validation interactions, with
+    paired bootstrap 95% CIs; losses are compared there (``choose``; the saved ranker is
+    still ``config.loss``: a different choice is reported, not applied).
+    ``bench/ranker_settings.py`` chooses negatives per list the same way.
+
+Test, computed once after every choice and reported only:
   - list NDCG on each test user's held-out scored titles alone (the original system's
     0.73 protocol), for every loss, against the exact random-order floor, popularity
     order and mean-training-score order;
@@ -241,15 +250,145 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
         "serving_default": serve, "encode_anime": encode, "score_encoded": score_encoded})
 
 
+# The number every ranker setting (loss, negatives per list, ...) is chosen by: NDCG@10 of
+# the ranked order, end to end on the validation period of the held-out users.
+CHOICE_METRIC = "ndcg@10"
+E2E_METRICS = ("ndcg@10", "recall@10", "mrr")
+
+
+def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
+              config: RankingConfig) -> tuple[Lists, Lists, tuple[np.ndarray, np.ndarray]]:
+    """The lists the ranker fits on, the lists of the held-out users (early stopping) and
+    the retrieved candidates ``(rows, scores)`` per user (training titles excluded).
+
+    The held-out users are drawn from the users of the fit split by a generator of their
+    own (from ``config.seed``), so they are the same users whatever the list settings
+    (negatives per list, lists per user, loss), and settings trained in separate runs
+    compare paired, on the same users (``bench/ranker_settings.py``)."""
+    # Negatives come from what retrieval would show: its top titles outside the user's
+    # training entries (entries of the fit split itself are dropped in build_lists).
+    candidates = retrieval.top(tables, "validation", config.num_candidates)
+    rng = np.random.default_rng(config.seed)
+    lists = build_lists(tables, retrieval, candidates[0], config.fit_split, config, rng)
+    train_lists, held_lists = split_users(lists, config.holdout_users,
+                                          np.random.default_rng([config.seed, 1]))
+    return train_lists, held_lists, candidates
+
+
+def validation_end_to_end(tables: FeatureTables, score_lists, candidates: tuple,
+                          held_users: np.ndarray, per_user: dict | None = None) -> dict:
+    """End to end on the validation period of ``held_users`` only (the users held out
+    from fitting the ranker): their retrieved top titles (training titles excluded, as
+    serving would), in ranked, retrieval and popularity order, scored against their
+    validation interactions, with paired bootstrap 95% CIs of ranked against the other
+    two orders. ``per_user`` receives the per-user values of each order."""
+    counts = tables.train_counts()
+    per_user = {} if per_user is None else per_user
+    out = protocol.end_to_end_on(
+        tables, "validation", score_lists, *candidates, user_rows=held_users,
+        extra_orders={"popularity_order": lambda users, cand:
+                      counts[np.maximum(cand, 0)].astype(np.float64)},
+        per_user=per_user)
+    out["differences"] = protocol.differences(per_user, "ranked",
+                                              ["retrieval_order", "popularity_order"], E2E_METRICS)
+    return out
+
+
+def choose(records: dict, metric: str = CHOICE_METRIC) -> dict:
+    """The setting to use, from validation only.
+
+    ``records``: ``{setting: {"validation": {order: {metric: [users]}}, ...}}`` (other
+    keys, e.g. test numbers kept for reporting, are never read); every setting scored
+    on the same validation users. Picks the best mean validation ``metric`` of the
+    ranked order (the first setting on ties) and compares it with every other setting
+    by a paired bootstrap 95% CI: ``significant`` only when the chosen setting beats
+    every other one outside the noise; a gain inside the CI is not significant."""
+    values = {name: np.asarray(r["validation"]["ranked"][metric], np.float64)
+              for name, r in records.items()}
+    means = {name: protocol.mean(v) for name, v in values.items()}
+    best = max(means, key=lambda n: -np.inf if np.isnan(means[n]) else means[n])
+    diffs = {f"{best} - {other}": protocol.paired_bootstrap(values[best], values[other])
+             for other in values if other != best}
+    return {"chosen": best, "split": "validation", "metric": metric, "means": means,
+            "differences": diffs,
+            "significant": bool(diffs) and all(d["significant"] for d in diffs.values())}
+
+
+def end_to_end_on_test(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, ranker,
+                       config: RankingConfig) -> dict:
+    """End to end on the test split (every test user): reporting only."""
+    return protocol.end_to_end(tables, lambda t, lists: predict(ranker, t, lists),
+                               *retrieval.top(tables, "test", config.num_candidates))
+
+
+def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
+                     config: RankingConfig, losses, *, test: bool = True,
+                     progress: bool = True) -> tuple[dict, dict, dict]:
+    """One ranker per loss in ``losses`` on the same lists, each scored end to end on the
+    validation period of the held-out users; the loss is compared there (``choose``).
+    With ``test``, then (once, after every choice) the test split: held-out list NDCG of
+    every loss and end to end for ``config.loss``, reported and never chosen from.
+
+    Returns ``(metrics, rankers {loss: RankingModel}, records)``; ``records`` holds the
+    per-user values ``{loss: {"validation": {order: {metric: [users]}}, "test_lists":
+    [lists]}}`` for paired comparisons across calls (the same held-out users every time)."""
+    train_lists, validation_lists, candidates = fit_lists(tables, retrieval, config)
+    fit_users, held_users = np.unique(train_lists.user_rows), np.unique(validation_lists.user_rows)
+    metrics = {"config": config.to_dict(),
+               "lists": {"train": len(train_lists), "validation": len(validation_lists)},
+               "losses": {}}
+    validation = {"note": "end to end on the validation period of the users held out from "
+                          "fitting the ranker: every choice (loss, negatives per list, "
+                          "epochs) is made here",
+                  "fit_users": int(len(fit_users)), "held_out_users": int(len(held_users)),
+                  "users": int(len(protocol.end_to_end_users(tables, "validation", held_users))),
+                  "candidates": config.num_candidates, "choice_metric": CHOICE_METRIC,
+                  "losses": {}}
+    rankers, records = {}, {}
+    for loss in losses:
+        cfg = dataclasses.replace(config, loss=loss)
+        trained, training = train(tables, train_lists, validation_lists, cfg, progress=progress)
+        rankers[loss] = trained
+        records[loss] = {"validation": {}}
+        validation["losses"][loss] = validation_end_to_end(
+            tables, lambda t, lists, r=trained.ranker: predict(r, t, lists), candidates,
+            held_users, records[loss]["validation"])
+        metrics["losses"][loss] = {"training": training}
+    validation["loss_choice"] = choose(records)
+    metrics["validation"] = validation
+    if test:
+        test_lists = protocol.held_out_lists(tables, retrieval.queries,
+                                             retrieval.candidate_embeddings, config.relevance_scale)
+        metrics["lists"]["test"] = len(test_lists)
+        metrics["held_out_lists"] = protocol.baseline_list_metrics(tables, test_lists)
+        for loss in losses:
+            scores = predict(rankers[loss].ranker, tables, test_lists)
+            records[loss]["test_lists"] = list_ndcg(scores, test_lists.relevance, test_lists.mask)
+            metrics["losses"][loss] = {**protocol.list_metrics(scores, test_lists),
+                                       **metrics["losses"][loss]}
+        chosen = validation["loss_choice"]["chosen"]
+        metrics["test_loss_differences"] = {
+            "reporting_only": True, "metric": "held-out list NDCG (test)",
+            "note": "the same pairs as the validation loss choice, on test: reported, "
+                    "never chosen from",
+            "differences": {f"{chosen} - {other}": protocol.paired_bootstrap(
+                records[chosen]["test_lists"], records[other]["test_lists"])
+                for other in losses if other != chosen}}
+        metrics["end_to_end"] = end_to_end_on_test(tables, retrieval, rankers[config.loss].ranker,
+                                                config)
+    return metrics, rankers, records
+
+
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",
         config: RankingConfig = RankingConfig(), *, compare_losses: bool = True,
         progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines train-ranking``.
 
     Trains the ranker with ``config.loss`` and, with ``compare_losses``, one ranker per
-    other loss on the same lists for the comparison. Adds ``ranker/``, the metrics
-    (``metrics.json`` -> ``ranking``) and the config to the model directory in one
-    atomic swap. Returns the ranking metrics.
+    other loss on the same lists for the comparison (made on validation, end to end on
+    the held-out users; test numbers are reported only). Adds ``ranker/`` (the
+    ``config.loss`` ranker), the metrics (``metrics.json`` -> ``ranking``) and the config
+    to the model directory in one atomic swap. Returns the ranking metrics.
     """
     model_dir = Path(model)
     tables = FeatureTables.load(features)
@@ -263,33 +402,10 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
             "(recommendations then follow the retrieval score) and evaluate it with "
             "`python -m pipelines evaluate`.")
     retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
-    rng = np.random.default_rng(config.seed)
-    # Negatives come from what retrieval would show: its top titles outside the user's
-    # training entries (entries of the fit split itself are dropped in build_lists).
-    candidate_rows, _ = retrieval.top(tables, "validation", config.num_candidates)
-    lists = build_lists(tables, retrieval, candidate_rows, config.fit_split, config, rng)
-    train_lists, validation_lists = split_users(lists, config.holdout_users, rng)
-    test_lists = protocol.held_out_lists(tables, retrieval.queries, retrieval.candidate_embeddings,
-                                         config.relevance_scale)
-
     losses = [config.loss] + ([l for l in LOSS_NAMES if l != config.loss] if compare_losses else [])
-    metrics = {"config": config.to_dict(),
-               "lists": {"train": len(train_lists), "validation": len(validation_lists),
-                         "test": len(test_lists)},
-               "held_out_lists": protocol.baseline_list_metrics(tables, test_lists), "losses": {}}
-    chosen = None
-    for loss in losses:
-        cfg = dataclasses.replace(config, loss=loss)
-        trained, training = train(tables, train_lists, validation_lists, cfg, progress=progress)
-        scores = predict(trained.ranker, tables, test_lists)
-        metrics["losses"][loss] = {**protocol.list_metrics(scores, test_lists), "training": training}
-        if loss == config.loss:
-            chosen = trained
-            metrics["end_to_end"] = protocol.end_to_end(
-                tables, lambda t, lists: predict(trained.ranker, t, lists),
-                *retrieval.top(tables, "test", config.num_candidates))
+    metrics, rankers, _ = fit_and_evaluate(tables, retrieval, config, losses, progress=progress)
     with artifact.update(model_dir) as tmp:
-        export_ranker(chosen.ranker, tables, retrieval.widths, tmp / "ranker")
+        export_ranker(rankers[config.loss].ranker, tables, retrieval.widths, tmp / "ranker")
         all_metrics = artifact.read_json(tmp, artifact.METRICS)
         all_metrics["ranking"] = metrics
         artifact.write_json(tmp, artifact.METRICS, all_metrics)
@@ -299,21 +415,60 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
     return metrics
 
 
+def _difference(d: dict) -> str:
+    """``+0.0065 [-0.0017, +0.0140] (not significant)``."""
+    if d["difference"] is None:
+        return "- (fewer than 2 users)"
+    lo, hi = d["ci"]
+    return (f"{d['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            f"{'' if d['significant'] else ' (not significant)'}")
+
+
+def format_validation(validation: dict) -> str:
+    """The validation table (held-out users, end to end), the ranked order's CIs against
+    retrieval and popularity order, and the loss choice."""
+    losses = validation["losses"]
+    first = next(iter(losses.values()))
+    rows = [(f"ranked, {name}", m["ranked"]) for name, m in losses.items()]
+    rows += [(name.replace("_", " "), first[name]) for name in ("retrieval_order", "popularity_order")]
+    lines = [table(rows, END_TO_END_COLUMNS, markdown=False,
+                   label=f"validation (held-out users): end to end over top-{first['candidates']} "
+                         f"({first['users']:,} users not used to fit)")]
+    for name, m in losses.items():
+        for pair, d in m["differences"].items():
+            lines.append(f"  {pair.replace('_', ' ')} ({name}), NDCG@10: {_difference(d['ndcg@10'])}")
+    choice = validation["loss_choice"]
+    if choice["differences"]:
+        lines.append(f"loss chosen on validation {choice['metric']}: {choice['chosen']}"
+                     + "".join(f"; {pair} {_difference(d)}"
+                               for pair, d in choice["differences"].items()))
+    return "\n".join(lines)
 
 
 def format_metrics(metrics: dict) -> str:
-    """The headline numbers, for the command line."""
+    """The headline numbers, for the command line: validation first (where choices are
+    made), then test (reporting only)."""
+    lines = [format_validation(metrics["validation"])]
+    saved = metrics["config"]["loss"]
+    chosen = metrics["validation"]["loss_choice"]["chosen"]
+    if chosen != saved:
+        lines.append(f"  (the saved ranker is {saved}, as configured; validation prefers "
+                     f"{chosen}: retrain with --loss {chosen} to use it)")
     rows = [(f"ranker, {name}", m) for name, m in metrics["losses"].items()]
     rows += [(name.replace("_", " "), m) for name, m in metrics["held_out_lists"].items()]
     e = metrics["end_to_end"]
-    lines = [table(rows, LIST_COLUMNS, markdown=False,
-                   label="held-out lists (each test user's scored titles)")]
+    lines.append(table(rows, LIST_COLUMNS, markdown=False,
+                       label="test, reporting only: held-out lists (each test user's scored titles)"))
     if not metrics["lists"]["test"]:
         lines.append("  (none: no test user has two or more scored titles in the test split)")
+    for pair, d in metrics["test_loss_differences"]["differences"].items():
+        lines.append(f"  {pair}, held-out list NDCG (test, not chosen from): {_difference(d)}")
     lines.append(table([(name.replace("_", " "), e[name]) for name in ("ranked", "retrieval_order")],
                        END_TO_END_COLUMNS, markdown=False,
-                       label=f"end to end over top-{e['candidates']} ({e['users']:,} test users)"))
-    t = metrics["losses"][metrics["config"]["loss"]]["training"]
-    lines.append(f"training ({metrics['config']['loss']}): {t['train_lists']:,} lists, "
-                 f"{t['epochs']} epochs (best {t['best_epoch']}), {t['lists_per_second']:,.0f} lists/s")
+                       label=f"test, reporting only: end to end over top-{e['candidates']} "
+                             f"({e['users']:,} test users, ranker {saved})"))
+    t = metrics["losses"][saved]["training"]
+    lines.append(f"training ({saved}): {t['train_lists']:,} lists, "
+                 f"{t['epochs']} epochs (best {t['best_epoch']} on held-out NDCG@10), "
+                 f"{t['lists_per_second']:,.0f} lists/s")
     return "\n".join(lines)

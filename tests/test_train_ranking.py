@@ -1,6 +1,8 @@
 """The ranking stage on the tiny world: exact list construction, a ranker that learns,
-a saved ranker that scores exactly like the trained one, and a model dir updated whole."""
+a saved ranker that scores exactly like the trained one, a model dir updated whole, and
+choices made on validation only (held-out users, end to end), never on test."""
 
+import dataclasses
 import json
 import shutil
 
@@ -124,3 +126,151 @@ def test_retrieval_model_of_other_data_is_refused(tiny_model, tmp_path, tiny_fea
         trk.run(tiny_features, model_dir, CONFIG, compare_losses=False, progress=False)
     with pytest.raises(InputError, match="not a complete anirank model.*train-retrieval"):
         trk.run(tiny_features, tmp_path, CONFIG, compare_losses=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_lists(tiny_model, tiny_features):
+    """(tables, retrieval, train lists, held-out lists, candidates) of CONFIG."""
+    tables = FeatureTables.load(tiny_features)
+    retrieval = artifact.RetrievalArtifact(tiny_model[0]).for_tables(tables)
+    return (tables, retrieval, *trk.fit_lists(tables, retrieval, CONFIG))
+
+
+def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
+    tables, retrieval, train_lists, held_lists, candidates = tiny_lists
+    fit, held = np.unique(train_lists.user_rows), np.unique(held_lists.user_rows)
+    assert len(fit) > 3 * len(held) > 0
+    assert not np.intersect1d(fit, held).size, "a user both fits the ranker and judges it"
+    inter = tables.interactions
+    val = inter[inter["split"] == "validation"]
+    with_relevance = np.unique(val.loc[val["is_label"] | val["is_interaction"], "user_row"])
+    assert np.array_equal(np.union1d(fit, held), with_relevance)
+    # Every list the validation end to end scores belongs to a held-out user with a
+    # validation interaction; none to a user the ranker was fitted on.
+    scored = []
+
+    def scorer(t, lists):
+        scored.append(lists.user_rows.copy())
+        return lists.similarity          # ranked by the retrieval score: retrieval order
+
+    out = trk.validation_end_to_end(tables, scorer, candidates, held)
+    users = np.concatenate(scored)
+    expected = np.intersect1d(held, np.unique(val.loc[val["is_interaction"], "user_row"]))
+    assert np.array_equal(users, expected) and not np.isin(users, fit).any()
+    assert out["users"] == len(expected) > 10
+    for m in ("ndcg@10", "recall@10", "mrr"):
+        assert out["ranked"][m] == pytest.approx(out["retrieval_order"][m])
+        assert out["differences"]["ranked - retrieval_order"][m]["difference"] == pytest.approx(0.0)
+    # The stage recorded the same split of users.
+    v = stage[1]["validation"]
+    assert (v["fit_users"], v["held_out_users"], v["users"]) == (len(fit), len(held), len(expected))
+    assert v["losses"][CONFIG.loss]["users"] == len(expected)
+    # The held-out users do not depend on the list settings (runs with different
+    # settings compare paired), and are still disjoint from the fitting users.
+    paired = [dataclasses.replace(CONFIG, **settings) for settings in
+              ({}, {"negatives_per_list": 3, "max_lists_per_user": 1})]
+    splits = [trk.fit_lists(tables, retrieval, c)[:2] for c in paired]
+    (fit_a, held_a), (fit_b, held_b) = [[np.unique(l.user_rows) for l in s] for s in splits]
+    assert np.array_equal(held_a, held_b) and np.array_equal(fit_a, fit_b)
+    assert not np.intersect1d(fit_a, held_a).size and len(held_a) == len(held)
+
+
+def test_validation_end_to_end_by_hand(tiny_lists):
+    """Retrieval and popularity order of the held-out users' candidates, recomputed
+    from the raw tables: brute-force top titles without the user's training entries,
+    binary gains of their validation interactions."""
+    tables, retrieval, _, held_lists, candidates = tiny_lists
+    held = np.unique(held_lists.user_rows)
+    out = trk.validation_end_to_end(tables, lambda t, l: -l.similarity, candidates, held)
+    inter = tables.interactions
+    train = inter[inter["split"] == "train"].groupby("user_row")["anime_row"].agg(set)
+    val = inter[(inter["split"] == "validation") & inter["is_interaction"]]
+    val = val.groupby("user_row")["anime_row"].agg(set)
+    counts = np.bincount(inter.loc[(inter["split"] == "train") & inter["is_interaction"], "anime_row"],
+                         minlength=len(tables.anime))
+    assert np.array_equal(counts, tables.train_counts())
+    scores = retrieval.queries @ retrieval.candidate_embeddings.T
+    by_hand = {"retrieval_order": [], "popularity_order": []}
+
+    def metrics(order, relevant):
+        gains = [1.0 if a in relevant else 0.0 for a in order]
+        dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains[:10]))
+        ideal = sum(1 / np.log2(i + 2) for i in range(min(len(relevant), 10)))
+        first = next((i for i, g in enumerate(gains) if g), None)
+        return dcg / ideal, sum(gains[:10]) / len(relevant), 0.0 if first is None else 1 / (first + 1)
+
+    for u in held:
+        if u not in val.index:
+            continue
+        s = scores[u].astype(np.float64)
+        s[list(train.get(u, ()))] = -np.inf
+        top = [a for a in np.argsort(-s, kind="stable")[:CONFIG.num_candidates] if np.isfinite(s[a])]
+        by_hand["retrieval_order"].append(metrics(top, val[u]))
+        popular = sorted(top, key=lambda a: -counts[a])          # stable: ties keep retrieval order
+        by_hand["popularity_order"].append(metrics(popular, val[u]))
+    for order, values in by_hand.items():
+        ndcg, recall, mrr = np.array(values).T
+        assert out["users"] == len(values)
+        assert out[order]["ndcg@10"] == pytest.approx(ndcg.mean(), abs=1e-9)
+        assert out[order]["recall@10"] == pytest.approx(recall.mean(), abs=1e-9)
+        assert out[order]["mrr"] == pytest.approx(mrr.mean(), abs=1e-9)
+    # Reversing the retrieval order is worse than keeping it, significantly.
+    d = out["differences"]["ranked - retrieval_order"]["ndcg@10"]
+    assert out["ranked"]["ndcg@10"] < out["retrieval_order"]["ndcg@10"] and d["significant"]
+
+
+def test_choice_is_made_on_validation_even_when_test_disagrees():
+    rng = np.random.default_rng(0)
+    base = rng.random(600)
+
+    def record(validation_gain, test_gain):
+        return {"validation": {"ranked": {"ndcg@10": base + validation_gain + rng.normal(0, 0.05, 600)}},
+                "test": {"ranked": {"ndcg@10": base + test_gain}},
+                "test_lists": base + test_gain}
+
+    records = {"negatives=5": record(0.0, 0.30), "negatives=20": record(0.05, 0.0),
+               "negatives=40": record(0.049, 0.20)}
+    assert max(records, key=lambda n: records[n]["test"]["ranked"]["ndcg@10"].mean()) == "negatives=5"
+    choice = trk.choose(records)
+    assert choice["chosen"] == "negatives=20" and choice["split"] == "validation"
+    assert choice["means"]["negatives=20"] == pytest.approx(
+        records["negatives=20"]["validation"]["ranked"]["ndcg@10"].mean())
+    d = choice["differences"]
+    assert set(d) == {"negatives=20 - negatives=5", "negatives=20 - negatives=40"}
+    assert d["negatives=20 - negatives=5"]["significant"]
+    # A gain inside the noise is chosen, but not called significant.
+    assert not d["negatives=20 - negatives=40"]["significant"] and not choice["significant"]
+    # A setting with no finite validation value is never chosen; NaN users are left out.
+    records["broken"] = {"validation": {"ranked": {"ndcg@10": np.full(600, np.nan)}}}
+    records["negatives=20"]["validation"]["ranked"]["ndcg@10"][:5] = np.nan
+    choice = trk.choose(records)
+    assert choice["chosen"] == "negatives=20"
+    assert choice["differences"]["negatives=20 - negatives=5"]["users"] == 595
+
+
+def test_losses_are_compared_on_validation(tiny_lists):
+    tables, retrieval = tiny_lists[:2]
+    config = dataclasses.replace(CONFIG, max_epochs=2)
+    metrics, rankers, records = trk.fit_and_evaluate(tables, retrieval, config,
+                                                     ["approx_ndcg", "mse"], progress=False)
+    v = metrics["validation"]
+    assert set(v["losses"]) == set(rankers) == {"approx_ndcg", "mse"}
+    means = {loss: m["ranked"]["ndcg@10"] for loss, m in v["losses"].items()}
+    choice = v["loss_choice"]
+    assert choice["chosen"] == max(means, key=means.get) and choice["split"] == "validation"
+    other = ({"approx_ndcg", "mse"} - {choice["chosen"]}).pop()
+    pair = f"{choice['chosen']} - {other}"
+    assert choice["differences"][pair]["difference"] == pytest.approx(
+        means[choice["chosen"]] - means[other], abs=1e-9)
+    # Test: the same pair, reported only, from each loss's held-out list NDCG.
+    t = metrics["test_loss_differences"]
+    assert t["reporting_only"] and set(t["differences"]) == {pair}
+    assert t["differences"][pair]["difference"] == pytest.approx(
+        metrics["losses"][choice["chosen"]]["ndcg"] - metrics["losses"][other]["ndcg"], abs=1e-6)
+    assert len(records[other]["test_lists"]) == metrics["lists"]["test"]
+    # Reordering the same candidates cannot change recall over all of them.
+    for m in v["losses"].values():
+        assert m["ranked"]["recall@100"] == pytest.approx(m["retrieval_order"]["recall@100"])
+    printed = trk.format_metrics(metrics)
+    assert "validation (held-out users)" in printed and "loss chosen on validation" in printed
+    assert "test, reporting only" in printed and "end to end over top-100" in printed
