@@ -666,8 +666,10 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     delay = np.where(rng.random(m) < 0.5, rng.beta(1.0, 2.5, m), rng.random(m))
     created = lo + ((NOW - lo) * delay).astype(np.int64)
     in_season = (release >= joined) & (rng.random(m) < users["seasonal"][u])
-    created = np.where(in_season, np.minimum(
-        release + rng.exponential(20 * _DAY, m).astype(np.int64), NOW), created)
+    fraction = rng.random(m)  # where in the time left a late addition falls
+    soon = release + rng.exponential(20 * _DAY, m).astype(np.int64)
+    soon = np.where(soon > NOW, release + ((NOW - release) * fraction).astype(np.int64), soon)
+    created = np.where(in_season, soon, created)
     # Completion takes roughly the watch time at 1-3 hours a day, plus slack; a title
     # that continues another is added after that one was added and watched.
     minutes = np.maximum(episodes, 1) * catalog["duration"][anime]
@@ -678,7 +680,11 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     for d in range(1, int(depth.max(initial=0)) + 1):
         at = np.flatnonzero((depth == d) & (before >= 0))
         p = before[at]
-        created[at] = np.maximum(created[at], np.minimum(created[p] + watch[p] + gap[at], NOW))
+        after = created[p] + watch[p] + gap[at]
+        late = after > NOW  # then some time between the prequel's start and now
+        after[late] = created[p][late] + ((NOW - created[p][late])
+                                          * (0.3 + 0.7 * fraction[at][late])).astype(np.int64)
+        created[at] = np.maximum(created[at], after)
     recent = (NOW - created) < 120 * _DAY
 
     # Status.

@@ -292,7 +292,7 @@ def test_sequels_are_watched_after_their_prequels(demo_db, demo_raw):
         ["user_id", "media_id"])
     sequels = up.rename(columns={"media_id": "sequel", "related_id": "media_id"})
     had = e.merge(sequels, on="media_id")
-    had["took"] = status.index.isin(pd.MultiIndex.from_arrays([had["user_id"], had["sequel"]]))
+    had["took"] = pd.MultiIndex.from_arrays([had["user_id"], had["sequel"]]).isin(status.index)
     had["liked"] = status["liked"].reindex(
         pd.MultiIndex.from_arrays([had["user_id"], had["media_id"]])).to_numpy()
     p_liked = had.loc[had["liked"], "took"].mean()
