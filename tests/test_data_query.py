@@ -31,7 +31,7 @@ def world(tmp_path_factory):
     on hiatus (MediaStatus version 2 only), besides the world's own WEB_NOVEL and NOVEL
     sources (MediaSource versions 3 and 2)."""
     db = tmp_path_factory.mktemp("anilist") / "world.db"
-    synth.run(db, users=40, anime=150, entries_per_user=25, seed=3, progress=False)
+    synth.run(db, users=40, anime=150, entries_per_user=30, seed=3, progress=False)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE entries SET completed_at = completed_at - completed_at % 86400")
     conn.execute("UPDATE entries SET is_favourite = 1 WHERE user_id = (SELECT user_id FROM "
