@@ -340,8 +340,8 @@ def _make_franchises(rng: np.random.Generator, fmt: np.ndarray, season_index: np
                      quality: np.ndarray) -> dict:
     """Groups titles into franchises: TV/ONA roots, continued by sequels (TV, ONA,
     TV_SHORT, MOVIE: the main line, each the SEQUEL of the one before) and side stories
-    (OVA, SPECIAL, MUSIC: SIDE_STORY of the latest main-line title), each airing 1-3
-    years after the title before it, never after now. Better titles get more sequels.
+    (OVA, SPECIAL, MUSIC: SIDE_STORY of the latest main-line title), each airing two or more
+    seasons (five on average) after the title before it, never after now. Better titles get more sequels.
 
     Returns:
       ``parent`` (row of the prequel/parent, -1: none), ``root``, ``depth``, ``season_index``
@@ -544,7 +544,9 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> dict:
 
 def _make_users(cfg: SynthConfig, rng: np.random.Generator, n_anime: int):
     n = cfg.users
-    user_id = np.sort(rng.choice(max(7_000_000, 10 * n), n, replace=False) + 1)
+    # Ids from a stream of their own: a change to how the catalog is drawn keeps them.
+    user_id = np.sort(np.random.default_rng([cfg.seed, 3]).choice(
+        max(7_000_000, 10 * n), n, replace=False) + 1)
     # Taste: a mixture of archetypes (shounen fans, romance fans, ...) plus personal noise.
     archetypes = rng.normal(0, 1.5, (12, len(GENRES)))
     genre_taste = archetypes[rng.integers(0, 12, n)] + rng.normal(0, 0.7, (n, len(GENRES)))
