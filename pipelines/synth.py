@@ -11,7 +11,7 @@ item-item models such as EASE exploit on real data.
 
 The catalog. Titles get a format, a studio (Zipf output, a house style and favourite
 genres), 1-6 genres, tags, a release season and an exposure (a power law over a latent
-appeal: how visible the title is on the site, not counted from lists). About a third
+appeal: how visible the title is on the site, not counted from lists). About 3 in 10
 continue a franchise: a TV/ONA root gets 2nd/3rd seasons and movies (SEQUEL/PREQUEL,
 in release order) and OVAs, specials and music videos (SIDE_STORY/PARENT), each aired a
 few seasons after the one before, with the root's genres, its studio (mostly), style
