@@ -59,10 +59,9 @@ def _oracle_keys(truth, tables: FeatureTables):
     the generator's log-odds of each user adding each title (``Truth.adding_log_odds``)."""
     media = tables.anime["media_id"].to_numpy()
     users = tables.users["user_id"].to_numpy()
-    popularity = tables.anime["popularity"]
 
     def all_titles(rows):
-        return truth.adding_log_odds(users[rows], media, popularity)
+        return truth.adding_log_odds(users[rows], media)
 
     def within(rows, cand):
         return np.take_along_axis(all_titles(rows), np.maximum(cand, 0), axis=1)
@@ -336,7 +335,8 @@ def render(metrics: dict) -> str:
                 "columns (feature tables from before anirank counted them): optimistic."), "",
              f"Data: {(metrics['data'].get('source') or {}).get('description', 'not recorded')}."
              + (" The oracle rows know the generator: for retrieval, each user's true odds of "
-                "adding each title (its popularity and the user's true taste); for ranking, "
+                "adding each title (its exposure, the user's true taste, cohort and seasonal "
+                "pull; not the franchise steps); for ranking, "
                 "the score the user would give each title without noise. They are the "
                 "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
@@ -431,7 +431,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
                          tables.schema.get("split") or {}) else "source snapshot"),
                      "relevant": "the user's test interactions ("
                                  + ", ".join(config["interaction_statuses"]) + ")",
-                     "retrieval_oracle": "popularity bias x log popularity + taste bias x true affinity",
+                     "retrieval_oracle": "the generator's log-odds of adding: exposure, true taste, cohort and seasonal terms",
                      "ranking_oracle": "true expected score"},
         "versions": retrieval.config["versions"],
         "config": {k: retrieval.config.get(k) for k in ("retrieval", "ranking", "index")},

@@ -41,6 +41,12 @@ ENTRY_COLUMNS = (
     "user_id", "media_id", "score", "status", "progress", "repeat", "is_favourite",
     "created_at", "updated_at", "completed_at",
 )
+RELATION_COLUMNS = ("media_id", "related_id", "relation_type")
+# AniList's MediaRelation values: ``related_id`` is ``media_id``'s SEQUEL, PREQUEL, ...
+RELATION_TYPES = (
+    "ADAPTATION", "PREQUEL", "SEQUEL", "PARENT", "SIDE_STORY", "CHARACTER", "SUMMARY",
+    "ALTERNATIVE", "SPIN_OFF", "OTHER", "SOURCE", "COMPILATION", "CONTAINS",
+)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS users (
@@ -93,6 +99,15 @@ CREATE TABLE IF NOT EXISTS entries (
     updated_at   INTEGER,
     completed_at INTEGER,
     PRIMARY KEY (user_id, media_id)
+) WITHOUT ROWID;
+-- How titles relate (AniList's relations edges), one row per direction: a sequel B of A
+-- is (A, B, 'SEQUEL') and (B, A, 'PREQUEL').
+CREATE TABLE IF NOT EXISTS media_relations (
+    media_id      INTEGER NOT NULL,
+    related_id    INTEGER NOT NULL,
+    relation_type TEXT NOT NULL CHECK (relation_type IN
+                  ({", ".join(repr(t) for t in RELATION_TYPES)})),
+    PRIMARY KEY (media_id, related_id)
 ) WITHOUT ROWID;
 -- Crawl state: one row per (kind, item), e.g. ('lists', 5123) -> done / failed / skipped.
 CREATE TABLE IF NOT EXISTS crawl_state (
@@ -305,6 +320,14 @@ def upsert_entries(conn: sqlite3.Connection, entries: pd.DataFrame) -> int:
     return _upsert(conn, "entries", ("user_id", "media_id"), ENTRY_COLUMNS, entries)
 
 
+def upsert_relations(conn: sqlite3.Connection, relations: pd.DataFrame) -> int:
+    """Inserts or replaces relations between titles (columns: ``RELATION_COLUMNS``;
+    ``relation_type`` one of ``RELATION_TYPES``, from ``media_id``'s side: ``related_id``
+    is its SEQUEL, PREQUEL, SIDE_STORY, PARENT, ...). Returns the row count."""
+    return _upsert(conn, "media_relations", ("media_id", "related_id"), RELATION_COLUMNS,
+                   relations)
+
+
 def replace_user_entries(conn: sqlite3.Connection, user_id: int,
                          entries: pd.DataFrame) -> int:
     """Replaces everything on one user's list (favourite marks included) with ``entries``
@@ -476,6 +499,18 @@ def read_media(conn: sqlite3.Connection) -> pd.DataFrame:
     for column in ("genres", "tags"):
         frame[column] = [[] if v is None else json.loads(v) for v in frame[column]]
     return frame
+
+
+def read_relations(conn: sqlite3.Connection) -> pd.DataFrame:
+    """All relations between titles, ordered by (media_id, related_id); empty for a store
+    without any (or one written before the table existed, opened read-only)."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                          "name='media_relations'").fetchone()
+    dtypes = {"media_id": "int64", "related_id": "int64", "relation_type": "object"}
+    if not exists:
+        return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in RELATION_COLUMNS})
+    return _read(conn, f"SELECT {', '.join(RELATION_COLUMNS)} FROM media_relations "
+                       "ORDER BY media_id, related_id", RELATION_COLUMNS, dtypes)
 
 
 def read_users(conn: sqlite3.Connection) -> pd.DataFrame:

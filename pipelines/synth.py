@@ -1,27 +1,66 @@
 """A seeded synthetic AniList world, written to the raw store, with its ground truth.
 
 Why: AniList cannot be reached from CI or a fresh laptop, and a real crawl has no ground
-truth. This world has AniList's shape (formats, studios, genres, tags, long-tailed
-popularity and activity, personal rating scales, list statuses and times) and a known
-generative model, so every stage runs offline and evaluation can report an oracle.
+truth. This world has AniList's shape (formats, studios, genres, tags, franchises and
+their relations, long-tailed popularity and activity, personal rating scales, list
+statuses and times) and a known generative model, so every stage runs offline and
+evaluation can report an oracle. It is built so that no one kind of model is favoured
+by construction: side features (genre, format, studio, year) carry taste, and so does
+structure only the lists show (franchises, watching cohorts, seasons), which
+item-item models such as EASE exploit on real data.
 
-The model. Each anime ``a`` and user ``u`` get a vector; true affinity is their dot
+The catalog. Titles get a format, a studio (Zipf output, a house style and favourite
+genres), 1-6 genres, tags, a release season and an exposure (a power law over a latent
+appeal: how visible the title is on the site, not counted from lists). About 3 in 10
+continue a franchise: a TV/ONA root gets 2nd/3rd seasons and movies (SEQUEL/PREQUEL,
+in release order) and OVAs, specials and music videos (SIDE_STORY/PARENT), each aired a
+few seasons after the one before, with the root's genres, its studio (mostly), style
+and latent taste; the relations are written to ``media_relations``.
+
+Taste. Each anime ``a`` and user ``u`` get a vector; true affinity is their dot
 product ``aff(u, a) = U[u] . A[a]`` with
 
     A[a] = [genres_a / |genres_a|, onehot(format_a), style_a, latent_a, recency_a, quality_a]
     U[u] = [genre_taste_u,          format_taste_u,  style_u, latent_u, recency_u, 1]
 
-so a user's genre and format taste, a studio's style (shared by its titles) and the
-title's year all carry signal a side-feature model can use; ``latent`` is taste no
-feature explains (only ids can learn it). Users put titles on their lists with
-probability rising with popularity and affinity (Gumbel top-k sampling); the status
-(DROPPED when the title disappoints), the POINT_100 score
-``mean_u + spread_u * (aff + noise - centre) / scale`` on the user's own scale and
-rounding, favourites and times (after the account and the airing date, completion after
-the start) follow from it.
+so a user's genre and format taste, a studio's style and the title's year carry signal
+a side-feature model can use; ``latent`` is taste no feature explains.
 
-The ground truth (``U``, ``A``, scale and noise parameters) is saved beside the store as
-``<db>.truth.npz``; ``Truth.affinity`` recomputes any user's affinity to any title.
+Which titles a user adds. The log-odds of user ``u`` adding title ``a`` are
+
+    POPULARITY_BIAS * log_exposure_a + TASTE_BIAS * aff(u, a)
+      + COHORT_BIAS * [a in the hidden title set of u's cohort]
+      + SEASONAL_BIAS * seasonal_u * [a aired after u joined]
+
+Cohorts are groups of users (friends, a forum, a club; about 60 users each, most users
+in one) who share a hidden set of titles across genres and studios: co-watching that
+only the lists show, so item-item co-occurrence carries signal ids can learn and side
+features cannot. ``seasonal_u`` is how much the user follows the airing season. A list
+is drawn without replacement with these keys plus Gumbel noise (Gumbel top-k), then
+franchises act on it: a sequel or side story brings its prequel/parent onto the list
+(unless the user is among the few who watch it standalone), and a user who liked a
+title (its perceived score, below) adds its sequels with high probability and its side
+stories less often, repeatedly along the franchise. These last steps depend on the
+user's own list, so they have no per-(user, title) closed form.
+
+Entries. The perceived quality is ``aff + noise``; it sets the status (DROPPED when the
+title disappoints; a title whose sequel the user went on to add is finished), the
+POINT_100 score ``mean_u + spread_u * (aff + noise - centre) / scale`` on the user's
+own scale and rounding, and favourites. Times come after the account and the airing
+date: for titles that aired while the user was a member, seasonal watchers add them a
+few weeks after release (``created_at`` clusters after each season starts); the rest are
+added soon after, or any time since; a sequel is added after its prequel was added and
+watched; completion follows the start by about the watch time.
+
+The media table is what AniList would show as of the crawl (``NOW``), counted from the
+world's own lists: ``popularity`` = entries of the title (all statuses), ``favourites``
+= entries marked favourite, ``mean_score`` = mean non-zero score (NULL if none),
+``average_score`` = that mean shrunk toward the site mean for titles few people scored.
+
+The ground truth (``U``, ``A``, exposure, cohorts, seasonality, scale and noise
+parameters) is saved beside the store as ``<db>.truth.npz``; ``Truth.affinity``
+recomputes any user's affinity to any title and ``Truth.adding_log_odds`` the log-odds
+above (the oracle: everything but the franchise steps).
 """
 
 from __future__ import annotations
@@ -92,9 +131,18 @@ LATENT_DIM = 8
 # The world's "now": fixed, so the same seed gives the same store on any date.
 NOW = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp())
 _DAY = 86_400
-POPULARITY_BIAS = 0.55  # exposure: weight of log popularity ...
-TASTE_BIAS = 1.6  # ... and of true affinity in which titles a user adds
+POPULARITY_BIAS = 0.55  # exposure: weight of log exposure ...
+TASTE_BIAS = 1.6  # ... of true affinity in which titles a user adds ...
+COHORT_BIAS = 2.5  # ... of the user's cohort's hidden titles ...
+SEASONAL_BIAS = 0.8  # ... and of titles that aired while a seasonal watcher was a member
+COHORT_SIZE = 60  # users per cohort, on average
+COHORT_TITLES = 40  # hidden titles a cohort shares
+COHORT_SHARE = 0.8  # share of users in a cohort
+FRANCHISE_SHARE = 0.35  # share of titles that continue a franchise
+STANDALONE = 0.04  # chance a user watches a sequel without its prequel
+_MAIN_FORMATS = (0, 1, 3, 5)  # TV, MOVIE, ONA, TV_SHORT continue the main line (SEQUEL)
 _USER_CHUNK = 512  # users generated per block: bounds memory, and part of the seed stream
+_BASE_LENGTH = 0.7  # list length drawn before franchises add prequels and sequels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +153,9 @@ class SynthConfig:
     Attributes:
       users: number of users.
       anime: number of anime in the catalog.
-      entries_per_user: mean list length; lengths are log-normal (long-tailed), capped
-        at 80% of the catalog.
+      entries_per_user: mean list length (roughly: franchises add prequels and sequels
+        to a drawn list); lengths are log-normal (long-tailed), capped at 80% of the
+        catalog before franchises act.
       activity_sigma: spread of log list length (1.1: ~20% of users under 20 entries,
         ~1% over 1,000 at the default mean).
       seed: everything random derives from it.
@@ -138,12 +187,6 @@ def _positions(sorted_ids: np.ndarray, ids, what: str) -> np.ndarray:
     return pos
 
 
-def _adding_log_odds(affinity: np.ndarray, log_popularity: np.ndarray) -> np.ndarray:
-    """The log-odds (before the Gumbel noise) that users add titles: ``affinity`` is
-    ``[users, anime]``, ``log_popularity`` ``[anime]``."""
-    return POPULARITY_BIAS * log_popularity[None, :] + TASTE_BIAS * affinity
-
-
 @dataclasses.dataclass(frozen=True)
 class Truth:
     """The generator's ground truth for one world.
@@ -155,6 +198,17 @@ class Truth:
       user_mean, user_spread: ``[num_users]`` personal rating scale (POINT_100).
       centre, scale: affinity -> standard score normalisation shared by all users.
       noise_sd: standard deviation of the per-entry noise added to affinity.
+      log_exposure: ``[num_anime]`` the generator's exposure term (log of how visible a
+        title is on the site), not the store's ``popularity`` (which counts the lists).
+      user_cohort: ``[num_users]`` each user's cohort (row of ``cohort_titles``), -1 if
+        in none.
+      cohort_titles: ``[num_cohorts, k]`` the hidden titles (rows of ``anime_vectors``)
+        each cohort shares.
+      user_seasonal: ``[num_users]`` how much each user follows the airing season.
+      user_joined: ``[num_users]`` account creation (Unix seconds).
+      release: ``[num_anime]`` start of each title's airing season (Unix seconds).
+      prequel: ``[num_anime]`` row of each title's prequel (SEQUEL) or parent
+        (SIDE_STORY) in its franchise, -1 for a franchise's first title or a standalone.
     """
 
     user_ids: np.ndarray
@@ -166,6 +220,13 @@ class Truth:
     centre: float
     scale: float
     noise_sd: float
+    log_exposure: np.ndarray
+    user_cohort: np.ndarray
+    cohort_titles: np.ndarray
+    user_seasonal: np.ndarray
+    user_joined: np.ndarray
+    release: np.ndarray
+    prequel: np.ndarray
 
     def user_index(self, user_ids) -> np.ndarray:
         """Rows of ``user_vectors`` (and the per-user arrays) of ``user_ids``.
@@ -194,14 +255,37 @@ class Truth:
         z = (self.affinity(user_ids, media_ids) - self.centre) / self.scale
         return np.clip(self.user_mean[u] + self.user_spread[u] * z, 1, 100)
 
-    def adding_log_odds(self, user_ids, media_ids, popularity) -> np.ndarray:
+    def in_cohort(self, u: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """``[len(u), len(a)]`` bool: title row ``a[j]`` is in the hidden set of user row
+        ``u[i]``'s cohort."""
+        member = np.zeros((len(self.cohort_titles) + 1, len(self.media_ids)), bool)
+        member[np.arange(len(self.cohort_titles))[:, None], self.cohort_titles] = True
+        return member[np.asarray(self.user_cohort)[u]][:, a]  # cohort -1: the empty row
+
+    def log_odds(self, u: np.ndarray, a: np.ndarray,
+                 affinity: np.ndarray | None = None) -> np.ndarray:
+        """``[len(u), len(a)]``: the adding log-odds of user rows ``u`` for title rows
+        ``a`` (``affinity``: their ``[len(u), len(a)]`` affinity, if already computed)."""
+        if affinity is None:
+            affinity = self.user_vectors[u] @ self.anime_vectors[a].T
+        keys = TASTE_BIAS * affinity + POPULARITY_BIAS * self.log_exposure[a][None, :]
+        keys = keys + COHORT_BIAS * self.in_cohort(u, a)
+        aired = self.release[a][None, :] >= self.user_joined[u][:, None]
+        return keys + SEASONAL_BIAS * self.user_seasonal[u][:, None] * aired
+
+    def adding_log_odds(self, user_ids, media_ids) -> np.ndarray:
         """``[len(user_ids), len(media_ids)]``: the generator's log-odds (before its
-        Gumbel noise) that each user adds each title to their list, from the titles'
-        ``popularity`` (``[len(media_ids)]``, as in the store; missing counts as 1).
-        The oracle a recommender is measured against."""
-        u, a = self.user_index(user_ids), self.anime_index(media_ids)
-        log_pop = np.log(np.maximum(pd.Series(popularity).fillna(1).to_numpy(float), 1))
-        return _adding_log_odds(self.user_vectors[u] @ self.anime_vectors[a].T, log_pop)
+        Gumbel noise) that each user adds each title to their list: exposure, taste,
+        cohort and seasonal terms (see the module docstring). The oracle a recommender
+        is measured against.
+
+        The franchise steps (a sequel brings its prequel, a liked title its sequels)
+        depend on the user's own list and have no per-(user, title) closed form: the
+        oracle is the part of the generator before them. The exposure term is the
+        truth's own (``log_exposure``), never the store's popularity, which counts the
+        generated lists.
+        """
+        return self.log_odds(self.user_index(user_ids), self.anime_index(media_ids))
 
     def save(self, path: str | os.PathLike) -> None:
         # A crash leaves the old truth or none, never a truncated file under the name.
@@ -210,7 +294,18 @@ class Truth:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Truth":
+        """Reads a saved truth.
+
+        Raises:
+          InputError: the file is the truth of a world written by an older anirank.
+        """
         with np.load(path) as data:
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in data.files]
+            if missing:
+                raise InputError(
+                    f"{path} is the ground truth of a world written by an older anirank "
+                    f"(it lacks {', '.join(missing)}); regenerate the world with "
+                    "`python -m pipelines synth` (and rebuild its features and model).")
             return cls(**{f.name: (data[f.name].item() if data[f.name].ndim == 0
                                    else data[f.name]) for f in dataclasses.fields(cls)})
 
@@ -229,7 +324,71 @@ def _season_start(year: np.ndarray, season: np.ndarray) -> np.ndarray:
     return (stamps.astype("int64") // 10**9).to_numpy()
 
 
-def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
+def _ordinal(k: int) -> str:
+    ending = {1: "st", 2: "nd", 3: "rd"}.get(k if k < 20 else k % 10, "th")
+    return f"{k}{ending}"
+
+
+_SIDE_SUFFIX = {2: "OVA", 4: "Specials", 6: "Music Video"}
+
+
+def _make_franchises(rng: np.random.Generator, fmt: np.ndarray, season_index: np.ndarray,
+                     quality: np.ndarray) -> dict:
+    """Groups titles into franchises: TV/ONA roots, continued by sequels (TV, ONA,
+    TV_SHORT, MOVIE: the main line, each the SEQUEL of the one before) and side stories
+    (OVA, SPECIAL, MUSIC: SIDE_STORY of the latest main-line title), each airing two or more
+    seasons (five on average) after the title before it, never after now. Better titles get more sequels.
+
+    Returns:
+      ``parent`` (row of the prequel/parent, -1: none), ``root``, ``depth``, ``season_index``
+      (year * 4 + season, moved for titles that joined a franchise), ``suffix`` (title
+      suffix, "" for none) and ``edges`` (``(parent, child, relation)`` rows).
+    """
+    n = len(fmt)
+    t_now = 2026 * 4 + 3
+    can_root = np.isin(fmt, [0, 3]) & (season_index <= t_now - 2) & (rng.random(n) < 0.6)
+    p_child = min(1.0, FRANCHISE_SHARE * n / max(int((~can_root).sum()), 1))
+    is_child = ~can_root & (rng.random(n) < p_child)
+    roots, children = np.flatnonzero(can_root), np.flatnonzero(is_child)
+    gaps = 2 + rng.poisson(3, n)  # seasons after the title before
+    tie = rng.random(n)
+    parent, root, depth = np.full(n, -1), np.arange(n), np.zeros(n, int)
+    season_index = season_index.copy()
+    suffix = [""] * n
+    edges = []
+    if len(roots) and len(children):
+        w = np.exp(1.5 * quality[roots])
+        assign = roots[rng.choice(len(roots), len(children), p=w / w.sum())]
+        current = -1
+        for j in np.lexsort((tie[children], assign)):  # by franchise, random order
+            c, r = children[j], assign[j]
+            if r != current:
+                current, cursor, last_main, seasons, movies = r, season_index[r], r, 1, 0
+                side = {}
+            cursor += gaps[c]
+            if cursor > t_now:
+                continue  # would air after now: stays a title of its own
+            season_index[c], parent[c], root[c] = cursor, last_main, r
+            depth[c] = depth[last_main] + 1
+            if fmt[c] in _MAIN_FORMATS:
+                if fmt[c] == 1:
+                    movies += 1
+                    suffix[c] = " Movie" + (f" {movies}" if movies > 1 else "")
+                else:
+                    seasons += 1
+                    suffix[c] = f" {_ordinal(seasons)} Season"
+                edges.append((last_main, c, "SEQUEL"))
+                last_main = c
+            else:
+                side[fmt[c]] = side.get(fmt[c], 0) + 1
+                count = side[fmt[c]]
+                suffix[c] = f" {_SIDE_SUFFIX[fmt[c]]}" + (f" {count}" if count > 1 else "")
+                edges.append((last_main, c, "SIDE_STORY"))
+    return dict(parent=parent, root=root, depth=depth, season_index=season_index,
+                suffix=suffix, edges=edges)
+
+
+def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> dict:
     n = cfg.anime
     id_space = max(200_000, 10 * n)
     media_id = np.sort(rng.choice(id_space, n, replace=False) + 1)
@@ -260,6 +419,24 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
     # Year skews recent (most anime ever made aired in the last 15 years).
     year = np.clip(2026 - np.floor(rng.exponential(11.0, n)).astype(int), 1970, 2026)
     season = rng.integers(0, 4, n)
+    quality = rng.normal(0, 0.5, n)
+    latent = rng.normal(0, 1, (n, LATENT_DIM))
+    style_noise = rng.normal(0, 0.4, (n, STYLE_DIM))
+    appeal_noise = rng.normal(0, 0.8, n)
+
+    # Franchises: continuations take after their root (genres, mostly the studio,
+    # style, latent taste, quality) and air after the title before them.
+    fr = _make_franchises(rng, fmt, year * 4 + season, quality)
+    child, root, depth = fr["parent"] >= 0, fr["root"], fr["depth"]
+    year, season = fr["season_index"] // 4, fr["season_index"] % 4
+    genre_hot[child] = genre_hot[root[child]]
+    same_studio = child & (rng.random(n) < 0.85)
+    studio[same_studio] = studio[root[same_studio]]
+    quality[child] = quality[root[child]] + rng.normal(0, 0.25, child.sum())
+    latent[child] = latent[root[child]] + rng.normal(0, 0.35, (child.sum(), LATENT_DIM))
+    style = studio_style[studio] + style_noise
+    style[child] = style[root[child]] + 0.5 * style_noise[child]
+
     release = _season_start(year, season)
     airing = (year == 2026) & (season == 3) & np.isin(fmt, [0, 3, 5])
     status = np.where(airing, "RELEASING", "FINISHED")
@@ -276,19 +453,16 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
          rng.integers(3, 26, n), rng.integers(5, 26, n), rng.integers(2, 11, n)],
         default=rng.integers(3, 6, n))
     source = rng.choice(len(SOURCES), n, p=_SOURCE_SHARES)
-
-    quality = rng.normal(0, 0.5, n)
-    style = studio_style[studio] + rng.normal(0, 0.4, (n, STYLE_DIM))
-    latent = rng.normal(0, 1, (n, LATENT_DIM))
     recency = (year - 2012) / 12.0
 
-    # Popularity: a true power law over a latent appeal rank (quality, recency, format).
+    # Exposure: a true power law over a latent appeal rank (quality, recency, format);
+    # a continuation is about as visible as its root, less so further down the line.
     format_appeal = np.array([1.0, 0.6, -0.3, 0.0, -0.6, -0.4, -1.2])[fmt]
-    appeal = quality + 0.25 * recency + format_appeal + rng.normal(0, 0.8, n)
+    appeal = quality + 0.25 * recency + format_appeal + appeal_noise
+    appeal[child] = appeal[root[child]] - 0.3 * depth[child] + 0.5 * appeal_noise[child]
     rank = np.empty(n, int)
     rank[np.argsort(-appeal)] = np.arange(1, n + 1)
-    popularity = np.maximum(np.round(3.5e6 * rank ** -1.05 * (2000 / n) ** -0.05), 30)
-    popularity = popularity.astype(np.int64)
+    exposure = np.maximum(np.round(3.5e6 * rank ** -1.05 * (2000 / n) ** -0.05), 30)
 
     vectors = np.hstack([
         genre_hot / genre_hot.sum(1, keepdims=True),
@@ -311,13 +485,13 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
     words = np.array(_WORDS)
     w = rng.integers(0, len(words), (n, 3))
     pattern = rng.integers(0, 3, n)
-    sequel = rng.random(n) < 0.12
-    titles = []
+    base = []
     for i in range(n):  # string formatting of 2k-15k titles: cheap, done once
         a, b, c = words[w[i]]
-        t = (f"{a} no {b}", f"{a} {b} {c}", f"{a} to {b} no {c}")[pattern[i]]
-        titles.append(t + (" 2nd Season" if sequel[i] else ""))
+        base.append((f"{a} no {b}", f"{a} {b} {c}", f"{a} to {b} no {c}")[pattern[i]])
+    titles = [base[root[i]] + fr["suffix"][i] for i in range(n)]
     has_english = rng.random(n) < 0.55
+    has_english[child] = has_english[root[child]]
     genre_names = np.array(GENRES)
 
     media = pd.DataFrame({
@@ -333,7 +507,6 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
         "source": np.array(SOURCES)[source],
         "season": np.array(SEASONS)[season],
         "season_year": year,
-        "popularity": popularity,
         "is_adult": genre_hot[:, GENRES.index("Hentai")],
         "country": rng.choice(["JP", "CN", "KR"], n, p=[0.9, 0.07, 0.03]),
         "studio": studio_names[studio],
@@ -347,7 +520,19 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
     })
     for column in ("id_mal", "episodes"):  # -1 marks unknown: NULL in the store
         media[column] = media[column].astype("Int64").mask(media[column] < 0)
-    return media, vectors, release, popularity
+
+    inverse = {"SEQUEL": "PREQUEL", "SIDE_STORY": "PARENT"}
+    edges = fr["edges"]
+    relations = pd.DataFrame({
+        "media_id": media_id[[p for p, _, _ in edges] + [c for _, c, _ in edges]],
+        "related_id": media_id[[c for _, c, _ in edges] + [p for p, _, _ in edges]],
+        "relation_type": [r for _, _, r in edges] + [inverse[r] for _, _, r in edges],
+    }).sort_values(["media_id", "related_id"], ignore_index=True)
+    return dict(media=media, vectors=vectors, release=release,
+                log_exposure=np.log(exposure), parent=fr["parent"], depth=depth,
+                relations=relations, format=fmt, airing=airing,
+                episodes=media["episodes"].fillna(-1).to_numpy(np.int64),
+                duration=duration, media_id=media_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,7 +540,9 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator):
 
 def _make_users(cfg: SynthConfig, rng: np.random.Generator, n_anime: int):
     n = cfg.users
-    user_id = np.sort(rng.choice(max(7_000_000, 10 * n), n, replace=False) + 1)
+    # Ids from a stream of their own: a change to how the catalog is drawn keeps them.
+    user_id = np.sort(np.random.default_rng([cfg.seed, 3]).choice(
+        max(7_000_000, 10 * n), n, replace=False) + 1)
     # Taste: a mixture of archetypes (shounen fans, romance fans, ...) plus personal noise.
     archetypes = rng.normal(0, 1.5, (12, len(GENRES)))
     genre_taste = archetypes[rng.integers(0, 12, n)] + rng.normal(0, 0.7, (n, len(GENRES)))
@@ -379,48 +566,123 @@ def _make_users(cfg: SynthConfig, rng: np.random.Generator, n_anime: int):
     length = np.exp(rng.normal(mu, cfg.activity_sigma, n))
     length = np.clip(np.round(length), 1, max(1, int(0.8 * n_anime))).astype(int)
     joined = rng.integers(int(dt.datetime(2015, 1, 1).timestamp()), NOW - 30 * _DAY, n)
+
+    # Cohorts (most users in one) and how closely each user follows the airing season
+    # (about 40% are seasonal watchers).
+    n_cohorts = max(1, int(round(n / COHORT_SIZE)))
+    cohort = np.where(rng.random(n) < COHORT_SHARE, rng.integers(0, n_cohorts, n), -1)
+    seasonal = np.where(rng.random(n) < 0.4, rng.uniform(0.5, 0.95, n), rng.uniform(0, 0.2, n))
     return dict(user_id=user_id, vectors=vectors, mean=mean, spread=spread,
                 rounding=rounding, p_score=p_score, uses_favourites=uses_favourites,
-                length=length, joined=joined)
+                length=length, joined=joined, cohort=cohort, n_cohorts=n_cohorts,
+                seasonal=seasonal)
 
 
-def _pick(affinity: np.ndarray, log_popularity: np.ndarray, lengths: np.ndarray,
-          rng: np.random.Generator) -> list[np.ndarray]:
-    """Which titles each user adds: ``lengths[i]`` titles for row ``i`` of ``affinity``
-    (``[users, anime]``), sampled without replacement (Gumbel top-k) with log-weights
-    rising with popularity and affinity."""
-    keys = _adding_log_odds(affinity, log_popularity)
-    keys += rng.gumbel(size=keys.shape)
-    return [np.argpartition(-row, k - 1)[:k] for row, k in zip(keys, lengths)]
+def _cohort_titles(n_cohorts: int, catalog: dict, rng: np.random.Generator) -> np.ndarray:
+    """``[n_cohorts, k]``: each cohort's hidden titles, drawn across genres and studios
+    from the titles that start a franchise or stand alone, mildly favouring visible ones."""
+    entry = np.flatnonzero(catalog["parent"] < 0)
+    k = min(COHORT_TITLES, max(1, len(entry) // 4))
+    keys = 0.3 * catalog["log_exposure"][entry][None, :] + rng.gumbel(
+        size=(n_cohorts, len(entry)))
+    return np.sort(entry[np.argpartition(-keys, k - 1, axis=1)[:, :k]], axis=1)
+
+
+def _top_k(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[rows, anime]`` bool: the ``lengths[i]`` largest keys of each row."""
+    on = np.zeros(keys.shape, bool)
+    for i, (row, k) in enumerate(zip(keys, lengths)):
+        on[i, np.argpartition(-row, k - 1)[:k]] = True
+    return on
+
+
+def _lists(keys: np.ndarray, lengths: np.ndarray, z: np.ndarray, catalog: dict,
+           rng: np.random.Generator) -> np.ndarray:
+    """``[rows, anime]`` bool: the titles on each user's list. ``keys`` are the adding
+    log-odds with their Gumbel noise, ``z`` the perceived standard scores. A drawn sequel
+    or side story brings its prequel/parent (unless the user watches it standalone); a
+    title liked enough brings its sequels and side stories, along the franchise."""
+    on = _top_k(keys, np.maximum(np.round(lengths * _BASE_LENGTH), 1).astype(int))
+    parent = catalog["parent"]
+    has_parent = parent >= 0
+    if not has_parent.any():
+        return on
+    up = np.where(has_parent, parent, 0)
+    standalone = rng.random(on.shape) < STANDALONE
+    follow = rng.random(on.shape)
+    # Sequels are followed if the user liked what came before; side stories less often.
+    main = np.isin(catalog["format"], _MAIN_FORMATS)
+    offset = np.where(main, 0.8, -1.0)[None, :]
+    p_follow = 1 / (1 + np.exp(-(2.5 * z[:, up] + offset)))
+    for _ in range(int(catalog["depth"].max())):
+        need = on & has_parent[None, :] & ~standalone
+        rows, cols = np.nonzero(need)
+        on[rows, parent[cols]] = True
+    for _ in range(int(catalog["depth"].max())):
+        add = ~on & has_parent[None, :] & on[:, up] & (follow < p_follow)
+        if not add.any():
+            break
+        on |= add
+    return on
 
 
 def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
-                  rng: np.random.Generator) -> pd.DataFrame:
-    """The list entries of users ``sl``: who added what, with status, score and times."""
-    vectors = users["vectors"][sl]
-    lengths = users["length"][sl]
-    aff = vectors @ catalog["vectors"].T                     # [chunk, n_anime]
-    picks = _pick(aff, catalog["log_pop"], lengths, rng)
-    local = np.repeat(np.arange(len(lengths)), lengths)
-    anime = np.concatenate(picks)
-    order = np.lexsort((catalog["media_id"][anime], local))
-    local, anime = local[order], anime[order]
+                  rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
+    """The list entries of users ``sl`` (who added what, with status, score and times)
+    and the catalog row of each entry's title."""
+    rows = np.arange(sl.start, sl.stop)
+    n_anime = len(catalog["media_id"])
+    aff = users["vectors"][sl] @ catalog["vectors"].T                # [chunk, n_anime]
+    keys = truth.log_odds(rows, np.arange(n_anime), aff)
+    keys += rng.gumbel(size=keys.shape)
+    perceived = aff + rng.normal(0, truth.noise_sd, aff.shape)
+    z_all = (perceived - truth.centre) / truth.scale
+    on = _lists(keys, users["length"][sl], z_all, catalog, rng)
+    local, anime = np.nonzero(on)  # ordered by user, then title (= media_id order)
     u = local + sl.start
     m = len(anime)
-
-    perceived = aff[local, anime] + rng.normal(0, truth.noise_sd, m)
-    z = (perceived - truth.centre) / truth.scale
+    z = z_all[local, anime]
+    # Each entry's prequel/parent entry on the same list (-1: none), and whether the
+    # user went on to add something that continues the title.
+    position = np.full(on.shape, -1, np.int64)
+    position[local, anime] = np.arange(m)
+    parent = catalog["parent"][anime]
+    before = np.where(parent >= 0, position[local, np.maximum(parent, 0)], -1)
+    continued = np.zeros(m, bool)
+    continued[before[before >= 0]] = True
 
     fmt = catalog["format"][anime]
     episodes = catalog["episodes"][anime]             # -1 = unknown (still airing)
     release = catalog["release"][anime]
     airing = catalog["airing"][anime]
 
-    # Times: added after both the account and the airing date; half soon after that
-    # (seasonal watching, the backlog on joining), half any time since (catching up).
-    lo = np.maximum(users["joined"][u], release)
+    # Times: added after both the account and the airing date. A seasonal watcher adds a
+    # title that aired while they were a member a few weeks after its release; otherwise
+    # half are added soon after that (the backlog on joining), half any time since.
+    joined = users["joined"][u]
+    lo = np.maximum(joined, release)
     delay = np.where(rng.random(m) < 0.5, rng.beta(1.0, 2.5, m), rng.random(m))
     created = lo + ((NOW - lo) * delay).astype(np.int64)
+    in_season = (release >= joined) & (rng.random(m) < users["seasonal"][u])
+    fraction = rng.random(m)  # where in the time left a late addition falls
+    soon = release + rng.exponential(20 * _DAY, m).astype(np.int64)
+    soon = np.where(soon > NOW, release + ((NOW - release) * fraction).astype(np.int64), soon)
+    created = np.where(in_season, soon, created)
+    # Completion takes roughly the watch time at 1-3 hours a day, plus slack; a title
+    # that continues another is added after that one was added and watched.
+    minutes = np.maximum(episodes, 1) * catalog["duration"][anime]
+    watch = (minutes / rng.uniform(60, 180, m) * _DAY
+             + rng.exponential(7 * _DAY, m)).astype(np.int64)
+    gap = rng.exponential(14 * _DAY, m).astype(np.int64)
+    depth = catalog["depth"][anime]
+    for d in range(1, int(depth.max(initial=0)) + 1):
+        at = np.flatnonzero((depth == d) & (before >= 0))
+        p = before[at]
+        after = created[p] + watch[p] + gap[at]
+        late = after > NOW  # then some time between the prequel's start and now
+        after[late] = created[p][late] + ((NOW - created[p][late])
+                                          * (0.3 + 0.7 * fraction[at][late])).astype(np.int64)
+        created[at] = np.maximum(created[at], after)
     recent = (NOW - created) < 120 * _DAY
 
     # Status.
@@ -433,6 +695,10 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     current = rest & (airing | (recent & (fmt == 0) & (r2 < 0.5)) | (r2 < 0.03))
     paused = rest & ~current & (r2 > 0.96)
     repeating = rest & ~current & ~paused & (z > 1.0) & (rng.random(m) < 0.03)
+    # A title the user went on to continue was (nearly always) finished first.
+    finished_first = continued & ~repeating & (rng.random(m) < 0.95)
+    planning, dropped, current, paused = (
+        s & ~finished_first for s in (planning, dropped, current, paused))
     status = np.select([planning, dropped, current, paused, repeating],
                        ["PLANNING", "DROPPED", "CURRENT", "PAUSED", "REPEATING"],
                        default="COMPLETED")
@@ -453,10 +719,7 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     repeat = np.where(status == "REPEATING", 1 + rng.poisson(0.5, m),
                       np.where(finished & (z > 1.2), rng.poisson(0.3, m), 0))
 
-    # Completion takes roughly the watch time at 1-3 hours a day, plus slack.
-    minutes = np.maximum(episodes, 1) * catalog["duration"][anime]
-    watch = (minutes / rng.uniform(60, 180, m) * _DAY + rng.exponential(7 * _DAY, m))
-    completed = np.where(finished, np.minimum(created + watch.astype(np.int64), NOW), -1)
+    completed = np.where(finished, np.minimum(created + watch, NOW), -1)
     touched = np.maximum(created, completed)
     later = rng.random(m) < 0.3
     updated = np.where(planning, created, np.minimum(
@@ -465,10 +728,10 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     # Favourites: a user's best-loved finished titles (up to 10), if they use favourites.
     eligible = finished & (z > 1.0) & users["uses_favourites"][u]
     fav_order = np.lexsort((-z, ~eligible, local))
-    position = np.empty(m, np.int64)
+    rank = np.empty(m, np.int64)
     starts = np.searchsorted(local[fav_order], local[fav_order], side="left")
-    position[fav_order] = np.arange(m) - starts
-    is_favourite = eligible & (position < 10)
+    rank[fav_order] = np.arange(m) - starts
+    is_favourite = eligible & (rank < 10)
 
     frame = pd.DataFrame({
         "user_id": users["user_id"][u],
@@ -484,7 +747,26 @@ def _make_entries(users: dict, sl: slice, catalog: dict, truth: Truth,
     })
     for column in ("progress", "completed_at"):
         frame[column] = frame[column].astype("Int64").mask(frame[column] < 0)
-    return frame
+    return frame, anime
+
+
+def _media_stats(media: pd.DataFrame, count: np.ndarray, favourites: np.ndarray,
+                 score_sum: np.ndarray, raters: np.ndarray) -> pd.DataFrame:
+    """The media table's list statistics, counted from the world's entries the way
+    AniList reports them: popularity (entries, any status), favourites, meanScore (mean
+    non-zero score, NULL without one) and averageScore (that mean shrunk toward the site
+    mean for titles few people scored)."""
+    media = media.copy()
+    media["popularity"] = count.astype(np.int64)
+    media["favourites"] = favourites.astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = score_sum / raters
+    site_mean = score_sum.sum() / max(raters.sum(), 1)
+    average = (score_sum + site_mean * 20) / (raters + 20)
+    media["mean_score"] = np.where(raters > 0, np.round(mean), np.nan)
+    media["average_score"] = np.where(raters > 0, np.round(average), np.nan)
+    media["fetched_at"] = NOW
+    return media
 
 
 def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
@@ -512,58 +794,48 @@ def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
                 f"(source={held}); refusing to overwrite it. Pass another --db.")
     cfg = config
     rng = np.random.default_rng([cfg.seed, 0])
-    media, anime_vectors, release, popularity = _make_catalog(cfg, rng)
+    catalog = _make_catalog(cfg, rng)
     users = _make_users(cfg, rng, cfg.anime)
+    truth = Truth(
+        user_ids=users["user_id"], media_ids=catalog["media_id"],
+        user_vectors=users["vectors"], anime_vectors=catalog["vectors"],
+        user_mean=users["mean"], user_spread=users["spread"],
+        centre=0.0, scale=1.0, noise_sd=0.45,
+        log_exposure=catalog["log_exposure"], user_cohort=users["cohort"],
+        cohort_titles=_cohort_titles(users["n_cohorts"], catalog, rng),
+        user_seasonal=users["seasonal"], user_joined=users["joined"],
+        release=catalog["release"], prequel=catalog["parent"])
 
     # Affinity -> standard score. Scores are given to titles users chose to add, so the
     # centre and scale are those of affinity over what users add: measured on a pilot
-    # draw of lists for a sample of users (its own random stream, not the real lists).
-    pilot = slice(0, min(cfg.users, 2000))
-    sample = users["vectors"][pilot] @ anime_vectors.T
-    picks = _pick(sample, np.log(popularity), users["length"][pilot],
-                  np.random.default_rng([cfg.seed, 2]))
-    rows = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
-    cols = np.concatenate(picks)
-    picked = sample[rows, cols]
-    truth = Truth(
-        user_ids=users["user_id"], media_ids=media["media_id"].to_numpy(),
-        user_vectors=users["vectors"], anime_vectors=anime_vectors,
-        user_mean=users["mean"], user_spread=users["spread"],
-        centre=float(picked.mean()), scale=float(picked.std()), noise_sd=0.45)
+    # draw of lists (before franchises act) for a sample of users (its own random
+    # stream, not the real lists).
+    pilot = np.arange(min(cfg.users, 2000))
+    sample = users["vectors"][pilot] @ catalog["vectors"].T
+    keys = truth.log_odds(pilot, np.arange(cfg.anime), sample)
+    keys += np.random.default_rng([cfg.seed, 2]).gumbel(size=keys.shape)
+    picked = sample[_top_k(keys, users["length"][pilot])]
+    truth = dataclasses.replace(truth, centre=float(picked.mean()),
+                                scale=float(picked.std()))
 
-    # What people think of each title: the mean noise-free score of the pilot users who
-    # added it (AniList's meanScore); averageScore is shrunk toward the site mean for
-    # titles few people scored.
-    expected = np.clip(users["mean"][rows] + users["spread"][rows]
-                       * (picked - truth.centre) / truth.scale, 1, 100)
-    raters = np.bincount(cols, minlength=cfg.anime)
-    site_mean = float(expected.mean())
-    mean_score = (np.bincount(cols, weights=expected, minlength=cfg.anime) + 3 * site_mean) / (raters + 3)
-    media["mean_score"] = np.round(mean_score).astype(np.int64)
-    media["average_score"] = np.round(
-        (mean_score * raters + site_mean * 20) / (raters + 20)).astype(np.int64)
-    media["favourites"] = np.round(popularity * 0.03 / (1 + np.exp(-3 * (mean_score - 75) / 10)))
-    media["favourites"] = media["favourites"].astype(np.int64)
-    media["fetched_at"] = NOW
-    catalog = dict(
-        vectors=anime_vectors, media_id=media["media_id"].to_numpy(),
-        log_pop=np.log(popularity), format=pd.Categorical(media["format"], FORMATS).codes,
-        episodes=media["episodes"].fillna(-1).to_numpy(np.int64),
-        duration=media["duration"].to_numpy(), release=release,
-        airing=(media["status"] == "RELEASING").to_numpy())
-
+    count = np.zeros(cfg.anime)
+    favourites, score_sum, raters = np.zeros(cfg.anime), np.zeros(cfg.anime), np.zeros(cfg.anime)
     n_entries = 0
     with atomic.file(db, companions=("-wal", "-shm")) as tmp:
         conn = store.connect(tmp, durable=False)  # durability comes from the rename
         with store.transaction(conn):
-            store.upsert_media(conn, media)
             store.claim_source(conn, "synth", db, dataclasses.asdict(cfg))
         chunks = range(0, cfg.users, _USER_CHUNK)
         for i, first in enumerate(tqdm(chunks, desc="synth users", unit="block",
                                        disable=not progress)):
             sl = slice(first, min(first + _USER_CHUNK, cfg.users))
-            entries = _make_entries(users, sl, catalog, truth,
-                                    np.random.default_rng([cfg.seed, 1, i]))
+            entries, anime = _make_entries(users, sl, catalog, truth,
+                                           np.random.default_rng([cfg.seed, 1, i]))
+            score = entries["score"].to_numpy()
+            count += np.bincount(anime, minlength=cfg.anime)
+            favourites += np.bincount(anime, entries["is_favourite"].to_numpy(), cfg.anime)
+            score_sum += np.bincount(anime, score, cfg.anime)
+            raters += np.bincount(anime, score > 0, cfg.anime)
             last_update = entries.groupby("user_id")["updated_at"].max()
             profile = pd.DataFrame({"user_id": users["user_id"][sl]})
             profile["name"] = [f"user{uid}" for uid in profile["user_id"]]
@@ -577,7 +849,11 @@ def generate(db: str | os.PathLike, config: SynthConfig = SynthConfig(), *,
                 store.upsert_users(conn, profile)
                 store.upsert_entries(conn, entries)
             n_entries += len(entries)
+        # The media table as AniList shows it at the crawl: counted from the lists.
         with store.transaction(conn):
+            store.upsert_media(conn, _media_stats(catalog["media"], count, favourites,
+                                                  score_sum, raters))
+            store.upsert_relations(conn, catalog["relations"])
             store.refresh_user_stats(conn)
         store.checkpoint(conn)
         conn.close()

@@ -3,8 +3,8 @@
     from serving import Filters, Recommender
 
     rec = Recommender.from_pretrained("data/model")            # or "user/anirank-model"
-    rec.recommend([3323, 3439], k=10, filters=Filters(formats="TV", max_popularity=500))
-    rec.recommend_for_history([("Yoru of Monogatari", 90), (45, None)])
+    rec.recommend([1136, 1984], k=10, filters=Filters(formats="TV", max_popularity=300))
+    rec.recommend_for_history([("Monogatari of Ryuu", 90), (45, None)])
     rec.similar_anime(38, k=10)
 
 (ids and titles of the default synthetic world; ``rec.anime`` lists a model's catalog.)

@@ -198,3 +198,26 @@ def test_sources_never_mix_and_describe_themselves(tmp_path):
                       ("synth:{'users': 5, 'anime': 1200, 'seed': 3}",))
     with pytest.raises(StoreError, match="older anirank; regenerate it"):
         store.describe_source(synthetic)
+
+
+def test_relations_round_trip_replace_by_key_and_reject_unknown_types(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    assert store.read_relations(conn).empty
+    relations = pd.DataFrame({"media_id": [11, 10, 10], "related_id": [10, 11, 12],
+                              "relation_type": ["PREQUEL", "SEQUEL", "SIDE_STORY"]})
+    assert store.upsert_relations(conn, relations) == 3
+    store.upsert_relations(conn, relations.iloc[[2]].assign(relation_type="SPIN_OFF"))
+    got = store.read_relations(conn)
+    assert got.columns.tolist() == list(store.RELATION_COLUMNS)
+    assert got.values.tolist() == [[10, 11, "SEQUEL"], [10, 12, "SPIN_OFF"], [11, 10, "PREQUEL"]]
+    with pytest.raises(Exception, match="CHECK constraint"):
+        store.upsert_relations(conn, relations.iloc[[0]].assign(relation_type="COUSIN"))
+    conn.close()
+    # A store written before the table existed, opened read-only, has no relations.
+    old = tmp_path / "old.db"
+    conn = store.connect(old)
+    conn.execute("DROP TABLE media_relations")
+    conn.close()
+    conn = store.connect(old, readonly=True)
+    assert store.read_relations(conn).empty
+    conn.close()

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from pipelines import store, synth
-from pipelines.errors import StoreError
-from tests.worlds import TINY
+from pipelines.errors import InputError, StoreError
+from tests.worlds import TINY, build_world
 
 
 def _fingerprint(db):
@@ -56,9 +56,11 @@ def test_catalog_has_anilist_shape(demo_raw):
     assert n_genres.min() == 1 and n_genres.max() == 6
     assert set(media["genres"].explode()) <= set(synth.GENRES)
     assert media["season_year"].between(1970, 2026).all()
-    # Popularity is a power law: the top title has >100x the median's audience.
-    popularity = media["popularity"].astype(float)
-    assert popularity.max() > 100 * popularity.median()
+    # Popularity (entries on the world's lists) is long-tailed: the top title has >10x
+    # the median's audience and the top tenth of titles a third of all entries.
+    popularity = media["popularity"].astype(float).sort_values(ascending=False)
+    assert popularity.max() > 10 * popularity.median()
+    assert popularity.iloc[:len(popularity) // 10].sum() > 0.3 * popularity.sum()
     # Studios are long-tailed: the biggest makes many titles, most make few.
     per_studio = media["studio"].value_counts()
     assert per_studio.iloc[0] >= 10 * per_studio.median()
@@ -169,22 +171,207 @@ def test_side_features_carry_signal(demo_features):
     assert _auc(studio_lift(u, pos), studio_lift(u, neg)) > 0.54
 
 
-def test_adding_log_odds_is_the_generators_formula(tiny_db):
+def test_adding_log_odds_is_the_generators_formula(tiny_db, tmp_path):
     truth = synth.Truth.load(synth.truth_path(tiny_db))
-    users = truth.user_ids[[0, 7, 42]]
-    media = truth.media_ids[[3, 0, 99, 250]]
-    popularity = pd.Series([5000, None, 1, 0], dtype="Int64")  # missing and 0 count as 1
-    got = truth.adding_log_odds(users, media, popularity)
-    assert got.shape == (3, 4)
-    for i, u in enumerate([0, 7, 42]):
-        for j, (a, pop) in enumerate(zip([3, 0, 99, 250], [5000, 1, 1, 1])):
+    rows, cols = [0, 7, 42, 399], [3, 0, 99, 250]
+    users, media = truth.user_ids[rows], truth.media_ids[cols]
+    got = truth.adding_log_odds(users, media)
+    assert got.shape == (4, 4)
+    for i, u in enumerate(rows):
+        cohort = truth.user_cohort[u]
+        for j, a in enumerate(cols):
             affinity = truth.user_vectors[u] @ truth.anime_vectors[a]
-            want = synth.POPULARITY_BIAS * np.log(pop) + synth.TASTE_BIAS * affinity
+            want = (synth.POPULARITY_BIAS * truth.log_exposure[a]
+                    + synth.TASTE_BIAS * affinity
+                    + synth.COHORT_BIAS * (cohort >= 0 and a in truth.cohort_titles[cohort])
+                    + synth.SEASONAL_BIAS * truth.user_seasonal[u]
+                    * (truth.release[a] >= truth.user_joined[u]))
             assert got[i, j] == pytest.approx(want, rel=1e-12)
-    np.testing.assert_array_equal(truth.user_index(users), [0, 7, 42])
-    np.testing.assert_array_equal(truth.anime_index(media), [3, 0, 99, 250])
+    np.testing.assert_array_equal(truth.user_index(users), rows)
+    np.testing.assert_array_equal(truth.anime_index(media), cols)
     with pytest.raises(Exception, match="1 media ids are not in this world"):
-        truth.adding_log_odds(users, [media[0], -5], [1, 1])
+        truth.adding_log_odds(users, [media[0], -5])
+    # Every term is in use on this world.
+    assert (truth.user_cohort >= 0).mean() > 0.6 and truth.cohort_titles.shape[1] >= 10
+    assert truth.user_seasonal.max() > 0.5 and truth.log_exposure.std() > 0.5
+
+    # A truth saved before these terms existed is refused with what to do.
+    old = tmp_path / "old.truth.npz"
+    np.savez(old, **{k: v for k, v in np.load(synth.truth_path(tiny_db)).items()
+                     if k != "log_exposure"})
+    with pytest.raises(InputError, match="older anirank.*log_exposure.*regenerate"):
+        synth.Truth.load(old)
+
+
+def _read(db):
+    conn = store.connect(db, readonly=True)
+    try:
+        return {"entries": store.read_entries(conn), "media": store.read_media(conn),
+                "users": store.read_users(conn), "relations": store.read_relations(conn)}
+    finally:
+        conn.close()
+
+
+def test_media_table_counts_the_worlds_own_lists(tmp_path):
+    db = tmp_path / "w.db"
+    synth.run(db, users=60, anime=50, entries_per_user=12, seed=3, progress=False)
+    world = _read(db)
+    e, media = world["entries"], world["media"].set_index("media_id")
+    for media_id, row in media.iterrows():  # by hand, title by title
+        mine = e[e["media_id"] == media_id]
+        scores = [s for s in mine["score"].tolist() if s > 0]
+        assert row["popularity"] == len(mine)
+        assert row["favourites"] == int(mine["is_favourite"].sum())
+        if scores:
+            assert row["mean_score"] == round(sum(scores) / len(scores))
+        else:
+            assert pd.isna(row["mean_score"]) and pd.isna(row["average_score"])
+    # averageScore is meanScore shrunk toward the site mean: closer to it, never past it.
+    site = e.loc[e["score"] > 0, "score"].mean()
+    rated = media.dropna(subset=["mean_score"])
+    gap_mean = (rated["mean_score"] - site).abs().astype(float)
+    gap_average = (rated["average_score"] - site).abs().astype(float)
+    assert (gap_average <= gap_mean + 0.5).all() and (gap_average < gap_mean).any()
+    assert media["popularity"].sum() == len(e)
+
+
+def test_franchise_relations_are_consistent(tiny_db, tmp_path):
+    world = _read(tiny_db)
+    rel, media = world["relations"], world["media"].set_index("media_id")
+    assert {"SEQUEL", "PREQUEL", "SIDE_STORY", "PARENT"} == set(rel["relation_type"])
+    inverse = {"SEQUEL": "PREQUEL", "PREQUEL": "SEQUEL", "SIDE_STORY": "PARENT",
+               "PARENT": "SIDE_STORY"}
+    pairs = rel.set_index(["media_id", "related_id"])["relation_type"]
+    back = pairs.reindex(pd.MultiIndex.from_arrays([rel["related_id"], rel["media_id"]]))
+    assert back.tolist() == rel["relation_type"].map(inverse).tolist(), "one row per direction"
+    # A title has at most one prequel/parent; what follows aired strictly after it.
+    up = rel[rel["relation_type"].isin(["PREQUEL", "PARENT"])]
+    assert up["media_id"].is_unique
+    when = media["season_year"] * 4 + media["season"].map(
+        {s: i for i, s in enumerate(synth.SEASONS)})
+    assert (when[up["media_id"]].to_numpy() > when[up["related_id"]].to_numpy()).all()
+    sequels = rel[rel["relation_type"] == "SEQUEL"]
+    assert media.loc[sequels["related_id"], "format"].isin(["TV", "MOVIE", "ONA", "TV_SHORT"]).all()
+    titled = media.loc[up["media_id"], "title_romaji"].str.contains(
+        r" (?:\d+(?:st|nd|rd|th) Season|Movie|OVA|Specials|Music Video)")
+    assert titled.all()
+    # The truth's franchise structure is the store's.
+    truth = synth.Truth.load(synth.truth_path(tiny_db))
+    child = truth.prequel >= 0
+    assert set(zip(truth.media_ids[child], truth.media_ids[truth.prequel[child]])) == set(
+        zip(up["media_id"], up["related_id"]))
+    assert 0.15 < child.mean() < 0.45, "a share of titles continue a franchise"
+    # The same seed writes the same relations.
+    again = tmp_path / "again.db"
+    synth.run(again, progress=False, **TINY)
+    pd.testing.assert_frame_equal(_read(again)["relations"], rel)
+
+
+def test_sequels_are_watched_after_their_prequels(demo_db, demo_raw):
+    e, users = demo_raw["entries"], demo_raw["users"]
+    rel = _read(demo_db)["relations"]
+    up = rel[rel["relation_type"].isin(["PREQUEL", "PARENT"])]
+    added = e.set_index(["user_id", "media_id"])["created_at"]
+    follow = e.merge(up[["media_id", "related_id"]], on="media_id")
+    before = added.reindex(pd.MultiIndex.from_arrays(
+        [follow["user_id"], follow["related_id"]])).to_numpy(float)
+    earlier = (before <= follow["created_at"].to_numpy(float)).mean()  # NaN: not listed
+    # Chance: the prequel's share of users, as if the two titles were listed independently.
+    popularity = e.groupby("media_id").size()
+    chance = (popularity.reindex(follow["related_id"]).to_numpy() / len(users)).mean()
+    assert earlier > 0.9 and earlier > 3 * chance, (earlier, chance)
+
+    # A user who finished and liked a prequel adds its sequel far more often than one
+    # who dropped it, and than its share of users.
+    liked = e["score"] >= e.groupby("user_id")["score"].transform(
+        lambda s: s[s > 0].quantile(0.75) if (s > 0).any() else 101)
+    status = e.assign(liked=liked & e["status"].eq("COMPLETED")).set_index(
+        ["user_id", "media_id"])
+    sequels = up.rename(columns={"media_id": "sequel", "related_id": "media_id"})
+    had = e.merge(sequels, on="media_id")
+    had["took"] = pd.MultiIndex.from_arrays([had["user_id"], had["sequel"]]).isin(status.index)
+    had["liked"] = status["liked"].reindex(
+        pd.MultiIndex.from_arrays([had["user_id"], had["media_id"]])).to_numpy()
+    p_liked = had.loc[had["liked"], "took"].mean()
+    p_dropped = had.loc[had["status"] == "DROPPED", "took"].mean()
+    base = (popularity.reindex(had["sequel"]).fillna(0).to_numpy() / len(users)).mean()
+    assert p_liked > 0.6 and p_liked > 2 * p_dropped and p_liked > 3 * base, (
+        p_liked, p_dropped, base)
+
+
+def test_seasonal_watchers_add_titles_as_they_air(demo_raw):
+    e, media, users = demo_raw["entries"], demo_raw["media"], demo_raw["users"]
+    month = media["season"].map({"WINTER": 1, "SPRING": 4, "SUMMER": 7, "FALL": 10})
+    release = pd.Series((pd.to_datetime(pd.DataFrame(
+        {"year": media["season_year"], "month": month, "day": 1})).astype("int64")
+        // 10**9).to_numpy(), index=media["media_id"]).reindex(e["media_id"]).to_numpy()
+    joined = users.set_index("user_id")["created_at"].reindex(e["user_id"]).to_numpy(float)
+    aired = release >= joined
+    after = (e["created_at"].to_numpy() - release)[aired]
+    window = (synth.NOW - release)[aired]
+    within = after < 60 * 86_400
+    # Added uniformly between release and now, about this share would fall in 60 days:
+    uniform = np.minimum(60 * 86_400 / np.maximum(window, 1), 1).mean()
+    assert within.mean() > 0.35 and within.mean() > 2 * uniform, (within.mean(), uniform)
+
+
+def _ease_vs_popularity(e: pd.DataFrame, lam: float = 50.0, k: int = 20) -> float:
+    """Recall@k of EASE minus that of most-popular on a random 20% of each list."""
+    u = pd.Categorical(e["user_id"]).codes
+    a = pd.Categorical(e["media_id"]).codes
+    test = np.random.default_rng(0).random(len(e)) < 0.2
+    x = np.zeros((u.max() + 1, a.max() + 1))
+    x[u[~test], a[~test]] = 1
+    held = np.zeros_like(x)
+    held[u[test], a[test]] = 1
+    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0)
+
+    def recall(scores):
+        scores = np.where(x > 0, -np.inf, scores)
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        n = held.sum(1)
+        hit = np.take_along_axis(held, top, axis=1).sum(1)
+        return (hit[n > 0] / np.minimum(n[n > 0], k)).mean()
+
+    return recall(x @ b) - recall(np.broadcast_to(x.sum(0), x.shape))
+
+
+def _cohort_structure(db) -> tuple[float, float]:
+    """(how much more often cohort members list their cohort's hidden titles than other
+    users do, median over cohorts; how much more two members of one cohort share lists
+    than two users of different cohorts, as a ratio of mean Jaccard similarities)."""
+    truth = synth.Truth.load(synth.truth_path(db))
+    e = _read(db)["entries"]
+    x = np.zeros((len(truth.user_ids), len(truth.media_ids)))
+    x[truth.user_index(e["user_id"]), truth.anime_index(e["media_id"])] = 1
+    cohort = truth.user_cohort
+    listed = [x[np.ix_(cohort == c, titles)].mean() / x[np.ix_(cohort != c, titles)].mean()
+              for c, titles in enumerate(truth.cohort_titles)]
+    shared = x @ x.T
+    n = x.sum(1)
+    jaccard = shared / (n[:, None] + n[None, :] - shared)
+    placed = cohort >= 0
+    same = (cohort[:, None] == cohort[None, :]) & placed[:, None]
+    np.fill_diagonal(same, False)
+    other = (cohort[:, None] != cohort[None, :]) & placed[:, None] & placed[None, :]
+    return float(np.median(listed)), float(jaccard[same].mean() / jaccard[other].mean())
+
+
+def test_cohorts_make_co_watching_only_lists_show(tmp_path, monkeypatch):
+    with_cohorts = build_world(tmp_path / "with.db", **TINY)
+    monkeypatch.setattr(synth, "COHORT_BIAS", 0.0)
+    without = build_world(tmp_path / "without.db", **TINY)
+    listed, shared = _cohort_structure(with_cohorts)
+    listed_without, shared_without = _cohort_structure(without)
+    # Members list their cohort's titles far more often than others; with no cohort
+    # effect the same (hidden) title sets are listed alike by everyone.
+    assert listed > 1.5 and listed_without < 1.15, (listed, listed_without)
+    # ... so members' lists overlap more: co-occurrence that ids and item-item models see.
+    assert shared > 1.08 and shared > shared_without + 0.05, (shared, shared_without)
+    assert _ease_vs_popularity(_read(with_cohorts)["entries"]) > 0.15, (
+        "item-item structure: EASE beats popularity by a margin")
 
 
 def test_the_store_says_which_world_it_holds(tiny_db):
