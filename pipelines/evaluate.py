@@ -156,6 +156,8 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     if expected is not None:
         pairs["true_expected"] = expected[mask]
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
+               # the numbers every ranker setting was chosen on (the training stage's)
+               "validation": saved.get("ranking", {}).get("validation"),
                "held_out_users": len(lists), "end_to_end": e2e,
                "differences": protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
                                            ("ndcg@10", "recall@10", "mrr")),
@@ -294,13 +296,48 @@ def _ranker_warnings(ranking: dict) -> list[str]:
             out.append(f"**Note:** on held-out lists the saved ranker ({num(saved['ndcg'])}) "
                        f"orders worse than {name.replace('_', ' ')} order ({num(other)}).")
     loss = ranking["config"]["loss"]
-    better = {n: m["ndcg"] for n, m in ranking.get("losses_at_training", {}).items()
-              if n != loss and m["ndcg"] is not None and m["ndcg"] > saved["ndcg"]}
-    if better:
-        out.append(f"**Note:** rankers trained with {', '.join(sorted(better))} scored higher "
-                   f"on held-out lists at training time than the saved {loss} ranker "
-                   f"({num(saved['ndcg'])}); see the table above.")
+    validation = ranking.get("validation") or {}
+    choice = validation.get("loss_choice") or {}
+    if choice.get("chosen") not in (None, loss):
+        d = choice.get("differences", {}).get(f"{choice['chosen']} - {loss}") or {}
+        out.append(f"**Note:** on validation (end to end, held-out users) a ranker trained with "
+                   f"{choice['chosen']} scored higher than the saved {loss} ranker"
+                   + ("" if d.get("significant") else " (not significant)")
+                   + f"; retrain with `--loss {choice['chosen']}` to use it.")
+    versus = (validation.get("losses", {}).get(loss, {}).get("differences", {})
+              .get("ranked - retrieval_order", {}).get("ndcg@10"))
+    if versus and versus["difference"] is not None and not (
+            versus["significant"] and versus["difference"] > 0):
+        out.append(f"**Note:** on validation the saved ranker does not beat the retrieval order "
+                   f"it reorders (NDCG@10 {num(versus['difference'], '+.4f')}, 95% CI "
+                   f"[{num(versus['ci'][0], '+.4f')}, {num(versus['ci'][1], '+.4f')}]): "
+                   "retrieval order alone serves at least as well.")
     return out + ([""] if out else [])
+
+
+def _validation_lines(validation: dict | None) -> list[str]:
+    """The table every ranker setting was chosen on: end to end on the validation period
+    of the users held out from fitting, per loss, beside retrieval and popularity order."""
+    if not validation or not validation.get("losses"):
+        return []
+    losses = validation["losses"]
+    first = next(iter(losses.values()))
+    rows = [(f"ranked, {name.replace('_', ' ')}", m["ranked"]) for name, m in losses.items()]
+    rows += [("retrieval order", first["retrieval_order"]),
+             ("popularity order", first["popularity_order"])]
+    lines = ["", f"### Chosen on validation: retrieve {validation['candidates']}, rank "
+                 f"({validation['users']:,} validation users not used to fit the ranker)", "",
+             table(rows, END_TO_END_COLUMNS, label="order"), ""]
+    choice = validation.get("loss_choice")
+    if choice and choice.get("differences"):
+        lines.append(f"Loss chosen by validation {choice['metric']}: {choice['chosen']} ("
+                     + "; ".join(f"{name.replace('_', ' ')} {num(d['difference'], '+.4f')} "
+                                 f"[{num(d['ci'][0], '+.4f')}, {num(d['ci'][1], '+.4f')}]"
+                                 f"{'' if d['significant'] else ', not significant'}"
+                                 for name, d in choice["differences"].items()) + "). "
+                     "Test below is computed once, after every choice.")
+        lines.append("")
+    return lines
 
 
 def _difference_lines(differences: dict | None) -> list[str]:
@@ -383,6 +420,7 @@ def render(metrics: dict) -> str:
                            for name, m in k["losses_at_training"].items()],
                         LIST_COLUMNS, label="order")]
         lines += ["", *_ranker_warnings(k)]
+        lines += _validation_lines(k.get("validation"))
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],

@@ -169,10 +169,16 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataF
     frame["time"] = when.astype("Int64")
     user = frame["user_id"].to_numpy()
     missing = frame["time"].isna().to_numpy()
-    # A list whose entries all carry one time (an import stamp, not a history) has no
-    # order to split by: it is split at random, like a list without times.
-    spread = frame["time"].groupby(frame["user_id"]).agg(["min", "max"])
-    one_time = spread.index[(spread["min"] == spread["max"]).fillna(False).to_numpy(bool)]
+    # A list of several entries that all carry one time has no order to split by: per
+    # user it is split at random, like a list without times. Under the as-of protocol
+    # its time still places it (the entries were on the list by then), unless most lists
+    # look like that: then the times are an import stamp, not a history.
+    spread = frame["time"].groupby(frame["user_id"]).agg(["min", "max", "size"])
+    one_time = (spread["min"] == spread["max"]).fillna(False).to_numpy(bool)
+    several = spread["size"].to_numpy() > 1
+    stamps = (one_time & several).sum() > 0.5 * max((spread["min"].notna() & several).sum(), 1)
+    one_time = spread.index[one_time] if config.protocol == "per_user" or stamps \
+        else spread.index[:0]
     untimed_users = np.union1d(np.unique(user[missing]), one_time.to_numpy())
     random_order = np.isin(user, untimed_users)
     with np.errstate(over="ignore"):

@@ -87,7 +87,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
       - plus up to ``labelled_per_list`` of the user's scored titles in the split that
         retrieval missed, so there is graded signal beyond the retrieved few;
 
-    in shuffled order, padded with -1. Lists with nothing relevant are left out.
+    in shuffled order, padded with -1.
     """
     n_anime = len(tables.anime)
     keys, values = _relevance_lookup(tables, split, config)
@@ -129,10 +129,6 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     shuffle = np.argsort(rng.random(rows.shape), axis=1)
     rows = np.take_along_axis(rows, shuffle, axis=1)
     relevance = np.take_along_axis(relevance, shuffle, axis=1)
-    # A list with nothing relevant teaches nothing (a user whose only watched title in
-    # the split was neither retrieved nor scored): left out.
-    useful = relevance.max(axis=1, initial=0.0) > 0
-    users, rows, relevance = users[useful], rows[useful], relevance[useful]
     return Lists(users, rows, relevance, protocol.similarity(
         retrieval.queries, retrieval.candidate_embeddings, users, rows))
 
@@ -272,6 +268,10 @@ def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     lists = build_lists(tables, retrieval, candidates[0], config.fit_split, config, rng)
     train_lists, held_lists = split_users(lists, config.holdout_users,
                                           np.random.default_rng([config.seed, 1]))
+    # A list with nothing relevant teaches nothing (a user whose only watched titles in
+    # the split were neither retrieved nor scored): not fitted on. Its user still counts
+    # as fitting or held out, so the held-out users are all the others.
+    train_lists = train_lists.take(train_lists.relevance.max(axis=1, initial=0.0) > 0)
     return train_lists, held_lists, candidates
 
 

@@ -87,6 +87,24 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
     assert features.describe_split(schema).startswith(f"as of {t0} (one time cutoff")
 
 
+def test_a_list_at_one_time_is_placed_by_it_unless_most_lists_are_stamps():
+    # Users 0-3 have histories; user 9 added three titles at one moment after the cutoff
+    # (a one-time list). Per user it has no order (random split); as of the cutoff its
+    # time places it: nothing of it may land in train.
+    rows = pd.concat([_entries(u, [d * DAY for d in range(u, 100, 4)],
+                               media=list(range(u, 100, 4))) for u in range(4)]
+                     + [_entries(9, [95 * DAY] * 3, media=[1, 2, 3])])
+    split, cutoff = assign_split(rows, FeatureConfig())
+    late = split[split["user_id"] == 9]
+    assert not late["random_split"].any() and (late["split"] != "train").all()
+    per_user, _ = assign_split(rows, PER_USER)
+    assert per_user.loc[per_user["user_id"] == 9, "random_split"].all()
+    # Every list at one time: an import stamp, not a history; split at random per user.
+    stamped = rows.assign(created_at=5 * DAY, updated_at=5 * DAY)
+    split, cutoff = assign_split(stamped, FeatureConfig())
+    assert cutoff is None and split["random_split"].all()
+
+
 def test_default_cutoff_holds_out_the_last_fifth_of_entries():
     # 100 entries one day apart: T at the 80% quantile (day 79.2 -> midnight of day 79),
     # the two periods cover the rest: h = ceil((100 - 79) / 2) = 11 days.
