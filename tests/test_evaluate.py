@@ -48,12 +48,13 @@ def test_oracle_is_an_upper_bound(report):
     curves = report["retrieval"]["curves"]
     tt, pop = curves["two-tower"]["recall@100"], curves["most popular"]["recall@100"]
     assert curves["oracle"]["recall@100"] > tt
-    # The two-tower beats most-popular clearly. Measured on the tiny world: Recall@100
-    # 0.602 against 0.510 (+0.092, bootstrap CI [+0.062, +0.124]); a two-tower trained
-    # one epoch instead of ten gets 0.560 (+0.050, CI [+0.027, +0.074]) and fails here.
-    assert tt >= pop + 0.06, f"two-tower {tt:.4f} vs most popular {pop:.4f}"
+    # The two-tower beats most-popular clearly. Measured on the tiny world (as-of split,
+    # 191 test users, 291 titles): Recall@100 0.8465 against 0.7807 (+0.066, bootstrap CI
+    # [+0.021, +0.112]); a two-tower trained one epoch instead of ten gets 0.8056 (+0.025,
+    # CI [-0.004, +0.057], not significant) and fails here.
+    assert tt >= pop + 0.045, f"two-tower {tt:.4f} vs most popular {pop:.4f}"
     diff = report["retrieval"]["differences"]["two-tower - most popular"]["recall@100"]
-    assert diff["significant"] and diff["ci"][0] > 0.03
+    assert diff["significant"] and diff["ci"][0] > 0.01
     held = report["ranking"]["held_out_lists"]
     assert held["oracle (true expected score)"]["ndcg"] > held["random"]["ndcg"]
     assert report["ranking"]["end_to_end"]["oracle"]["ndcg@10"] > report["ranking"]["end_to_end"]["popularity order"]["ndcg@10"]
