@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--model", default="data/model")
     parser.add_argument("--naive-users", type=int, default=300)
     args = parser.parse_args()
-    rec = Recommender.from_pretrained(args.model)
+    rec = Recommender.from_pretrained(args.model, use_ranker=True)  # the ranker path, served or not
     users = rec.users["user_id"].to_numpy()
     rec.recommend(users)  # warm up both paths (tracing, XLA compiles per batch shape)
     naive(rec, users[:2])

@@ -33,7 +33,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="data/model")
     args = parser.parse_args()
-    rec = Recommender.from_pretrained(args.model)
+    rec = Recommender.from_pretrained(args.model, use_ranker=True)  # the ranker path, served or not
     users = rec.retrieval.embed_users(rec._user_raw)
     cands = rec.index.embeddings
     floor = best_of(lambda: users @ cands.T)

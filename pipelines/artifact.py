@@ -200,6 +200,18 @@ class RetrievalArtifact:
         return np.where(ids >= 0, rows, -1), scores
 
 
+def served_order(config: dict) -> dict:
+    """What the model serves: ``{"order": "ranked" | "retrieval", "why": str}`` from
+    ``config.json``. The ranking stage writes it: the ranker is served only where it
+    beat the retrieval order on validation; models from before it serve the ranker
+    when they have one."""
+    if "serving" in config:
+        return config["serving"]
+    if config.get("ranking"):
+        return {"order": "ranked", "why": "a model from before the ranking stage decided"}
+    return {"order": "retrieval", "why": "the model has no ranker"}
+
+
 def load_ranker(model_dir: Path):
     """``(saved model, serving_default signature)`` of the model's ranker, or
     ``(None, None)`` for a model without one."""

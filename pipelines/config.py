@@ -217,6 +217,11 @@ class RankingConfig(_JsonConfig):
       num_candidates: retrieval top-K the negatives come from (and end-to-end evaluation
         ranks).
       use_similarity: give the ranker the retrieval score of each title as a feature.
+      residual: score = ``retrieval_weight`` x the retrieval score + a learned correction
+        whose output layer starts at zero, so an untrained ranker reproduces retrieval
+        order exactly and training has to earn every change (needs ``use_similarity``).
+      retrieval_weight: the retrieval score's initial weight (trainable): 20 = 1 / the
+        retrieval model's softmax temperature, its own logit scale.
       use_ids: give the ranker user and title id embeddings too (off by default: the
         retrieval score already carries the id signal, and ids overfit the few lists).
       fit_split: the split whose lists the ranker learns from. ``validation`` (default):
@@ -244,6 +249,8 @@ class RankingConfig(_JsonConfig):
     max_lists_per_user: int = 4
     num_candidates: int = 100
     use_similarity: bool = True
+    residual: bool = True
+    retrieval_weight: float = 20.0
     use_ids: bool = False
     fit_split: str = "validation"
     holdout_users: float = 0.2
@@ -270,6 +277,9 @@ class RankingConfig(_JsonConfig):
             raise InputError(f"`holdout_users` must be in (0, 1). Received: {self.holdout_users}.")
         if self.negatives_per_list < 0:
             raise InputError(f"`negatives_per_list` must be >= 0. Received: {self.negatives_per_list}.")
+        if self.residual and not self.use_similarity:
+            raise InputError("`residual` adds a correction to the retrieval score, so it needs "
+                             "`use_similarity`; pass residual=False to rank without it.")
 
     @property
     def list_size(self) -> int:

@@ -158,6 +158,7 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
                # the numbers every ranker setting was chosen on (the training stage's)
                "validation": saved.get("ranking", {}).get("validation"),
+               "serving": artifact.served_order(retrieval.config),
                "held_out_users": len(lists), "end_to_end": e2e,
                "differences": protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
                                            ("ndcg@10", "recall@10", "mrr")),
@@ -421,6 +422,13 @@ def render(metrics: dict) -> str:
                         LIST_COLUMNS, label="order")]
         lines += ["", *_ranker_warnings(k)]
         lines += _validation_lines(k.get("validation"))
+        serving = k.get("serving") or {"order": "ranked", "why": "not recorded"}
+        lines += ["", f"**Served order: {'the ranker' if serving['order'] == 'ranked' else 'retrieval order'}** "
+                      f"({serving['why']})."
+                  + ("" if serving["order"] == "ranked" else
+                     " `Recommender` and the batch job serve the retrieval order; the ranker "
+                     "is kept in the model directory and scored below for the record "
+                     "(`Recommender.from_pretrained(..., use_ranker=True)` serves it).")]
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],

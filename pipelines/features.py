@@ -1,21 +1,26 @@
-"""Raw store -> Parquet feature tables: the per-user split, user and anime features,
-vocabularies and normalisation statistics.
+"""Raw store -> Parquet feature tables: the split, user and anime features, vocabularies
+and normalisation statistics.
 
 Output directory (written to a temporary directory, then renamed into place):
 
     interactions.parquet  user_id, media_id, time, status, score, split, is_interaction, is_label
     users.parquet         one row per user: features from the *training split only*
-    anime.parquet         one row per title with metadata: features from the media table
-                          (plus train-split counts); the candidate table serving needs
+    anime.parquet         one row per title: metadata from the media table, and popularity,
+                          favourites, average score and interaction count counted from the
+                          *training split only*; the candidate table serving needs
     schema.json           FeatureConfig, feature specs, vocabularies, numeric statistics
-                          (all fitted on the training split), counts, data fingerprint
+                          (all fitted on the training split), counts, the split, data fingerprint
 
-No leakage: each user's entries are ordered by time and the last ``test_fraction`` go to
-test, the ``validation_fraction`` before them to validation. Entries tied in time with a
-split boundary go to the earlier split, so every test entry is strictly later than every
-train and validation entry of that user. Users whose entries lack times, or all carry
-one time, are split in a seeded random order (``schema.json`` -> ``split`` records which).
-A feature the source has no values for (the 2017 Kaggle dump has no studio, say) is left
+No leakage. By default (``protocol="as_of"``) one time cutoff T splits everyone's
+entries: train before T, validation [T, T+h), test [T+h, T+2h), as a model trained at T
+and used after it would see the data; users and titles are those of T, and what no
+model at T could be asked about (users and titles first seen after T, entries after the
+test period) is left out and counted. ``protocol="per_user"`` splits the last fractions
+of each user's list by time instead (ties with a boundary go to the earlier split).
+Lists without usable times are split in a seeded random order per user
+(``schema.json`` -> ``split`` records which). The media table's popularity, favourites
+and scores are crawl-time snapshots (they count the test period) and are never read. A
+feature the source has no values for (the 2017 Kaggle dump has no studio, say) is left
 out of the model and named in ``schema.json`` -> ``dropped_features``. Everything here
 is columnar: no Python loop over entries.
 """

@@ -106,6 +106,7 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
     if not isinstance(source, dict):   # feature tables from before the source was recorded
         source = {"kind": source or "unknown", "description": "a raw store of unknown origin"}
     name = repo_id.split("/")[-1]
+    served = artifact.served_order(config)
     data = ModelCardData(
         library_name="tensorflow", model_name=name, metrics=["recall", "ndcg"],
         tags=["recommender-system", "anime", "two-tower", "tensorflow-recommenders", "scann",
@@ -161,8 +162,14 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         "The towers are TensorFlow SavedModels whose `serving_default` signature takes raw "
         "features by name; with TensorFlow and huggingface_hub alone (no anirank), this "
         "embeds the catalog and one user and takes the user's top 10 titles by dot product, "
-        "the retrieval stage's answer (the ranker then reorders the top 100):", "",
+        "the retrieval stage's answer" + (" (the ranker then reorders the top 100):"
+                                          if served["order"] == "ranked" else
+                                          ", which is also what this model serves:"), "",
         "```python", TOWERS_SNIPPET.format(repo_id=repo_id, user_id=user).rstrip(), "```", "",
+        "## What it serves", "",
+        ("The ranker's order of the retrieved top 100" if served["order"] == "ranked" else
+         "The retrieval order (the ranker is kept in the repo but not served)")
+        + f": {served['why']}. `from_pretrained(..., use_ranker=True)` or `False` overrides it.", "",
         "## Training data", "",
         f"Trained on {source['description']}. Test split: {describe_split(schema)}; titles "
         "the user had before the test period are excluded from every ranking.", "",

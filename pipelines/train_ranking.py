@@ -355,6 +355,7 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
             held_users, records[loss]["validation"])
         metrics["losses"][loss] = {"training": training}
     validation["loss_choice"] = choose(records)
+    validation["serving"] = serving_decision(validation, config.loss)
     metrics["validation"] = validation
     if test:
         test_lists = protocol.held_out_lists(tables, retrieval.queries,
@@ -377,6 +378,20 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         metrics["end_to_end"] = end_to_end_on_test(tables, retrieval, rankers[config.loss].ranker,
                                                 config)
     return metrics, rankers, records
+
+
+def serving_decision(validation: dict, loss: str) -> dict:
+    """``{"order": "ranked" | "retrieval", "why"}``: the saved (``loss``) ranker is served
+    only where it beats the retrieval order it reorders on the validation end to end
+    (NDCG@10, held-out users) with a 95% CI above 0; otherwise the model serves
+    retrieval order, which is at least as good there."""
+    d = validation["losses"][loss]["differences"]["ranked - retrieval_order"][CHOICE_METRIC]
+    shown = (f"validation {CHOICE_METRIC} ranked - retrieval order "
+             + (f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                if d["difference"] is not None else "unmeasured (fewer than 2 users)"))
+    if d["difference"] is not None and d["significant"] and d["difference"] > 0:
+        return {"order": "ranked", "why": shown}
+    return {"order": "retrieval", "why": f"the ranker does not beat retrieval order: {shown}"}
 
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",
@@ -411,6 +426,7 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
         artifact.write_json(tmp, artifact.METRICS, all_metrics)
         config_json = artifact.read_json(tmp, artifact.CONFIG)
         config_json["ranking"] = config.to_dict()
+        config_json["serving"] = metrics["validation"]["serving"]
         artifact.write_json(tmp, artifact.CONFIG, config_json)
     return metrics
 
@@ -449,6 +465,9 @@ def format_metrics(metrics: dict) -> str:
     """The headline numbers, for the command line: validation first (where choices are
     made), then test (reporting only)."""
     lines = [format_validation(metrics["validation"])]
+    serving = metrics["validation"]["serving"]
+    lines.append(f"serves: {'the ranker' if serving['order'] == 'ranked' else 'retrieval order'} "
+                 f"({serving['why']})")
     saved = metrics["config"]["loss"]
     chosen = metrics["validation"]["loss_choice"]["chosen"]
     if chosen != saved:

@@ -5,6 +5,11 @@ features with shape ``[batch]`` (``[batch, width]`` for vectors), each title fea
 with a list dimension ``[batch, list]`` (``[batch, list, width]`` for genres/tags), and
 ``similarity`` ``[batch, list]``: the retrieval model's score of each title for the user.
 Output: scores ``[batch, list]``. Padded list items are the caller's to mask.
+
+With ``config.residual`` (the default) the score is the retrieval logit plus a learned
+correction, ``retrieval_weight * similarity + mlp(...)``, and the correction's output
+layer starts at zero: an untrained ranker orders every list exactly as retrieval does,
+and training has to earn each change.
 """
 
 from __future__ import annotations
@@ -46,7 +51,20 @@ class Ranker(tf.keras.Model):
                 self._crosses.append((vector, title_feature, lookup, len(vocab)))
         self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
                     for i, units in enumerate(config.hidden)]
-        self.score = tf.keras.layers.Dense(1, name="score")
+        self.residual = config.residual and config.use_similarity
+        zero = "zeros" if self.residual else "glorot_uniform"
+        self.score = tf.keras.layers.Dense(1, kernel_initializer=zero, name="score")
+        self.retrieval_weight = self.add_weight(
+            name="retrieval_weight", shape=(), trainable=self.residual,
+            initializer=tf.keras.initializers.Constant(
+                config.retrieval_weight if self.residual else 0.0))
+
+    def _output(self, x: tf.Tensor, features: dict) -> tf.Tensor:
+        """The last layer: the correction, plus the weighted retrieval score if residual."""
+        correction = tf.squeeze(self.score(x), -1)
+        if not self.residual:
+            return correction
+        return correction + self.retrieval_weight * tf.cast(features["similarity"], tf.float32)
 
     def encode_anime(self, features: dict) -> tf.Tensor:
         """Raw title features ``[n]`` (``[n, width]`` for genres/tags) -> ``[n, d]``: the
@@ -76,7 +94,7 @@ class Ranker(tf.keras.Model):
         x = tf.concat(parts, axis=-1)
         for layer in self.mlp:
             x = layer(x)
-        return tf.squeeze(self.score(x), -1)
+        return self._output(x, features)
 
     # Serving halves with the first layer factorised: its kernel splits by input block,
     # [user | title | crosses | similarity] @ W = user @ Wu + title @ Wt + ..., so the
@@ -120,7 +138,7 @@ class Ranker(tf.keras.Model):
         x = self.mlp[0].activation(x)
         for layer in self.mlp[1:]:
             x = layer(x)
-        return tf.squeeze(self.score(x), -1)
+        return self._output(x, features)
 
     def call(self, features: dict) -> tf.Tensor:
         first = features[self.anime_keys[0]]

@@ -166,6 +166,7 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
                "parts": len(parts), "parts_written": written,
                "parts_skipped": len(parts) - written,
                "invalid_rows": invalid[:20], "invalid_row_count": len(invalid),
+               "order": rec.serving["order"],   # ranked, or retrieval (see Recommender.serving)
                "seconds": round(time.perf_counter() - start, 2)}
     atomic.write_text(out / DONE, json.dumps(summary, indent=2))
     return summary

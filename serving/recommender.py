@@ -11,13 +11,15 @@
 
 Two stages, batched: the query tower embeds the users, the candidate index returns the
 top ``candidates`` titles each has not seen (and that pass the filters), the ranker
-reorders them, and the best ``k`` come back as one DataFrame.
+reorders them, and the best ``k`` come back as one DataFrame. The ranker is served only
+where the ranking stage found it beats retrieval order on validation (``rec.serving``
+says which order and why; ``use_ranker=True`` forces it).
 
 Every public call checks its arguments and raises :class:`InputError` naming the
 argument, the value received and what is allowed. ``k`` and ``candidates`` are capped
 at the catalog size (``len(rec.anime)``): asking for more returns at most every allowed
 title. ``score`` is the model's score (the ranker's, or the retrieval score when the
-model has no ranker; higher is better, comparable within one model only), and NaN where
+model serves retrieval order; higher is better, comparable within one model only), and NaN where
 titles come from the popularity fallback.
 """
 
@@ -174,7 +176,7 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
 class Recommender:
     """A loaded model. Build it with :meth:`from_pretrained`."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, use_ranker: bool | None = None):
         self.directory = Path(directory)
         # The retrieval half is loaded as the ranking stage and the report load it.
         self.retrieval = artifact.RetrievalArtifact(self.directory)
@@ -195,7 +197,14 @@ class Recommender:
         self._anime_raw = raw_features(self.anime, feature_specs(self.schema, "anime"), self.widths)
         self._saved = dict(r.saved)
         self._encoded, self.xla = None, False
-        saved_ranker, self.ranker = artifact.load_ranker(self.directory)
+        # What the ranking stage decided to serve (the ranker only where it beat the
+        # retrieval order on validation), unless the caller says otherwise.
+        self.serving = artifact.served_order(self.config)
+        if use_ranker is not None:
+            self.serving = {"order": "ranked" if use_ranker else "retrieval",
+                            "why": f"use_ranker={use_ranker} was passed"}
+        saved_ranker, self.ranker = ((None, None) if self.serving["order"] == "retrieval"
+                                     else artifact.load_ranker(self.directory))
         if saved_ranker is not None:
             self._saved["ranker"] = saved_ranker
             signatures = saved_ranker.signatures
@@ -212,11 +221,16 @@ class Recommender:
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_dir: str, revision: str | None = None, **hub_kwargs) -> "Recommender":
-        """Loads a model directory, or downloads (cached) a Hub repo at ``revision``."""
+    def from_pretrained(cls, repo_id_or_dir: str, revision: str | None = None,
+                        use_ranker: bool | None = None, **hub_kwargs) -> "Recommender":
+        """Loads a model directory, or downloads (cached) a Hub repo at ``revision``.
+
+        ``use_ranker``: None (default) serves what the model's ranking stage decided
+        (``rec.serving``: the ranker only where it beat retrieval order on validation);
+        True forces the ranker (when the model has one), False retrieval order."""
         from serving.hub import resolve
 
-        return cls(resolve(repo_id_or_dir, revision, **hub_kwargs))
+        return cls(resolve(repo_id_or_dir, revision, **hub_kwargs), use_ranker=use_ranker)
 
     # -- scoring ----------------------------------------------------------------------
     def _scorer(self, score_encoded):

@@ -33,6 +33,33 @@ def _random_raw(specs, schema, rows, rng, width=3):
     return out
 
 
+def test_an_untrained_residual_ranker_is_retrieval_order(small_schema):
+    """Score = retrieval_weight x similarity + a correction whose output layer starts at
+    zero: before training, every list comes back in retrieval order, with the retrieval
+    logit as its score; a ranker without the residual does not."""
+    rng = np.random.default_rng(1)
+    batch, size = 4, 9
+    orders = {}
+    for residual in (True, False):
+        tf.keras.utils.set_random_seed(0)
+        ranker = Ranker(small_schema, RankingConfig(residual=residual, hidden=(16, 8)))
+        user = _random_raw(ranker.user_encoder.specs, small_schema, (batch,),
+                           np.random.default_rng(2))
+        items = _random_raw(ranker.anime_encoder.specs, small_schema, (batch, size),
+                            np.random.default_rng(3))
+        similarity = rng.normal(size=(batch, size)).astype(np.float32)
+        features = {k: tf.constant(v) for k, v in {**user, **items, "similarity": similarity}.items()}
+        scores = ranker(features).numpy()
+        if residual:
+            np.testing.assert_array_equal(scores, 20.0 * similarity)
+            assert float(ranker.retrieval_weight.numpy()) == 20.0
+        orders[residual] = (np.argsort(-scores, 1), np.argsort(-similarity, 1))
+    assert np.array_equal(*orders[True])
+    assert not np.array_equal(*orders[False])
+    with pytest.raises(Exception, match="needs `use_similarity`"):
+        RankingConfig(use_similarity=False)
+
+
 @pytest.mark.parametrize("use_similarity, crosses, use_ids", [
     (True, True, False), (False, True, False), (True, False, False), (False, False, True)],
     ids=["similarity+crosses", "crosses", "similarity", "ids-only-blocks"])
@@ -41,8 +68,8 @@ def test_serving_halves_equal_the_plain_call(small_schema, use_similarity, cross
     if not crosses:  # without the user taste vectors the ranker has no crosses
         schema = {**schema, "features": [f for f in schema["features"]
                                          if f["name"] not in CROSS_INPUTS]}
-    config = RankingConfig(use_similarity=use_similarity, use_ids=use_ids, hidden=(16, 8),
-                           id_dim=4, category_dim=3)
+    config = RankingConfig(use_similarity=use_similarity, residual=use_similarity,
+                           use_ids=use_ids, hidden=(16, 8), id_dim=4, category_dim=3)
     tf.keras.utils.set_random_seed(0)
     ranker = Ranker(schema, config)
     assert (len(ranker._crosses) > 0) == crosses

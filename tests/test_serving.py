@@ -198,8 +198,34 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
         batch.run(str(retrained), "all", first, k=5, chunk_size=500, progress=False)
 
 
+def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tiny_ranked):
+    model_dir = tiny_ranked[0]
+    config = json.loads((model_dir / "config.json").read_text())
+    default = Recommender.from_pretrained(str(model_dir))
+    assert default.serving == config["serving"]
+    assert (default.ranker is None) == (config["serving"]["order"] == "retrieval")
+    plain = Recommender.from_pretrained(str(model_dir), use_ranker=False)
+    ranked = Recommender.from_pretrained(str(model_dir), use_ranker=True)
+    assert plain.ranker is None and ranked.ranker is not None
+    users = plain.users["user_id"].to_numpy()[:25]
+    got = plain.recommend(users, k=10)
+    # Retrieval order: each user's unseen titles by query . candidate, score = that dot.
+    queries = plain.retrieval.embed_users(plain._user_raw)
+    embeddings = plain.retrieval.candidate_embeddings
+    for u, (user, recs) in enumerate(got.groupby("user_id", sort=False)):
+        row = plain._user_row.get_loc(user)
+        scores = queries[row] @ embeddings.T
+        seen = set(plain._seen[row])
+        allowed = [i for i in np.argsort(-scores, kind="stable")
+                   if plain.anime["media_id"].iloc[i] not in seen
+                   and not plain.anime["is_adult"].fillna(0).iloc[i] > 0][:10]
+        assert recs["anime_id"].tolist() == plain.anime["media_id"].iloc[allowed].tolist()
+        np.testing.assert_allclose(recs["score"], scores[allowed], rtol=1e-5, atol=1e-6)
+    assert not ranked.recommend(users, k=10)["anime_id"].equals(got["anime_id"])
+
+
 def test_catalog_encoded_once_scores_like_the_raw_ranker(tiny_ranked):
-    fast = Recommender.from_pretrained(str(tiny_ranked[0]))
+    fast = Recommender.from_pretrained(str(tiny_ranked[0]), use_ranker=True)
     assert fast._encoded is not None and len(fast._encoded) == len(fast.anime)
     assert fast.xla, "the side-feature ranker compiles with XLA"
     users = fast.users["user_id"].to_numpy()[:40]
@@ -224,7 +250,7 @@ def test_ranker_with_id_lookups_falls_back_from_xla(tiny_model, tiny_features, t
     train_ranking.run(tiny_features, model_dir,
                       RankingConfig(**{**TINY_RANKING, "max_epochs": 1, "use_ids": True}),
                       compare_losses=False, progress=False)
-    rec = Recommender.from_pretrained(str(model_dir))
+    rec = Recommender.from_pretrained(str(model_dir), use_ranker=True)
     assert rec._encoded is not None and not rec.xla
     users = rec.users["user_id"].to_numpy()[:20]
     encoded = rec.recommend(users, k=10)

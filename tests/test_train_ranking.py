@@ -63,26 +63,26 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
 
 
 def test_ranker_learns_beats_random_order_and_keeps_retrieval_quality(stage):
-    # Measured on this seeded world under the as-of split (ranking seeds 0 / 1): validation
-    # NDCG@10 0.380 -> 0.566 / 0.486 -> 0.611 over the 6 epochs; held-out NDCG 0.9332 /
-    # 0.9308 against the random-order floor 0.9229; end to end on test, NDCG@10 0.164 /
-    # 0.175 against retrieval order's 0.169: a tie (issue 18 builds the ranker that has
-    # to beat its input). An untrained ranker (fit a no-op: the same run, weights at their
-    # initial values) gets no improvement, held-out below random and about 0.02 end to
-    # end, so each assert below fails it.
+    # The ranker is residual: retrieval score x weight + a correction that starts at 0,
+    # so its first epoch is close to retrieval order and training has to earn changes.
+    # Measured on this seeded world under the as-of split (ranking seeds 0 / 1):
+    # validation NDCG@10 0.527 -> 0.540 / 0.553 -> 0.564 over the 6 epochs; held-out
+    # NDCG 0.9270 / 0.9269 against the random-order floor 0.9229; end to end on test,
+    # NDCG@10 0.176 / 0.178 against retrieval order's 0.169. A correction that does not
+    # learn stays flat (retrieval order: no improvement over the epochs) and fails here.
     _, metrics = stage
     training = metrics["losses"]["approx_ndcg"]["training"]
     history = [h["validation_ndcg@10"] for h in training["history"]]
     assert len(history) == training["epochs"] and training["best_epoch"] >= 2
     best = history[training["best_epoch"] - 1]
     assert best == max(history)
-    assert best - history[0] >= 0.05, f"validation NDCG@10 did not improve: {history}"
+    assert best - history[0] >= 0.005, f"validation NDCG@10 did not improve: {history}"
     held = metrics["held_out_lists"]
     assert set(held) == {"random", "popularity", "mean_training_score"}
-    assert metrics["losses"]["approx_ndcg"]["ndcg"] >= held["random"]["ndcg"] + 0.005
+    assert metrics["losses"]["approx_ndcg"]["ndcg"] >= held["random"]["ndcg"] + 0.002
     e2e = metrics["end_to_end"]
-    assert e2e["ranked"]["ndcg@10"] >= 0.9 * e2e["retrieval_order"]["ndcg@10"]
-    assert e2e["ranked"]["mrr"] >= 0.9 * e2e["retrieval_order"]["mrr"]
+    assert e2e["ranked"]["ndcg@10"] >= e2e["retrieval_order"]["ndcg@10"]
+    assert e2e["ranked"]["mrr"] >= e2e["retrieval_order"]["mrr"]
     # Reordering the same candidates cannot change recall over all of them.
     assert e2e["ranked"]["recall@100"] == pytest.approx(e2e["retrieval_order"]["recall@100"])
     assert training["train_lists"] == metrics["lists"]["train"]
@@ -285,3 +285,21 @@ def test_losses_are_compared_on_validation(tiny_lists):
     printed = trk.format_metrics(metrics)
     assert "validation (held-out users)" in printed and "loss chosen on validation" in printed
     assert "test, reporting only" in printed and "end to end over top-100" in printed
+
+
+def test_the_ranker_is_served_only_where_it_beats_retrieval_order_on_validation(stage):
+    def decision(difference, lo, hi):
+        d = {"difference": difference, "ci": [lo, hi], "significant": lo > 0 or hi < 0}
+        validation = {"losses": {"approx_ndcg": {"differences": {
+            "ranked - retrieval_order": {"ndcg@10": d}}}}}
+        return trk.serving_decision(validation, "approx_ndcg")
+
+    assert decision(+0.03, +0.01, +0.05)["order"] == "ranked"
+    assert decision(+0.03, -0.01, +0.07)["order"] == "retrieval"    # inside the noise
+    assert decision(-0.03, -0.05, -0.01)["order"] == "retrieval"
+    assert "does not beat retrieval order" in decision(-0.03, -0.05, -0.01)["why"]
+    # The stage wrote its decision into config.json, where serving reads it.
+    model_dir, metrics = stage
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["serving"] == metrics["validation"]["serving"] == trk.serving_decision(
+        metrics["validation"], CONFIG.loss)
