@@ -70,7 +70,9 @@ def _oracle_keys(truth, tables: FeatureTables):
 
 
 def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, truth,
-                       saved: dict) -> dict:
+                       saved: dict) -> tuple[dict, dict]:
+    """The retrieval tables, and the per-user values of every scorer (for pairing with
+    the end-to-end orders: the same test users in the same order)."""
     queries, candidate_embeddings = retrieval.queries, retrieval.candidate_embeddings
     scorers = {"two-tower": lambda r: queries[r] @ candidate_embeddings.T,
                "most popular": baselines.popularity_scorer(tables)}
@@ -104,7 +106,7 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
                 "ndcg@10": float(np.nanmean(per_user["ndcg@10"][ok])) if ok.any() else None}
     test_rows = np.unique(tables.pairs("test")["user_row"])
     ids_only = saved.get("retrieval", {}).get("ids_only")
-    return {
+    return ({
         "curves": curves, "by_activity": by_activity,
         "differences": {
             **protocol.differences(users, "two-tower",
@@ -118,11 +120,11 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
         "factorized": protocol.factorized_top_k(queries, candidate_embeddings, tables.pairs("test")),
         "index": ann_benchmark(candidate_embeddings, queries[test_rows],
                                tables.anime["media_id"].to_numpy()),
-    }
+    }, users)
 
 
 def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, truth,
-                     saved: dict):
+                     saved: dict, retrieval_per_user: dict):
     ranking = retrieval.config.get("ranking")
     saved_ranker, ranker = artifact.load_ranker(retrieval.directory)
     if ranking is None or ranker is None:
@@ -160,8 +162,13 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                "validation": saved.get("ranking", {}).get("validation"),
                "serving": artifact.served_order(retrieval.config),
                "held_out_users": len(lists), "end_to_end": e2e,
-               "differences": protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
-                                           ("ndcg@10", "recall@10", "mrr")),
+               "differences": {
+                   **protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
+                                          ("ndcg@10", "recall@10", "mrr")),
+                   # EASE's own top 10 over the whole catalog, on the same test users
+                   **protocol.differences({**per_user, **retrieval_per_user}, "ranked",
+                                          [n for n in ("EASE",) if n in retrieval_per_user],
+                                          ("ndcg@10", "recall@10"))},
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
     if expected is not None:
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
@@ -482,8 +489,8 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
         "versions": retrieval.config["versions"],
         "config": {k: retrieval.config.get(k) for k in ("retrieval", "ranking", "index")},
     }
-    metrics["retrieval"] = _retrieval_section(tables, retrieval, truth_data, saved)
-    metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved)
+    metrics["retrieval"], per_user = _retrieval_section(tables, retrieval, truth_data, saved)
+    metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved, per_user)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     def write_report(directory: Path) -> None:

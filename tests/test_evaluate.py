@@ -38,6 +38,15 @@ def test_report_files_and_agreement_with_training(report, tiny_ranked):
     verdict = ("is within noise of" if not d["significant"] else
                "beats" if d["difference"] > 0 else "does NOT beat")
     assert f"The two-tower {verdict} it at Recall@100" in text
+    # Retrieval order end to end is the two-tower's own top 10 on the same test users:
+    # the same NDCG@10 and Recall@10, so end-to-end orders pair with retrieval scorers
+    # (the ranked - EASE difference pairs them).
+    curve = report["retrieval"]["curves"]["two-tower"]
+    for m in ("ndcg@10", "recall@10"):
+        assert report["ranking"]["end_to_end"]["retrieval_order"][m] == pytest.approx(curve[m])
+    vs_ease = report["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
+    assert vs_ease["difference"] == pytest.approx(
+        report["ranking"]["end_to_end"]["ranked"]["ndcg@10"] - report["retrieval"]["curves"]["EASE"]["ndcg@10"])
     e2e, e2e_saved = report["ranking"]["end_to_end"], saved["ranking"]["end_to_end"]
     assert e2e["ranked"]["ndcg@10"] == pytest.approx(e2e_saved["ranked"]["ndcg@10"], abs=1e-6)
     assert e2e["retrieval_order"]["mrr"] == pytest.approx(e2e_saved["retrieval_order"]["mrr"])
