@@ -245,7 +245,7 @@ class RankingConfig(_JsonConfig):
     approx_temperature: float = 0.1
     relevance_scale: float = 20.0
     labelled_per_list: int = 5
-    negatives_per_list: int = 20
+    negatives_per_list: int = 40  # chosen on validation (bench/ranker_settings.py, README)
     max_lists_per_user: int = 4
     num_candidates: int = 100
     use_similarity: bool = True
