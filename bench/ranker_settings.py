@@ -1,11 +1,13 @@
-"""Ranker settings chosen on validation, never on test: one ranker per
-``--negatives-per-list`` (and per ``--losses``), each on the same model's retrieval and
-the same held-out users, scored end to end on the validation period of those users (the
-20% of validation users not used to fit: their top-``num_candidates`` retrieved titles,
-training titles excluded, ranked, against their validation interactions).
+"""Ranker settings chosen on validation, never on test: one ranker per setting of the
+grid (``--negatives-per-list`` x ``--missed-per-list`` x ``--residual`` x ``--losses``),
+each on the same model's retrieval and the same held-out users, scored end to end on the
+validation period of those users (the 20% of validation users not used to fit: their
+top-``num_candidates`` retrieved titles, training titles excluded, ranked, against
+their validation interactions).
 
     .venv/bin/python bench/ranker_settings.py --features data/features --model data/model \\
-        [--negatives-per-list 5 10 20 40] [--losses approx_ndcg list_mle] [--ranking-epochs 20]
+        [--negatives-per-list 5 10 20 40] [--missed-per-list 0 5] [--residual on off] \\
+        [--losses approx_ndcg list_mle] [--ranking-epochs 20]
 
 Prints one row per setting: NDCG@10 / Recall@10 / MRR, the ranked order against the
 retrieval order of the same candidates (paired bootstrap 95% CI over users), and each
@@ -17,6 +19,7 @@ read: the rankers are trained in memory and never saved. The last line is the ch
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -45,6 +48,13 @@ def main():
     parser.add_argument("--model", default="data/model",
                         help="model directory with a trained retrieval model (only read)")
     parser.add_argument("--negatives-per-list", type=int, nargs="+", default=[5, 10, 20, 40])
+    parser.add_argument("--missed-per-list", type=int, nargs="+",
+                        default=[RankingConfig().missed_per_list],
+                        help="scored titles retrieval missed, added per list (0 = only what "
+                             "serving shows)")
+    parser.add_argument("--residual", choices=("on", "off"), nargs="+", default=["on"],
+                        help="the ranker's form: retrieval score x weight + a correction "
+                             "(on), or a free scorer (off)")
     parser.add_argument("--losses", nargs="+", default=[RankingConfig().loss], choices=LOSS_NAMES)
     parser.add_argument("--ranking-epochs", type=int, default=RankingConfig().max_epochs)
     parser.add_argument("--ranking-seed", type=int, default=RankingConfig().seed)
@@ -57,15 +67,20 @@ def main():
     print(f"loaded {args.features} and the retrieval model of {args.model} "
           f"({time.perf_counter() - tick:.0f} s)", flush=True)
 
-    settings = [(n, loss) for n in args.negatives_per_list for loss in args.losses]
-    name = (lambda n, loss: f"{n} negatives, {loss}") if len(args.losses) > 1 else \
-        (lambda n, loss: f"{n} negatives")
+    grid = {"negatives_per_list": args.negatives_per_list, "missed_per_list": args.missed_per_list,
+            "residual": [r == "on" for r in args.residual], "loss": args.losses}
+    short = {"negatives_per_list": "{} negatives", "missed_per_list": "{} missed",
+             "residual": "residual {}", "loss": "{}"}
+    varied = [k for k, values in grid.items() if len(values) > 1] or ["negatives_per_list"]
+    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs, records, validation, rankers, training = {}, {}, {}, {}, {}
-    for i, (n, loss) in enumerate(settings, 1):
-        key = name(n, loss)
+    for i, setting in enumerate(settings, 1):
+        key = ", ".join(short[k].format({True: "on", False: "off"}.get(setting[k], setting[k])
+                                         if k == "residual" else setting[k]) for k in varied)
+        loss = setting["loss"]
         # One seed: the same held-out users in every setting, so they compare paired.
-        config = dataclasses.replace(default, negatives_per_list=n, loss=loss,
-                                     max_epochs=args.ranking_epochs, seed=args.ranking_seed)
+        config = dataclasses.replace(default, **setting, max_epochs=args.ranking_epochs,
+                                     seed=args.ranking_seed)
         tick = time.perf_counter()
         metrics, trained, per_user = trk.fit_and_evaluate(tables, retrieval, config, [loss],
                                                           test=False, progress=False)
@@ -94,8 +109,8 @@ def main():
           "| NDCG@10 - chosen [95% CI] | best epoch |")
     print("|---|---|---|---|---|---|---|")
     for key, m in e2e.items():
-        label = key + (" (default)" if configs[key].negatives_per_list == default.negatives_per_list
-                       and configs[key].loss == default.loss else "")
+        label = key + (" (default)" if all(getattr(configs[key], k) == getattr(default, k)
+                                           for k in grid) else "")
         label = f"**{label}** (chosen)" if key == chosen else label
         vs_chosen = "-" if key == chosen else ci(choice["differences"][f"{chosen} - {key}"])
         print(f"| {label} | {m['ranked']['ndcg@10']:.4f} | {m['ranked']['recall@10']:.4f} | "
@@ -123,7 +138,7 @@ def main():
                "significantly better than every other setting" if not ties else
                "not significantly better than " + ", ".join(ties))
     print(f"chosen on validation NDCG@10: {chosen} ({choice['means'][chosen]:.4f}), {verdict}; "
-          f"current default negatives_per_list={default.negatives_per_list}, loss={default.loss}")
+          "current default " + ", ".join(f"{k}={getattr(default, k)}" for k in grid))
 
 if __name__ == "__main__":
     main()

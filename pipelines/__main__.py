@@ -139,6 +139,9 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                        help="relevant titles per training list (default: %(default)s)")
     group.add_argument("--negatives-per-list", type=int, default=d.negatives_per_list,
                        help="retrieved titles the user did not watch, per list (default: %(default)s)")
+    group.add_argument("--missed-per-list", type=int, default=d.missed_per_list,
+                       help="scored titles of the period that retrieval missed, added to each "
+                            "list; 0 trains only on what serving shows (default: %(default)s)")
     group.add_argument("--candidates", type=int, default=d.num_candidates,
                        help="retrieval top-K that ranking reorders (default: %(default)s)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
@@ -150,7 +153,8 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
 
 def _ranking_config(args: argparse.Namespace) -> RankingConfig:
     return RankingConfig(loss=args.loss, labelled_per_list=args.labelled_per_list,
-                         negatives_per_list=args.negatives_per_list, num_candidates=args.candidates,
+                         negatives_per_list=args.negatives_per_list,
+                         missed_per_list=args.missed_per_list, num_candidates=args.candidates,
                          max_epochs=args.ranking_epochs, seed=args.ranking_seed)
 
 

@@ -209,8 +209,10 @@ class RankingConfig(_JsonConfig):
       approx_temperature: smoothness of ApproxNDCG's ranks (smaller: closer to NDCG).
       relevance_scale: graded relevance = POINT_100 score / this (100 -> 5 at 20);
         retrieved titles the user has not interacted with have relevance 0.
-      labelled_per_list: relevant retrieved titles kept per list, and also the number of
-        the user's scored titles that retrieval missed added to it.
+      labelled_per_list: relevant retrieved titles kept per list.
+      missed_per_list: the user's scored titles of the period that retrieval missed,
+        added to each list (graded signal beyond the retrieved few; 0 = train only on
+        what serving shows).
       negatives_per_list: retrieved titles the user did not watch, per list (with
         ``labelled_per_list``, the mix of relevant and not that ranking sees at serving).
       max_lists_per_user: lists per user, each with fresh negatives and missed titles.
@@ -245,6 +247,7 @@ class RankingConfig(_JsonConfig):
     approx_temperature: float = 0.1
     relevance_scale: float = 20.0
     labelled_per_list: int = 5
+    missed_per_list: int = 0  # chosen on validation (bench/ranker_settings.py, README)
     negatives_per_list: int = 40  # chosen on validation (bench/ranker_settings.py, README)
     max_lists_per_user: int = 4
     num_candidates: int = 100
@@ -275,12 +278,13 @@ class RankingConfig(_JsonConfig):
             raise InputError(f"`fit_split` must be 'train' or 'validation'. Received: {self.fit_split!r}.")
         if not 0.0 < self.holdout_users < 1.0:
             raise InputError(f"`holdout_users` must be in (0, 1). Received: {self.holdout_users}.")
-        if self.negatives_per_list < 0:
-            raise InputError(f"`negatives_per_list` must be >= 0. Received: {self.negatives_per_list}.")
+        for name in ("negatives_per_list", "missed_per_list"):
+            if getattr(self, name) < 0:
+                raise InputError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)}.")
         if self.residual and not self.use_similarity:
             raise InputError("`residual` adds a correction to the retrieval score, so it needs "
                              "`use_similarity`; pass residual=False to rank without it.")
 
     @property
     def list_size(self) -> int:
-        return self.labelled_per_list + self.negatives_per_list
+        return self.labelled_per_list + self.negatives_per_list + self.missed_per_list

@@ -2,11 +2,12 @@
 
     python -m pipelines train-ranking --features data/features --model data/model
 
-Lists, built vectorised: for each user, up to ``max_lists_per_user`` lists of
-``labelled_per_list`` of their scored titles (relevance = score / ``relevance_scale``)
-plus ``negatives_per_list`` titles the retrieval model puts in the user's
-top-``num_candidates`` (training titles excluded) that the user has no entry for in that
-period (relevance 0), in shuffled order: the mix ranking sees at serving time.
+Lists, built vectorised: for each user, up to ``max_lists_per_user`` lists of up to
+``labelled_per_list`` retrieved titles they watched in the period (relevance = score /
+``relevance_scale``) plus ``negatives_per_list`` titles the retrieval model puts in the
+user's top-``num_candidates`` (training titles excluded) that the user has no entry for
+in that period (relevance 0): the mix ranking sees at serving time; plus up to
+``missed_per_list`` scored titles retrieval missed; in shuffled order.
 
 The lists come from the *validation* period by default (``fit_split``): titles the
 retrieval model never trained on, so the retrieval score the ranker takes as a feature
@@ -84,7 +85,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
       - the user's retrieved titles (``candidate_rows``) that are relevant in the split
         (up to ``labelled_per_list``), and ``negatives_per_list`` retrieved titles that
         are not (sampled): exactly what the ranker reorders at serving time;
-      - plus up to ``labelled_per_list`` of the user's scored titles in the split that
+      - plus up to ``missed_per_list`` of the user's scored titles in the split that
         retrieval missed, so there is graded signal beyond the retrieved few;
 
     in shuffled order, padded with -1.
@@ -112,7 +113,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     labelled = inter[(inter["split"] == split) & inter["is_label"]]
     l_user = labelled["user_row"].to_numpy(np.int64)
     l_anime = labelled["anime_row"].to_numpy(np.int64)
-    extra = np.full((n, config.labelled_per_list), -1, np.int64)
+    extra = np.full((n, config.missed_per_list), -1, np.int64)
     for copy in range(config.max_lists_per_user):
         # A fresh random choice of missed titles for each copy of a user's list.
         order = np.lexsort((rng.random(len(l_user)), l_user))
@@ -121,7 +122,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
         slot = np.arange(len(u)) - start
         row = np.searchsorted(users, u) + copy
         in_pool = (pool[row] == a[:, None]).any(1)
-        ok = (slot < config.labelled_per_list) & ~in_pool
+        ok = (slot < config.missed_per_list) & ~in_pool
         extra[row[ok], slot[ok]] = a[ok]
     rows = np.concatenate([retrieved, extra], axis=1)
     relevance = _lookup(keys, values, users[:, None] * n_anime + np.maximum(rows, 0))

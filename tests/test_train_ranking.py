@@ -37,16 +37,18 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
     val = inter[inter["split"] == "validation"].set_index(["user_row", "anime_row"])
     train = set(map(tuple, inter.loc[inter["split"] == "train", ["user_row", "anime_row"]].to_numpy()))
     mean = tables.schema["stats"]["global_mean_score"]
-    assert lists.anime_rows.shape[1] == 2 * CONFIG.labelled_per_list + CONFIG.negatives_per_list
+    assert lists.anime_rows.shape[1] == CONFIG.list_size
     assert (np.bincount(lists.user_rows) <= CONFIG.max_lists_per_user).all()
     for i in range(0, len(lists), 7):
         u = lists.user_rows[i]
         if lists.relevance[i].max() == 0:
-            # Nothing relevant only where the user's watched titles of the split were
-            # all missed by retrieval and unscored (fit_lists does not fit on such lists).
+            # Nothing relevant only where retrieval missed every title the user watched
+            # in the split (and, with missed titles added, none was scored); fit_lists
+            # does not fit on such lists.
             watched = val.loc[u] if u in val.index.get_level_values(0) else val.iloc[:0]
-            assert not watched["is_label"].any()
+            watched = watched[watched["is_label"] | watched["is_interaction"]]
             assert not np.isin(watched.index.to_numpy(), candidate_rows[u]).any()
+            assert not (CONFIG.missed_per_list and watched["is_label"].any())
         for row, rel, sim in zip(lists.anime_rows[i], lists.relevance[i], lists.similarity[i]):
             if row < 0:
                 assert rel == 0 and sim == 0
@@ -64,25 +66,25 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
 
 def test_ranker_learns_beats_random_order_and_keeps_retrieval_quality(stage):
     # The ranker is residual: retrieval score x weight + a correction that starts at 0,
-    # so its first epoch is close to retrieval order and training has to earn changes.
-    # Measured on this seeded world under the as-of split (ranking seeds 0 / 1):
-    # validation NDCG@10 0.527 -> 0.540 / 0.553 -> 0.564 over the 6 epochs; held-out
-    # NDCG 0.9270 / 0.9269 against the random-order floor 0.9229; end to end on test,
-    # NDCG@10 0.176 / 0.178 against retrieval order's 0.169. A correction that does not
-    # learn stays flat (retrieval order: no improvement over the epochs) and fails here.
+    # so an untrained ranker IS retrieval order (tests/test_ranker.py) and every gain
+    # below has to be learned: a correction that stays at 0 ties retrieval order end to
+    # end and fails the strict inequalities. Measured on the tiny world under the as-of
+    # split (ranking seeds 0 / 1 / 2): held-out NDCG 0.9269 / 0.9274 / 0.9270 against the
+    # random-order floor 0.9229; end to end on test, NDCG@10 0.1757 / 0.1762 / 0.1745
+    # against retrieval order's 0.1689.
     _, metrics = stage
     training = metrics["losses"]["approx_ndcg"]["training"]
     history = [h["validation_ndcg@10"] for h in training["history"]]
     assert len(history) == training["epochs"] and training["best_epoch"] >= 2
     best = history[training["best_epoch"] - 1]
     assert best == max(history)
-    assert best - history[0] >= 0.005, f"validation NDCG@10 did not improve: {history}"
+    assert best > history[0], f"validation NDCG@10 did not improve: {history}"
     held = metrics["held_out_lists"]
     assert set(held) == {"random", "popularity", "mean_training_score"}
     assert metrics["losses"]["approx_ndcg"]["ndcg"] >= held["random"]["ndcg"] + 0.002
     e2e = metrics["end_to_end"]
-    assert e2e["ranked"]["ndcg@10"] >= e2e["retrieval_order"]["ndcg@10"]
-    assert e2e["ranked"]["mrr"] >= e2e["retrieval_order"]["mrr"]
+    assert e2e["ranked"]["ndcg@10"] > e2e["retrieval_order"]["ndcg@10"]
+    assert e2e["ranked"]["mrr"] > e2e["retrieval_order"]["mrr"]
     # Reordering the same candidates cannot change recall over all of them.
     assert e2e["ranked"]["recall@100"] == pytest.approx(e2e["retrieval_order"]["recall@100"])
     assert training["train_lists"] == metrics["lists"]["train"]
@@ -142,6 +144,22 @@ def tiny_lists(tiny_model, tiny_features):
     return (tables, retrieval, *trk.fit_lists(tables, retrieval, CONFIG))
 
 
+def test_missed_titles_are_an_option_and_zero_trains_on_what_serving_shows(tiny_lists):
+    tables, retrieval, *_ = tiny_lists
+    candidate_rows, _ = retrieval.top(tables, "validation", CONFIG.num_candidates)
+    build = lambda missed: trk.build_lists(  # noqa: E731
+        tables, retrieval, candidate_rows, "validation",
+        dataclasses.replace(CONFIG, missed_per_list=missed), np.random.default_rng(0))
+    shown, mixed = build(0), build(5)
+    assert shown.anime_rows.shape[1] == CONFIG.labelled_per_list + CONFIG.negatives_per_list
+    # Every title of every list is one retrieval returned for that user: what serving ranks.
+    for u, rows in zip(shown.user_rows, shown.anime_rows):
+        assert np.isin(rows[rows >= 0], candidate_rows[u]).all()
+    outside = sum(int((~np.isin(rows[rows >= 0], candidate_rows[u])).sum())
+                  for u, rows in zip(mixed.user_rows, mixed.anime_rows))
+    assert outside > 0, "with missed titles, some list holds titles retrieval did not return"
+
+
 def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
     tables, retrieval, train_lists, held_lists, candidates = tiny_lists
     fit, held = np.unique(train_lists.user_rows), np.unique(held_lists.user_rows)
@@ -153,8 +171,13 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
     # Every such user fits or is held out; a fitting user whose lists hold nothing
     # relevant (watched titles all missed by retrieval, unscored) has no list fitted on.
     assert set(np.union1d(fit, held)) <= set(with_relevance)
+    # The others: users retrieval missed entirely (no watched title among their
+    # candidates), whose lists held nothing relevant.
     missing = np.setdiff1d(with_relevance, np.union1d(fit, held))
-    assert len(missing) < 0.05 * len(with_relevance)
+    watched = val[val["is_label"] | val["is_interaction"]]
+    for u in missing:
+        titles = watched.loc[watched["user_row"] == u, "anime_row"].to_numpy()
+        assert not np.isin(titles, candidates[0][u]).any()
     assert (train_lists.relevance.max(axis=1) > 0).all()
     # Every list the validation end to end scores belongs to a held-out user with a
     # validation interaction; none to a user the ranker was fitted on.
