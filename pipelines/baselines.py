@@ -1,4 +1,5 @@
-"""Retrieval baselines the two-tower is reported against, under the same protocol.
+"""Baselines the models are reported against, under the same protocol: retrieval
+(popularity, recent popularity, EASE) and score prediction (means and biases).
 
 - Most popular: every user gets the titles with the most training interactions.
 - Most popular recently: the same, counting only the ``RECENT_DAYS`` before the as-of
@@ -8,6 +9,10 @@
   ``P = (X'X + lambda I)^-1`` (equivalently ``B_ij = -P_ij / P_jj``, zero diagonal), and a
   user's scores ``x_u B`` from their binary training row ``x_u``. It was the strongest
   baseline in the project's planning runs, so the report sets it beside the two-tower.
+
+- Score baselines (``score_metrics``): the global mean, the user's and the title's mean
+  training score, and user + title biases (ridge, ``lambda`` by validation RMSE): what a
+  score head has to beat.
 
 Both see the same information as the two-tower: the training split only (the query
 tower's user features are computed from training entries alone), so a test ranking
@@ -98,3 +103,74 @@ def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -
         lam = max(tried, key=tried.get)  # the first (smallest) on a tie
     return {"lambda": lam, "validation_recall@100": tried,
             "scorer": ease_scorer(tables, ease_weights(g, lam))}
+
+
+# ---------------------------------------------------------------------------------------
+# Predicting a user's score for a title: what a score head has to beat.
+
+BIAS_LAMBDAS = (1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def scored_entries(tables: FeatureTables, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user_rows, anime_rows, scores)`` of ``split``'s scored entries (``is_label``)."""
+    inter = tables.interactions
+    part = inter[(inter["split"] == split) & inter["is_label"]]
+    return (part["user_row"].to_numpy(np.int64), part["anime_row"].to_numpy(np.int64),
+            part["score"].to_numpy(np.float64))
+
+
+def fit_biases(users: np.ndarray, titles: np.ndarray, scores: np.ndarray, n_users: int,
+               n_titles: int, lam: float, iterations: int = 20) -> tuple[float, np.ndarray, np.ndarray]:
+    """``score ~ mu + b_user + b_title`` by alternating ridge updates (Koren's baseline
+    predictor): ``b_user = sum(score - mu - b_title) / (count + lam)``, then the same
+    for titles, ``iterations`` times. Returns ``(mu, b_user [n_users], b_title [n_titles])``."""
+    mu = float(scores.mean()) if len(scores) else 0.0
+    b_user, b_title = np.zeros(n_users), np.zeros(n_titles)
+    per_user = np.bincount(users, minlength=n_users) + lam
+    per_title = np.bincount(titles, minlength=n_titles) + lam
+    for _ in range(iterations):
+        b_user = np.bincount(users, scores - mu - b_title[titles], n_users) / np.maximum(per_user, 1e-12)
+        b_title = np.bincount(titles, scores - mu - b_user[users], n_titles) / np.maximum(per_title, 1e-12)
+    return mu, b_user, b_title
+
+
+def score_predictors(tables: FeatureTables, lambdas=BIAS_LAMBDAS) -> tuple[dict, dict]:
+    """The score baselines, fitted on the training split's scored entries: the global
+    mean, the user's mean, the title's mean (the global mean where there is none) and
+    user + title biases with the ridge ``lambda`` of the lowest validation RMSE.
+
+    Returns ``({name: fn(user_rows, anime_rows) -> scores}, {"lambda", "validation_rmse"})``."""
+    u, a, y = scored_entries(tables, "train")
+    n_users, n_titles = len(tables.users), len(tables.anime)
+    mu = float(y.mean()) if len(y) else 0.0
+
+    def means(rows, n):
+        count = np.bincount(rows, minlength=n)
+        return np.where(count > 0, np.bincount(rows, y, n) / np.maximum(count, 1), mu)
+
+    user_mean, title_mean = means(u, n_users), means(a, n_titles)
+    fitted = {lam: fit_biases(u, a, y, n_users, n_titles, lam) for lam in lambdas}
+    vu, va, vy = scored_entries(tables, "validation")
+    rmse = {lam: float(np.sqrt(np.mean((m + bu[vu] + bi[va] - vy) ** 2))) if len(vy) else np.nan
+            for lam, (m, bu, bi) in fitted.items()}
+    lam = min(rmse, key=lambda k: (np.nan_to_num(rmse[k], nan=np.inf), k))
+    m, bu, bi = fitted[lam]
+    predictors = {
+        "global mean": lambda users, titles: np.full(len(users), mu),
+        "user mean": lambda users, titles: user_mean[users],
+        "title mean": lambda users, titles: title_mean[titles],
+        f"user + title biases (lambda {lam:g})": lambda users, titles: m + bu[users] + bi[titles],
+    }
+    return predictors, {"lambda": lam, "validation_rmse": {str(k): v for k, v in rmse.items()}}
+
+
+def score_metrics(tables: FeatureTables, split: str = "test") -> dict:
+    """RMSE and MAE (POINT_100) of every score baseline on ``split``'s scored entries."""
+    predictors, tuning = score_predictors(tables)
+    u, a, y = scored_entries(tables, split)
+    rows = {}
+    for name, predict in predictors.items():
+        error = predict(u, a) - y
+        rows[name] = {"rmse": float(np.sqrt(np.mean(error ** 2))) if len(y) else None,
+                      "mae": float(np.mean(np.abs(error))) if len(y) else None}
+    return {"entries": int(len(y)), "split": split, **tuning, "predictors": rows}

@@ -448,6 +448,15 @@ def render(metrics: dict) -> str:
                   + (f"; with the true expected score: {num(corr['ranker_vs_true_expected'])}"
                      if "ranker_vs_true_expected" in corr else "") + ".", "",
                   *(["![Scores](scores.png)", ""] if held_out else [])]
+    sc = metrics.get("scores")
+    if sc:
+        lines += ["## Predicting a user's score", "",
+                  f"RMSE and MAE (POINT_100) on the {sc['entries']:,} scored entries of the "
+                  f"{sc['split']} period, from training entries only (biases: ridge lambda "
+                  f"{sc['lambda']:g}, picked by validation RMSE). The model does not predict "
+                  "scores yet; these are the baselines a score head has to beat.", "",
+                  table(list(sc["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
+                        label="predictor"), ""]
     lines += ["## Provenance", "", "```json", json.dumps(
         {"versions": metrics["versions"], "protocol": metrics["protocol"]}, indent=2,
         sort_keys=True), "```", ""]
@@ -491,6 +500,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     }
     metrics["retrieval"], per_user = _retrieval_section(tables, retrieval, truth_data, saved)
     metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved, per_user)
+    metrics["scores"] = baselines.score_metrics(tables)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     def write_report(directory: Path) -> None:

@@ -45,3 +45,38 @@ def test_ease_is_tuned_on_validation_and_beats_popularity(tiny_features):
     # Seeded tiny world: EASE 0.550 vs 0.512 Recall@100, 0.133 vs 0.098 NDCG@10.
     assert ease["recall@100"] > 1.05 * popularity["recall@100"]
     assert ease["ndcg@10"] > 1.2 * popularity["ndcg@10"]
+
+
+def test_biases_by_hand():
+    # Three scores, four free parameters: with no ridge the additive model fits exactly.
+    users, titles = np.array([0, 0, 1]), np.array([0, 1, 0])
+    scores = np.array([80.0, 60.0, 70.0])
+    mu, bu, bi = baselines.fit_biases(users, titles, scores, 2, 2, lam=0.0, iterations=200)
+    np.testing.assert_allclose(mu + bu[users] + bi[titles], scores, atol=1e-6)
+    assert mu == pytest.approx(70.0)
+    # One alternating step with lambda 1, by hand: b_user = (sum of (score - mu)) / (n + 1)
+    # = (10 - 10) / 3 = 0 for user 0 and 0 / 2 = 0 for user 1; then b_title0 = (10 + 0) / 3,
+    # b_title1 = -10 / 2.
+    mu, bu, bi = baselines.fit_biases(users, titles, scores, 2, 2, lam=1.0, iterations=1)
+    np.testing.assert_allclose(bu, [0.0, 0.0])
+    np.testing.assert_allclose(bi, [10 / 3, -5.0])
+    # A huge ridge shrinks every bias to 0: the global mean.
+    _, bu, bi = baselines.fit_biases(users, titles, scores, 2, 2, lam=1e9)
+    assert np.abs(bu).max() < 1e-6 and np.abs(bi).max() < 1e-6
+
+
+def test_score_baselines_on_the_tiny_world(tiny_features):
+    tables = FeatureTables.load(tiny_features)
+    out = baselines.score_metrics(tables)
+    rows = out["predictors"]
+    biases = next(m for name, m in rows.items() if name.startswith("user + title biases"))
+    assert out["entries"] > 100 and str(out["lambda"]) in {str(float(l)) for l in baselines.BIAS_LAMBDAS}
+    assert out["lambda"] == min(baselines.BIAS_LAMBDAS, key=lambda l: out["validation_rmse"][str(l)])
+    # Users keep personal rating scales in the world: the user mean beats the global
+    # mean, and user + title biases beat both.
+    assert rows["user mean"]["rmse"] < rows["global mean"]["rmse"]
+    assert biases["rmse"] < rows["user mean"]["rmse"] and biases["mae"] < rows["user mean"]["mae"]
+    # The global mean's MAE, recomputed.
+    u, a, y = baselines.scored_entries(tables, "test")
+    train = baselines.scored_entries(tables, "train")[2]
+    assert rows["global mean"]["mae"] == pytest.approx(np.mean(np.abs(train.mean() - y)))
