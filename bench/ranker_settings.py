@@ -31,6 +31,7 @@ from pipelines import _env  # noqa: E402,F401
 from pipelines import artifact  # noqa: E402
 from pipelines import train_ranking as trk  # noqa: E402
 from pipelines.config import LOSS_NAMES, RankingConfig  # noqa: E402
+from pipelines.formatting import interval  # noqa: E402
 from pipelines.tables import FeatureTables  # noqa: E402
 
 
@@ -38,8 +39,7 @@ def ci(d: dict) -> str:
     """``+0.0065 [-0.0017, +0.0140]``, with "(n.s.)" when the interval holds 0."""
     if d["difference"] is None:
         return "-"
-    lo, hi = d["ci"]
-    return f"{d['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]{'' if d['significant'] else ' (n.s.)'}"
+    return interval(d) + ("" if d["significant"] else " (n.s.)")
 
 
 def main():

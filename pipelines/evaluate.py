@@ -28,7 +28,7 @@ from pipelines import artifact, atomic, baselines, protocol, synth
 from pipelines import features as feature_tables
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
-from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, num, table
+from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, num, table
 from pipelines.tables import FeatureTables
 from towers.index import ann_benchmark
 
@@ -317,8 +317,7 @@ def _ranker_warnings(ranking: dict) -> list[str]:
     if versus and versus["difference"] is not None and not (
             versus["significant"] and versus["difference"] > 0):
         out.append(f"**Note:** on validation the saved ranker does not beat the retrieval order "
-                   f"it reorders (NDCG@10 {num(versus['difference'], '+.4f')}, 95% CI "
-                   f"[{num(versus['ci'][0], '+.4f')}, {num(versus['ci'][1], '+.4f')}]): "
+                   f"it reorders (NDCG@10 {interval(versus, ', 95% CI ')}): "
                    "retrieval order alone serves at least as well.")
     return out + ([""] if out else [])
 
@@ -339,8 +338,7 @@ def _validation_lines(validation: dict | None) -> list[str]:
     choice = validation.get("loss_choice")
     if choice and choice.get("differences"):
         lines.append(f"Loss chosen by validation {choice['metric']}: {choice['chosen']} ("
-                     + "; ".join(f"{name.replace('_', ' ')} {num(d['difference'], '+.4f')} "
-                                 f"[{num(d['ci'][0], '+.4f')}, {num(d['ci'][1], '+.4f')}]"
+                     + "; ".join(f"{name.replace('_', ' ')} {interval(d)}"
                                  f"{'' if d['significant'] else ', not significant'}"
                                  for name, d in choice["differences"].items()) + "). "
                      "Test below is computed once, after every choice.")
@@ -359,8 +357,7 @@ def _difference_lines(differences: dict | None) -> list[str]:
              "|---|---|---|---|---|"]
     for name, by_metric in differences.items():
         for metric, d in by_metric.items():
-            lines.append(f"| {name.replace('_', ' ')} | {metric} | {num(d['difference'], '+.4f')} | "
-                         f"[{num(d['ci'][0], '+.4f')}, {num(d['ci'][1], '+.4f')}] | "
+            lines.append(f"| {name.replace('_', ' ')} | {metric} | {interval(d, ' | ')} | "
                          f"{'significant' if d['significant'] else 'not significant'} |")
     return lines + [""]
 
@@ -396,8 +393,7 @@ def render(metrics: dict) -> str:
         lines += ["", f"EASE: closed-form item-item weights from the training split, lambda "
                   f"{r['ease']['lambda']:g} (picked by validation Recall@100). The two-tower "
                   f"{verdict} it at Recall@100 ({num(tt)} vs {num(ease)}, difference "
-                  f"{num(d['difference'], '+.4f')}, 95% CI [{num(d['ci'][0], '+.4f')}, "
-                  f"{num(d['ci'][1], '+.4f')}])."]
+                  f"{interval(d, ', 95% CI ')})."]
     else:
         lines += ["", f"EASE: skipped: {metrics['data']['counts']['anime']:,} titles is more "
                   f"than the {baselines.MAX_EASE_TITLES:,} its dense title x title inverse allows."]

@@ -251,9 +251,9 @@ def _split_protocol(frame: pd.DataFrame, config: FeatureConfig, cutoff: dict | N
     sizes = frame.groupby("user_id").size()
     random_users = frame.loc[frame["random_split"], "user_id"].drop_duplicates()
     random_split = sizes.index.isin(random_users.to_numpy())
-    split = (sizes >= config.min_entries_to_split) | ~random_split
-    if config.protocol == "per_user":
-        split = sizes >= config.min_entries_to_split
+    split = sizes >= config.min_entries_to_split
+    if cutoff:  # timed lists are split by the cutoff whatever their length
+        split |= ~random_split
     users = int(split.sum())
     n_random = int((split & random_split).sum())
     method = "time" if n_random == 0 else "random" if n_random == users else "mixed"

@@ -22,6 +22,14 @@ def num(value, spec: str = ".4f", width: int = 0) -> str:
     return ("-" if missing else format(value, spec)).rjust(width)
 
 
+def interval(d: dict, between: str = " ") -> str:
+    """A paired difference and its CI (``protocol.paired_bootstrap``'s dict) as
+    ``+0.0065 [-0.0017, +0.0140]`` (``between`` the two parts); ``-`` for what was not
+    measured."""
+    return (f"{num(d['difference'], '+.4f')}{between}"
+            f"[{num(d['ci'][0], '+.4f')}, {num(d['ci'][1], '+.4f')}]")
+
+
 def _get(metrics: dict, key: str):
     """``metrics[key]``, where a dotted key reads nested dicts (``short_history.recall@100``)."""
     for part in key.split("."):

@@ -76,11 +76,16 @@ def rank_per_user(score_fn, tables: FeatureTables, split: str,
 
 
 def rank_metrics(score_fn, tables: FeatureTables, split: str,
-                 user_rows: np.ndarray | None = None, batch_size: int = 1024) -> dict:
+                 user_rows: np.ndarray | None = None, batch_size: int = 1024,
+                 per_user: dict | None = None) -> dict:
     """Mean Recall@K / NDCG@K (K in ``KS``) over users with at least one relevant title,
     overall and (``short_history``, None where there is no such user) for users with
-    fewer than ``SHORT_HISTORY`` training entries."""
-    rows, per_user = rank_per_user(score_fn, tables, split, user_rows, KS, batch_size)
+    fewer than ``SHORT_HISTORY`` training entries. ``per_user``: a dict that receives
+    the per-user values (``{metric: [users]}``, for paired comparisons)."""
+    rows, values = rank_per_user(score_fn, tables, split, user_rows, KS, batch_size)
+    if per_user is not None:
+        per_user.update(values)
+    per_user = values
     kmax = max(KS)
     short = tables.users["n_train"].to_numpy()[rows] < SHORT_HISTORY
     out = {k: mean(v) for k, v in per_user.items()}

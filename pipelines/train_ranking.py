@@ -50,7 +50,7 @@ from pipelines import artifact, fitting, protocol
 from pipelines.arrays import find_sorted
 from pipelines.config import LOSS_NAMES, RankingConfig
 from pipelines.errors import InputError
-from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, table
+from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, table
 from pipelines.protocol import Lists
 from pipelines.tables import FeatureTables
 from ranking.metrics import list_ndcg
@@ -388,8 +388,8 @@ def serving_decision(validation: dict, loss: str) -> dict:
     retrieval order, which is at least as good there."""
     d = validation["losses"][loss]["differences"]["ranked - retrieval_order"][CHOICE_METRIC]
     shown = (f"validation {CHOICE_METRIC} ranked - retrieval order "
-             + (f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
-                if d["difference"] is not None else "unmeasured (fewer than 2 users)"))
+             + (interval(d) if d["difference"] is not None
+                else "unmeasured (fewer than 2 users)"))
     if d["difference"] is not None and d["significant"] and d["difference"] > 0:
         return {"order": "ranked", "why": shown}
     return {"order": "retrieval", "why": f"the ranker does not beat retrieval order: {shown}"}
@@ -436,9 +436,7 @@ def _difference(d: dict) -> str:
     """``+0.0065 [-0.0017, +0.0140] (not significant)``."""
     if d["difference"] is None:
         return "- (fewer than 2 users)"
-    lo, hi = d["ci"]
-    return (f"{d['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-            f"{'' if d['significant'] else ' (not significant)'}")
+    return interval(d) + ("" if d["significant"] else " (not significant)")
 
 
 def format_validation(validation: dict) -> str:

@@ -163,20 +163,14 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     }
 
 
-def scorer(model: TwoTowerModel, tables: FeatureTables):
-    """``score_fn(user_rows) -> [b, num_anime]`` of a trained model."""
-    candidate_embeddings = embed(model.candidate_tower, tables.anime_raw)
-    queries = embed(model.query_tower, tables.user_raw)
-    return lambda r: queries[r] @ candidate_embeddings.T
-
-
-def evaluate(model: TwoTowerModel, tables: FeatureTables) -> dict:
-    """Test-split metrics of a trained model."""
+def evaluate(model: TwoTowerModel, tables: FeatureTables, per_user: dict | None = None) -> dict:
+    """Test-split metrics of a trained model (``per_user`` receives the per-user values)."""
     candidate_embeddings = embed(model.candidate_tower, tables.anime_raw)
     queries = embed(model.query_tower, tables.user_raw)
     return {"factorized": protocol.factorized_top_k(queries, candidate_embeddings,
                                                     tables.pairs("test")),
-            **protocol.rank_metrics(lambda r: queries[r] @ candidate_embeddings.T, tables, "test")}
+            **protocol.rank_metrics(lambda r: queries[r] @ candidate_embeddings.T, tables, "test",
+                                    per_user=per_user)}
 
 
 def popularity_metrics(tables: FeatureTables) -> dict:
@@ -191,15 +185,6 @@ def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
     if recent is None:
         return None
     return {**protocol.rank_metrics(recent, tables, "test"), "days": baselines.RECENT_DAYS}
-
-
-def ablation_difference(tables: FeatureTables, model: TwoTowerModel,
-                        ids_model: TwoTowerModel) -> dict:
-    """The two-tower minus its ids-only ablation on the test users, per metric, with a
-    paired bootstrap CI (the ablation model is not saved, so the report reads this)."""
-    per_user = {name: protocol.rank_per_user(scorer(m, tables), tables, "test")[1]
-                for name, m in (("two-tower", model), ("ids only", ids_model))}
-    return protocol.differences(per_user, "two-tower", ["ids only"], ("recall@100", "ndcg@10"))
 
 
 def ease_metrics(tables: FeatureTables) -> dict | None:
@@ -257,16 +242,19 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     tables = FeatureTables.load(features)
     check_trainable(tables)
     model, training = train(tables, config, progress=progress)
-    metrics = {"model": evaluate(model, tables), "training": training,
+    per_user = {"two-tower": {}, "ids only": {}}
+    metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
                "recent_popularity": recent_popularity_metrics(tables),
                "ease": ease_metrics(tables)}
     if ablation and config.features != "ids":
         ids_config = dataclasses.replace(config, features="ids")
         ids_model, ids_training = train(tables, ids_config, progress=progress)
-        metrics["ids_only"] = evaluate(ids_model, tables)
+        metrics["ids_only"] = evaluate(ids_model, tables, per_user["ids only"])
         metrics["ids_only"]["training"] = ids_training
-        metrics["differences"] = ablation_difference(tables, model, ids_model)
+        # The ablation model is not saved: the report reads this paired difference.
+        metrics["differences"] = protocol.differences(per_user, "two-tower", ["ids only"],
+                                                      ("recall@100", "ndcg@10"))
     test_rows = np.unique(tables.pairs("test")["user_row"])
     metrics["index"] = ann_benchmark(embed(model.candidate_tower, tables.anime_raw),
                                      embed(model.query_tower, tables.user_raw, test_rows),
