@@ -1,5 +1,6 @@
 """Ranker settings chosen on validation, never on test: one ranker per setting of the
-grid (``--negatives-per-list`` x ``--missed-per-list`` x ``--residual`` x ``--losses``),
+grid (``--negatives-per-list`` x ``--missed-per-list`` x ``--residual`` x ``--losses`` x
+``--ease-candidates`` x ``--signals``),
 each on the same model's retrieval and the same held-out users, scored end to end on the
 validation period of those users (the 20% of validation users not used to fit: their
 top-``num_candidates`` retrieved titles, training titles excluded, ranked, against
@@ -30,7 +31,7 @@ from pipelines import _env  # noqa: E402,F401
 
 from pipelines import artifact  # noqa: E402
 from pipelines import train_ranking as trk  # noqa: E402
-from pipelines.config import LOSS_NAMES, RankingConfig  # noqa: E402
+from pipelines.config import LOSS_NAMES, SIGNALS, RankingConfig  # noqa: E402
 from pipelines.formatting import interval  # noqa: E402
 from pipelines.tables import FeatureTables  # noqa: E402
 
@@ -56,6 +57,12 @@ def main():
                         help="the ranker's form: retrieval score x weight + a correction "
                              "(on), or a free scorer (off)")
     parser.add_argument("--losses", nargs="+", default=[RankingConfig().loss], choices=LOSS_NAMES)
+    parser.add_argument("--ease-candidates", type=int, nargs="+",
+                        default=[RankingConfig().ease_candidates],
+                        help="titles EASE adds to the two-tower's candidates (0 = none)")
+    parser.add_argument("--signals", nargs="+", default=[",".join(RankingConfig().signals)],
+                        help="candidate signal sets, each comma-separated from "
+                             f"{','.join(SIGNALS)}")
     parser.add_argument("--ranking-epochs", type=int, default=RankingConfig().max_epochs)
     parser.add_argument("--ranking-seed", type=int, default=RankingConfig().seed)
     args = parser.parse_args()
@@ -68,15 +75,19 @@ def main():
           f"({time.perf_counter() - tick:.0f} s)", flush=True)
 
     grid = {"negatives_per_list": args.negatives_per_list, "missed_per_list": args.missed_per_list,
-            "residual": [r == "on" for r in args.residual], "loss": args.losses}
+            "residual": [r == "on" for r in args.residual], "loss": args.losses,
+            "ease_candidates": args.ease_candidates,
+            "signals": [tuple(s.split(",")) if s else () for s in args.signals]}
     short = {"negatives_per_list": "{} negatives", "missed_per_list": "{} missed",
-             "residual": "residual {}", "loss": "{}"}
+             "residual": "residual {}", "loss": "{}", "ease_candidates": "{} EASE candidates",
+             "signals": "signals {}"}
     varied = [k for k, values in grid.items() if len(values) > 1] or ["negatives_per_list"]
     settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs, records, validation, rankers, training = {}, {}, {}, {}, {}
     for i, setting in enumerate(settings, 1):
-        key = ", ".join(short[k].format({True: "on", False: "off"}.get(setting[k], setting[k])
-                                         if k == "residual" else setting[k]) for k in varied)
+        shown = {**setting, "residual": "on" if setting["residual"] else "off",
+                 "signals": "+".join(setting["signals"]) or "none"}
+        key = ", ".join(short[k].format(shown[k]) for k in varied)
         loss = setting["loss"]
         # One seed: the same held-out users in every setting, so they compare paired.
         config = dataclasses.replace(default, **setting, max_epochs=args.ranking_epochs,
@@ -102,7 +113,7 @@ def main():
     held, scored = first["held_out_users"], first["users"]
     e2e = {key: validation[key]["losses"][configs[key].loss] for key in validation}
 
-    print(f"\nvalidation (held-out users): end to end over the top-{default.num_candidates} of "
+    print(f"\nvalidation (held-out users): end to end over each setting's candidates for "
           f"{scored:,} users with a validation interaction ({held:,} held out from fitting; "
           f"{first['fit_users']:,} fit the rankers)\n")
     print("| setting | NDCG@10 | Recall@10 | MRR | NDCG@10 - retrieval order [95% CI] "

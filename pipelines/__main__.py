@@ -11,7 +11,8 @@ import json
 import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import LOSS_NAMES, PROTOCOLS, FeatureConfig, RankingConfig, RetrievalConfig
+from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, SIGNALS, FeatureConfig,
+                              RankingConfig, RetrievalConfig)
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -143,7 +144,15 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                        help="scored titles of the period that retrieval missed, added to each "
                             "list; 0 trains only on what serving shows (default: %(default)s)")
     group.add_argument("--candidates", type=int, default=d.num_candidates,
-                       help="retrieval top-K that ranking reorders (default: %(default)s)")
+                       help="the two-tower's top-K that ranking reorders (default: %(default)s)")
+    group.add_argument("--ease-candidates", type=int, default=d.ease_candidates,
+                       help="titles EASE adds to them (its top ones the two-tower missed; 0 = "
+                            "none; a model without EASE has none) (default: %(default)s)")
+    group.add_argument("--no-ease-signals", action="store_true",
+                       help="the ranker does not read EASE's score and rank of each candidate")
+    group.add_argument("--no-ranking-ablations", action="store_true",
+                       help="skip the ablation rankers (without EASE candidates, without EASE "
+                            "signals, without the residual form) the report compares against")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
     group.add_argument("--ranking-seed", type=int, default=d.seed,
@@ -155,6 +164,9 @@ def _ranking_config(args: argparse.Namespace) -> RankingConfig:
     return RankingConfig(loss=args.loss, labelled_per_list=args.labelled_per_list,
                          negatives_per_list=args.negatives_per_list,
                          missed_per_list=args.missed_per_list, num_candidates=args.candidates,
+                         ease_candidates=args.ease_candidates,
+                         signals=tuple(s for s in SIGNALS if not (args.no_ease_signals
+                                                                  and s in EASE_SIGNALS)),
                          max_epochs=args.ranking_epochs, seed=args.ranking_seed)
 
 
@@ -327,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             source = args.out if args.stage == "run" else args.features
             metrics = train_ranking.run(source, args.model, _ranking_config(args),
                                         compare_losses=not args.no_loss_comparison,
+                                        with_ablations=not args.no_ranking_ablations,
                                         progress=progress)
             print(train_ranking.format_metrics(metrics))
             print(f"model in {args.model} (metrics: {args.model}/metrics.json)")

@@ -9,7 +9,11 @@ its SavedModels and retrieval half are loaded back.
       query_tower/           SavedModel: raw user features -> embedding
       candidate_tower/       SavedModel: raw title features -> embedding
       index/                 CandidateIndex over every title
-      anime.parquet, users.parquet, seen.parquet   what serving needs
+      anime.parquet, users.parquet, seen.parquet   what serving needs (seen: every
+                             title on each user's lists; ``history``: the training
+                             interactions, EASE's input)
+      ease.npy               EASE's title x title weights (float32), the second candidate
+                             generator (absent above ``baselines.MAX_EASE_TITLES`` titles)
       ranker/                SavedModel (after the ranking stage)
       report/                report.md and plots (after evaluate)
 
@@ -32,12 +36,14 @@ import pandas as pd
 
 from pipelines import __version__, atomic
 from pipelines.errors import InputError
-from pipelines.protocol import seen_before
+from pipelines.candidates import Generator
+from pipelines.config import EASE_SIGNALS
+from pipelines.protocol import Candidates, seen_before
 from pipelines.tables import FeatureTables
 from towers.features import apply_in_blocks, feature_specs
 from towers.index import CandidateIndex
 
-CONFIG, METRICS = "config.json", "metrics.json"
+CONFIG, METRICS, EASE = "config.json", "metrics.json", "ease.npy"
 # A directory with all of these can be served and published; ranker/ is optional.
 REQUIRED = (CONFIG, METRICS, "anime.parquet", "users.parquet", "seen.parquet",
             "query_tower/saved_model.pb", "candidate_tower/saved_model.pb",
@@ -189,15 +195,63 @@ class RetrievalArtifact:
         self.queries = self.embed_users(tables.user_raw)
         return self
 
-    def top(self, tables: FeatureTables, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per user row of ``tables``: the top-``k`` title rows (-1 padding) and scores,
-        leaving out every title the user had before ``split``."""
+    def load_ease(self) -> np.ndarray | None:
+        """EASE's weights ``[n, n]`` float32 (in memory: read at random per request; 1.6 GB
+        at the 20,000-title ceiling), or None for a model without them (too many titles,
+        or a model from before the hybrid candidates)."""
+        path = self.directory / EASE
+        if not path.exists():
+            return None
+        weights = np.load(path)
+        if weights.shape != (len(self.anime), len(self.anime)):
+            raise InputError(f"{path} has shape {weights.shape}, not {len(self.anime)} x "
+                             f"{len(self.anime)} titles; the model is corrupt.")
+        return weights
+
+    def generator(self, k: int, k_ease: int = 0, ease: bool = True,
+                  signals: tuple[str, ...] | None = None) -> Generator:
+        """The candidate generators of this model: the two-tower's top ``k`` and (with
+        ``ease`` and weights saved) EASE's top ``k_ease``, computing ``signals`` (None:
+        all)."""
+        return Generator(self.index, self.load_ease() if ease else None, k, k_ease, signals)
+
+    def ranker_generator(self, config) -> Generator:
+        """The candidate generators a ranker with ``RankingConfig`` ``config`` reorders:
+        the two-tower's top ``num_candidates`` and, where the ranker reads EASE or EASE
+        adds titles, EASE's."""
+        ease = config.ease_candidates > 0 or any(s in EASE_SIGNALS for s in config.signals)
+        return self.generator(config.num_candidates, config.ease_candidates, ease=ease,
+                              signals=config.signals)
+
+    def _split_inputs(self, tables: FeatureTables, split: str) -> tuple[list, list]:
+        """Per user row of ``tables``: EASE's input (training interaction rows) and what a
+        ranking for ``split`` leaves out (candidate ids of every entry before it)."""
         media = tables.anime["media_id"].to_numpy()
         by_user = seen_before(tables, split).groupby("user_row")["anime_row"].agg(list)
         exclude = [media[by_user.get(u, [])] for u in range(len(tables.users))]
-        ids, scores = self.index.search(self.queries, k, exclude=exclude)
-        rows = pd.Index(media).get_indexer(ids.reshape(-1)).reshape(ids.shape)
-        return np.where(ids >= 0, rows, -1), scores
+        train = tables.pairs("train").groupby("user_row")["anime_row"].agg(list)
+        histories = [np.asarray(train.get(u, []), np.int64) for u in range(len(tables.users))]
+        return histories, exclude
+
+    def candidates(self, tables: FeatureTables, split: str, generator: Generator) -> Candidates:
+        """Per user row of ``tables``: the candidates for ``split`` (every title the user
+        had before it left out) with their signals."""
+        histories, exclude = self._split_inputs(tables, split)
+        return generator(self.queries, histories, exclude)
+
+    def signals_for(self, tables: FeatureTables, split: str, generator: Generator,
+                    user_rows: np.ndarray, anime_rows: np.ndarray) -> dict:
+        """The candidate signals of any titles ``anime_rows`` ``[n, size]`` for
+        ``user_rows`` ``[n]`` (e.g. held-out lists), ranks as on ``split``."""
+        histories, exclude = self._split_inputs(tables, split)
+        return generator.signals_for(self.queries[user_rows], [histories[u] for u in user_rows],
+                                     [exclude[u] for u in user_rows], anime_rows).signals
+
+    def top(self, tables: FeatureTables, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per user row of ``tables``: the two-tower's top-``k`` title rows (-1 padding)
+        and scores, leaving out every title the user had before ``split``."""
+        cand = self.candidates(tables, split, Generator(self.index, None, k))
+        return cand.rows, np.where(cand.rows >= 0, cand.signals["similarity"], -np.inf)
 
 
 def served_order(config: dict) -> dict:
@@ -222,22 +276,25 @@ def load_ranker(model_dir: Path):
 
 
 def score_lists(signature, user_raw: dict, anime_raw: dict, user_rows: np.ndarray,
-                anime_rows: np.ndarray, similarity: np.ndarray,
-                batch_size: int = 256) -> np.ndarray:
+                anime_rows: np.ndarray, signals: dict, batch_size: int = 256) -> np.ndarray:
     """Scores ``[n, size]`` of padded lists (padding scored: mask it) by a saved ranker's
     ``serving_default`` signature: list ``i`` is user ``user_rows[i]`` of ``user_raw``
-    with the titles ``anime_rows[i]`` of ``anime_raw`` (-1 = padding) and their retrieval
-    ``similarity``. The report scores held-out lists with it; serving, a model without
-    the factorised signatures."""
+    with the titles ``anime_rows[i]`` of ``anime_raw`` (-1 = padding) and their candidate
+    ``signals`` (``{name: [n, size]}``; the ones the ranker takes are passed). The report
+    scores held-out lists with it; serving, a model without the factorised signatures."""
     import tensorflow as tf
 
     inputs = {spec.name for spec in signature.structured_input_signature[1].values()}
+    missing = sorted(inputs - set(user_raw) - set(anime_raw) - set(signals))
+    if missing:
+        raise InputError(f"The ranker takes inputs {missing} that were not computed; the "
+                         "model directory is inconsistent (retrain the ranking stage).")
     out = [np.zeros((0, anime_rows.shape[1]), np.float32)]
     for start in range(0, len(user_rows), batch_size):
         part = slice(start, start + batch_size)
         users, rows = user_rows[part], np.maximum(anime_rows[part], 0)
         batch = {k: v[users] for k, v in user_raw.items() if k in inputs}
         batch.update({k: v[rows] for k, v in anime_raw.items() if k in inputs})
-        batch["similarity"] = similarity[part].astype(np.float32)
+        batch.update({k: v[part].astype(np.float32) for k, v in signals.items() if k in inputs})
         out.append(signature(**{k: tf.constant(v) for k, v in batch.items()})["scores"].numpy())
     return np.concatenate(out)

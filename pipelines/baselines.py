@@ -88,7 +88,8 @@ def ease_scorer(tables: FeatureTables, weights: np.ndarray):
 def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
     """EASE with ``lam`` (or the ``lambdas`` value with the best validation Recall@100).
 
-    Returns ``{"lambda", "validation_recall@100": {lambda: recall}, "scorer"}``, or None
+    Returns ``{"lambda", "validation_recall@100": {lambda: recall}, "weights", "scorer"}``
+    (``weights``: ``B``, saved with the model as the second candidate generator), or None
     when the catalog is larger than ``MAX_EASE_TITLES`` (the dense inverse would not fit
     comfortably; the report says it was skipped).
     """
@@ -101,8 +102,9 @@ def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -
                                               tables, "validation")["recall@100"]
                  for value in lambdas}
         lam = max(tried, key=tried.get)  # the first (smallest) on a tie
-    return {"lambda": lam, "validation_recall@100": tried,
-            "scorer": ease_scorer(tables, ease_weights(g, lam))}
+    weights = ease_weights(g, lam)
+    return {"lambda": lam, "validation_recall@100": tried, "weights": weights,
+            "scorer": ease_scorer(tables, weights)}
 
 
 # ---------------------------------------------------------------------------------------

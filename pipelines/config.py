@@ -33,6 +33,9 @@ class _JsonConfig:
 
 
 PROTOCOLS = ("as_of", "per_user")
+# What a ranker can read of each candidate besides its features (pipelines/candidates.py).
+SIGNALS = ("similarity", "ease", "similarity_rank", "ease_rank")
+EASE_SIGNALS = ("ease", "ease_rank")
 
 
 def parse_time(value: str, name: str = "time") -> int:
@@ -218,10 +221,17 @@ class RankingConfig(_JsonConfig):
       max_lists_per_user: lists per user, each with fresh negatives and missed titles.
       num_candidates: retrieval top-K the negatives come from (and end-to-end evaluation
         ranks).
-      use_similarity: give the ranker the retrieval score of each title as a feature.
-      residual: score = ``retrieval_weight`` x the retrieval score + a learned correction
-        whose output layer starts at zero, so an untrained ranker reproduces retrieval
-        order exactly and training has to earn every change (needs ``use_similarity``).
+      ease_candidates: titles EASE adds to the two-tower's ``num_candidates`` (its top
+        ones the two-tower did not return; 0 = the two-tower's alone). A model without
+        EASE (too many titles) has none.
+      signals: what the ranker reads of each candidate besides its features
+        (``SIGNALS``: ``similarity`` the two-tower score, ``ease`` EASE's score,
+        ``similarity_rank`` / ``ease_rank`` its log rank in each generator's list;
+        ``pipelines/candidates.py``). A model without EASE drops the EASE ones.
+      residual: score = ``retrieval_weight`` x the retrieval score (+ a weight x the EASE
+        score, starting at 0) + a learned correction whose output layer starts at zero,
+        so an untrained ranker reproduces retrieval order exactly and training has to
+        earn every change (needs ``similarity`` in ``signals``).
       retrieval_weight: the retrieval score's initial weight (trainable): 20 = 1 / the
         retrieval model's softmax temperature, its own logit scale.
       use_ids: give the ranker user and title id embeddings too (off by default: the
@@ -251,7 +261,8 @@ class RankingConfig(_JsonConfig):
     negatives_per_list: int = 40  # chosen on validation (bench/ranker_settings.py, README)
     max_lists_per_user: int = 4
     num_candidates: int = 100
-    use_similarity: bool = True
+    ease_candidates: int = 0  # chosen on validation (bench/ranker_settings.py, README)
+    signals: tuple[str, ...] = SIGNALS
     residual: bool = True
     retrieval_weight: float = 20.0
     use_ids: bool = False
@@ -281,9 +292,35 @@ class RankingConfig(_JsonConfig):
         for name in ("negatives_per_list", "missed_per_list"):
             if getattr(self, name) < 0:
                 raise InputError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)}.")
+        if self.ease_candidates < 0:
+            raise InputError(f"`ease_candidates` must be >= 0. Received: {self.ease_candidates}.")
+        unknown = [s for s in self.signals if s not in SIGNALS]
+        if unknown or len(set(self.signals)) != len(self.signals):
+            raise InputError(f"`signals` must be distinct names from {list(SIGNALS)}. "
+                             f"Received: signals={list(self.signals)!r}.")
         if self.residual and not self.use_similarity:
             raise InputError("`residual` adds a correction to the retrieval score, so it needs "
-                             "`use_similarity`; pass residual=False to rank without it.")
+                             "'similarity' in `signals`; pass residual=False to rank without it.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        # Models from before the hybrid candidates read the retrieval score alone.
+        if "signals" not in data:
+            data["signals"] = ["similarity"] if data.pop("use_similarity", True) else []
+            data.setdefault("ease_candidates", 0)
+        return super().from_dict(data)
+
+    @property
+    def use_similarity(self) -> bool:
+        return "similarity" in self.signals
+
+    @property
+    def candidate_label(self) -> str:
+        """The candidates a ranker reorders, for tables: ``top-100 + 50 EASE`` (the
+        two-tower's top 100 and up to 50 more from EASE)."""
+        return f"top-{self.num_candidates}" + (f" + {self.ease_candidates} EASE"
+                                               if self.ease_candidates else "")
 
     @property
     def list_size(self) -> int:

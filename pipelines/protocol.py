@@ -115,25 +115,44 @@ def factorized_top_k(queries: np.ndarray, candidate_embeddings: np.ndarray,
 # Ranking.
 
 @dataclasses.dataclass
+class Candidates:
+    """Per user, the titles a ranker may reorder: ``rows`` ``[n, C]`` (-1 = padding) and
+    ``signals`` ``{name: [n, C] float32}``, what each title carries besides its features
+    (``pipelines.candidates.SIGNALS``; ``similarity``, the retrieval score, always)."""
+
+    rows: np.ndarray
+    signals: dict
+
+    def take(self, keep) -> "Candidates":
+        return Candidates(self.rows[keep], {k: v[keep] for k, v in self.signals.items()})
+
+
+@dataclasses.dataclass
 class Lists:
-    """Padded lists: ``anime_rows`` ``[n, size]`` (-1 = padding), ``relevance`` and
-    ``similarity`` (same shape), and each list's ``user_rows`` ``[n]``."""
+    """Padded lists: ``anime_rows`` ``[n, size]`` (-1 = padding), ``relevance`` and the
+    candidate ``signals`` (``{name: [n, size]}``, same shape), and each list's
+    ``user_rows`` ``[n]``."""
 
     user_rows: np.ndarray
     anime_rows: np.ndarray
     relevance: np.ndarray
-    similarity: np.ndarray
+    signals: dict
 
     @property
     def mask(self) -> np.ndarray:
         return self.anime_rows >= 0
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """The retrieval score of each title."""
+        return self.signals["similarity"]
 
     def __len__(self) -> int:
         return len(self.user_rows)
 
     def take(self, keep: np.ndarray) -> "Lists":
         return Lists(self.user_rows[keep], self.anime_rows[keep], self.relevance[keep],
-                     self.similarity[keep])
+                     {k: v[keep] for k, v in self.signals.items()})
 
 
 def similarity(queries: np.ndarray, candidate_embeddings: np.ndarray, user_rows: np.ndarray,
@@ -144,9 +163,10 @@ def similarity(queries: np.ndarray, candidate_embeddings: np.ndarray, user_rows:
     return np.where(anime_rows >= 0, sim, 0.0).astype(np.float32)
 
 
-def held_out_lists(tables: FeatureTables, queries: np.ndarray,
-                   candidate_embeddings: np.ndarray, relevance_scale: float) -> Lists:
-    """Each test user's scored test titles as one list (users with at least 2)."""
+def held_out_lists(tables: FeatureTables, relevance_scale: float, signals=None) -> Lists:
+    """Each test user's scored test titles as one list (users with at least 2).
+    ``signals(user_rows, anime_rows) -> {name: [n, size]}``: what each title carries
+    (a model's candidate signals; none without it)."""
     inter = tables.interactions
     labelled = inter[(inter["split"] == "test") & inter["is_label"]]
     labelled = labelled.sort_values(["user_row", "anime_row"])
@@ -162,7 +182,7 @@ def held_out_lists(tables: FeatureTables, queries: np.ndarray,
     rel = np.zeros(rows.shape, np.float32)
     rows[index, position[keep]] = labelled["anime_row"].to_numpy()[keep]
     rel[index, position[keep]] = labelled["score"].to_numpy()[keep] / relevance_scale
-    return Lists(users, rows, rel, similarity(queries, candidate_embeddings, users, rows))
+    return Lists(users, rows, rel, {} if signals is None else signals(users, rows))
 
 
 def list_metrics(scores: np.ndarray, lists: Lists) -> dict:
@@ -185,18 +205,17 @@ def baseline_list_metrics(tables: FeatureTables, lists: Lists) -> dict:
     }
 
 
-def end_to_end(tables: FeatureTables, score_lists, candidate_rows: np.ndarray,
-               candidate_scores: np.ndarray, extra_orders: dict | None = None,
-               ks=(10,), per_user: dict | None = None) -> dict:
-    """Reorder each test user's retrieved ``candidate_rows`` ``[num_users, C]`` (titles
-    seen before the test period already left out; -1 = padding) with
-    ``score_lists(tables, lists) -> [n, C]``, and score the ranked order and the
-    retrieval order against the user's test interactions.
+def end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,
+               extra_orders: dict | None = None, ks=(10,), per_user: dict | None = None) -> dict:
+    """Reorder each test user's ``candidates`` (one row per user row; titles seen before
+    the test period already left out; -1 = padding; the first columns in retrieval order)
+    with ``score_lists(tables, lists) -> [n, C]``, and score the ranked order and the
+    retrieval order (the candidates' own order) against the user's test interactions.
 
     ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
     (the report adds popularity and the oracle). ``per_user``: a dict that receives
     ``{order name: {metric: [users]}}`` (for paired comparisons)."""
-    return end_to_end_on(tables, "test", score_lists, candidate_rows, candidate_scores,
+    return end_to_end_on(tables, "test", score_lists, candidates,
                          extra_orders=extra_orders, ks=ks, per_user=per_user)
 
 
@@ -208,19 +227,19 @@ def end_to_end_users(tables: FeatureTables, split: str,
     return users if user_rows is None else np.intersect1d(users, user_rows)
 
 
-def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidate_rows: np.ndarray,
-                  candidate_scores: np.ndarray, user_rows: np.ndarray | None = None,
+def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Candidates,
+                  user_rows: np.ndarray | None = None,
                   extra_orders: dict | None = None, ks=(10,),
                   per_user: dict | None = None) -> dict:
     """:func:`end_to_end` on any ``split`` and, given ``user_rows``, only those users
-    (e.g. the validation users held out from fitting a ranker): ``candidate_rows`` must
+    (e.g. the validation users held out from fitting a ranker): ``candidates`` must
     leave out what each user had before ``split``; the orders are scored against the
     user's ``split`` interactions. ``end_to_end`` is this on ``"test"``, every user."""
     relevant_pairs = tables.pairs(split)
     users = end_to_end_users(tables, split, user_rows)
-    cand = candidate_rows[users]
-    sim = np.where(cand >= 0, candidate_scores[users], 0.0).astype(np.float32)
-    lists = Lists(users, cand, np.zeros(cand.shape, np.float32), sim)
+    chosen = candidates.take(users)
+    cand = chosen.rows
+    lists = Lists(users, cand, np.zeros(cand.shape, np.float32), chosen.signals)
     relevant = tables.matrix(users, relevant_pairs)
     n_relevant = relevant.sum(1)
     num_candidates = cand.shape[1]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines import __version__, artifact, atomic
+from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.features import describe_split
 from pipelines.formatting import END_TO_END_COLUMNS, RETRIEVAL_COLUMNS, retrieval_rows, table
@@ -162,12 +163,13 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         "The towers are TensorFlow SavedModels whose `serving_default` signature takes raw "
         "features by name; with TensorFlow and huggingface_hub alone (no anirank), this "
         "embeds the catalog and one user and takes the user's top 10 titles by dot product, "
-        "the retrieval stage's answer" + (" (the ranker then reorders the top 100):"
+        "the retrieval stage's answer" + (" (the ranker then reorders the candidates):"
                                           if served["order"] == "ranked" else
                                           ", which is also what this model serves:"), "",
         "```python", TOWERS_SNIPPET.format(repo_id=repo_id, user_id=user).rstrip(), "```", "",
         "## What it serves", "",
-        ("The ranker's order of the retrieved top 100" if served["order"] == "ranked" else
+        (f"The ranker's order of the candidates ({_candidates(config)}; each with its "
+         "two-tower and EASE scores and ranks)" if served["order"] == "ranked" else
          "The retrieval order (the ranker is kept in the repo but not served)")
         + f": {served['why']}. `from_pretrained(..., use_ranker=True)` or `False` overrides it.", "",
         "## Training data", "",
@@ -178,6 +180,14 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         f"Data fingerprint: `{config.get('data_fingerprint')}`.", "",
         "## Limitations", "", *limits, ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
+
+
+def _candidates(config: dict) -> str:
+    """What the ranker reorders, from ``config.json``."""
+    ranking = RankingConfig.from_dict(config["ranking"])
+    return (f"the two-tower's top {ranking.num_candidates}"
+            + (f" and up to {ranking.ease_candidates} more from EASE" if ranking.ease_candidates
+               else ""))
 
 
 def run(model: str | os.PathLike, repo_id: str, *, private: bool = False,

@@ -48,10 +48,11 @@ from tqdm.auto import tqdm
 
 from pipelines import artifact, fitting, protocol
 from pipelines.arrays import find_sorted
-from pipelines.config import LOSS_NAMES, RankingConfig
+from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RankingConfig
 from pipelines.errors import InputError
 from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, table
-from pipelines.protocol import Lists
+from pipelines.candidates import Generator
+from pipelines.protocol import Candidates, Lists
 from pipelines.tables import FeatureTables
 from ranking.metrics import list_ndcg
 from ranking.model import RankingModel
@@ -77,8 +78,8 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
 
 
 def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
-                candidate_rows: np.ndarray, split: str,
-                config: RankingConfig, rng: np.random.Generator) -> Lists:
+                candidates: Candidates, split: str, config: RankingConfig,
+                rng: np.random.Generator, generator: Generator | None = None) -> Lists:
     """Training lists for ``split``, vectorised. Per user with something relevant in the
     split, ``max_lists_per_user`` lists, each:
 
@@ -88,20 +89,23 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
       - plus up to ``missed_per_list`` of the user's scored titles in the split that
         retrieval missed, so there is graded signal beyond the retrieved few;
 
-    in shuffled order, padded with -1.
+    in shuffled order, padded with -1, each title with its candidate signals (a missed
+    title's computed by ``generator``, needed when ``missed_per_list``).
     """
     n_anime = len(tables.anime)
     keys, values = _relevance_lookup(tables, split, config)
     users = np.unique(keys // n_anime)
     users = np.repeat(users, config.max_lists_per_user)
     n = len(users)
-    pool = candidate_rows[users]                                           # [n, C]
+    pool = candidates.rows[users]                                          # [n, C]
     rel = _lookup(keys, values, users[:, None] * n_anime + pool)
     rel = np.where(pool >= 0, rel, 0.0)
     # Relevant retrieved titles first (random among them), then random others.
     order = np.argsort((rel <= 0) + rng.random(pool.shape), axis=1)
     take = order[:, : config.labelled_per_list + config.negatives_per_list]
     retrieved = np.take_along_axis(pool, take, axis=1)
+    signals = {name: np.take_along_axis(v[users], take, axis=1)
+               for name, v in candidates.signals.items()}
     retrieved_rel = np.take_along_axis(rel, take, axis=1)
     positives = np.cumsum(retrieved_rel > 0, axis=1)
     # Cap the retrieved positives; beyond the cap, slots go to negatives only.
@@ -124,14 +128,17 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
         in_pool = (pool[row] == a[:, None]).any(1)
         ok = (slot < config.missed_per_list) & ~in_pool
         extra[row[ok], slot[ok]] = a[ok]
+    if config.missed_per_list:
+        missed = retrieval.signals_for(tables, split, generator, users, extra)
+        signals = {name: np.concatenate([v, missed[name]], axis=1) for name, v in signals.items()}
     rows = np.concatenate([retrieved, extra], axis=1)
     relevance = _lookup(keys, values, users[:, None] * n_anime + np.maximum(rows, 0))
     relevance = np.where(rows >= 0, relevance, 0.0)
     shuffle = np.argsort(rng.random(rows.shape), axis=1)
-    rows = np.take_along_axis(rows, shuffle, axis=1)
-    relevance = np.take_along_axis(relevance, shuffle, axis=1)
-    return Lists(users, rows, relevance, protocol.similarity(
-        retrieval.queries, retrieval.candidate_embeddings, users, rows))
+    signals = {name: np.where(rows >= 0, v, 0.0).astype(np.float32)
+               for name, v in signals.items()}
+    return Lists(users, *(np.take_along_axis(a, shuffle, axis=1) for a in (rows, relevance)),
+                 {name: np.take_along_axis(v, shuffle, axis=1) for name, v in signals.items()})
 
 
 def split_users(lists: Lists, fraction: float, rng: np.random.Generator) -> tuple[Lists, Lists]:
@@ -147,15 +154,16 @@ def split_users(lists: Lists, fraction: float, rng: np.random.Generator) -> tupl
 
 def dataset(tables: FeatureTables, lists: Lists, batch_size: int, shuffle_seed: int | None = None,
             constants=None) -> tf.data.Dataset:
-    """Batches of ranker inputs + ``relevance`` and ``mask``, gathered in graph mode."""
+    """Batches of ranker inputs (features and candidate signals) + ``relevance`` and
+    ``mask``, gathered in graph mode."""
     users, anime = constants or _constants(tables)
 
-    def to_batch(u, rows, rel, sim):
+    def to_batch(u, rows, rel, signals):
         return {**fitting.gather(users, u), **fitting.gather(anime, tf.maximum(rows, 0)),
-                "similarity": sim, "relevance": rel, "mask": rows >= 0}
+                **signals, "relevance": rel, "mask": rows >= 0}
 
     slices = (lists.user_rows.astype(np.int32), lists.anime_rows.astype(np.int32),
-              lists.relevance, lists.similarity.astype(np.float32))
+              lists.relevance, {k: v.astype(np.float32) for k, v in lists.signals.items()})
     return fitting.index_dataset(slices, to_batch, batch_size, shuffle_seed)
 
 
@@ -216,12 +224,14 @@ def train(tables: FeatureTables, train_lists: Lists, validation_lists: Lists,
 
 def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> None:
     """SavedModel, ``serving_default``: user features ``[b]`` + title features with a list
-    dimension ``[b, l]`` + ``similarity`` ``[b, l]`` -> ``{"scores": [b, l]}``."""
+    dimension ``[b, l]`` + the ranker's candidate signals, each ``[b, l]`` ->
+    ``{"scores": [b, l]}``."""
     schema = tables.schema
+    signals = {name: tf.TensorSpec([None, None], tf.float32, name=name) for name in ranker.signals}
     sig = input_signature(feature_specs(schema, "user"), schema, widths)
     for name, spec in input_signature(feature_specs(schema, "anime"), schema, widths).items():
         sig[name] = tf.TensorSpec([None, None, *spec.shape[1:]], spec.dtype, name=name)
-    sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
+    sig.update(signals)
 
     @tf.function(input_signature=[sig])
     def serve(features):
@@ -236,7 +246,7 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
         return {"encoded": ranker.project_anime(features)}
 
     score_sig = input_signature(feature_specs(schema, "user"), schema, widths)
-    score_sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
+    score_sig.update(signals)
     score_sig["anime_encoded"] = tf.TensorSpec([None, None, None], tf.float32, name="anime_encoded")
 
     @tf.function(input_signature=[score_sig])
@@ -254,19 +264,20 @@ E2E_METRICS = ("ndcg@10", "recall@10", "mrr")
 
 
 def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
-              config: RankingConfig) -> tuple[Lists, Lists, tuple[np.ndarray, np.ndarray]]:
+              config: RankingConfig) -> tuple[Lists, Lists, Candidates]:
     """The lists the ranker fits on, the lists of the held-out users (early stopping) and
-    the retrieved candidates ``(rows, scores)`` per user (training titles excluded).
+    the candidates per user for the validation period (training titles excluded).
 
     The held-out users are drawn from the users of the fit split by a generator of their
     own (from ``config.seed``), so they are the same users whatever the list settings
     (negatives per list, lists per user, loss), and settings trained in separate runs
     compare paired, on the same users (``bench/ranker_settings.py``)."""
-    # Negatives come from what retrieval would show: its top titles outside the user's
+    # Negatives come from what serving would show: the candidates outside the user's
     # training entries (entries of the fit split itself are dropped in build_lists).
-    candidates = retrieval.top(tables, "validation", config.num_candidates)
+    generate = retrieval.ranker_generator(config)
+    candidates = retrieval.candidates(tables, "validation", generate)
     rng = np.random.default_rng(config.seed)
-    lists = build_lists(tables, retrieval, candidates[0], config.fit_split, config, rng)
+    lists = build_lists(tables, retrieval, candidates, config.fit_split, config, rng, generate)
     train_lists, held_lists = split_users(lists, config.holdout_users,
                                           np.random.default_rng([config.seed, 1]))
     # A list with nothing relevant teaches nothing (a user whose only watched titles in
@@ -276,7 +287,7 @@ def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     return train_lists, held_lists, candidates
 
 
-def validation_end_to_end(tables: FeatureTables, score_lists, candidates: tuple,
+def validation_end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,
                           held_users: np.ndarray, per_user: dict | None = None) -> dict:
     """End to end on the validation period of ``held_users`` only (the users held out
     from fitting the ranker): their retrieved top titles (training titles excluded, as
@@ -286,7 +297,7 @@ def validation_end_to_end(tables: FeatureTables, score_lists, candidates: tuple,
     counts = tables.train_counts()
     per_user = {} if per_user is None else per_user
     out = protocol.end_to_end_on(
-        tables, "validation", score_lists, *candidates, user_rows=held_users,
+        tables, "validation", score_lists, candidates, user_rows=held_users,
         extra_orders={"popularity_order": lambda users, cand:
                       counts[np.maximum(cand, 0)].astype(np.float64)},
         per_user=per_user)
@@ -316,10 +327,13 @@ def choose(records: dict, metric: str = CHOICE_METRIC) -> dict:
 
 
 def end_to_end_on_test(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, ranker,
-                       config: RankingConfig) -> dict:
-    """End to end on the test split (every test user): reporting only."""
-    return protocol.end_to_end(tables, lambda t, lists: predict(ranker, t, lists),
-                               *retrieval.top(tables, "test", config.num_candidates))
+                       config: RankingConfig, per_user: dict | None = None) -> dict:
+    """End to end on the test split (every test user): reporting only. ``per_user``
+    receives the per-user values of each order."""
+    out = protocol.end_to_end(tables, lambda t, lists: predict(ranker, t, lists),
+                              retrieval.candidates(tables, "test", retrieval.ranker_generator(config)),
+                              per_user=per_user)
+    return {**out, "candidates": config.candidate_label}
 
 
 def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
@@ -343,7 +357,7 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                           "epochs) is made here",
                   "fit_users": int(len(fit_users)), "held_out_users": int(len(held_users)),
                   "users": int(len(protocol.end_to_end_users(tables, "validation", held_users))),
-                  "candidates": config.num_candidates, "choice_metric": CHOICE_METRIC,
+                  "candidates": config.candidate_label, "choice_metric": CHOICE_METRIC,
                   "losses": {}}
     rankers, records = {}, {}
     for loss in losses:
@@ -359,8 +373,10 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     validation["serving"] = serving_decision(validation, config.loss)
     metrics["validation"] = validation
     if test:
-        test_lists = protocol.held_out_lists(tables, retrieval.queries,
-                                             retrieval.candidate_embeddings, config.relevance_scale)
+        generate = retrieval.ranker_generator(config)
+        test_lists = protocol.held_out_lists(
+            tables, config.relevance_scale,
+            lambda users, rows: retrieval.signals_for(tables, "test", generate, users, rows))
         metrics["lists"]["test"] = len(test_lists)
         metrics["held_out_lists"] = protocol.baseline_list_metrics(tables, test_lists)
         for loss in losses:
@@ -376,9 +392,60 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
             "differences": {f"{chosen} - {other}": protocol.paired_bootstrap(
                 records[chosen]["test_lists"], records[other]["test_lists"])
                 for other in losses if other != chosen}}
+        records[config.loss]["test"] = {}
         metrics["end_to_end"] = end_to_end_on_test(tables, retrieval, rankers[config.loss].ranker,
-                                                config)
+                                                   config, records[config.loss]["test"])
     return metrics, rankers, records
+
+
+# What each part of the ranker adds: the same stage with it changed, every variant on the
+# same held-out validation users and test users as the full ranker.
+EASE_CANDIDATES_VARIANT = 50
+
+
+def ablation_variants(config: RankingConfig) -> dict[str, RankingConfig]:
+    """``{name: config}``: ``config`` with EASE's candidates switched (off, or 50 on), without
+    EASE's signals, without EASE at all, and without the residual form; variants equal
+    to ``config`` or to an earlier one are left out (a model without EASE has no EASE
+    variant)."""
+    no_ease = tuple(s for s in config.signals if s not in EASE_SIGNALS)
+    candidates = ("without EASE candidates", 0) if config.ease_candidates else (
+        f"with {EASE_CANDIDATES_VARIANT} EASE candidates", EASE_CANDIDATES_VARIANT)
+    variants = {
+        candidates[0]: dataclasses.replace(config, ease_candidates=candidates[1]),
+        "without EASE signals": dataclasses.replace(config, signals=no_ease),
+        "without EASE (candidates or signals)": dataclasses.replace(
+            config, ease_candidates=0, signals=no_ease),
+        "without the residual form": dataclasses.replace(config, residual=False)}
+    out = {}
+    for name, variant in variants.items():
+        if variant != config and variant not in out.values():
+            out[name] = variant
+    return out
+
+
+def ablations(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, config: RankingConfig,
+              full: dict, *, progress: bool = True) -> dict:
+    """The full ranker (``config``, its per-user values ``full``: ``{"validation":
+    {order: {metric: [users]}}, "test": {...}}``) against each of ``ablation_variants``:
+    one ranker per variant, trained and chosen exactly as the full one
+    (same held-out users), end to end NDCG@10 on validation (held-out users) and on test,
+    each with the paired bootstrap CI of full - variant. Reported, never chosen from."""
+    out = {}
+    for name, variant in ablation_variants(config).items():
+        _, rankers, records = fit_and_evaluate(tables, retrieval, variant, [variant.loss],
+                                               test=False, progress=progress)
+        test = {}
+        end_to_end_on_test(tables, retrieval, rankers[variant.loss].ranker, variant, test)
+        changed = {k: v for k, v in variant.to_dict().items() if config.to_dict()[k] != v}
+        row = {"changes": changed, "candidates": variant.candidate_label}
+        for split, values in (("validation", records[variant.loss]["validation"]), ("test", test)):
+            ours = values["ranked"][CHOICE_METRIC]
+            row[split] = {CHOICE_METRIC: protocol.mean(ours),
+                          "full - variant": protocol.paired_bootstrap(
+                              full[split]["ranked"][CHOICE_METRIC], ours)}
+        out[name] = row
+    return out
 
 
 def serving_decision(validation: dict, loss: str) -> dict:
@@ -397,7 +464,7 @@ def serving_decision(validation: dict, loss: str) -> dict:
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",
         config: RankingConfig = RankingConfig(), *, compare_losses: bool = True,
-        progress: bool = True) -> dict:
+        with_ablations: bool = True, progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines train-ranking``.
 
     Trains the ranker with ``config.loss`` and, with ``compare_losses``, one ranker per
@@ -418,8 +485,17 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
             "(recommendations then follow the retrieval score) and evaluate it with "
             "`python -m pipelines evaluate`.")
     retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
+    if retrieval.load_ease() is None:
+        # No EASE with this model (a catalog above baselines.MAX_EASE_TITLES): the
+        # two-tower's candidates and signals alone, recorded as such in the config.
+        config = dataclasses.replace(config, ease_candidates=0, signals=tuple(
+            s for s in config.signals if s not in EASE_SIGNALS))
     losses = [config.loss] + ([l for l in LOSS_NAMES if l != config.loss] if compare_losses else [])
-    metrics, rankers, _ = fit_and_evaluate(tables, retrieval, config, losses, progress=progress)
+    metrics, rankers, records = fit_and_evaluate(tables, retrieval, config, losses,
+                                                 progress=progress)
+    if with_ablations:
+        metrics["ablations"] = ablations(tables, retrieval, config, records[config.loss],
+                                         progress=progress)
     with artifact.update(model_dir) as tmp:
         export_ranker(rankers[config.loss].ranker, tables, retrieval.widths, tmp / "ranker")
         all_metrics = artifact.read_json(tmp, artifact.METRICS)
@@ -447,7 +523,7 @@ def format_validation(validation: dict) -> str:
     rows = [(f"ranked, {name}", m["ranked"]) for name, m in losses.items()]
     rows += [(name.replace("_", " "), first[name]) for name in ("retrieval_order", "popularity_order")]
     lines = [table(rows, END_TO_END_COLUMNS, markdown=False,
-                   label=f"validation (held-out users): end to end over top-{first['candidates']} "
+                   label=f"validation (held-out users): end to end over {validation['candidates']} "
                          f"({first['users']:,} users not used to fit)")]
     for name, m in losses.items():
         for pair, d in m["differences"].items():
@@ -483,7 +559,7 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"  {pair}, held-out list NDCG (test, not chosen from): {_difference(d)}")
     lines.append(table([(name.replace("_", " "), e[name]) for name in ("ranked", "retrieval_order")],
                        END_TO_END_COLUMNS, markdown=False,
-                       label=f"test, reporting only: end to end over top-{e['candidates']} "
+                       label=f"test, reporting only: end to end over {e['candidates']} "
                              f"({e['users']:,} test users, ranker {saved})"))
     t = metrics["losses"][saved]["training"]
     lines.append(f"training ({saved}): {t['train_lists']:,} lists, "

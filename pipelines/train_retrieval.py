@@ -187,14 +187,16 @@ def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
     return {**protocol.rank_metrics(recent, tables, "test"), "days": baselines.RECENT_DAYS}
 
 
-def ease_metrics(tables: FeatureTables) -> dict | None:
-    """The same protocol for EASE, its lambda tuned on validation Recall@100 (None above
-    ``baselines.MAX_EASE_TITLES`` titles)."""
+def ease_metrics(tables: FeatureTables) -> tuple[dict | None, np.ndarray | None]:
+    """The same protocol for EASE, its lambda tuned on validation Recall@100, and its
+    weights (the model's second candidate generator); ``(None, None)`` above
+    ``baselines.MAX_EASE_TITLES`` titles."""
     ease = baselines.fit_ease(tables)
     if ease is None:
-        return None
-    return {**protocol.rank_metrics(ease["scorer"], tables, "test"), "lambda": ease["lambda"],
-            "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()}}
+        return None, None
+    return ({**protocol.rank_metrics(ease["scorer"], tables, "test"), "lambda": ease["lambda"],
+             "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()}},
+            ease["weights"])
 
 
 def export_tower(tower: tf.keras.Model, signature: dict, path: Path) -> None:
@@ -208,7 +210,7 @@ def export_tower(tower: tf.keras.Model, signature: dict, path: Path) -> None:
 
 
 def save_artifact(out: Path, model: TwoTowerModel, tables: FeatureTables, features_dir: Path,
-                  metrics: dict, config: RetrievalConfig) -> None:
+                  metrics: dict, config: RetrievalConfig, ease: np.ndarray | None = None) -> None:
     """Writes the model directory (``pipelines/artifact.py``) in one atomic swap."""
     with artifact.create(out) as tmp:
         schema = tables.schema
@@ -221,7 +223,13 @@ def save_artifact(out: Path, model: TwoTowerModel, tables: FeatureTables, featur
         # What serving needs to recommend for known users: their features and every
         # title already on their lists (to exclude). (User-level data: publish with care.)
         shutil.copy(features_dir / "users.parquet", tmp / "users.parquet")
-        tables.interactions[["user_id", "media_id"]].to_parquet(tmp / "seen.parquet", index=False)
+        # ``history``: the training interactions, EASE's input for each user.
+        inter = tables.interactions
+        inter[["user_id", "media_id"]].assign(
+            history=(inter["split"] == "train") & inter["is_interaction"]
+        ).to_parquet(tmp / "seen.parquet", index=False)
+        if ease is not None:
+            np.save(tmp / artifact.EASE, ease)
         artifact.write_json(tmp, artifact.METRICS, {"retrieval": metrics})
         # config.json last: its presence marks a complete artifact.
         artifact.write_json(tmp, artifact.CONFIG, {
@@ -245,8 +253,8 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     per_user = {"two-tower": {}, "ids only": {}}
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
-               "recent_popularity": recent_popularity_metrics(tables),
-               "ease": ease_metrics(tables)}
+               "recent_popularity": recent_popularity_metrics(tables)}
+    metrics["ease"], ease = ease_metrics(tables)
     if ablation and config.features != "ids":
         ids_config = dataclasses.replace(config, features="ids")
         ids_model, ids_training = train(tables, ids_config, progress=progress)
@@ -259,7 +267,7 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     metrics["index"] = ann_benchmark(embed(model.candidate_tower, tables.anime_raw),
                                      embed(model.query_tower, tables.user_raw, test_rows),
                                      tables.anime["media_id"].to_numpy())
-    save_artifact(Path(out), model, tables, features, metrics, config)
+    save_artifact(Path(out), model, tables, features, metrics, config, ease)
     return metrics
 
 

@@ -3,13 +3,15 @@
 Inputs (raw features, as the towers take them; see ``towers/features.py``): the user's
 features with shape ``[batch]`` (``[batch, width]`` for vectors), each title feature
 with a list dimension ``[batch, list]`` (``[batch, list, width]`` for genres/tags), and
-``similarity`` ``[batch, list]``: the retrieval model's score of each title for the user.
-Output: scores ``[batch, list]``. Padded list items are the caller's to mask.
+each of ``config.signals`` ``[batch, list]``: what the candidate generators say of each
+title for the user (``similarity``, the two-tower score; ``ease``, EASE's; their ranks;
+``pipelines/candidates.py``). Output: scores ``[batch, list]``. Padded list items are
+the caller's to mask.
 
 With ``config.residual`` (the default) the score is the retrieval logit plus a learned
-correction, ``retrieval_weight * similarity + mlp(...)``, and the correction's output
-layer starts at zero: an untrained ranker orders every list exactly as retrieval does,
-and training has to earn each change.
+correction, ``retrieval_weight * similarity + ease_weight * ease + mlp(...)``, where
+``ease_weight`` and the correction's output layer start at zero: an untrained ranker
+orders every list exactly as retrieval does, and training has to earn each change.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Ranker(tf.keras.Model):
                 self._crosses.append((vector, title_feature, lookup, len(vocab)))
         self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
                     for i, units in enumerate(config.hidden)]
+        self.signals = tuple(config.signals)
         self.residual = config.residual and config.use_similarity
         zero = "zeros" if self.residual else "glorot_uniform"
         self.score = tf.keras.layers.Dense(1, kernel_initializer=zero, name="score")
@@ -58,13 +61,23 @@ class Ranker(tf.keras.Model):
             name="retrieval_weight", shape=(), trainable=self.residual,
             initializer=tf.keras.initializers.Constant(
                 config.retrieval_weight if self.residual else 0.0))
+        self.ease_weight = self.add_weight(
+            name="ease_weight", shape=(), initializer="zeros",
+            trainable=self.residual and "ease" in self.signals)
 
     def _output(self, x: tf.Tensor, features: dict) -> tf.Tensor:
-        """The last layer: the correction, plus the weighted retrieval score if residual."""
+        """The last layer: the correction, plus the weighted candidate scores if residual."""
         correction = tf.squeeze(self.score(x), -1)
         if not self.residual:
             return correction
-        return correction + self.retrieval_weight * tf.cast(features["similarity"], tf.float32)
+        out = correction + self.retrieval_weight * tf.cast(features["similarity"], tf.float32)
+        if "ease" in self.signals:
+            out += self.ease_weight * tf.cast(features["ease"], tf.float32)
+        return out
+
+    def _signals(self, features: dict) -> list:
+        """The candidate signals, each ``[b, l]`` float32."""
+        return [tf.cast(features[name], tf.float32) for name in self.signals]
 
     def encode_anime(self, features: dict) -> tf.Tensor:
         """Raw title features ``[n]`` (``[n, width]`` for genres/tags) -> ``[n, d]``: the
@@ -79,7 +92,7 @@ class Ranker(tf.keras.Model):
 
     def score_encoded(self, features: dict, anime: tf.Tensor) -> tf.Tensor:
         """User raw features ``[b]``, encoded titles ``[b, l, d]`` (from
-        :meth:`encode_anime`) and ``similarity`` ``[b, l]`` -> scores ``[b, l]``."""
+        :meth:`encode_anime`) and the signals ``[b, l]`` -> scores ``[b, l]``."""
         user = self.user_encoder({k: features[k] for k in self.user_keys})       # [b, du]
         size = tf.shape(anime)[1]
         widths = [width for *_, width in self._crosses]
@@ -89,20 +102,19 @@ class Ranker(tf.keras.Model):
             for kind in ("share", "affinity"):
                 taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)  # [b, width]
                 parts.append(tf.einsum("bw,blw->bl", taste, hot)[..., None])
-        if self.config.use_similarity:
-            parts.append(tf.cast(features["similarity"], tf.float32)[..., None])
+        parts += [signal[..., None] for signal in self._signals(features)]
         x = tf.concat(parts, axis=-1)
         for layer in self.mlp:
             x = layer(x)
         return self._output(x, features)
 
     # Serving halves with the first layer factorised: its kernel splits by input block,
-    # [user | title | crosses | similarity] @ W = user @ Wu + title @ Wt + ..., so the
+    # [user | title | crosses | signals] @ W = user @ Wu + title @ Wt + ..., so the
     # title block (the bulk of the inputs) is multiplied once per catalog title instead
     # of once per (user, title) pair. Same function as call(), fewer FLOPs per request.
     def _first_layer_blocks(self):
         kernel = self.mlp[0].kernel
-        n_tail = 2 * len(self._crosses) + int(self.config.use_similarity)
+        n_tail = 2 * len(self._crosses) + len(self.signals)
         return kernel, n_tail
 
     def project_anime(self, features: dict) -> tf.Tensor:
@@ -129,8 +141,7 @@ class Ranker(tf.keras.Model):
             for kind in ("share", "affinity"):
                 taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)
                 tail.append(tf.einsum("bw,blw->bl", taste, hot))
-        if self.config.use_similarity:
-            tail.append(tf.cast(features["similarity"], tf.float32))
+        tail += self._signals(features)
         x = (tf.matmul(user, kernel[:d_user])[:, None, :] + projected
              + self.mlp[0].bias)
         if tail:

@@ -35,7 +35,8 @@ import pandas as pd
 import tensorflow as tf
 
 from pipelines import artifact
-from pipelines.config import FeatureConfig, RankingConfig
+from pipelines.candidates import Generator
+from pipelines.config import SIGNALS, FeatureConfig, RankingConfig
 from pipelines.errors import InputError
 from pipelines.features import user_features
 from towers.features import apply_in_blocks, feature_specs, raw_features
@@ -193,6 +194,13 @@ class Recommender:
         bounds = np.searchsorted(rows[order], np.arange(len(self.users) + 1))
         # Per user row, the ids of the titles they have seen (one int64 array each).
         self._seen = np.split(seen["media_id"].to_numpy(np.int64)[order], bounds[1:-1])
+        # Per user row, the title rows of their training interactions: EASE's input.
+        self._history = None
+        if "history" in seen:
+            titles = np.split(self._anime_row.get_indexer(seen["media_id"].to_numpy()[order]),
+                              bounds[1:-1])
+            flags = np.split(seen["history"].to_numpy(bool)[order], bounds[1:-1])
+            self._history = [t[f & (t >= 0)].astype(np.int64) for t, f in zip(titles, flags)]
         self._user_raw = raw_features(self.users, feature_specs(self.schema, "user"), self.widths)
         self._anime_raw = raw_features(self.anime, feature_specs(self.schema, "anime"), self.widths)
         self._saved = dict(r.saved)
@@ -215,9 +223,19 @@ class Recommender:
                 names = [t.name for t in encode.structured_input_signature[1].values()]
                 self._encoded = tf.constant(apply_in_blocks(
                     lambda batch: encode(**batch)["encoded"], self._anime_raw, names))
-                self._score_rows, self._score_inputs = self._scorer(signatures["score_encoded"])
+                self._score_rows, self._score_inputs, self._score_signals = self._scorer(
+                    signatures["score_encoded"])
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
+        # The candidates the ranker was trained to reorder: EASE's too where it reads them.
+        self._ease, self._ease_candidates, self._signals = None, 0, ("similarity",)
+        if self.ranker is not None and self.ranking_config is not None:
+            generator = r.ranker_generator(self.ranking_config)
+            if generator.ease_weights is not None and self._history is None:
+                raise InputError(f"{self.directory}/seen.parquet has no `history` column, which "
+                                 "the ranker's EASE candidates need; the model is corrupt.")
+            self._ease, self._ease_candidates = generator.ease_weights, generator.k_ease
+            self._signals = generator.signals
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
 
     @classmethod
@@ -234,38 +252,38 @@ class Recommender:
 
     # -- scoring ----------------------------------------------------------------------
     def _scorer(self, score_encoded):
-        """``fn(rows, similarity, user) -> scores [b, l]``: the gather of encoded titles
-        and the ranker's ``score_encoded`` signature as one function, compiled with XLA
+        """``fn(rows, signals, user) -> scores [b, l]``: the gather of encoded titles and
+        the ranker's ``score_encoded`` signature as one function, compiled with XLA
         (fused element-wise work over the ``[b, l, hidden]`` activations: measured 1.7x
         the plain graph on 2 cores) when the graph allows it, e.g. no string lookups.
-        Sets ``self.xla`` to whether it is compiled. Returns the function and the user
-        inputs it takes."""
+        Sets ``self.xla`` to whether it is compiled. Returns the function, the user inputs
+        it takes and the candidate signals it takes."""
         table = self._encoded
-        names = sorted(t.name for t in score_encoded.structured_input_signature[1].values()
-                       if t.name not in ("anime_encoded", "similarity"))
+        inputs = [t.name for t in score_encoded.structured_input_signature[1].values()]
+        signals = sorted(n for n in inputs if n in SIGNALS)
+        names = sorted(n for n in inputs if n != "anime_encoded" and n not in SIGNALS)
 
         def build(jit: bool):
             @tf.function(jit_compile=jit)
-            def score_rows(rows, similarity, user):
+            def score_rows(rows, signal_values, user):
                 return score_encoded(anime_encoded=tf.gather(table, rows),
-                                     similarity=similarity, **user)["scores"]
+                                     **signal_values, **user)["scores"]
             return score_rows
 
         fn, self.xla = build(jit=True), True
         rows = np.zeros((1, min(2, len(self.anime))), np.int64)
         try:  # XLA compiles at the first call: probe with one tiny list
-            fn(tf.constant(rows), tf.zeros(rows.shape),
+            fn(tf.constant(rows), {n: tf.zeros(rows.shape) for n in signals},
                {k: tf.constant(self._user_raw[k][:1]) for k in names})
         except (tf.errors.OpError, ValueError, TypeError):
             fn, self.xla = build(jit=False), False
-        return fn, names
+        return fn, names, signals
 
-    def _rank(self, user_raw: dict, cand_rows: np.ndarray, sim: np.ndarray,
+    def _rank(self, user_raw: dict, cand_rows: np.ndarray, signals: dict,
               batch_size: int = 512) -> np.ndarray:
-        """Ranker scores ``[n, C]`` (the retrieval score if the model has no ranker)."""
+        """Ranker scores ``[n, C]`` (the retrieval score if the model serves retrieval order)."""
         if self.ranker is None:
-            return sim
-        sim = sim.astype(np.float32)
+            return signals["similarity"]
         if self._encoded is not None:
             out = []
             for start in range(0, len(cand_rows), batch_size):
@@ -274,26 +292,28 @@ class Recommender:
                 rows = _pad_rows(np.maximum(cand_rows[start:stop], 0), size)
                 user = {k: tf.constant(_pad_rows(user_raw[k][start:stop], size))
                         for k in self._score_inputs}
-                scores = self._score_rows(tf.constant(rows), tf.constant(_pad_rows(sim[start:stop], size)),
-                                          user)
-                out.append(scores.numpy()[:stop - start])
+                values = {k: tf.constant(_pad_rows(signals[k][start:stop], size))
+                          for k in self._score_signals}
+                out.append(self._score_rows(tf.constant(rows), values, user).numpy()[:stop - start])
             return np.concatenate(out)
         # A ranker without the factorised signatures: its serving_default, row by row.
         return artifact.score_lists(self.ranker, user_raw, self._anime_raw,
-                                    np.arange(len(cand_rows)), cand_rows, sim, batch_size)
+                                    np.arange(len(cand_rows)), cand_rows, signals, batch_size)
 
-    def _recommend_raw(self, user_raw: dict, seen: list | None, k: int, candidates: int,
-                       allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (title rows, scores) for users given as raw features."""
+    def _recommend_raw(self, user_raw: dict, seen: list | None, histories: list | None, k: int,
+                       candidates: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (title rows, scores) for users given as raw features, their seen
+        titles (ids, left out) and histories (title rows of their training interactions,
+        EASE's input)."""
         queries = self.retrieval.embed_users(user_raw)
-        ids, sim = self.index.search(queries, candidates, exclude=seen, allowed=allowed)
-        cand = self._anime_row.get_indexer(ids.reshape(-1)).reshape(ids.shape)
-        cand = np.where(ids >= 0, cand, -1)
-        sim = np.where(cand >= 0, sim, 0.0)
-        scores = self._rank(user_raw, cand, sim)
-        scores = np.where(cand >= 0, scores, -np.inf)
+        generate = Generator(self.index, self._ease, candidates, self._ease_candidates,
+                             self._signals)
+        cand = generate(queries, histories, exclude=seen, allowed=allowed)
+        scores = self._rank(user_raw, cand.rows, cand.signals)
+        scores = np.where(cand.rows >= 0, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return (np.take_along_axis(cand.rows, order, axis=1),
+                np.take_along_axis(scores, order, axis=1))
 
     def _frame(self, user_ids, rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
         k = rows.shape[1]
@@ -378,7 +398,8 @@ class Recommender:
             return self._frame(user_ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         raw = {key: v[rows] for key, v in self._user_raw.items()}
         seen = [self._seen[r] for r in rows] if exclude_seen else None
-        top, scores = self._recommend_raw(raw, seen, k, candidates, allowed)
+        histories = None if self._history is None else [self._history[r] for r in rows]
+        top, scores = self._recommend_raw(raw, seen, histories, k, candidates, allowed)
         return self._frame(user_ids, top, scores)
 
     def popular(self, user_ids, k: int = 10, filters: Filters | None = None) -> pd.DataFrame:
@@ -455,7 +476,8 @@ class Recommender:
                                          self.schema["stats"]["global_mean_score"])
             raw = raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
                                feature_specs(self.schema, "user"), self.widths)
-            top, top_scores = self._recommend_raw(raw, [media], k, candidates, allowed)
+            top, top_scores = self._recommend_raw(raw, [media], [self._anime_row.get_indexer(media)],
+                                                  k, candidates, allowed)
             result = self._frame([-1], top, top_scores).assign(source="model")
         else:
             result = self.popular([-1], k, filters).assign(source="popularity")

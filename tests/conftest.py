@@ -94,5 +94,5 @@ def default_model(demo_db, tmp_path_factory):
     train_retrieval.run(features_dir, model_dir, RetrievalConfig(max_epochs=1, validation_users=200),
                         ablation=False, progress=False)
     train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
-                      compare_losses=False, progress=False)
+                      compare_losses=False, with_ablations=False, progress=False)
     return features_dir, model_dir

@@ -37,7 +37,10 @@ def test_gram_counts_co_occurrences_in_training(tiny_features):
 
 def test_ease_is_tuned_on_validation_and_beats_popularity(tiny_features):
     data = FeatureTables.load(tiny_features)
-    ease = ease_metrics(data)
+    ease, weights = ease_metrics(data)
+    assert weights.shape == (len(data.anime), len(data.anime)) and weights.dtype == np.float32
+    assert (np.diag(weights) == 0).all()      # the saved weights: the fitted lambda's B
+    np.testing.assert_allclose(weights, baselines.ease_weights(baselines.gram(data), ease["lambda"]))
     tried = ease["validation_recall@100"]
     assert set(tried) == {str(v) for v in baselines.LAMBDAS}
     assert tried[str(ease["lambda"])] == max(tried.values())

@@ -57,7 +57,8 @@ def test_held_out_lists_and_end_to_end_by_hand(tiny_features):
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(len(tables.users), 4)).astype(np.float32)
     embeddings = rng.normal(size=(len(tables.anime), 4)).astype(np.float32)
-    lists = protocol.held_out_lists(tables, queries, embeddings, relevance_scale=20.0)
+    lists = protocol.held_out_lists(tables, 20.0, lambda users, rows: {
+        "similarity": protocol.similarity(queries, embeddings, users, rows)})
     inter = tables.interactions
     labelled = inter[(inter["split"] == "test") & inter["is_label"]]
     per_user = labelled.groupby("user_row").size()
@@ -82,9 +83,10 @@ def test_held_out_lists_and_end_to_end_by_hand(tiny_features):
         mine = titles.to_numpy()[:10]
         others = np.setdiff1d(np.arange(len(tables.anime)), titles.to_numpy())[:20 - len(mine)]
         cand[u] = np.r_[mine, others]
-    scores = np.where(cand >= 0, 1.0, -np.inf).astype(np.float32)
+    scores = np.where(cand >= 0, 1.0, 0.0).astype(np.float32)
     out = protocol.end_to_end(tables, lambda t, l: np.arange(l.anime_rows.shape[1])[None, :]
-                              .repeat(len(l), 0).astype(float), cand, scores, ks=(10,))
+                              .repeat(len(l), 0).astype(float),
+                              protocol.Candidates(cand, {"similarity": scores}), ks=(10,))
     assert out["users"] == test["user_row"].nunique() and out["candidates"] == 20
     assert out["retrieval_order"]["mrr"] == pytest.approx(1.0)
     assert out["ranked"]["ndcg@10"] < out["retrieval_order"]["ndcg@10"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.config import RankingConfig
+from pipelines.config import SIGNALS, RankingConfig
 from ranking.model import Ranker
 
 CROSS_INPUTS = ("genre_share", "genre_affinity", "format_share", "format_affinity")
@@ -34,9 +34,10 @@ def _random_raw(specs, schema, rows, rng, width=3):
 
 
 def test_an_untrained_residual_ranker_is_retrieval_order(small_schema):
-    """Score = retrieval_weight x similarity + a correction whose output layer starts at
-    zero: before training, every list comes back in retrieval order, with the retrieval
-    logit as its score; a ranker without the residual does not."""
+    """Score = retrieval_weight x similarity + ease_weight x ease + a correction, with
+    ease_weight and the correction's output layer starting at zero: before training,
+    every list comes back in retrieval order, with the retrieval logit as its score,
+    whatever the other signals say; a ranker without the residual does not."""
     rng = np.random.default_rng(1)
     batch, size = 4, 9
     orders = {}
@@ -47,8 +48,9 @@ def test_an_untrained_residual_ranker_is_retrieval_order(small_schema):
                            np.random.default_rng(2))
         items = _random_raw(ranker.anime_encoder.specs, small_schema, (batch, size),
                             np.random.default_rng(3))
-        similarity = rng.normal(size=(batch, size)).astype(np.float32)
-        features = {k: tf.constant(v) for k, v in {**user, **items, "similarity": similarity}.items()}
+        signals = {name: rng.normal(size=(batch, size)).astype(np.float32) for name in SIGNALS}
+        similarity = signals["similarity"]
+        features = {k: tf.constant(v) for k, v in {**user, **items, **signals}.items()}
         scores = ranker(features).numpy()
         if residual:
             np.testing.assert_array_equal(scores, 20.0 * similarity)
@@ -56,19 +58,22 @@ def test_an_untrained_residual_ranker_is_retrieval_order(small_schema):
         orders[residual] = (np.argsort(-scores, 1), np.argsort(-similarity, 1))
     assert np.array_equal(*orders[True])
     assert not np.array_equal(*orders[False])
-    with pytest.raises(Exception, match="needs `use_similarity`"):
-        RankingConfig(use_similarity=False)
+    with pytest.raises(Exception, match="needs\n?.*'similarity' in `signals`"):
+        RankingConfig(signals=("ease",))
+    with pytest.raises(Exception, match="`signals` must be distinct names"):
+        RankingConfig(signals=("similarity", "popularity"))
 
 
-@pytest.mark.parametrize("use_similarity, crosses, use_ids", [
-    (True, True, False), (False, True, False), (True, False, False), (False, False, True)],
-    ids=["similarity+crosses", "crosses", "similarity", "ids-only-blocks"])
-def test_serving_halves_equal_the_plain_call(small_schema, use_similarity, crosses, use_ids):
+@pytest.mark.parametrize("signals, crosses, use_ids", [
+    (SIGNALS, True, False), ((), True, False), (("similarity",), False, False),
+    (("ease", "ease_rank"), False, True)],
+    ids=["signals+crosses", "crosses", "similarity", "ids-only-blocks+ease"])
+def test_serving_halves_equal_the_plain_call(small_schema, signals, crosses, use_ids):
     schema = small_schema
     if not crosses:  # without the user taste vectors the ranker has no crosses
         schema = {**schema, "features": [f for f in schema["features"]
                                          if f["name"] not in CROSS_INPUTS]}
-    config = RankingConfig(use_similarity=use_similarity, residual=use_similarity,
+    config = RankingConfig(signals=signals, residual="similarity" in signals,
                            use_ids=use_ids, hidden=(16, 8), id_dim=4, category_dim=3)
     tf.keras.utils.set_random_seed(0)
     ranker = Ranker(schema, config)
@@ -79,11 +84,11 @@ def test_serving_halves_equal_the_plain_call(small_schema, use_similarity, cross
     user = _random_raw(ranker.user_encoder.specs, schema, (batch,), rng)
     titles = _random_raw(ranker.anime_encoder.specs, schema, (catalog,), rng)
     rows = rng.integers(0, catalog, size=(batch, size))             # each list's titles
-    similarity = rng.normal(size=(batch, size)).astype(np.float32)
+    values = {name: rng.normal(size=(batch, size)).astype(np.float32) for name in signals}
     lists = {k: v[rows] for k, v in titles.items()}                 # [batch, size, ...]
     tensors = lambda raw: {k: tf.constant(v) for k, v in raw.items()}  # noqa: E731
 
-    features = tensors({**user, **lists, "similarity": similarity})
+    features = tensors({**user, **lists, **values})
     ranker(features)  # builds the layers
     # Random weights everywhere (biases too), so every block of the first layer counts.
     for weight in ranker.trainable_weights:
@@ -91,7 +96,7 @@ def test_serving_halves_equal_the_plain_call(small_schema, use_similarity, cross
 
     expected = ranker(features).numpy()
     projected = ranker.project_anime(tensors(titles))                # [catalog, d]
-    got = ranker.score_projected(tensors({**user, "similarity": similarity}),
+    got = ranker.score_projected(tensors({**user, **values}),
                                  tf.gather(projected, rows)).numpy()
     assert got.shape == expected.shape == (batch, size)
     assert np.abs(expected).max() > 0.1   # not a trivially zero comparison

@@ -30,9 +30,13 @@ def stage(tiny_ranked):
 def test_lists_are_built_exactly(tiny_model, tiny_features):
     tables = FeatureTables.load(tiny_features)
     retrieval = artifact.RetrievalArtifact(tiny_model[0]).for_tables(tables)
-    candidate_rows, _ = retrieval.top(tables, "validation", CONFIG.num_candidates)
-    lists = trk.build_lists(tables, retrieval, candidate_rows, "validation", CONFIG,
+    candidates = retrieval.candidates(tables, "validation", retrieval.ranker_generator(CONFIG))
+    candidate_rows = candidates.rows
+    lists = trk.build_lists(tables, retrieval, candidates, "validation", CONFIG,
                             np.random.default_rng(0))
+    # EASE's signal by hand: the sum of B over the user's training interactions.
+    weights = retrieval.load_ease()
+    history = tables.pairs("train").groupby("user_row")["anime_row"].agg(list)
     inter = tables.interactions
     val = inter[inter["split"] == "validation"].set_index(["user_row", "anime_row"])
     train = set(map(tuple, inter.loc[inter["split"] == "train", ["user_row", "anime_row"]].to_numpy()))
@@ -49,12 +53,14 @@ def test_lists_are_built_exactly(tiny_model, tiny_features):
             watched = watched[watched["is_label"] | watched["is_interaction"]]
             assert not np.isin(watched.index.to_numpy(), candidate_rows[u]).any()
             assert not (CONFIG.missed_per_list and watched["is_label"].any())
-        for row, rel, sim in zip(lists.anime_rows[i], lists.relevance[i], lists.similarity[i]):
+        for row, rel, sim, ease in zip(lists.anime_rows[i], lists.relevance[i],
+                                       lists.similarity[i], lists.signals["ease"][i]):
             if row < 0:
-                assert rel == 0 and sim == 0
+                assert rel == 0 and sim == 0 and ease == 0
                 continue
             assert (u, row) not in train, "training titles never appear"
             assert sim == pytest.approx(float(retrieval.queries[u] @ retrieval.candidate_embeddings[row]), abs=1e-5)
+            assert ease == pytest.approx(float(weights[history.get(u, []), row].sum()), abs=1e-5)
             if (u, row) in val.index:
                 entry = val.loc[(u, row)]
                 expected = (entry["score"] if entry["is_label"] else mean) / CONFIG.relevance_scale \
@@ -86,7 +92,9 @@ def test_ranker_learns_beats_random_order_and_keeps_retrieval_quality(stage):
     assert e2e["ranked"]["ndcg@10"] > e2e["retrieval_order"]["ndcg@10"]
     assert e2e["ranked"]["mrr"] > e2e["retrieval_order"]["mrr"]
     # Reordering the same candidates cannot change recall over all of them.
-    assert e2e["ranked"]["recall@100"] == pytest.approx(e2e["retrieval_order"]["recall@100"])
+    depth = f"recall@{CONFIG.num_candidates + CONFIG.ease_candidates}"
+    assert e2e["candidates"] == "top-100 + 20 EASE"
+    assert e2e["ranked"][depth] == pytest.approx(e2e["retrieval_order"][depth])
     assert training["train_lists"] == metrics["lists"]["train"]
 
 
@@ -94,8 +102,9 @@ def test_saved_ranker_scores_like_the_trained_one(stage, tiny_features):
     model_dir, metrics = stage
     tables = FeatureTables.load(tiny_features)
     retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
-    lists = protocol.held_out_lists(tables, retrieval.queries, retrieval.candidate_embeddings,
-                                    CONFIG.relevance_scale)
+    generate = retrieval.ranker_generator(CONFIG)
+    lists = protocol.held_out_lists(tables, CONFIG.relevance_scale, lambda users, rows:
+                                    retrieval.signals_for(tables, "test", generate, users, rows))
     fn = tf.saved_model.load(str(model_dir / "ranker")).signatures["serving_default"]
     batch = next(iter(trk.dataset(tables, lists.take(np.arange(16)), 16)))
     inputs = {k: v for k, v in batch.items() if k not in ("relevance", "mask")}
@@ -105,7 +114,7 @@ def test_saved_ranker_scores_like_the_trained_one(stage, tiny_features):
     assert saved.shape == lists.anime_rows[:16].shape
     # The held-out NDCG recorded for the trained ranker is what the saved one gives.
     full = artifact.score_lists(fn, tables.user_raw, tables.anime_raw, lists.user_rows,
-                                lists.anime_rows, lists.similarity)
+                                lists.anime_rows, lists.signals)
     assert np.nanmean(list_ndcg(full, lists.relevance, lists.mask)) == pytest.approx(
         metrics["losses"]["approx_ndcg"]["ndcg"], abs=1e-6)
     assert np.isfinite(ndcg_saved)
@@ -146,10 +155,12 @@ def tiny_lists(tiny_model, tiny_features):
 
 def test_missed_titles_are_an_option_and_zero_trains_on_what_serving_shows(tiny_lists):
     tables, retrieval, *_ = tiny_lists
-    candidate_rows, _ = retrieval.top(tables, "validation", CONFIG.num_candidates)
+    generate = retrieval.ranker_generator(CONFIG)
+    candidates = retrieval.candidates(tables, "validation", generate)
+    candidate_rows = candidates.rows
     build = lambda missed: trk.build_lists(  # noqa: E731
-        tables, retrieval, candidate_rows, "validation",
-        dataclasses.replace(CONFIG, missed_per_list=missed), np.random.default_rng(0))
+        tables, retrieval, candidates, "validation",
+        dataclasses.replace(CONFIG, missed_per_list=missed), np.random.default_rng(0), generate)
     shown, mixed = build(0), build(5)
     assert shown.anime_rows.shape[1] == CONFIG.labelled_per_list + CONFIG.negatives_per_list
     # Every title of every list is one retrieval returned for that user: what serving ranks.
@@ -158,6 +169,14 @@ def test_missed_titles_are_an_option_and_zero_trains_on_what_serving_shows(tiny_
     outside = sum(int((~np.isin(rows[rows >= 0], candidate_rows[u])).sum())
                   for u, rows in zip(mixed.user_rows, mixed.anime_rows))
     assert outside > 0, "with missed titles, some list holds titles retrieval did not return"
+    # A missed title carries its own signals: its two-tower score, and the capped rank
+    # of a title the two-tower did not return.
+    for u, rows, sim, rank in zip(mixed.user_rows, mixed.anime_rows, mixed.similarity,
+                                  mixed.signals["similarity_rank"]):
+        out = (rows >= 0) & ~np.isin(rows, candidate_rows[u])
+        np.testing.assert_allclose(sim[out], retrieval.candidate_embeddings[rows[out]]
+                                   @ retrieval.queries[u], atol=1e-5)
+        np.testing.assert_allclose(rank[out], np.log1p(CONFIG.num_candidates))
 
 
 def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
@@ -177,7 +196,7 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
     watched = val[val["is_label"] | val["is_interaction"]]
     for u in missing:
         titles = watched.loc[watched["user_row"] == u, "anime_row"].to_numpy()
-        assert not np.isin(titles, candidates[0][u]).any()
+        assert not np.isin(titles, candidates.rows[u]).any()
     assert (train_lists.relevance.max(axis=1) > 0).all()
     # Every list the validation end to end scores belongs to a held-out user with a
     # validation interaction; none to a user the ranker was fitted on.
@@ -212,7 +231,9 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
 def test_validation_end_to_end_by_hand(tiny_lists):
     """Retrieval and popularity order of the held-out users' candidates, recomputed
     from the raw tables: brute-force top titles without the user's training entries,
-    binary gains of their validation interactions."""
+    then EASE's top titles the two-tower did not return (EASE's scores from its saved
+    weights and the user's training interactions), binary gains of their validation
+    interactions."""
     tables, retrieval, _, held_lists, candidates = tiny_lists
     held = np.unique(held_lists.user_rows)
     out = trk.validation_end_to_end(tables, lambda t, l: -l.similarity, candidates, held)
@@ -224,6 +245,8 @@ def test_validation_end_to_end_by_hand(tiny_lists):
                          minlength=len(tables.anime))
     assert np.array_equal(counts, tables.train_counts())
     scores = retrieval.queries @ retrieval.candidate_embeddings.T
+    weights = retrieval.load_ease()
+    history = tables.pairs("train").groupby("user_row")["anime_row"].agg(list)
     by_hand = {"retrieval_order": [], "popularity_order": []}
 
     def metrics(order, relevant):
@@ -239,6 +262,11 @@ def test_validation_end_to_end_by_hand(tiny_lists):
         s = scores[u].astype(np.float64)
         s[list(train.get(u, ()))] = -np.inf
         top = [a for a in np.argsort(-s, kind="stable")[:CONFIG.num_candidates] if np.isfinite(s[a])]
+        e = weights[history.get(u, [])].sum(0).astype(np.float64)
+        e[list(train.get(u, ()))] = -np.inf
+        ease_top = [a for a in np.argsort(-e, kind="stable")[:CONFIG.ease_candidates]
+                    if np.isfinite(e[a])]
+        top += [a for a in ease_top if a not in top]
         by_hand["retrieval_order"].append(metrics(top, val[u]))
         popular = sorted(top, key=lambda a: -counts[a])          # stable: ties keep retrieval order
         by_hand["popularity_order"].append(metrics(popular, val[u]))
@@ -304,10 +332,11 @@ def test_losses_are_compared_on_validation(tiny_lists):
     assert len(records[other]["test_lists"]) == metrics["lists"]["test"]
     # Reordering the same candidates cannot change recall over all of them.
     for m in v["losses"].values():
-        assert m["ranked"]["recall@100"] == pytest.approx(m["retrieval_order"]["recall@100"])
+        depth = f"recall@{CONFIG.num_candidates + CONFIG.ease_candidates}"
+        assert m["ranked"][depth] == pytest.approx(m["retrieval_order"][depth])
     printed = trk.format_metrics(metrics)
     assert "validation (held-out users)" in printed and "loss chosen on validation" in printed
-    assert "test, reporting only" in printed and "end to end over top-100" in printed
+    assert "test, reporting only" in printed and "end to end over top-100 + 20 EASE" in printed
 
 
 def test_the_ranker_is_served_only_where_it_beats_retrieval_order_on_validation(stage):
@@ -326,3 +355,33 @@ def test_the_ranker_is_served_only_where_it_beats_retrieval_order_on_validation(
     config = json.loads((model_dir / "config.json").read_text())
     assert config["serving"] == metrics["validation"]["serving"] == trk.serving_decision(
         metrics["validation"], CONFIG.loss)
+
+
+def test_ablations_change_one_part_each_and_pair_on_the_same_users(stage):
+    _, metrics = stage
+    ablations = metrics["ablations"]
+    assert set(ablations) == {"without EASE candidates", "without EASE signals",
+                              "without EASE (candidates or signals)", "without the residual form"}
+    assert ablations["without EASE candidates"]["changes"] == {"ease_candidates": 0}
+    assert ablations["without EASE signals"]["changes"] == {
+        "signals": ["similarity", "similarity_rank"]}
+    assert ablations["without the residual form"]["changes"] == {"residual": False}
+    v, e = metrics["validation"], metrics["end_to_end"]
+    full = {"validation": v["losses"][CONFIG.loss]["ranked"]["ndcg@10"], "test": e["ranked"]["ndcg@10"]}
+    users = {"validation": v["users"], "test": e["users"]}
+    for name, row in ablations.items():
+        for split in ("validation", "test"):
+            d = row[split]["full - variant"]
+            assert d["users"] <= users[split] and d["users"] > 10
+            # The paired difference is the difference of the means (on the users both scored).
+            assert d["difference"] == pytest.approx(full[split] - row[split]["ndcg@10"], abs=0.02)
+            assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+
+
+def test_ablation_variants_follow_the_config():
+    default = RankingConfig()
+    assert set(trk.ablation_variants(default)) == {
+        "with 50 EASE candidates", "without EASE signals", "without the residual form"}
+    no_ease = RankingConfig(signals=("similarity", "similarity_rank"))
+    assert set(trk.ablation_variants(no_ease)) == {"with 50 EASE candidates",
+                                                   "without the residual form"}

@@ -4,6 +4,7 @@ saved towers and index give back exactly what the trained model gives."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -63,11 +64,15 @@ def test_saved_towers_reload_with_the_same_embeddings(tiny_model, tiny_features)
     assert all(not set(row.tolist()) & s for row, s in zip(ids, seen))
 
 
-def test_artifact_is_complete_and_atomic(tiny_model):
+def test_artifact_is_complete_and_atomic(tiny_model, tiny_features):
     model_dir, metrics = tiny_model
     names = {p.name for p in model_dir.iterdir()}
     assert names == {"config.json", "metrics.json", "query_tower", "candidate_tower",
-                     "index", "anime.parquet", "users.parquet", "seen.parquet"}
+                     "index", "anime.parquet", "users.parquet", "seen.parquet", "ease.npy"}
+    # What serving needs for EASE: each user's training interactions, flagged in seen.
+    seen = pd.read_parquet(model_dir / "seen.parquet")
+    inter = FeatureTables.load(tiny_features).interactions
+    assert seen["history"].sum() == ((inter["split"] == "train") & inter["is_interaction"]).sum()
     saved = json.loads((model_dir / "metrics.json").read_text())["retrieval"]
     assert saved["model"]["recall@100"] == pytest.approx(metrics["model"]["recall@100"])
     config = json.loads((model_dir / "config.json").read_text())

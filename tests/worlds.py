@@ -16,8 +16,9 @@ from pipelines import features, synth
 TINY = dict(users=400, anime=300, entries_per_user=40, seed=7)
 
 # A ranker trained on the tiny world in seconds.
+# EASE candidates on (off by default): the tests exercise both candidate generators.
 TINY_RANKING = dict(labelled_per_list=5, negatives_per_list=10, max_lists_per_user=2,
-                    max_epochs=6, batch_size=64)
+                    max_epochs=6, batch_size=64, ease_candidates=20)
 
 # 50 users, 40 anime, about 400 entries: a real schema (every feature kind, the
 # genre/format crosses) in well under a second, for unit tests of the models.

@@ -104,7 +104,7 @@ class CandidateIndex:
 
     def search(self, queries: np.ndarray, k: int | None = None,
                exclude: list | None = None, allowed: np.ndarray | None = None,
-               batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               batch_size: int = 1024, positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` candidates per query.
 
         Args:
@@ -114,6 +114,9 @@ class CandidateIndex:
             Search fetches ``k`` + the most excluded ids of the batch and filters.
           allowed: optional bool ``[n]`` over the candidates (in ``ids`` order): only
             these may be returned (e.g. a format or year filter), for every query.
+
+          positions: return each candidate's position in ``ids`` (its row in the
+            embeddings) instead of its id.
 
         Returns:
           ``(ids, scores)``, each ``[num_queries, k]``; rows with fewer than ``k``
@@ -161,7 +164,7 @@ class CandidateIndex:
                 got = np.take_along_axis(got, order, axis=1)
             width = idx.shape[1]
             ok = np.isfinite(got)
-            out_ids[start:start + len(q), :width] = np.where(ok, self.ids[idx], -1)
+            out_ids[start:start + len(q), :width] = np.where(ok, idx if positions else self.ids[idx], -1)
             out_scores[start:start + len(q), :width] = got
         return out_ids, out_scores
 
