@@ -55,7 +55,7 @@ from pipelines.protocol import Lists
 from pipelines.tables import FeatureTables
 from ranking.metrics import list_ndcg
 from ranking.model import RankingModel
-from towers.features import feature_specs, input_signature
+from towers.features import feature_specs, input_signature, raw_names
 
 
 def _relevance_lookup(tables: FeatureTables, split: str, config: RankingConfig):
@@ -160,7 +160,10 @@ def dataset(tables: FeatureTables, lists: Lists, batch_size: int, shuffle_seed: 
 
 
 def _constants(tables: FeatureTables) -> tuple[dict, dict]:
-    return fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw)
+    # The ranker's inputs only: the user's history is not one (ranking/model.py).
+    names = raw_names(feature_specs(tables.schema, "user", history=False))
+    return (fitting.constants({k: tables.user_raw[k] for k in names}),
+            fitting.constants(tables.anime_raw))
 
 
 _SCORE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -218,7 +221,9 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
     """SavedModel, ``serving_default``: user features ``[b]`` + title features with a list
     dimension ``[b, l]`` + ``similarity`` ``[b, l]`` -> ``{"scores": [b, l]}``."""
     schema = tables.schema
-    sig = input_signature(feature_specs(schema, "user"), schema, widths)
+    # The ranker does not read the history (ranking/model.py): not one of its inputs.
+    user_specs = feature_specs(schema, "user", history=False)
+    sig = input_signature(user_specs, schema, widths)
     for name, spec in input_signature(feature_specs(schema, "anime"), schema, widths).items():
         sig[name] = tf.TensorSpec([None, None, *spec.shape[1:]], spec.dtype, name=name)
     sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
@@ -235,7 +240,7 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
     def encode(features):
         return {"encoded": ranker.project_anime(features)}
 
-    score_sig = input_signature(feature_specs(schema, "user"), schema, widths)
+    score_sig = input_signature(user_specs, schema, widths)
     score_sig["similarity"] = tf.TensorSpec([None, None], tf.float32, name="similarity")
     score_sig["anime_encoded"] = tf.TensorSpec([None, None, None], tf.float32, name="anime_encoded")
 

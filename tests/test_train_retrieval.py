@@ -11,7 +11,7 @@ from pipelines import artifact
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
 from pipelines.tables import FeatureTables
-from towers.features import feature_specs
+from towers.features import feature_specs, raw_names
 from towers.index import CandidateIndex
 
 
@@ -49,8 +49,10 @@ def test_saved_towers_reload_with_the_same_embeddings(tiny_model, tiny_features)
     np.testing.assert_allclose(reloaded, index.embeddings, atol=1e-5)
 
     query_fn = artifact.load_saved_model(model_dir / "query_tower").signatures["serving_default"]
-    user_inputs = {s["name"]: tf.constant(tables.user_raw[s["name"]][:50])
-                   for s in feature_specs(schema, "user")}
+    names = raw_names(feature_specs(schema, "user"))
+    assert {"history", "history_weight"} <= set(names)   # the query tower reads the history
+    assert {t.name for t in query_fn.structured_input_signature[1].values()} == set(names)
+    user_inputs = {name: tf.constant(tables.user_raw[name][:50]) for name in names}
     queries = query_fn(**user_inputs)["embedding"].numpy()
     assert queries.shape == (50, config["retrieval"]["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
