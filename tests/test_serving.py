@@ -92,11 +92,15 @@ def test_cold_start_from_a_history(rec):
     assert (np.diff(order) <= 0).all()
 
 
-def test_a_known_users_list_through_recommend_for_history_is_that_user(rec, tiny_features):
+def test_a_known_users_list_through_recommend_for_history_is_that_user(tiny_history_model,
+                                                                      tiny_features):
     # The same path: a known user's training list (titles, scores, times), given as a new
     # user's history, builds the same features, history included, as the feature stage
     # stored for them; the only difference is the user id (a new user has the unknown-id
     # embedding). With the id put back, the same query and the same recommendations.
+    rec = Recommender.from_pretrained(str(tiny_history_model[0]))
+    query_inputs = rec.retrieval.query_tower.structured_input_signature[1]
+    assert {"history", "history_weight"} <= {t.name for t in query_inputs.values()}
     inter = load(tiny_features)["interactions"]
     train = inter[inter["split"] == "train"]
     # recommend_for_history takes watched titles: a user whose training list is all

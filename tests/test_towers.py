@@ -279,3 +279,4 @@ def test_history_raw_features_pad_and_cut_to_the_length():
     sig = input_signature(specs, HISTORY_SCHEMA, {})
     assert {k: (s.shape.as_list(), s.dtype) for k, s in sig.items()} == {
         "history": ([None, 3], tf.int64), "history_weight": ([None, 3], tf.float32)}
+

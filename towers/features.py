@@ -164,6 +164,9 @@ class FeatureEncoder(tf.keras.layers.Layer):
                               tf.keras.layers.Embedding(len(vocab) + 1, id_dim,
                                                         name=f"{name}_embedding"))
                 self._lookups[name], self._embeddings[name] = titles
+                if not titles[1].built:  # its table is read directly (see _history)
+                    with tf.name_scope(titles[1].name):
+                        titles[1].build((None,))
             elif kind == "id":
                 vocab = np.asarray(schema["vocab"][spec["vocab"]], np.int64)
                 self._lookups[name] = tf.keras.layers.IntegerLookup(
@@ -182,6 +185,24 @@ class FeatureEncoder(tf.keras.layers.Layer):
                 self._norms[name] = (float(s["mean"]), float(s["std"]) or 1.0,
                                      spec.get("transform", "none"))
 
+    def _history(self, name: str, ids: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+        """The masked weighted mean ``[batch, id_dim]`` of a history's title embeddings,
+        as a sparse ``[batch, titles]`` weight matrix times the embedding table: its
+        gradient is one dense ``[titles, id_dim]`` product. Gathering ``[batch, length,
+        id_dim]`` rows and scattering their gradients back (the same numbers) trained at
+        0.56-0.60x the examples/s of the model without a history; this, 0.87-0.93x
+        (default world, 2 shared cores, bench/history_ablation.py)."""
+        ids = self._lookups[name](ids)                                 # [batch, length], 0 = OOV
+        weight = tf.cast(weight, tf.float32) * tf.cast(tf.not_equal(ids, 0), tf.float32)
+        shape = tf.shape(ids, out_type=tf.int64)
+        rows = tf.repeat(tf.range(shape[0]), shape[1])
+        table = self._embeddings[name].embeddings
+        weights = tf.sparse.SparseTensor(tf.stack([rows, tf.reshape(ids, [-1])], 1),
+                                         tf.reshape(weight, [-1]),
+                                         tf.stack([shape[0], tf.shape(table, out_type=tf.int64)[0]]))
+        total = tf.sparse.sparse_dense_matmul(weights, table)
+        return tf.math.divide_no_nan(total, tf.reduce_sum(weight, 1, keepdims=True))
+
     def id_layers(self, name: str) -> tuple:
         """``(lookup, embedding)`` of the id feature ``name``, to share with a history."""
         return self._lookups[name], self._embeddings[name]
@@ -192,11 +213,7 @@ class FeatureEncoder(tf.keras.layers.Layer):
             name, kind = spec["name"], spec["kind"]
             x = inputs[name]
             if kind == "history":
-                ids = self._lookups[name](x)                           # [batch, length], 0 = OOV
-                weight = tf.cast(inputs[name + "_weight"], tf.float32)
-                weight *= tf.cast(tf.not_equal(ids, 0), tf.float32)    # padding: id -1 -> 0
-                total = tf.reduce_sum(self._embeddings[name](ids) * weight[..., None], 1)
-                parts.append(tf.math.divide_no_nan(total, tf.reduce_sum(weight, 1, keepdims=True)))
+                parts.append(self._history(name, x, inputs[name + "_weight"]))
             elif kind in ("id", "categorical"):
                 parts.append(self._embeddings[name](self._lookups[name](x)))
             elif kind == "multi":
