@@ -85,6 +85,13 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-statuses", default=",".join(defaults.label_statuses),
                        help="statuses whose scores (when > 0) are ranking labels "
                             "(default: %(default)s)")
+    group.add_argument("--history-length", type=int, default=defaults.history_length,
+                       help="watched training titles in a user's history feature, the "
+                            "highest-weighted (0: no history) (default: %(default)s)")
+    group.add_argument("--history-half-life-days", type=float,
+                       default=defaults.history_half_life_days,
+                       help="a history title's weight halves every this many days before "
+                            "the user's newest title (default: %(default)s)")
     group.add_argument("--split-seed", type=int, default=defaults.seed,
                        help="seed of the random train/validation/test split of users whose "
                             "entries have no times (default: %(default)s)")
@@ -97,8 +104,12 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
                        help=f"model directory, replaced atomically (default: {DEFAULT_MODEL})")
     group.add_argument("--ids-only", action="store_true",
                        help="train on user and anime ids alone (no side features)")
+    group.add_argument("--no-history", action="store_true",
+                       help="a query tower without the user's history (the weighted mean of "
+                            "their watched titles' embeddings)")
     group.add_argument("--no-ablation", action="store_true",
-                       help="skip training the id-only two-tower that the metrics compare against")
+                       help="skip training the ablations the metrics compare against (the "
+                            "id-only two-tower and the one without the history)")
     group.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
                        help="tower output size (default: %(default)s)")
     group.add_argument("--temperature", type=float, default=d.temperature,
@@ -123,7 +134,8 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
 
 def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(
-        features="ids" if args.ids_only else "all", embedding_dim=args.embedding_dim,
+        features="ids" if args.ids_only else "all", history=not args.no_history,
+        embedding_dim=args.embedding_dim,
         temperature=args.temperature, logq_correction=not args.no_logq,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         max_epochs=args.max_epochs, patience=args.patience, seed=args.train_seed)
@@ -178,7 +190,8 @@ def _feature_config(args: argparse.Namespace) -> FeatureConfig:
         interaction_statuses=tuple(s.strip().upper() for s in args.interaction_statuses.split(",")),
         min_interaction_score=args.min_interaction_score,
         label_statuses=tuple(s.strip().upper() for s in args.label_statuses.split(",")),
-        seed=args.split_seed)
+        history_length=args.history_length,
+        history_half_life_days=args.history_half_life_days, seed=args.split_seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

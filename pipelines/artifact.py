@@ -40,7 +40,7 @@ from pipelines.candidates import Generator
 from pipelines.config import EASE_SIGNALS
 from pipelines.protocol import Candidates, seen_before
 from pipelines.tables import FeatureTables
-from towers.features import apply_in_blocks, feature_specs
+from towers.features import apply_in_blocks, feature_specs, raw_names
 from towers.index import CandidateIndex
 
 CONFIG, METRICS, EASE = "config.json", "metrics.json", "ease.npy"
@@ -175,12 +175,14 @@ class RetrievalArtifact:
         self.candidate_embeddings = self.index.embeddings
         self.saved = {"query_tower": load_saved_model(self.directory / "query_tower")}
         self.query_tower = self.saved["query_tower"].signatures["serving_default"]
-        self.user_specs = feature_specs(self.schema, "user", self.config["retrieval"]["features"])
+        retrieval = self.config["retrieval"]
+        self.user_specs = feature_specs(self.schema, "user", retrieval["features"],
+                                        retrieval.get("history", True))
 
     def embed_users(self, user_raw: dict) -> np.ndarray:
         """Query embeddings ``[n, d]`` of users given as raw features."""
         return apply_in_blocks(lambda batch: self.query_tower(**batch)["embedding"], user_raw,
-                               [s["name"] for s in self.user_specs])
+                               raw_names(self.user_specs))
 
     def for_tables(self, tables: FeatureTables) -> "RetrievalArtifact":
         """Checks the model was trained on ``tables`` and embeds their users

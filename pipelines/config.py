@@ -99,6 +99,11 @@ class FeatureConfig(_JsonConfig):
         training titles to get its own vocabulary entry (rarer values map to OOV).
       affinity_prior: pseudo-count that shrinks a user's genre/format score affinity
         toward 0 when the user has few scored titles of that genre/format.
+      history_length: how many of a user's watched training titles (interaction
+        statuses) make up the history feature: the highest-weighted ones (0 leaves the
+        feature out). See ``pipelines.features.user_features`` for the weights.
+      history_half_life_days: a history title's weight halves with every this many days
+        between it and the user's newest title (lists without times: no decay).
       seed: seed of the random split used where entry times are missing.
     """
 
@@ -116,9 +121,17 @@ class FeatureConfig(_JsonConfig):
     min_tag_rank: int = 50
     min_vocab_count: int = 2
     affinity_prior: float = 3.0
+    history_length: int = 50
+    history_half_life_days: float = 365.0
     seed: int = 0
 
     def __post_init__(self):
+        if self.history_length < 0:
+            raise InputError(f"`history_length` must be >= 0 (0 = no history feature). "
+                             f"Received: history_length={self.history_length}.")
+        if not self.history_half_life_days > 0:
+            raise InputError(f"`history_half_life_days` must be positive. "
+                             f"Received: {self.history_half_life_days}.")
         if self.protocol not in PROTOCOLS:
             raise InputError(f"`protocol` must be one of {list(PROTOCOLS)}. "
                              f"Received: {self.protocol!r}.")
@@ -156,6 +169,9 @@ class RetrievalConfig(_JsonConfig):
 
     Attributes:
       features: ``"all"`` (ids + side features) or ``"ids"`` (the ablation).
+      history: give the query tower the user's history (the weighted mean of the
+        candidate tower's embeddings of their watched training titles) when the
+        feature tables have it; False is the ablation. ``features="ids"`` never has it.
       id_dim: embedding size of user and anime ids.
       category_dim: embedding size of categorical and multi-valued features.
       hidden: sizes of the dense layers of each tower, before the output layer.
@@ -176,6 +192,7 @@ class RetrievalConfig(_JsonConfig):
     """
 
     features: str = "all"
+    history: bool = True
     id_dim: int = 32
     category_dim: int = 16
     hidden: tuple[int, ...] = (128,)

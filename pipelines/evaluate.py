@@ -105,18 +105,19 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
                 "recall@100_ci": protocol.mean_ci(per_user["recall@100"][ok]),
                 "ndcg@10": float(np.nanmean(per_user["ndcg@10"][ok])) if ok.any() else None}
     test_rows = np.unique(tables.pairs("test")["user_row"])
-    ids_only = saved.get("retrieval", {}).get("ids_only")
+    ablated = {key: saved.get("retrieval", {}).get(key) for key in ("ids_only", "without_history")}
     return ({
         "curves": curves, "by_activity": by_activity,
         "differences": {
             **protocol.differences(users, "two-tower",
                                    [n for n in ("EASE", RECENT, "most popular") if n in users],
                                    ("recall@100", "ndcg@10")),
-            # the ablation is not saved: its paired difference comes from training
+            # the ablations are not saved: their paired differences come from training
             **(saved.get("retrieval", {}).get("differences") or {})},
         "ease": None if ease is None else {"lambda": ease["lambda"]},
-        "ids_only": None if ids_only is None else {
-            k: ids_only[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")},
+        **{key: None if m is None else {
+            k: m[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")}
+           for key, m in ablated.items()},
         "factorized": protocol.factorized_top_k(queries, candidate_embeddings, tables.pairs("test")),
         "index": ann_benchmark(candidate_embeddings, queries[test_rows],
                                tables.anime["media_id"].to_numpy()),
@@ -408,7 +409,8 @@ def render(metrics: dict) -> str:
                 "the score the user would give each title without noise. They are the "
                 "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
-             table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"])],
+             table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"]),
+                    ("two-tower, without history (training stage)", r.get("without_history"))],
                    [(f"R@{k}", f"recall@{k}") for k in CURVE_KS]
                    + [("N@10", "ndcg@10"), ("N@100", "ndcg@100")], label="model")]
     if r.get("ease"):

@@ -4,7 +4,8 @@ and normalisation statistics.
 Output directory (written to a temporary directory, then renamed into place):
 
     interactions.parquet  user_id, media_id, time, status, score, split, is_interaction, is_label
-    users.parquet         one row per user: features from the *training split only*
+    users.parquet         one row per user: features from the *training split only*,
+                          with the history as two list columns (title ids, weights)
     anime.parquet         one row per title: metadata from the media table, and popularity,
                           favourites, average score and interaction count counted from the
                           *training split only*; the candidate table serving needs
@@ -58,9 +59,13 @@ class FeatureSpec:
       kind: ``"id"`` (integer id, vocabulary of training ids), ``"categorical"`` (one
         string), ``"multi"`` (list of strings, e.g. genres), ``"numeric"`` (one number,
         normalised with training mean/std after ``transform``), or ``"vector"`` (fixed
-        length floats aligned with vocabulary ``vocab``, e.g. genre affinities).
-      vocab: name of the vocabulary in ``schema.json`` (categorical, multi, id, vector).
+        length floats aligned with vocabulary ``vocab``, e.g. genre affinities), or
+        ``"history"`` (the user's watched training titles: ids of vocabulary ``vocab`` in
+        column ``name`` and their weights in ``name + "_weight"``, at most ``length``).
+      vocab: name of the vocabulary in ``schema.json`` (categorical, multi, id, vector,
+        history).
       transform: ``"log1p"`` or ``"none"``, applied before normalisation.
+      length: the history's cap (``FeatureConfig.history_length``), set by ``build``.
     """
 
     name: str
@@ -68,6 +73,7 @@ class FeatureSpec:
     kind: str
     vocab: str | None = None
     transform: str = "none"
+    length: int | None = None
 
 
 # The one list of model inputs. towers/ and ranking/ build their layers from it (via the
@@ -85,6 +91,7 @@ FEATURES = (
     FeatureSpec("genre_affinity", "user", "vector", vocab="genres"),
     FeatureSpec("format_share", "user", "vector", vocab="format"),
     FeatureSpec("format_affinity", "user", "vector", vocab="format"),
+    FeatureSpec("history", "user", "history", vocab="media_id"),
     FeatureSpec("media_id", "anime", "id", vocab="media_id"),
     FeatureSpec("format", "anime", "categorical", vocab="format"),
     FeatureSpec("source", "anime", "categorical", vocab="source"),
@@ -369,9 +376,11 @@ def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig
 def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
                   config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
     """The user table from training entries (``user_id, media_id, score, status,
-    is_interaction``): counts, score mean/std, ratios, and genre/format share and
-    affinity vectors (``{name: [users, len(vocab)]}``). Serving builds a new user's
-    features from their list with it, exactly as the feature stage did."""
+    is_interaction``, optionally ``time`` in unix seconds): counts, score mean/std,
+    ratios, the history (``history``, ``history_weight``: see :func:`_history`) and
+    genre/format share and affinity vectors (``{name: [users, len(vocab)]}``). Serving
+    builds a new user's features from their list with it, exactly as the feature stage
+    did."""
     users, u = np.unique(train["user_id"].to_numpy(), return_inverse=True)
     n = len(users)
     row = pd.Index(anime["media_id"]).get_indexer(train["media_id"])
@@ -398,6 +407,8 @@ def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
         "dropped_ratio": np.bincount(u, weights=status == "DROPPED", minlength=n) / started,
         "planning_ratio": planning / n_train,
     })
+    if config.history_length:
+        frame["history"], frame["history_weight"] = _history(train, u, n, mean, config)
 
     # Genre and format taste: how much of the list falls in each (share), and how the
     # user scores it against their own mean (affinity, shrunk toward 0 when evidence is thin).
@@ -422,6 +433,49 @@ def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
     return frame, vectors
 
 
+def _history(train: pd.DataFrame, u: np.ndarray, n: int, mean: np.ndarray,
+             config: FeatureConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per user (``u``: each entry's user index of ``n``; ``mean``: each user's mean
+    score), the ids and weights of their watched titles (``is_interaction``, the towers'
+    positives), at most ``config.history_length``: the highest-weighted, ties to the
+    newer title, then the lower id. Each list is sorted that way.
+
+    weight = (1 + score / 100) * 0.5 ** (age_days / history_half_life_days)
+
+    The score term keeps every watched title (a 30 still says what the user watches)
+    while a loved one counts up to twice as much; an unscored title counts as the user's
+    mean score (neutral: no evidence either way). The age is measured from the user's
+    newest watched title: the query tower's weighted mean divides by the weights' sum, so
+    only their ratios matter (the same as measuring from the cutoff, without weights
+    underflowing for users who stopped long ago, and defined for a per-user split or a
+    new user at serving). A user any of whose watched titles lacks a time gets no decay
+    (lists without times, and the random split, weigh by score alone)."""
+    watched = train["is_interaction"].to_numpy(bool)
+    who = u[watched]
+    media = train["media_id"].to_numpy(np.int64)[watched]
+    score = train["score"].to_numpy(np.float64)[watched]
+    factor = 1.0 + np.where(score > 0, score, mean[who]) / 100.0
+    if "time" in train:
+        when = pd.to_numeric(train["time"], errors="coerce").to_numpy(
+            np.float64, na_value=np.nan)[watched]
+    else:
+        when = np.full(len(who), np.nan)
+    newest = np.full(n, -np.inf)
+    np.fmax.at(newest, who, np.nan_to_num(when, nan=-np.inf))
+    untimed = np.bincount(who, weights=np.isnan(when), minlength=n) > 0
+    age_days = (newest[who] - when) / _DAY
+    decay = np.where(untimed[who], 1.0,
+                     0.5 ** (np.nan_to_num(age_days) / config.history_half_life_days))
+    weight = (factor * decay).astype(np.float32)
+    order = np.lexsort((media, -np.nan_to_num(when, nan=0.0), -weight, who))
+    who, media, weight = who[order], media[order], weight[order]
+    counts = np.bincount(who, minlength=n)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    keep = np.arange(len(who)) - starts[who] < config.history_length
+    ends = np.cumsum(np.minimum(counts, config.history_length))[:-1]
+    return np.split(media[keep], ends), np.split(weight[keep], ends)
+
+
 def _dropped_features(trained_titles: pd.DataFrame, vocab: dict, config: FeatureConfig) -> dict:
     """``{feature name: reason}`` of the inputs the data cannot feed: a categorical or
     multi-valued column with no vocabulary on the training titles, a numeric column with
@@ -431,6 +485,10 @@ def _dropped_features(trained_titles: pd.DataFrame, vocab: dict, config: Feature
     dropped = {}
     for spec in FEATURES:
         if spec.kind == "id":
+            continue
+        if spec.kind == "history":
+            if not config.history_length:
+                dropped[spec.name] = "history_length is 0"
             continue
         if spec.kind in ("categorical", "multi"):
             if vocab[spec.vocab]:
@@ -548,7 +606,8 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         "tags": _vocab(trained_titles["tags"].explode(), config.min_vocab_count),
     }
     dropped = _dropped_features(trained_titles, vocab, config)
-    kept = tuple(f for f in FEATURES if f.name not in dropped)
+    kept = tuple(dataclasses.replace(f, length=config.history_length) if f.kind == "history"
+                 else f for f in FEATURES if f.name not in dropped)
     users, user_vectors = user_features(train, anime, vocab, config, global_mean)
     user_vectors = {k: v for k, v in user_vectors.items() if k not in dropped}
     timings["features"] = time.perf_counter() - tick

@@ -58,6 +58,7 @@ def retrieval_rows(metrics: dict) -> list:
     """``(name, metrics)`` of the retrieval table: model, ablation and baselines."""
     ease, recent = metrics.get("ease"), metrics.get("recent_popularity")
     return [("two-tower", metrics["model"]), ("two-tower, ids only", metrics.get("ids_only")),
+            ("two-tower, without history", metrics.get("without_history")),
             ("most popular", metrics["popularity"]),
             (f"most popular, last {recent['days']} days" if recent else "", recent),
             (f"EASE (lambda {ease['lambda']:g})" if ease else "EASE", ease)]

@@ -57,6 +57,10 @@ def embed(tower, table):
         if spec.dtype == tf.string and spec.shape.rank == 2:   # genres, tags: padded with ""
             width = spec.shape[1]
             inputs[name] = tf.constant([(list(v) + [""] * width)[:width] for v in column])
+        elif name in ("history", "history_weight"):            # watched titles, weights
+            width, pad = spec.shape[1], -1 if spec.dtype == tf.int64 else 0.0   # padding
+            inputs[name] = tf.constant([(list(v) + [pad] * width)[:width] for v in column],
+                                       spec.dtype)
         elif spec.dtype == tf.string:                          # one category; "" = missing
             inputs[name] = tf.constant(column.fillna("").astype(str).tolist())
         elif spec.shape.rank == 2:                             # taste vectors

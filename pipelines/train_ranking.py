@@ -56,7 +56,7 @@ from pipelines.protocol import Candidates, Lists
 from pipelines.tables import FeatureTables
 from ranking.metrics import list_ndcg
 from ranking.model import RankingModel
-from towers.features import feature_specs, input_signature
+from towers.features import feature_specs, input_signature, raw_names
 
 
 def _relevance_lookup(tables: FeatureTables, split: str, config: RankingConfig):
@@ -168,7 +168,10 @@ def dataset(tables: FeatureTables, lists: Lists, batch_size: int, shuffle_seed: 
 
 
 def _constants(tables: FeatureTables) -> tuple[dict, dict]:
-    return fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw)
+    # The ranker's inputs only: the user's history is not one (ranking/model.py).
+    names = raw_names(feature_specs(tables.schema, "user", history=False))
+    return (fitting.constants({k: tables.user_raw[k] for k in names}),
+            fitting.constants(tables.anime_raw))
 
 
 _SCORE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -228,7 +231,9 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
     ``{"scores": [b, l]}``."""
     schema = tables.schema
     signals = {name: tf.TensorSpec([None, None], tf.float32, name=name) for name in ranker.signals}
-    sig = input_signature(feature_specs(schema, "user"), schema, widths)
+    # The ranker does not read the history (ranking/model.py): not one of its inputs.
+    user_specs = feature_specs(schema, "user", history=False)
+    sig = input_signature(user_specs, schema, widths)
     for name, spec in input_signature(feature_specs(schema, "anime"), schema, widths).items():
         sig[name] = tf.TensorSpec([None, None, *spec.shape[1:]], spec.dtype, name=name)
     sig.update(signals)
@@ -245,7 +250,7 @@ def export_ranker(ranker, tables: FeatureTables, widths: dict, path: Path) -> No
     def encode(features):
         return {"encoded": ranker.project_anime(features)}
 
-    score_sig = input_signature(feature_specs(schema, "user"), schema, widths)
+    score_sig = input_signature(user_specs, schema, widths)
     score_sig.update(signals)
     score_sig["anime_encoded"] = tf.TensorSpec([None, None, None], tf.float32, name="anime_encoded")
 

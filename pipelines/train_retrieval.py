@@ -95,7 +95,7 @@ def embed(tower, raw: dict, rows: np.ndarray | None = None, batch_size: int = 40
     """Embeddings of the rows ``rows`` (default: all) of raw features by a Keras tower."""
     if rows is not None:
         raw = {k: v[rows] for k, v in raw.items()}
-    names = [s["name"] for s in tower.encoder.specs]
+    names = tower.encoder.raw_names
     return apply_in_blocks(lambda batch: tower(batch).numpy(), raw, names, batch_size)
 
 
@@ -215,8 +215,8 @@ def save_artifact(out: Path, model: TwoTowerModel, tables: FeatureTables, featur
     with artifact.create(out) as tmp:
         schema = tables.schema
         for tower, entity in ((model.query_tower, "user"), (model.candidate_tower, "anime")):
-            export_tower(tower, input_signature(feature_specs(schema, entity, config.features),
-                                                schema, tables.widths), tmp / tower.name)
+            specs = feature_specs(schema, entity, config.features, config.history)
+            export_tower(tower, input_signature(specs, schema, tables.widths), tmp / tower.name)
         CandidateIndex.build(embed(model.candidate_tower, tables.anime_raw),
                              tables.anime["media_id"].to_numpy(), IndexConfig()).save(tmp / "index")
         shutil.copy(features_dir / "anime.parquet", tmp / "anime.parquet")
@@ -238,6 +238,24 @@ def save_artifact(out: Path, model: TwoTowerModel, tables: FeatureTables, featur
             "versions": artifact.versions(), "data_fingerprint": schema["fingerprint"]})
 
 
+def uses_history(tables: FeatureTables, config: RetrievalConfig) -> bool:
+    """Does ``config``'s query tower read a history (the tables have one, and it is on)?"""
+    return any(s["kind"] == "history"
+               for s in feature_specs(tables.schema, "user", config.features, config.history))
+
+
+def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str, str, RetrievalConfig]]:
+    """``(metrics key, name, config)`` of the ablations of ``config``: ids only (no side
+    features, no history) and, when the model reads one, without the history."""
+    out = []
+    if config.features != "ids":
+        out.append(("ids_only", "ids only", dataclasses.replace(config, features="ids")))
+    if uses_history(tables, config):
+        out.append(("without_history", "without history",
+                    dataclasses.replace(config, history=False)))
+    return out
+
+
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = True,
         progress: bool = True) -> dict:
@@ -250,19 +268,23 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     tables = FeatureTables.load(features)
     check_trainable(tables)
     model, training = train(tables, config, progress=progress)
-    per_user = {"two-tower": {}, "ids only": {}}
+    per_user = {"two-tower": {}}
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
                "recent_popularity": recent_popularity_metrics(tables)}
     metrics["ease"], ease = ease_metrics(tables)
-    if ablation and config.features != "ids":
-        ids_config = dataclasses.replace(config, features="ids")
-        ids_model, ids_training = train(tables, ids_config, progress=progress)
-        metrics["ids_only"] = evaluate(ids_model, tables, per_user["ids only"])
-        metrics["ids_only"]["training"] = ids_training
-        # The ablation model is not saved: the report reads this paired difference.
-        metrics["differences"] = protocol.differences(per_user, "two-tower", ["ids only"],
-                                                      ("recall@100", "ndcg@10"))
+    if ablation:
+        # The ablations are trained like the model and not saved: the report reads their
+        # paired differences on the same test users.
+        for key, name, changed in ablations(tables, config):
+            ablated, ablated_training = train(tables, changed, progress=progress)
+            per_user[name] = {}
+            metrics[key] = evaluate(ablated, tables, per_user[name])
+            metrics[key]["training"] = ablated_training
+        if len(per_user) > 1:
+            metrics["differences"] = protocol.differences(
+                per_user, "two-tower", [n for n in per_user if n != "two-tower"],
+                ("recall@100", "ndcg@10"))
     test_rows = np.unique(tables.pairs("test")["user_row"])
     metrics["index"] = ann_benchmark(embed(model.candidate_tower, tables.anime_raw),
                                      embed(model.query_tower, tables.user_raw, test_rows),

@@ -32,8 +32,11 @@ class Ranker(tf.keras.Model):
         super().__init__(**kwargs)
         self.config = config
         use = "all" if config.use_ids else "side"
+        # The history is the retrieval model's input, not the ranker's: the retrieval
+        # score (``similarity``) already carries it.
         self.user_encoder = FeatureEncoder(schema, "user", use, id_dim=config.id_dim,
-                                           category_dim=config.category_dim, name="user_features")
+                                           category_dim=config.category_dim, history=False,
+                                           name="user_features")
         self.anime_encoder = FeatureEncoder(schema, "anime", use, id_dim=config.id_dim,
                                             category_dim=config.category_dim,
                                             name="anime_features")

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from pipelines import artifact
 from pipelines.candidates import Generator
-from pipelines.config import SIGNALS, FeatureConfig, RankingConfig
+from pipelines.config import SIGNALS, FeatureConfig, RankingConfig, parse_time
 from pipelines.errors import InputError
 from pipelines.features import user_features
 from towers.features import apply_in_blocks, feature_specs, raw_features
@@ -422,9 +422,16 @@ class Recommender:
                               filters: Filters | None = None) -> pd.DataFrame:
         """Recommendations for someone not in the training data, from their list.
 
+        The user's features are built from the entries by the feature stage's own code
+        (``pipelines.features.user_features``, each entry a watched title): the same
+        counts, taste vectors and history (weighted by score and, when the entries carry
+        times, recency) a known user has, so the query tower reads them alike.
+
         Args:
-          entries: ``(anime id or title, score or None)`` pairs; scores are POINT_100
-            (0 to 100; None or 0 = not scored). Titles match ``title`` or
+          entries: ``(anime id or title, score or None)`` pairs, or ``(anime id or title,
+            score or None, time or None)`` triples; scores are POINT_100 (0 to 100; None
+            or 0 = not scored); times are unix seconds (AniList's ``updatedAt``) or ISO
+            dates; the history decays with age only when every entry has one. Titles match ``title`` or
             ``title_romaji`` of ``rec.anime`` case-insensitively. Entries that match
             nothing are ignored with a warning and listed in ``result.attrs["unknown"]``.
             An empty list gets the popularity fallback (:meth:`popular`).
@@ -446,14 +453,20 @@ class Recommender:
         entries = list(entries)
         by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
         by_title.update({str(t).casefold(): m for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
-        media, scores, unknown = [], [], []
+        media, scores, times, unknown = [], [], [], []
         for i, entry in enumerate(entries):
-            if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+            if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3)
                     and (_is_int(entry[0]) or isinstance(entry[0], str))
-                    and (entry[1] is None or (_is_number(entry[1]) and 0 <= entry[1] <= 100))):
+                    and (entry[1] is None or (_is_number(entry[1]) and 0 <= entry[1] <= 100))
+                    and (len(entry) == 2 or entry[2] is None or _is_int(entry[2])
+                         or isinstance(entry[2], str))):
                 raise InputError(f"`entries[{i}]` must be an (anime id or title, score) pair with "
-                                 f"score None or a number from 0 to 100. Received: {entry!r}.")
-            item, score = entry
+                                 f"score None or a number from 0 to 100, or such a pair and a "
+                                 f"time (unix seconds, an ISO date or None). Received: {entry!r}.")
+            item, score = entry[:2]
+            when = entry[2] if len(entry) == 3 else None
+            if isinstance(when, str):
+                when = parse_time(when, f"entries[{i}] time")
             mid = (item if _is_int(item) and item in self._anime_row
                    else by_title.get(str(item).casefold()))
             if mid is None:
@@ -461,6 +474,7 @@ class Recommender:
                 continue
             media.append(int(mid))
             scores.append(int(round(score or 0)))
+            times.append(when)
         if entries and not media:
             raise InputError(f"None of the {len(entries)} history entries matches an anime id or "
                              f"title of this model: {unknown[:10]!r}. Valid ids and titles are in "
@@ -469,13 +483,7 @@ class Recommender:
             warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
                           f"model and are ignored: {unknown[:10]!r}.", stacklevel=2)
         if media:
-            train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
-                                  "status": "COMPLETED", "is_interaction": True})
-            config = FeatureConfig.from_dict(self.schema["config"])
-            users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
-                                         self.schema["stats"]["global_mean_score"])
-            raw = raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
-                               feature_specs(self.schema, "user"), self.widths)
+            raw = self._history_features(media, scores, times)
             top, top_scores = self._recommend_raw(raw, [media], [self._anime_row.get_indexer(media)],
                                                   k, candidates, allowed)
             result = self._frame([-1], top, top_scores).assign(source="model")
@@ -484,6 +492,18 @@ class Recommender:
         result = result.drop(columns="user_id")
         result.attrs["unknown"] = unknown
         return result
+
+    def _history_features(self, media: list, scores: list, times: list) -> dict:
+        """Raw user features (one row) of someone whose training list is these watched
+        titles, built as the feature stage builds a known user's."""
+        train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
+                              "time": pd.array(times, dtype="Int64"),
+                              "status": "COMPLETED", "is_interaction": True})
+        config = FeatureConfig.from_dict(self.schema["config"])
+        users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
+                                       self.schema["stats"]["global_mean_score"])
+        return raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
+                            feature_specs(self.schema, "user"), self.widths)
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

@@ -206,6 +206,8 @@ def test_no_entry_after_the_cutoff_changes_any_training_table_statistic_or_vocab
     config = FeatureConfig(as_of=schema["split"]["periods"]["validation"][0],
                            horizon_days=schema["split"]["horizon_days"])
     inter, users, vectors, anime, schema = features.build(entries, media, config)
+    # The history (two list columns) is in the user table compared below, and not empty.
+    assert {"history", "history_weight"} <= set(users) and users["history"].map(len).sum() > 0
     changed = _rewrite_after(entries, cutoff)
     media2 = pd.concat([media, media.assign(media_id=media["media_id"] + 1_000_000)])
     inter2, users2, vectors2, anime2, schema2 = features.build(changed, media2, config)
@@ -271,6 +273,49 @@ def test_user_features_match_hand_computed_values():
     assert a.loc[5, "average_score"] == 70.0 and a.loc[1, "average_score"] == 80.0
     assert np.isnan(a.loc[4, "average_score"])  # PLANNING, unscored
     assert inter["is_label"].tolist() == [True, True, True, False, True]
+
+
+def test_history_weights_by_hand():
+    # User 1, all in train (min_entries_to_split=9), times in days:
+    #   m1 day 0    score 80  COMPLETED  -> (1 + 0.80) * 0.5 ** (730 / 365) = 0.45
+    #   m2 day 365  unscored  CURRENT    -> (1 + 0.75) * 0.5 ** (365 / 365) = 0.875
+    #      (unscored counts as the user's mean score: (80 + 70) / 2 = 75)
+    #   m3 day 730  score 70  COMPLETED  -> (1 + 0.70) * 0.5 ** 0 = 1.7
+    #   m4 day 800  unscored  PLANNING   -> not watched: not in the history, and not the
+    #      newest title the ages count from
+    # User 2: one title with no time -> no decay; unscored, no scores -> the global mean
+    # of the training scores, (80 + 70 + 60) / 3 = 70.
+    # User 3: m1 60 on day 0, m3 unscored on day 0 -> one time: no decay either way.
+    entries = pd.concat([
+        _entries(1, [0, 365 * DAY, 730 * DAY, 800 * DAY], scores=[80, 0, 70, 0],
+                 statuses=["COMPLETED", "CURRENT", "COMPLETED", "PLANNING"], media=[1, 2, 3, 4]),
+        _entries(2, [None], scores=[0], media=[1]),
+        _entries(3, [0, 0], scores=[60, 0], media=[1, 3])], ignore_index=True)
+    config = FeatureConfig(protocol="per_user", min_entries_to_split=9)
+    _, users, _, _, schema = features.build(entries, _media([1, 2, 3, 4]), config)
+    [spec] = [f for f in schema["features"] if f["kind"] == "history"]
+    assert spec == {"name": "history", "entity": "user", "kind": "history", "vocab": "media_id",
+                    "transform": "none", "length": 50}
+    u = users.set_index("user_id")
+    # Highest weight first.
+    assert u.loc[1, "history"].tolist() == [3, 2, 1]
+    np.testing.assert_allclose(u.loc[1, "history_weight"], [1.7, 0.875, 0.45], rtol=1e-6)
+    assert u.loc[2, "history"].tolist() == [1]
+    np.testing.assert_allclose(u.loc[2, "history_weight"], [1.7], rtol=1e-6)
+    assert u.loc[3, "history"].tolist() == [1, 3]
+    np.testing.assert_allclose(u.loc[3, "history_weight"], [1.6, 1.6], rtol=1e-6)
+
+    # The cap keeps the highest-weighted titles; a half-life changes the decay; 0 = no feature.
+    short = FeatureConfig(protocol="per_user", min_entries_to_split=9, history_length=2,
+                          history_half_life_days=730)
+    _, users, _, _, _ = features.build(entries, _media([1, 2, 3, 4]), short)
+    first = users.set_index("user_id").loc[1]
+    assert first["history"].tolist() == [3, 2]
+    np.testing.assert_allclose(first["history_weight"], [1.7, 1.75 * 0.5 ** 0.5], rtol=1e-6)
+    none = FeatureConfig(protocol="per_user", min_entries_to_split=9, history_length=0)
+    _, users, _, _, schema = features.build(entries, _media([1, 2, 3, 4]), none)
+    assert "history" not in users and schema["dropped_features"]["history"] == "history_length is 0"
+    assert "history" not in {f["name"] for f in schema["features"]}
 
 
 def test_run_writes_complete_tables_atomically(tiny_db, tmp_path, monkeypatch):

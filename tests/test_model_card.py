@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from huggingface_hub import ModelCard
 
 from pipelines import __version__, publish
@@ -50,9 +51,11 @@ def test_card_metadata_and_text_match_the_schema(tiny_ranked):
     assert 'pip install "anirank @ git+https://example.org/anirank.git"' in linked.text
 
 
-def test_towers_directly_with_tensorflow_alone(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("trained", ["tiny_model", "tiny_history_model"])
+def test_towers_directly_with_tensorflow_alone(trained, request, tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
-    shutil.copytree(tiny_model[0], model_dir)            # retrieval only: no ranker
+    # Retrieval only (no ranker); with and without the history (two list inputs).
+    shutil.copytree(request.getfixturevalue(trained)[0], model_dir)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with HubStandIn() as hub:
         publish.run(model_dir, "tester/towers", endpoint=hub.url, token="x")

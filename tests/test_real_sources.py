@@ -23,6 +23,7 @@ from pipelines import publish, synth
 from pipelines.__main__ import main
 from serving import Recommender, batch
 from tests.anilist_server import AniListStandIn
+from towers.features import feature_specs, raw_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Neither dump has these (favourites: no list entry is marked favourite; the title
@@ -64,7 +65,7 @@ def _serves_everyone(run: dict, tmp: Path) -> None:
     for tower, entity in (("query_tower", "user"), ("candidate_tower", "anime")):
         signature = tf.saved_model.load(str(model / tower)).signatures["serving_default"]
         inputs = set(signature.structured_input_signature[1])
-        assert inputs == {f["name"] for f in schema["features"] if f["entity"] == entity}
+        assert inputs == set(raw_names(feature_specs(schema, entity)))
 
     rec = Recommender.from_pretrained(str(model))
     inter = pd.read_parquet(run["features"] / "interactions.parquet")

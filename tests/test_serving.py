@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
+from pipelines.tables import load
 from serving import Filters, Recommender, batch
 from tests.worlds import TINY_RANKING
 
@@ -89,6 +90,53 @@ def test_cold_start_from_a_history(rec):
     assert fallback["score"].isna().all()
     order = anime.set_index("media_id").loc[fallback["anime_id"], "train_count"].to_numpy()
     assert (np.diff(order) <= 0).all()
+
+
+def test_a_known_users_list_through_recommend_for_history_is_that_user(tiny_history_model,
+                                                                      tiny_features):
+    # The same path: a known user's training list (titles, scores, times), given as a new
+    # user's history, builds the same features, history included, as the feature stage
+    # stored for them; the only difference is the user id (a new user has the unknown-id
+    # embedding). With the id put back, the same query and the same recommendations.
+    rec = Recommender.from_pretrained(str(tiny_history_model[0]))
+    query_inputs = rec.retrieval.query_tower.structured_input_signature[1]
+    assert {"history", "history_weight"} <= {t.name for t in query_inputs.values()}
+    inter = load(tiny_features)["interactions"]
+    train = inter[inter["split"] == "train"]
+    # recommend_for_history takes watched titles: a user whose training list is all
+    # COMPLETED (statuses enter the counts), with a history longer than one title.
+    completed = train.groupby("user_id")["status"].agg(lambda s: (s == "COMPLETED").all())
+    sizes = train.groupby("user_id").size()
+    user = int(sizes[completed & (sizes > 3)].sort_values().index[-1])
+    mine = train[train["user_id"] == user].sample(frac=1.0, random_state=0)  # order is no input
+    entries = [(int(m), int(sc) or None, int(t))
+               for m, sc, t in zip(mine["media_id"], mine["score"], mine["time"])]
+    row = rec._user_row.get_loc(user)
+    known = {k: v[row:row + 1] for k, v in rec._user_raw.items()}
+    new = rec._history_features([e[0] for e in entries], [e[1] or 0 for e in entries],
+                                [e[2] for e in entries])
+    assert set(new) == set(known) and "history" in new
+    for name in known:
+        if name != "user_id":
+            np.testing.assert_allclose(new[name], known[name], rtol=1e-6, err_msg=name)
+    assert new["user_id"].tolist() == [-1]
+    new["user_id"] = known["user_id"]
+    np.testing.assert_allclose(rec.retrieval.embed_users(new), rec.retrieval.embed_users(known),
+                               atol=1e-6)
+    seen = [rec._seen[row]]
+    history = [rec._anime_row.get_indexer([e[0] for e in entries])]   # EASE's input
+    np.testing.assert_array_equal(np.sort(history[0]), np.sort(rec._history[row]))
+    got = rec._recommend_raw(new, seen, history, 10, 100, Filters().allowed(rec.anime))
+    want = rec.recommend([user], k=10)
+    assert rec.anime["media_id"].to_numpy()[got[0][0]].tolist() == want["anime_id"].tolist()
+    # Without times the history weighs by score alone: another history, another query.
+    untimed = rec._history_features([e[0] for e in entries], [e[1] or 0 for e in entries],
+                                    [None] * len(entries))
+    assert not np.allclose(untimed["history_weight"], known["history_weight"])
+    # The public call takes the same triples.
+    out = rec.recommend_for_history(entries, k=10)
+    assert len(out) == 10 and (out["source"] == "model").all()
+    assert not set(out["anime_id"]) & set(mine["media_id"])
 
 
 def test_similar_anime_matches_brute_force(rec):

@@ -3,6 +3,7 @@ a bad one raises InputError naming the argument, the value received and what is 
 instead of a numpy/pandas error, a silent wrong answer or an out-of-memory kill."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.errors import InputError
@@ -59,16 +60,25 @@ def test_history_unknown_titles_warn_and_none_matching_is_an_error(rec):
     with pytest.raises(InputError, match=r"None of the 2 history entries.*'Cowboy Bebop', 99999999"
                                          r".*rec\.anime\[\['media_id', 'title'"):
         rec.recommend_for_history([("Cowboy Bebop", 90), (99999999, None)])
+    # Times as unix seconds or ISO dates are the same times.
+    first, second = (int(m) for m in rec.anime["media_id"].iloc[:2])
+    by_seconds = rec.recommend_for_history([(first, 90, 1_700_000_000), (second, None, 0)], k=5)
+    by_date = rec.recommend_for_history([(first, 90, "2023-11-14T22:13:20"),
+                                         (second, None, "1970-01-01")], k=5)
+    pd.testing.assert_frame_equal(by_seconds, by_date)
     empty = rec.recommend_for_history([], k=5)  # documented: the popularity fallback
     assert len(empty) == 5 and (empty["source"] == "popularity").all()
 
 
 @pytest.mark.parametrize("entries, shown", [
     ([("Cowboy Bebop",)], r"entries\[0\]`.*Received: \('Cowboy Bebop',\)"),
-    ([(38, 90), (38, 150)], r"entries\[1\]`.*0 to 100. Received: \(38, 150\)"),
+    ([(38, 90), (38, 150)], r"entries\[1\]`.*0 to 100.*Received: \(38, 150\)"),
     ([(38, "90")], r"entries\[0\]`.*Received: \(38, '90'\)"),
     ([(2.5, 90)], r"entries\[0\]`.*Received: \(2.5, 90\)"),
     (["Cowboy Bebop"], r"entries\[0\]`.*Received: 'Cowboy Bebop'"),
+    ([(38, 90, 1.5)], r"entries\[0\]`.*time \(unix seconds.*Received: \(38, 90, 1.5\)"),
+    ([(38, 90, 0, 1)], r"entries\[0\]`.*Received: \(38, 90, 0, 1\)"),
+    ([(38, 90, "last week")], r"`entries\[0\] time` must be an ISO date"),
     ("Cowboy Bebop", r"`entries` must be a list.*Received: entries='Cowboy Bebop'"),
 ])
 def test_history_entries_must_be_id_or_title_and_score_pairs(rec, entries, shown):

@@ -2,6 +2,7 @@
 to (by hand), the raw formats, L2-normalised tower outputs, and a two-tower loss that
 falls on a planted problem."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -196,3 +197,86 @@ def test_two_tower_loss_is_finite_and_falls_on_a_planted_problem():
     query = model.query_tower({k: batch[k] for k in model.user_keys})
     candidate = model.candidate_tower({k: batch[k] for k in model.anime_keys})
     assert np.argmax(query.numpy() @ candidate.numpy().T, axis=1).tolist() == list(range(8))
+
+
+# The users of SCHEMA with a history of at most 3 titles, embedded with the titles' ids.
+HISTORY_SCHEMA = {**SCHEMA, "features": [
+    *SCHEMA["features"], _spec("user", "history", "history", "media_id") | {"length": 3}]}
+
+
+def _history_batch(ids, weights):
+    return {"user_id": tf.constant([1] * len(ids), tf.int64),
+            "mean_score": tf.constant([70.0] * len(ids)),
+            "history": tf.constant(ids, tf.int64),
+            "history_weight": tf.constant(weights, tf.float32)}
+
+
+def test_history_is_the_masked_weighted_mean_of_the_title_embeddings():
+    titles = _encoder()   # the candidate side: its media_id table is the history's
+    user = FeatureEncoder(HISTORY_SCHEMA, "user", id_dim=ID_DIM,
+                          titles=titles.id_layers("media_id"))
+    assert user.raw_names == ["user_id", "mean_score", "history", "history_weight"]
+    got = user(_history_batch(
+        [[10, 30, -1],       # two titles and padding
+         [20, -1, -1],       # one title
+         [99, 20, -1],       # 99 is no title of the vocabulary: masked like padding
+         [-1, -1, -1]],      # no history: the zero vector
+        [[1.5, 0.5, 0.0], [0.7, 0.0, 0.0], [2.0, 0.7, 0.0], [0.0, 0.0, 0.0]])).numpy()
+    table = _table(titles, "media_id")   # IntegerLookup: 10 -> 1, 20 -> 2, 30 -> 3
+    history = slice(ID_DIM + 1, None)
+    np.testing.assert_allclose(got[0, history], (1.5 * table[1] + 0.5 * table[3]) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(got[1, history], table[2], rtol=1e-6)
+    np.testing.assert_allclose(got[2, history], table[2], rtol=1e-6)
+    np.testing.assert_allclose(got[3, history], 0.0)
+    # One table, not a copy: the user encoder trains the candidate tower's title ids.
+    [shared] = [w for w in user.weights if "media_id_embedding" in w.name]
+    assert shared is [w for w in titles.weights if "media_id_embedding" in w.name][0]
+
+
+def test_history_padding_of_any_length_changes_nothing():
+    tf.keras.utils.set_random_seed(0)
+    model = TwoTowerModel(HISTORY_SCHEMA, CONFIG)
+    one = model.query_tower(_history_batch([[20, -1, -1]], [[1.3, 0.0, 0.0]])).numpy()
+    for width in (1, 7, 50):  # the same history, padded to any width (a wider signature)
+        ids = [[20] + [-1] * (width - 1)]
+        weights = [[1.3] + [0.0] * (width - 1)]
+        np.testing.assert_allclose(model.query_tower(_history_batch(ids, weights)).numpy(), one,
+                                   rtol=1e-6)
+    # Padding with a real title id is still padding when its weight is 0.
+    np.testing.assert_allclose(
+        model.query_tower(_history_batch([[20, 30, 10]], [[1.3, 0.0, 0.0]])).numpy(), one, rtol=1e-6)
+    # Only the weights' ratios matter (the mean divides by their sum).
+    np.testing.assert_allclose(
+        model.query_tower(_history_batch([[20, 30, -1]], [[1.0, 2.0, 0.0]])).numpy(),
+        model.query_tower(_history_batch([[20, 30, -1]], [[0.5, 1.0, 0.0]])).numpy(), rtol=1e-5)
+    # And the history does move the user.
+    other = model.query_tower(_history_batch([[30, -1, -1]], [[1.3, 0.0, 0.0]])).numpy()
+    assert not np.allclose(other, one)
+
+
+def test_without_history_the_query_tower_ignores_it():
+    tf.keras.utils.set_random_seed(0)
+    model = TwoTowerModel(HISTORY_SCHEMA, dataclasses.replace(CONFIG, history=False))
+    assert model.user_keys == ["user_id", "mean_score"]
+    ids_only = TwoTowerModel(HISTORY_SCHEMA, dataclasses.replace(CONFIG, features="ids"))
+    assert ids_only.user_keys == ["user_id"]
+    a = model.query_tower(_history_batch([[20, -1, -1]], [[1.3, 0.0, 0.0]])).numpy()
+    b = model.query_tower(_history_batch([[30, 10, -1]], [[1.0, 1.0, 0.0]])).numpy()
+    np.testing.assert_allclose(a, b)
+
+
+def test_history_raw_features_pad_and_cut_to_the_length():
+    users = pd.DataFrame({"history": [np.array([10, 20]), np.array([], np.int64),
+                                      np.array([30, 10, 20, 40])],
+                          "history_weight": [np.array([1.5, 1.0], np.float32),
+                                             np.array([], np.float32),
+                                             np.array([2.0, 1.5, 1.0, 0.5], np.float32)]})
+    specs = [s for s in HISTORY_SCHEMA["features"] if s["kind"] == "history"]
+    raw = raw_features(users, specs, {})
+    np.testing.assert_array_equal(raw["history"], [[10, 20, -1], [-1, -1, -1], [30, 10, 20]])
+    np.testing.assert_array_equal(raw["history_weight"],
+                                  np.array([[1.5, 1.0, 0], [0, 0, 0], [2.0, 1.5, 1.0]], np.float32))
+    sig = input_signature(specs, HISTORY_SCHEMA, {})
+    assert {k: (s.shape.as_list(), s.dtype) for k, s in sig.items()} == {
+        "history": ([None, 3], tf.int64), "history_weight": ([None, 3], tf.float32)}
+
