@@ -288,3 +288,52 @@ class RankingConfig(_JsonConfig):
     @property
     def list_size(self) -> int:
         return self.labelled_per_list + self.negatives_per_list + self.missed_per_list
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig(_JsonConfig):
+    """The score head: predicts the POINT_100 score a user gives a title.
+
+    Attributes:
+      bias_lambdas: the ridge strengths tried for the user + title biases the head
+        starts from (the one of the lowest validation RMSE is used, as the baseline's).
+      hidden: layer sizes of the interaction MLP over [user features, title features,
+        taste x title crosses]; its output layer starts at zero, so the untrained head
+        is exactly the global mean + the ridge biases.
+      category_dim: embedding size of categorical / multi-valued features.
+      factors: width of the user and title id factors whose dot product is added
+        (matrix factorisation on top of the biases; 0 = none). They start near zero.
+      factor_l2: L2 on the factors (per entry, as the biases' ridge).
+      dropout: dropout on the MLP's hidden layers.
+      batch_size, learning_rate: Adam on the mean squared error.
+      max_epochs, patience: early stopping on validation RMSE; the best epoch's weights
+        are kept (epoch 0, the untrained head, counts: the head is never worse than the
+        biases on validation).
+      seed: initialisation and shuffling.
+    """
+
+    bias_lambdas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
+    hidden: tuple[int, ...] = (64, 32)
+    category_dim: int = 8
+    factors: int = 0
+    factor_l2: float = 1.0
+    dropout: float = 0.0
+    batch_size: int = 1024
+    learning_rate: float = 0.001
+    max_epochs: int = 20
+    patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_epochs", "category_dim"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"`{name}` should be a positive integer. "
+                                 f"Received: {name}={getattr(self, name)}.")
+        if not self.bias_lambdas or any(not l > 0 for l in self.bias_lambdas):
+            raise InputError(f"`bias_lambdas` must be positive ridge strengths. "
+                             f"Received: {list(self.bias_lambdas)}.")
+        if self.factors < 0 or self.patience < 0:
+            raise InputError(f"`factors` and `patience` must be >= 0. Received: "
+                             f"factors={self.factors}, patience={self.patience}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"`dropout` must be in [0, 1). Received: {self.dropout}.")
