@@ -301,6 +301,12 @@ class ScoreConfig(_JsonConfig):
         taste x title crosses]; its output layer starts at zero, so the untrained head
         is exactly the global mean + the ridge biases.
       category_dim: embedding size of categorical / multi-valued features.
+      held_out_features: train on each entry's user and title score features recomputed
+        without that entry's score (``train_scores.held_out_inputs``), as they are for
+        every pair the head predicts after training.
+      user_scale: a per-user scale of the title biases, ``(1 + s_user) * b_title``
+        (starting at 0, L2 as the biases): users with a wide rating range move more
+        with a title's quality.
       factors: width of the user and title id factors whose dot product is added
         (matrix factorisation on top of the biases; 0 = none). They start near zero.
       factor_l2: L2 on the factors (per entry, as the biases' ridge).
@@ -313,8 +319,10 @@ class ScoreConfig(_JsonConfig):
     """
 
     bias_lambdas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
-    hidden: tuple[int, ...] = (64, 32)
+    hidden: tuple[int, ...] = (128, 64)   # chosen on validation RMSE (README)
     category_dim: int = 8
+    held_out_features: bool = True
+    user_scale: bool = False
     factors: int = 0
     factor_l2: float = 1.0
     dropout: float = 0.0

@@ -14,6 +14,14 @@ one averages each user's mean difference). User features are computed from train
 entries only and the split is as of one cutoff by default, so a validation or test
 score is never among a head input.
 
+The one leak left is inside training: the feature tables count every training score,
+so a training entry's own score is part of its user's ``mean_score``, ``std_score``,
+genre/format affinity and its title's ``average_score``. The head is fitted on those
+features recomputed without the entry (``held_out_inputs``, leave-one-out, exactly the
+feature stage's formulas), as they are for every pair it predicts afterwards. Measured
+on the default world (test RMSE, biases 11.23): 11.01 fitted on the tables' own
+features, 10.57 on the held-out ones (README).
+
 Writes ``scorer/`` (SavedModel, ``serving_default``: raw user + title features, one
 pair per row -> ``{"predicted_score": [b]}`` clipped to [1, 100]),
 ``metrics.json["scores"]`` and ``config.json["scores"]`` in one atomic swap.
@@ -41,15 +49,75 @@ from towers.features import feature_specs, input_signature
 HEAD = "score head"
 
 
+def held_out_inputs(tables: FeatureTables, user_rows: np.ndarray, anime_rows: np.ndarray,
+                    scores: np.ndarray) -> dict:
+    """Per scored training entry, the score-derived features as they would be without it:
+    the user's ``mean_score``, ``std_score``, ``genre_affinity``, ``format_affinity``
+    and the title's ``average_score``, each recomputed leaving that entry's score out
+    (``pipelines/features.py``'s formulas). ``{name: [entries]`` or ``[entries, width]}``
+    (float32), for the features the schema has.
+
+    Why: the feature tables count every training score, so a training entry's own score
+    is inside its user's and title's features, while a validation, test or served pair's
+    never is. Fitted on the tables' values, the head learns to trust those features more
+    than they deserve (on a user with 5 scores, a fifth of their mean is the label)."""
+    schema = tables.schema
+    names = {f["name"] for f in schema["features"]}
+    inter = tables.interactions
+    train = inter[(inter["split"] == "train") & (inter["score"] > 0) & (inter["anime_row"] >= 0)]
+    tu = train["user_row"].to_numpy(np.int64)
+    ta = train["anime_row"].to_numpy(np.int64)
+    ts_ = train["score"].to_numpy(np.float64)
+    n_users, n_titles = len(tables.users), len(tables.anime)
+    count = np.bincount(tu, minlength=n_users)[user_rows] - 1.0
+    total = np.bincount(tu, ts_, n_users)[user_rows] - scores
+    square = np.bincount(tu, ts_ ** 2, n_users)[user_rows] - scores ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), schema["stats"]["global_mean_score"])
+        std = np.where(count > 1, np.sqrt(np.maximum(square / np.maximum(count, 1) - mean ** 2, 0)), 0.0)
+    out = {}
+    if "mean_score" in names:
+        out["mean_score"] = mean
+    if "std_score" in names:
+        out["std_score"] = std
+    prior = schema["config"]["affinity_prior"]
+    for vector, vocab, values in (("genre", "genres", tables.anime_raw.get("genres")),
+                                  ("format", "format", tables.anime_raw.get("format"))):
+        if f"{vector}_affinity" not in names or values is None:
+            continue
+        values = values.reshape(n_titles, -1)
+        hot = np.stack([(values == v).any(1) for v in schema["vocab"][vocab]], 1).astype(np.float64)
+        if "" in schema["vocab"][vocab]:   # padding and missing values are no genre/format
+            hot[:, schema["vocab"][vocab].index("")] = 0.0
+        evidence = np.zeros((n_users, hot.shape[1]))
+        summed = np.zeros((n_users, hot.shape[1]))
+        np.add.at(evidence, tu, hot[ta])
+        np.add.at(summed, tu, hot[ta] * ts_[:, None])
+        own = hot[anime_rows]
+        e = evidence[user_rows] - own
+        out[f"{vector}_affinity"] = (summed[user_rows] - own * scores[:, None]
+                                     - mean[:, None] * e) / (e + prior)
+    if "average_score" in names:
+        raters = np.bincount(ta, minlength=n_titles)[anime_rows] - 1.0
+        summed = np.bincount(ta, ts_, n_titles)[anime_rows] - scores
+        out["average_score"] = np.where(raters > 0, summed / np.maximum(raters, 1), np.nan)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
 def dataset(constants: tuple[dict, dict], user_rows: np.ndarray, anime_rows: np.ndarray,
-            scores: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of the head's inputs (user + title raw features) and ``score``."""
+            scores: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
+            inputs: dict | None = None) -> tf.data.Dataset:
+    """Batches of the head's inputs (user + title raw features) and ``score``; ``inputs``
+    (``{name: [entries, ...]}``) replace those features entry by entry."""
     users, anime = constants
+    per_entry = fitting.constants(inputs or {})
 
-    def to_batch(u, a, y):
-        return {**fitting.gather(users, u), **fitting.gather(anime, a), "score": y}
+    def to_batch(i, u, a, y):
+        return {**fitting.gather(users, u), **fitting.gather(anime, a),
+                **fitting.gather(per_entry, i), "score": y}
 
-    slices = (user_rows.astype(np.int32), anime_rows.astype(np.int32), scores.astype(np.float32))
+    slices = (np.arange(len(user_rows), dtype=np.int32), user_rows.astype(np.int32),
+              anime_rows.astype(np.int32), scores.astype(np.float32))
     return fitting.index_dataset(slices, to_batch, batch_size, shuffle_seed)
 
 
@@ -88,7 +156,8 @@ def train(tables: FeatureTables, config: ScoreConfig, *,
     model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
                        factor_l2=config.factor_l2 / len(y))
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    ds = dataset(constants, u, a, y, config.batch_size, config.seed)
+    inputs = held_out_inputs(tables, u, a, y) if config.held_out_features else None
+    ds = dataset(constants, u, a, y, config.batch_size, config.seed, inputs)
     stopping = fitting.EarlyStopping(config.patience)
     # Epoch 0 is the untrained head (the ridge biases): training has to beat it.
     start_rmse = _rmse(predict(model, constants, vu, va), vy)

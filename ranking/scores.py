@@ -75,6 +75,10 @@ class ScoreModel(tfrs.Model):
         user_vocab, title_vocab = schema["vocab"]["user_id"], schema["vocab"]["media_id"]
         self.user_bias = _id_embedding(user_vocab, 1, b_user, bias_l2, "user_bias")
         self.title_bias = _id_embedding(title_vocab, 1, b_title, bias_l2, "title_bias")
+        # Per user, how far their scores stretch titles' biases (1 + scale): users with a
+        # wide rating range move more with a title's quality. Starts at 0 (plain biases).
+        self.user_scale = (_id_embedding(user_vocab, 1, np.zeros(len(user_vocab)), bias_l2,
+                                         "user_scale") if config.user_scale else None)
         self.factors = None
         if config.factors:
             self.factors = (_id_embedding(user_vocab, config.factors, None, factor_l2, "user_factors"),
@@ -111,8 +115,10 @@ class ScoreModel(tfrs.Model):
 
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         user_ids, title_ids = features["user_id"], features["media_id"]
-        base = (self.mu + tf.squeeze(self._bias(self.user_bias, user_ids), -1)
-                + tf.squeeze(self._bias(self.title_bias, title_ids), -1))
+        title_bias = tf.squeeze(self._bias(self.title_bias, title_ids), -1)
+        if self.user_scale is not None:
+            title_bias *= 1.0 + tf.squeeze(self._bias(self.user_scale, user_ids), -1)
+        base = self.mu + tf.squeeze(self._bias(self.user_bias, user_ids), -1) + title_bias
         if self.factors is not None:
             base += tf.reduce_sum(self._bias(self.factors[0], user_ids)
                                   * self._bias(self.factors[1], title_ids), -1)

@@ -70,15 +70,14 @@ def test_head_beats_the_biases(tiny_scored, tables):
     _, metrics = tiny_scored
     val, test = metrics["validation"], metrics["test"]
     assert val["best_baseline"] == test["best_baseline"] == BIASES
-    # Seeded tiny world, measured with seeds 0, 1, 2: validation RMSE 11.75 / 11.67 / 11.65
-    # against the biases' 12.29 (where the epochs are chosen), test 11.58 / 11.33 / 11.27
-    # against 11.71.
-    assert val["predictors"]["score head"]["rmse"] < val["predictors"][BIASES]["rmse"] - 0.3
-    assert test["predictors"]["score head"]["rmse"] < test["predictors"][BIASES]["rmse"]
+    # Seeded tiny world, measured with seeds 0, 1, 2: validation RMSE 11.53 / 11.67 / 11.60
+    # against the biases' 12.29 (where the epochs are chosen), test 11.29 / 11.43 / 11.29
+    # against 11.71; the validation per-entry CI excluded 0 for each seed.
+    assert val["predictors"]["score head"]["rmse"] < val["predictors"][BIASES]["rmse"] - 0.5
+    assert test["predictors"]["score head"]["rmse"] < test["predictors"][BIASES]["rmse"] - 0.2
     assert test["predictors"]["score head"]["mae"] < test["predictors"][BIASES]["mae"]
-    # (the paired CI is wide on the tiny world's 1.4k validation scores: not asserted)
     d = val["differences"][f"score head - {BIASES}"]["per_entry"]
-    assert d["difference"] < 0 and d["users"] == val["entries"]
+    assert d["significant"] and d["difference"] < 0 and d["users"] == val["entries"]
     # The baselines are computed as the report computes them.
     assert {k: v for k, v in test["predictors"].items() if k != "score head"} == \
         baselines.score_metrics(tables)["predictors"]
@@ -239,3 +238,39 @@ def test_batch_output_carries_predicted_scores(rec, tmp_path):
     assert out["predicted_score"].dtype == np.float32
     assert model["predicted_score"].between(1, 100).all() and len(model) == 20
     assert out.loc[out["source"] == "popularity", "predicted_score"].isna().all()
+
+
+def test_held_out_inputs_are_the_features_without_the_entry(tables):
+    from pipelines.config import FeatureConfig
+    from pipelines.features import user_features
+
+    u, a, y = baselines.scored_entries(tables, "train")
+    held = ts.held_out_inputs(tables, u, a, y)
+    assert set(held) == {"mean_score", "std_score", "genre_affinity", "format_affinity",
+                         "average_score"}
+    inter = tables.interactions
+    train = inter[inter["split"] == "train"]
+    config = FeatureConfig.from_dict(tables.schema["config"])
+    # Brute force: the feature stage's own functions on the list without the entry.
+    for i in np.random.default_rng(0).choice(len(u), 6, replace=False):
+        user, title = tables.users["user_id"][u[i]], tables.anime["media_id"][a[i]]
+        rest = train[(train["user_id"] == user) & (train["media_id"] != title)]
+        frame, vectors = user_features(rest, tables.anime, tables.schema["vocab"], config,
+                                       tables.schema["stats"]["global_mean_score"])
+        assert held["mean_score"][i] == pytest.approx(frame["mean_score"][0], rel=1e-6)
+        assert held["std_score"][i] == pytest.approx(frame["std_score"][0], rel=1e-5, abs=1e-5)
+        for name in ("genre_affinity", "format_affinity"):
+            np.testing.assert_allclose(held[name][i], vectors[name][0], atol=1e-5)
+        others = train[(train["media_id"] == title) & (train["score"] > 0)
+                       & (train["user_id"] != user)]["score"]
+        assert held["average_score"][i] == pytest.approx(others.mean(), rel=1e-6, nan_ok=True)
+
+
+def test_model_card_mentions_the_score_head(tiny_scored, tiny_ranked):
+    from pipelines import publish
+
+    text = publish.model_card(tiny_scored[0], "tester/anime")
+    head = tiny_scored[1]["test"]["predictors"]["score head"]
+    assert "`predicted_score`" in text and "rec.predict_scores([" in text
+    assert f"| score head | {head['rmse']:.4f} | {head['mae']:.4f} |" in text
+    assert "predicted_score" not in publish.model_card(tiny_ranked[0], "tester/anime")
