@@ -64,14 +64,19 @@ def held_out_inputs(tables: FeatureTables, user_rows: np.ndarray, anime_rows: np
     schema = tables.schema
     names = {f["name"] for f in schema["features"]}
     inter = tables.interactions
-    train = inter[(inter["split"] == "train") & (inter["score"] > 0) & (inter["anime_row"] >= 0)]
-    tu = train["user_row"].to_numpy(np.int64)
-    ta = train["anime_row"].to_numpy(np.int64)
-    ts_ = train["score"].to_numpy(np.float64)
+    train = inter[(inter["split"] == "train") & (inter["score"] > 0)]
     n_users, n_titles = len(tables.users), len(tables.anime)
-    count = np.bincount(tu, minlength=n_users)[user_rows] - 1.0
-    total = np.bincount(tu, ts_, n_users)[user_rows] - scores
-    square = np.bincount(tu, ts_ ** 2, n_users)[user_rows] - scores ** 2
+    # The user's mean and spread count every scored entry (as the feature stage does);
+    # affinities and title means only those of catalog titles.
+    every_user, every_score = (train["user_row"].to_numpy(np.int64),
+                               train["score"].to_numpy(np.float64))
+    count = np.bincount(every_user, minlength=n_users)[user_rows] - 1.0
+    total = np.bincount(every_user, every_score, n_users)[user_rows] - scores
+    square = np.bincount(every_user, every_score ** 2, n_users)[user_rows] - scores ** 2
+    known = train[train["anime_row"] >= 0]
+    t_user = known["user_row"].to_numpy(np.int64)
+    t_title = known["anime_row"].to_numpy(np.int64)
+    t_score = known["score"].to_numpy(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), schema["stats"]["global_mean_score"])
         std = np.where(count > 1, np.sqrt(np.maximum(square / np.maximum(count, 1) - mean ** 2, 0)), 0.0)
@@ -91,15 +96,15 @@ def held_out_inputs(tables: FeatureTables, user_rows: np.ndarray, anime_rows: np
             hot[:, schema["vocab"][vocab].index("")] = 0.0
         evidence = np.zeros((n_users, hot.shape[1]))
         summed = np.zeros((n_users, hot.shape[1]))
-        np.add.at(evidence, tu, hot[ta])
-        np.add.at(summed, tu, hot[ta] * ts_[:, None])
+        np.add.at(evidence, t_user, hot[t_title])
+        np.add.at(summed, t_user, hot[t_title] * t_score[:, None])
         own = hot[anime_rows]
         e = evidence[user_rows] - own
         out[f"{vector}_affinity"] = (summed[user_rows] - own * scores[:, None]
                                      - mean[:, None] * e) / (e + prior)
     if "average_score" in names:
-        raters = np.bincount(ta, minlength=n_titles)[anime_rows] - 1.0
-        summed = np.bincount(ta, ts_, n_titles)[anime_rows] - scores
+        raters = np.bincount(t_title, minlength=n_titles)[anime_rows] - 1.0
+        summed = np.bincount(t_title, t_score, n_titles)[anime_rows] - scores
         out["average_score"] = np.where(raters > 0, summed / np.maximum(raters, 1), np.nan)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
@@ -230,17 +235,17 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
     start = time.perf_counter()
     model_dir = Path(model)
     tables = FeatureTables.load(features)
-    retrieval_config = artifact.read_json(model_dir, artifact.CONFIG)
     artifact.check_complete(model_dir)
-    if retrieval_config.get("data_fingerprint") != tables.schema["fingerprint"]:
+    model_config = artifact.read_json(model_dir, artifact.CONFIG)
+    if model_config.get("data_fingerprint") != tables.schema["fingerprint"]:
         raise InputError(f"The model in {model_dir} was trained on other data (fingerprint "
-                         f"{retrieval_config.get('data_fingerprint')}, features have "
+                         f"{model_config.get('data_fingerprint')}, features have "
                          f"{tables.schema['fingerprint']}); train the score head on the "
                          "feature tables the model was trained on.")
     head, training = train(tables, config, progress=progress)
     metrics = {"config": config.to_dict(), "training": training, **evaluate(tables, head, config)}
     with artifact.update(model_dir) as tmp:
-        export_scorer(head, tables, retrieval_config["multi_widths"], tmp / "scorer")
+        export_scorer(head, tables, model_config["multi_widths"], tmp / "scorer")
         all_metrics = artifact.read_json(tmp, artifact.METRICS)
         all_metrics["scores"] = metrics
         artifact.write_json(tmp, artifact.METRICS, all_metrics)

@@ -105,7 +105,7 @@ class ScoreModel(tfrs.Model):
         self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
                     for i, units in enumerate(config.hidden)]
         self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
-        self.out = tf.keras.layers.Dense(1, kernel_initializer="zeros", name="interaction")
+        self.interaction = tf.keras.layers.Dense(1, kernel_initializer="zeros", name="interaction")
         self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(),
                                        metrics=[tf.keras.metrics.RootMeanSquaredError()])
 
@@ -136,7 +136,7 @@ class ScoreModel(tfrs.Model):
             x = layer(x)
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
-        return base + tf.squeeze(self.out(x), -1)
+        return base + tf.squeeze(self.interaction(x), -1)
 
     def predict_scores(self, features: dict) -> tf.Tensor:
         """Predictions ``[batch]`` clipped to the POINT_100 range [1, 100]."""
