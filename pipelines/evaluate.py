@@ -37,6 +37,7 @@ E2E_KS = (1, 2, 3, 5, 10, 20)
 BUCKETS = ((1, 9), (10, 49), (50, 199), (200, None))
 RECENT = f"most popular, last {baselines.RECENT_DAYS} days"
 HEAD = "score head"   # the score head's row in the score table (as the score stage names it)
+SCORE_ORACLE = "oracle (true expected score)"
 
 
 def _bucket_names():
@@ -177,11 +178,12 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     return section, pairs
 
 
-def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict) -> dict:
+def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) -> dict:
     """RMSE/MAE of the score baselines on the test period's scored entries and, for a
     model with a score head (``scorer/``), of the saved head on the same entries, with
     paired bootstrap CIs of its squared error against the baseline the score stage
-    compared it with (the best by validation RMSE)."""
+    compared it with (the best by validation RMSE). On a synthetic world, also the
+    generator's noise-free score (the ceiling, not a competitor)."""
     trained = saved.get("scores") or {}
     lambdas = (trained.get("config") or {}).get("bias_lambdas") or baselines.BIAS_LAMBDAS
     _, scorer = artifact.load_scorer(model_dir)
@@ -189,10 +191,14 @@ def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict) -> dict
     if scorer is not None:
         extra[HEAD] = lambda users, titles: artifact.predict_pairs(
             scorer, tables.user_raw, tables.anime_raw, users, titles)
+    if truth is not None:
+        users, media = tables.users["user_id"].to_numpy(), tables.anime["media_id"].to_numpy()
+        extra[SCORE_ORACLE] = lambda u, a: truth.expected_score(users[u], media[a])
     errors = {}
     section = baselines.score_metrics(tables, "test", lambdas, extra, errors)
     if scorer is not None:
-        rated = {n: r["rmse"] for n, r in section["predictors"].items() if n != HEAD}
+        rated = {n: r["rmse"] for n, r in section["predictors"].items()
+                 if n not in (HEAD, SCORE_ORACLE)}
         best = (trained.get("validation") or {}).get("best_baseline")
         if best not in rated:   # chosen on validation by the score stage; else the biases
             best = next(n for n in rated if n.startswith("user + title biases"))
@@ -555,7 +561,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     }
     metrics["retrieval"], per_user = _retrieval_section(tables, retrieval, truth_data, saved)
     metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved, per_user)
-    metrics["scores"] = _scores_section(tables, model_dir, saved)
+    metrics["scores"] = _scores_section(tables, model_dir, saved, truth_data)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     def write_report(directory: Path) -> None:
