@@ -308,8 +308,10 @@ class ScoreConfig(_JsonConfig):
         (starting at 0, L2 as the biases): users with a wide rating range move more
         with a title's quality.
       factors: width of the user and title id factors whose dot product is added
-        (matrix factorisation on top of the biases; 0 = none). They start near zero.
-      factor_l2: L2 on the factors (per entry, as the biases' ridge).
+        (matrix factorisation on top of the biases; 0 = none). Their dot product starts
+        at zero (title factors at zero, user factors small and random).
+      factor_l2: L2 on the factors, as a ridge lambda (divided by the number of training
+        scores, as the biases').
       dropout: dropout on the MLP's hidden layers.
       batch_size, learning_rate: Adam on the mean squared error.
       max_epochs, patience: early stopping on validation RMSE; the best epoch's weights
@@ -323,11 +325,11 @@ class ScoreConfig(_JsonConfig):
     category_dim: int = 8
     held_out_features: bool = True
     user_scale: bool = False
-    factors: int = 0
-    factor_l2: float = 1.0
+    factors: int = 128                    # with factor_l2 and learning_rate: chosen on
+    factor_l2: float = 0.1                # validation RMSE (README)
     dropout: float = 0.0
     batch_size: int = 1024
-    learning_rate: float = 0.001
+    learning_rate: float = 0.003
     max_epochs: int = 20
     patience: int = 2
     seed: int = 0

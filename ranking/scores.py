@@ -1,11 +1,12 @@
 """The score head: the POINT_100 score a user would give a title.
 
-    predicted = mu + b_user + b_title [+ <f_user, f_title>] + mlp([user, title, crosses])
+    predicted = mu + b_user + b_title + <f_user, f_title> + mlp([user, title, crosses])
 
 ``mu``, ``b_user`` and ``b_title`` (id embeddings of width 1, L2-regularised) start at
 the ridge user + title biases fitted on the training scores (``pipelines.baselines``),
-the strongest score baseline, and the interaction MLP's output layer starts at zero: the
-untrained head *is* that baseline, and training has to earn every change. The MLP reads
+the strongest score baseline; the id factors ``f`` (matrix factorisation, L2) start with
+a zero dot product (title factors at zero) and the interaction MLP's output layer at
+zero: the untrained head *is* that baseline, and training has to earn every change. The MLP reads
 the user and title features through the towers' :class:`FeatureEncoder` (side features
 only: the ids' part is the biases and, optionally, the factors) and the taste x title
 crosses the ranker uses (the user's genre/format share and affinity read at the title's
@@ -81,9 +82,12 @@ class ScoreModel(tfrs.Model):
                                          "user_scale") if config.user_scale else None)
         self.factors = None
         if config.factors:
+            # User factors start small and random, title factors at zero: their dot
+            # product starts at exactly 0 and both learn (Adam scales the small gradients).
             self.factors = (_id_embedding(user_vocab, config.factors, None, factor_l2, "user_factors"),
-                            _id_embedding(title_vocab, config.factors, None, factor_l2,
-                                          "title_factors"))
+                            _id_embedding(title_vocab, config.factors,
+                                          np.zeros((len(title_vocab), config.factors)),
+                                          factor_l2, "title_factors"))
         self.user_encoder = FeatureEncoder(schema, "user", "side",
                                            category_dim=config.category_dim, name="user_features")
         self.anime_encoder = FeatureEncoder(schema, "anime", "side",
