@@ -12,7 +12,7 @@ import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
 from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, SIGNALS, FeatureConfig,
-                              RankingConfig, RetrievalConfig)
+                              RankingConfig, RetrievalConfig, ScoreConfig)
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -27,10 +27,11 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   features        raw store -> Parquet feature tables (split, user/anime features, vocab)
   train-retrieval feature tables -> two-tower model, ScaNN index, test metrics (model dir)
   train-ranking   feature tables + retrieval model -> listwise ranker, metrics (model dir)
+  train-scores    feature tables + model dir -> score head (predicted_score), its RMSE/MAE
   evaluate        model dir + feature tables -> report (metrics.json, report.md, plots)
   publish         model dir -> Hugging Face Hub model repo (model card, one commit)
   run             the whole job on the embedded default data: synth, features, retrieval,
-                  ranking, evaluation report
+                  ranking, score head, evaluation report
 
 """
 
@@ -182,6 +183,20 @@ def _ranking_config(args: argparse.Namespace) -> RankingConfig:
                          max_epochs=args.ranking_epochs, seed=args.ranking_seed)
 
 
+def _add_score_args(parser: argparse.ArgumentParser) -> None:
+    d = ScoreConfig()
+    group = parser.add_argument_group("score head")
+    group.add_argument("--score-epochs", type=int, default=d.max_epochs,
+                       help="upper bound; early stopping on validation RMSE (default: %(default)s)")
+    group.add_argument("--score-seed", type=int, default=d.seed,
+                       help="seed of the score head's initialisation and shuffling "
+                            "(default: %(default)s)")
+
+
+def _score_config(args: argparse.Namespace) -> ScoreConfig:
+    return ScoreConfig(max_epochs=args.score_epochs, seed=args.score_seed)
+
+
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
         protocol=args.protocol, as_of=args.as_of, horizon_days=args.horizon_days,
@@ -267,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"model directory with a trained retrieval model (default: {DEFAULT_MODEL})")
     _add_ranking_args(ranking)
 
+    scores = add_stage(
+        "train-scores", help="feature tables + model dir -> score head + its RMSE/MAE",
+        description="Trains the score head (the POINT_100 score a user gives a title: "
+                    "ridge user + title biases plus an interaction MLP over user and title "
+                    "features, fitted on the training scores, early-stopped on validation "
+                    "RMSE), measures RMSE/MAE on the test scores beside the score "
+                    "baselines, and adds scorer/ and the metrics to the model directory.")
+    scores.add_argument("--features", default=DEFAULT_FEATURES,
+                        help=f"feature table directory (default: {DEFAULT_FEATURES})")
+    scores.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model directory with a trained retrieval model (default: {DEFAULT_MODEL})")
+    _add_score_args(scores)
+
     evaluate = add_stage(
         "evaluate", help="model dir + feature tables -> evaluation report",
         description="Recomputes every metric from the saved towers, index and ranker on "
@@ -300,13 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = add_stage(
         "run", help="the whole job on the default synthetic data",
         description="Generates the default synthetic world, builds its feature tables, "
-                    "trains and evaluates the retrieval model, then the ranker, and writes "
-                    "the evaluation report.")
+                    "trains and evaluates the retrieval model, then the ranker, then the "
+                    "score head, and writes the evaluation report.")
     run.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
     _add_synth_args(run)
     _add_feature_args(run)
     _add_retrieval_args(run)
     _add_ranking_args(run)
+    _add_score_args(run)
     run.add_argument("--recommendations", default="data/recommendations",
                      help="where the final batch job writes every user's top 10 "
                           "(default: %(default)s)")
@@ -355,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
                                         with_ablations=not args.no_ranking_ablations,
                                         progress=progress)
             print(train_ranking.format_metrics(metrics))
+            print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
+        if args.stage in ("train-scores", "run"):
+            from pipelines import train_scores
+
+            source = args.out if args.stage == "run" else args.features
+            metrics = train_scores.run(source, args.model, _score_config(args), progress=progress)
+            print(train_scores.format_metrics(metrics))
             print(f"model in {args.model} (metrics: {args.model}/metrics.json)")
         if args.stage in ("evaluate", "run"):
             from pipelines import evaluate

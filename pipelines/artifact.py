@@ -5,7 +5,8 @@ its SavedModels and retrieval half are loaded back.
       config.json            feature schema, configs, versions, data fingerprint (its
                              presence marks a complete directory: written last)
       metrics.json           every number about this model: "retrieval" (training stage),
-                             "ranking" (ranking stage), "evaluation" (the report)
+                             "ranking" (ranking stage), "scores" (score stage),
+                             "evaluation" (the report)
       query_tower/           SavedModel: raw user features -> embedding
       candidate_tower/       SavedModel: raw title features -> embedding
       index/                 CandidateIndex over every title
@@ -15,6 +16,8 @@ its SavedModels and retrieval half are loaded back.
       ease.npy               EASE's title x title weights (float32), the second candidate
                              generator (absent above ``baselines.MAX_EASE_TITLES`` titles)
       ranker/                SavedModel (after the ranking stage)
+      scorer/                SavedModel: raw user + title features -> predicted score
+                             (after the score stage)
       report/                report.md and plots (after evaluate)
 
 Every write is one atomic directory swap (``create`` for the first, ``update`` for each
@@ -299,4 +302,31 @@ def score_lists(signature, user_raw: dict, anime_raw: dict, user_rows: np.ndarra
         batch.update({k: v[rows] for k, v in anime_raw.items() if k in inputs})
         batch.update({k: v[part].astype(np.float32) for k, v in signals.items() if k in inputs})
         out.append(signature(**{k: tf.constant(v) for k, v in batch.items()})["scores"].numpy())
+    return np.concatenate(out)
+
+
+def load_scorer(model_dir: Path):
+    """``(saved model, serving_default signature)`` of the model's score head
+    (``scorer/``, written by the score stage), or ``(None, None)`` for a model without one."""
+    if not (model_dir / "scorer").exists():
+        return None, None
+    saved = load_saved_model(model_dir / "scorer")
+    return saved, saved.signatures["serving_default"]
+
+
+def predict_pairs(signature, user_raw: dict, anime_raw: dict, user_rows: np.ndarray,
+                  anime_rows: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Predicted scores ``[n]`` (float32, POINT_100, in [1, 100]) of the pairs (user
+    ``user_rows[i]`` of ``user_raw``, title ``anime_rows[i]`` of ``anime_raw``) by a saved
+    score head's ``serving_default`` signature."""
+    import tensorflow as tf
+
+    inputs = {spec.name for spec in signature.structured_input_signature[1].values()}
+    out = [np.zeros(0, np.float32)]
+    for start in range(0, len(user_rows), batch_size):
+        users, titles = user_rows[start:start + batch_size], anime_rows[start:start + batch_size]
+        batch = {k: v[users] for k, v in user_raw.items() if k in inputs}
+        batch.update({k: v[titles] for k, v in anime_raw.items() if k in inputs})
+        out.append(signature(**{k: tf.constant(v) for k, v in batch.items()})
+                   ["predicted_score"].numpy())
     return np.concatenate(out)

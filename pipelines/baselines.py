@@ -136,6 +136,21 @@ def fit_biases(users: np.ndarray, titles: np.ndarray, scores: np.ndarray, n_user
     return mu, b_user, b_title
 
 
+def ridge_biases(tables: FeatureTables, lambdas=BIAS_LAMBDAS) -> tuple[float, tuple, dict]:
+    """User + title biases fitted on the training split's scored entries for each ridge
+    ``lambda`` of ``lambdas``; the one of the lowest validation RMSE (the smallest on a
+    tie). Returns ``(lambda, (mu, b_user [users], b_title [titles]), {lambda: RMSE})``
+    (biases by row of ``tables.users`` / ``tables.anime``)."""
+    u, a, y = scored_entries(tables, "train")
+    n_users, n_titles = len(tables.users), len(tables.anime)
+    fitted = {lam: fit_biases(u, a, y, n_users, n_titles, lam) for lam in lambdas}
+    vu, va, vy = scored_entries(tables, "validation")
+    rmse = {lam: float(np.sqrt(np.mean((m + bu[vu] + bi[va] - vy) ** 2))) if len(vy) else np.nan
+            for lam, (m, bu, bi) in fitted.items()}
+    lam = min(rmse, key=lambda k: (np.nan_to_num(rmse[k], nan=np.inf), k))
+    return lam, fitted[lam], rmse
+
+
 def score_predictors(tables: FeatureTables, lambdas=BIAS_LAMBDAS) -> tuple[dict, dict]:
     """The score baselines, fitted on the training split's scored entries: the global
     mean, the user's mean, the title's mean (the global mean where there is none) and
@@ -151,12 +166,7 @@ def score_predictors(tables: FeatureTables, lambdas=BIAS_LAMBDAS) -> tuple[dict,
         return np.where(count > 0, np.bincount(rows, y, n) / np.maximum(count, 1), mu)
 
     user_mean, title_mean = means(u, n_users), means(a, n_titles)
-    fitted = {lam: fit_biases(u, a, y, n_users, n_titles, lam) for lam in lambdas}
-    vu, va, vy = scored_entries(tables, "validation")
-    rmse = {lam: float(np.sqrt(np.mean((m + bu[vu] + bi[va] - vy) ** 2))) if len(vy) else np.nan
-            for lam, (m, bu, bi) in fitted.items()}
-    lam = min(rmse, key=lambda k: (np.nan_to_num(rmse[k], nan=np.inf), k))
-    m, bu, bi = fitted[lam]
+    lam, (m, bu, bi), rmse = ridge_biases(tables, lambdas)
     predictors = {
         "global mean": lambda users, titles: np.full(len(users), mu),
         "user mean": lambda users, titles: user_mean[users],
@@ -166,13 +176,36 @@ def score_predictors(tables: FeatureTables, lambdas=BIAS_LAMBDAS) -> tuple[dict,
     return predictors, {"lambda": lam, "validation_rmse": {str(k): v for k, v in rmse.items()}}
 
 
-def score_metrics(tables: FeatureTables, split: str = "test") -> dict:
-    """RMSE and MAE (POINT_100) of every score baseline on ``split``'s scored entries."""
-    predictors, tuning = score_predictors(tables)
+def score_metrics(tables: FeatureTables, split: str = "test", lambdas=BIAS_LAMBDAS,
+                  extra: dict | None = None, errors: dict | None = None) -> dict:
+    """RMSE and MAE (POINT_100) of every score baseline on ``split``'s scored entries,
+    and of the ``extra`` predictors (``{name: fn(user_rows, anime_rows) -> scores}``,
+    e.g. a score head) on the same entries. ``errors`` receives each predictor's
+    per-entry squared errors (for paired comparisons)."""
+    predictors, tuning = score_predictors(tables, lambdas)
+    predictors.update(extra or {})
     u, a, y = scored_entries(tables, split)
     rows = {}
     for name, predict in predictors.items():
-        error = predict(u, a) - y
+        error = np.asarray(predict(u, a), np.float64) - y
+        if errors is not None:
+            errors[name] = error ** 2
         rows[name] = {"rmse": float(np.sqrt(np.mean(error ** 2))) if len(y) else None,
                       "mae": float(np.mean(np.abs(error))) if len(y) else None}
     return {"entries": int(len(y)), "split": split, **tuning, "predictors": rows}
+
+
+def score_differences(errors: dict, system: str, other: str, users: np.ndarray) -> dict:
+    """Paired bootstrap 95% CIs of ``system``'s squared error minus ``other``'s on the same
+    scored entries (``errors``: per-entry squared errors by predictor, as
+    :func:`score_metrics` fills them; ``users``: each entry's user row): per entry
+    (entries resampled) and per user (users resampled; each user's mean difference)."""
+    d = errors[system] - errors[other]
+    if len(users):
+        _, inverse = np.unique(users, return_inverse=True)
+        per_user = np.bincount(inverse, d) / np.bincount(inverse)
+    else:
+        per_user = np.zeros(0)
+    return {"metric": "squared error (POINT_100 squared); negative = system better",
+            "per_entry": protocol.paired_bootstrap(errors[system], errors[other]),
+            "per_user": protocol.paired_bootstrap(per_user, np.zeros(len(per_user)))}

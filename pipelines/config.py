@@ -342,3 +342,62 @@ class RankingConfig(_JsonConfig):
     @property
     def list_size(self) -> int:
         return self.labelled_per_list + self.negatives_per_list + self.missed_per_list
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig(_JsonConfig):
+    """The score head: predicts the POINT_100 score a user gives a title.
+
+    Attributes:
+      bias_lambdas: the ridge strengths tried for the user + title biases the head
+        starts from (the one of the lowest validation RMSE is used, as the baseline's).
+      hidden: layer sizes of the interaction MLP over [user features, title features,
+        taste x title crosses]; its output layer starts at zero, so the untrained head
+        is exactly the global mean + the ridge biases.
+      category_dim: embedding size of categorical / multi-valued features.
+      held_out_features: train on each entry's user and title score features recomputed
+        without that entry's score (``train_scores.held_out_inputs``), as they are for
+        every pair the head predicts after training.
+      user_scale: a per-user scale of the title biases, ``(1 + s_user) * b_title``
+        (starting at 0, L2 as the biases): users with a wide rating range move more
+        with a title's quality.
+      factors: width of the user and title id factors whose dot product is added
+        (matrix factorisation on top of the biases; 0 = none). Their dot product starts
+        at zero (title factors at zero, user factors small and random).
+      factor_l2: L2 on the factors, as a ridge lambda (divided by the number of training
+        scores, as the biases').
+      dropout: dropout on the MLP's hidden layers.
+      batch_size, learning_rate: Adam on the mean squared error.
+      max_epochs, patience: early stopping on validation RMSE; the best epoch's weights
+        are kept (epoch 0, the untrained head, counts: the head is never worse than the
+        biases on validation).
+      seed: initialisation and shuffling.
+    """
+
+    bias_lambdas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
+    hidden: tuple[int, ...] = (128, 64)   # chosen on validation RMSE (README)
+    category_dim: int = 8
+    held_out_features: bool = True
+    user_scale: bool = False
+    factors: int = 128                    # with factor_l2 and learning_rate: chosen on
+    factor_l2: float = 0.1                # validation RMSE (README)
+    dropout: float = 0.0
+    batch_size: int = 1024
+    learning_rate: float = 0.003
+    max_epochs: int = 20
+    patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_epochs", "category_dim"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"`{name}` should be a positive integer. "
+                                 f"Received: {name}={getattr(self, name)}.")
+        if not self.bias_lambdas or any(not l > 0 for l in self.bias_lambdas):
+            raise InputError(f"`bias_lambdas` must be positive ridge strengths. "
+                             f"Received: {list(self.bias_lambdas)}.")
+        if self.factors < 0 or self.patience < 0:
+            raise InputError(f"`factors` and `patience` must be >= 0. Received: "
+                             f"factors={self.factors}, patience={self.patience}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"`dropout` must be in [0, 1). Received: {self.dropout}.")

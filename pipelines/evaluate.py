@@ -36,6 +36,8 @@ CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
 E2E_KS = (1, 2, 3, 5, 10, 20)
 BUCKETS = ((1, 9), (10, 49), (50, 199), (200, None))
 RECENT = f"most popular, last {baselines.RECENT_DAYS} days"
+HEAD = "score head"   # the score head's row in the score table (as the score stage names it)
+SCORE_ORACLE = "oracle (true expected score)"
 
 
 def _bucket_names():
@@ -179,6 +181,40 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
             pairs["ranker"], pairs["true_expected"])
     return section, pairs
+
+
+def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) -> dict:
+    """RMSE/MAE of the score baselines on the test period's scored entries and, for a
+    model with a score head (``scorer/``), of the saved head on the same entries, with
+    paired bootstrap CIs of its squared error against the baseline the score stage
+    compared it with (the best by validation RMSE). On a synthetic world, also the
+    generator's noise-free score (the ceiling, not a competitor)."""
+    trained = saved.get("scores") or {}
+    lambdas = (trained.get("config") or {}).get("bias_lambdas") or baselines.BIAS_LAMBDAS
+    _, scorer = artifact.load_scorer(model_dir)
+    extra = {}
+    if scorer is not None:
+        extra[HEAD] = lambda users, titles: artifact.predict_pairs(
+            scorer, tables.user_raw, tables.anime_raw, users, titles)
+    if truth is not None:
+        users, media = tables.users["user_id"].to_numpy(), tables.anime["media_id"].to_numpy()
+        extra[SCORE_ORACLE] = lambda u, a: truth.expected_score(users[u], media[a])
+    errors = {}
+    section = baselines.score_metrics(tables, "test", lambdas, extra, errors)
+    if scorer is not None:
+        rated = {n: r["rmse"] for n, r in section["predictors"].items()
+                 if n not in (HEAD, SCORE_ORACLE)}
+        best = (trained.get("validation") or {}).get("best_baseline")
+        if best not in rated:   # chosen on validation by the score stage; else the biases
+            best = next(n for n in rated if n.startswith("user + title biases"))
+        users = baselines.scored_entries(tables, "test")[0]
+        section["best_baseline"] = best
+        section["differences"] = {f"{HEAD} - {best}": baselines.score_differences(
+            errors, HEAD, best, users)}
+        section["validation"] = {n: trained.get("validation", {}).get("predictors", {}).get(n)
+                                 for n in (HEAD, best)}
+        section["training"] = trained.get("training")
+    return section
 
 
 def _score(ranker, tables: FeatureTables, lists: protocol.Lists) -> np.ndarray:
@@ -389,6 +425,43 @@ def _ablation_lines(ablations: dict | None, full: str) -> list[str]:
     return lines + [""]
 
 
+def _score_lines(sc: dict | None) -> list[str]:
+    """The "Predicting a user's score" section: the baselines, and the score head with
+    its paired CI against the best of them when the model has one."""
+    if not sc:
+        return []
+    head = sc["predictors"].get(HEAD)
+    lines = ["## Predicting a user's score", "",
+             f"RMSE and MAE (POINT_100) on the {sc['entries']:,} scored entries of the "
+             f"{sc['split']} period, from training entries only (biases: ridge lambda "
+             f"{sc['lambda']:g}, picked by validation RMSE). "
+             + ("The score head (`predicted_score` in served recommendations) starts from "
+                "the biases and adds an interaction MLP over user and title features, "
+                "fitted on the training scores and early-stopped on validation RMSE."
+                if head else "This model has no score head (`python -m pipelines "
+                "train-scores` adds one); these are the baselines it has to beat."), "",
+             table(list(sc["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
+                   label="predictor"), ""]
+    for pair, d in (sc.get("differences") or {}).items():
+        per_entry, per_user = d["per_entry"], d["per_user"]
+        verdict = ("within noise" if not per_entry["significant"] else
+                   "the head is better" if per_entry["difference"] < 0 else "the head is WORSE")
+        lines += [f"{pair}, squared error on the same test entries (paired bootstrap, "
+                  f"{per_entry['draws']:,} draws, {per_entry['level']:.0%} CI; negative = the "
+                  f"head is better): per entry {interval(per_entry)} ({per_entry['users']:,} "
+                  f"entries: {verdict}); per user {interval(per_user)} ({per_user['users']:,} "
+                  f"users, each user's mean difference"
+                  + ("" if per_user["significant"] else ", not significant") + ").", ""]
+    validation, training = sc.get("validation"), sc.get("training")
+    if head and validation and all(validation.values()):
+        (a, ma), (b, mb) = validation.items()
+        lines += [f"Validation RMSE (where the epochs were chosen): {a} {num(ma['rmse'])}, "
+                  f"{b} {num(mb['rmse'])}"
+                  + (f"; {training['epochs']} epochs, best {training['best_epoch']}, "
+                     f"{training['fit_seconds']} s of fitting." if training else "."), ""]
+    return lines
+
+
 def render(metrics: dict) -> str:
     """report.md, from the metrics dict alone (so its numbers are metrics.json's)."""
     r = metrics["retrieval"]
@@ -473,15 +546,7 @@ def render(metrics: dict) -> str:
                   + (f"; with the true expected score: {num(corr['ranker_vs_true_expected'])}"
                      if "ranker_vs_true_expected" in corr else "") + ".", "",
                   *(["![Scores](scores.png)", ""] if held_out else [])]
-    sc = metrics.get("scores")
-    if sc:
-        lines += ["## Predicting a user's score", "",
-                  f"RMSE and MAE (POINT_100) on the {sc['entries']:,} scored entries of the "
-                  f"{sc['split']} period, from training entries only (biases: ridge lambda "
-                  f"{sc['lambda']:g}, picked by validation RMSE). The model does not predict "
-                  "scores yet; these are the baselines a score head has to beat.", "",
-                  table(list(sc["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
-                        label="predictor"), ""]
+    lines += _score_lines(metrics.get("scores"))
     lines += ["## Provenance", "", "```json", json.dumps(
         {"versions": metrics["versions"], "protocol": metrics["protocol"]}, indent=2,
         sort_keys=True), "```", ""]
@@ -525,7 +590,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     }
     metrics["retrieval"], per_user = _retrieval_section(tables, retrieval, truth_data, saved)
     metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved, per_user)
-    metrics["scores"] = baselines.score_metrics(tables)
+    metrics["scores"] = _scores_section(tables, model_dir, saved, truth_data)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     def write_report(directory: Path) -> None:

@@ -127,6 +127,10 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         tables.append(table([(name.replace("_", " "), e2e[name])
                              for name in ("ranked", "retrieval_order")], END_TO_END_COLUMNS,
                             label=f"end to end (retrieve {e2e['candidates']}, rank)"))
+    scores = (metrics.get("scores") or {}).get("test")
+    if scores:
+        tables.append(table(list(scores["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
+                            label=f"predicted score, POINT_100 ({scores['entries']:,} test scores)"))
 
     user, title, anime_id = _examples(model_dir)
     install = (f'pip install "anirank @ git+{source_url}"' if source_url else
@@ -155,13 +159,18 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         f"A two-stage anime recommender made with anirank {config.get('versions', {}).get('anirank', __version__)}: "
         "a two-tower retrieval model (TensorFlow Recommenders) with user and anime side "
         "features, a candidate index over every title, and a listwise ranker trained for "
-        "NDCG." + (f" Source code: {source_url}." if source_url else ""), "",
+        "NDCG." + (" A score head predicts the POINT_100 score a user would give a title "
+                   "(`predicted_score` in every recommendation; `rec.predict_scores(user_ids, "
+                   "anime_ids)` for any pairs)." if scores else "")
+        + (f" Source code: {source_url}." if source_url else ""), "",
         "## Install", "", "```bash", install, "```", "",
         "## Load it", "", "```python", "from serving import Recommender", "",
         f'rec = Recommender.from_pretrained("{repo_id}")  # pin revision="<commit sha>" to freeze it',
         f"rec.recommend([{user}], k=10)  # a user of the training data",
         f"rec.recommend_for_history([({title!r}, 90), ({anime_id}, None)], k=10)  # anyone, from a list",
-        f"rec.similar_anime({anime_id}, k=10)", "```", "",
+        f"rec.similar_anime({anime_id}, k=10)",
+        *([f"rec.predict_scores([{user}], [{anime_id}])  # the score the user would give it"]
+          if scores else []), "```", "",
         f"Batch jobs: `python -m serving.batch --model {repo_id} --users all --out recs/`.", "",
         "## Use the towers directly", "",
         "The towers are TensorFlow SavedModels whose `serving_default` signature takes raw "

@@ -25,6 +25,9 @@ Output directory:
       score (float32), the model's score (the ranker's, or the retrieval score when the
         model has no ranker; higher is better, comparable within one model only); NaN
         on popularity rows;
+      predicted_score (float32), the POINT_100 score the user would give the title,
+        by the model's score head, in [1, 100]; NaN on popularity rows and for a model
+        without a score head;
       source (string), ``"model"`` (a user of the training data) or ``"popularity"``
         (an unknown user: the allowed titles most training users watched, in that order).
   ``_manifest.json``: the job (model and its content hash, revision, k, candidates,
@@ -85,11 +88,12 @@ def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]
 
 def model_digest(rec: Recommender) -> str:
     """Content hash of what decides the output: config, candidate embeddings, ranker
-    weights. A retrained model at the same path is a different job."""
+    and score head weights. A retrained model at the same path is a different job."""
     digest = hashlib.sha256()
     files = [rec.directory / "config.json", rec.directory / "index" / "candidate_embeddings.npy",
              *sorted((rec.directory / "query_tower" / "variables").glob("variables.data-*")),
-             *sorted((rec.directory / "ranker" / "variables").glob("variables.data-*"))]
+             *sorted((rec.directory / "ranker" / "variables").glob("variables.data-*")),
+             *sorted((rec.directory / "scorer" / "variables").glob("variables.data-*"))]
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -20,7 +20,11 @@ argument, the value received and what is allowed. ``k`` and ``candidates`` are c
 at the catalog size (``len(rec.anime)``): asking for more returns at most every allowed
 title. ``score`` is the model's score (the ranker's, or the retrieval score when the
 model serves retrieval order; higher is better, comparable within one model only), and NaN where
-titles come from the popularity fallback.
+titles come from the popularity fallback. ``predicted_score`` is the score head's
+estimate of the POINT_100 score the user would give the title (``scorer/``, written by
+``python -m pipelines train-scores``; in [1, 100]); NaN on popularity rows and for a
+model without a score head. ``rec.predict_scores(user_ids, anime_ids)`` predicts it for
+any (user, title) pairs.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pipelines.errors import InputError
 from pipelines.features import user_features
 from towers.features import apply_in_blocks, feature_specs, raw_features
 
-OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score"]
+OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
 DEFAULT_CANDIDATES = 100
 
 
@@ -225,6 +229,10 @@ class Recommender:
                     lambda batch: encode(**batch)["encoded"], self._anime_raw, names))
                 self._score_rows, self._score_inputs, self._score_signals = self._scorer(
                     signatures["score_encoded"])
+        # The score head, when the model has one: predicted_score of every returned row.
+        saved_scorer, self.scorer = artifact.load_scorer(self.directory)
+        if saved_scorer is not None:
+            self._saved["scorer"] = saved_scorer
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
         # The candidates the ranker was trained to reorder: EASE's too where it reads them.
@@ -315,7 +323,21 @@ class Recommender:
         return (np.take_along_axis(cand.rows, order, axis=1),
                 np.take_along_axis(scores, order, axis=1))
 
-    def _frame(self, user_ids, rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    def _predicted(self, user_raw: dict | None, rows: np.ndarray) -> np.ndarray:
+        """The score head's predictions ``[n, k]`` (float32) for title rows ``[n, k]`` of
+        users given as raw features (row ``i`` of ``user_raw``): only the returned rows
+        are scored, in one batched call. NaN at padding, without a user (popularity
+        rows) and for a model without a score head."""
+        out = np.full(rows.shape, np.nan, np.float32)
+        ok = rows >= 0
+        if self.scorer is None or user_raw is None or not ok.any():
+            return out
+        users = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[ok]
+        out[ok] = artifact.predict_pairs(self.scorer, user_raw, self._anime_raw, users, rows[ok])
+        return out
+
+    def _frame(self, user_ids, rows: np.ndarray, scores: np.ndarray,
+               user_raw: dict | None = None) -> pd.DataFrame:
         k = rows.shape[1]
         ok = rows.reshape(-1) >= 0
         r = np.maximum(rows.reshape(-1), 0)
@@ -324,7 +346,8 @@ class Recommender:
             "rank": np.tile(np.arange(1, k + 1), len(rows)),
             "anime_id": self.anime["media_id"].to_numpy()[r],
             "title": self.anime["title"].to_numpy()[r],
-            "score": scores.reshape(-1).astype(np.float32)})
+            "score": scores.reshape(-1).astype(np.float32),
+            "predicted_score": self._predicted(user_raw, rows).reshape(-1)})
         return frame[ok].reset_index(drop=True)
 
     # -- argument checks ------------------------------------------------------------------
@@ -376,7 +399,9 @@ class Recommender:
 
         Returns:
           Columns user_id, rank (1 = best), anime_id, title, score (float32, the model's
-          score: the ranker's, or the retrieval score when the model has no ranker).
+          score: the ranker's, or the retrieval score when the model has no ranker),
+          predicted_score (float32, the POINT_100 score the user would give the title
+          by the score head, in [1, 100]; NaN for a model without one).
           Fewer than ``k`` rows for a user only when fewer titles are allowed.
 
         Raises:
@@ -400,15 +425,15 @@ class Recommender:
         seen = [self._seen[r] for r in rows] if exclude_seen else None
         histories = None if self._history is None else [self._history[r] for r in rows]
         top, scores = self._recommend_raw(raw, seen, histories, k, candidates, allowed)
-        return self._frame(user_ids, top, scores)
+        return self._frame(user_ids, top, scores, raw)
 
     def popular(self, user_ids, k: int = 10, filters: Filters | None = None) -> pd.DataFrame:
         """The cold-start fallback: the ``k`` allowed titles most training users watched
         (``rec.anime["train_count"]``), the same list for each of ``user_ids`` (any ids).
 
         Returns:
-          The columns of :meth:`recommend`; ``score`` is NaN: no model scored these
-          titles (the order is by training watch count).
+          The columns of :meth:`recommend`; ``score`` and ``predicted_score`` are NaN:
+          no model scored these titles (the order is by training watch count).
         """
         k, _ = self._check_k(k)
         user_ids = _ids_arg("user_ids", user_ids)
@@ -438,9 +463,10 @@ class Recommender:
           k, candidates, filters: as in :meth:`recommend`.
 
         Returns:
-          Columns rank, anime_id, title, score, source: ``"model"`` rows are scored as
-          in :meth:`recommend` (the listed titles left out); ``"popularity"`` rows
-          (empty history) have score NaN.
+          Columns rank, anime_id, title, score, predicted_score, source: ``"model"``
+          rows are scored as in :meth:`recommend` (the listed titles left out; the score
+          head reads the user's features from the history); ``"popularity"`` rows
+          (empty history) have score and predicted_score NaN.
 
         Raises:
           InputError: a bad argument or entry, or entries of which none matches a title.
@@ -486,7 +512,7 @@ class Recommender:
             raw = self._history_features(media, scores, times)
             top, top_scores = self._recommend_raw(raw, [media], [self._anime_row.get_indexer(media)],
                                                   k, candidates, allowed)
-            result = self._frame([-1], top, top_scores).assign(source="model")
+            result = self._frame([-1], top, top_scores, raw).assign(source="model")
         else:
             result = self.popular([-1], k, filters).assign(source="popularity")
         result = result.drop(columns="user_id")
@@ -504,6 +530,46 @@ class Recommender:
                                        self.schema["stats"]["global_mean_score"])
         return raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
                             feature_specs(self.schema, "user"), self.widths)
+
+    def predict_scores(self, user_ids, anime_ids) -> np.ndarray:
+        """The score head's predicted POINT_100 score of each (user, title) pair.
+
+        Args:
+          user_ids: integer user ids of the training data (a list or array, or one id).
+          anime_ids: anime ids of this model's catalog, as many as ``user_ids`` (pair
+            ``i`` is ``(user_ids[i], anime_ids[i])``); one side of length 1 pairs with
+            every id of the other.
+
+        Returns:
+          float32 ``[pairs]`` in [1, 100], in the order given (whether or not the user
+          has the title on their list).
+
+        Raises:
+          InputError: the model has no score head, ids that are not integers, lengths
+            that do not pair, or a user or title the model does not know (named).
+        """
+        if self.scorer is None:
+            raise InputError(f"{self.directory} has no score head (scorer/); add one with "
+                             "`python -m pipelines train-scores`.")
+        user_ids, anime_ids = _ids_arg("user_ids", user_ids), _ids_arg("anime_ids", anime_ids)
+        if len(user_ids) != len(anime_ids) and 1 not in (len(user_ids), len(anime_ids)):
+            raise InputError(f"`user_ids` and `anime_ids` must have the same length (one pair "
+                             f"per position), or one of them length 1. Received: "
+                             f"{len(user_ids)} user ids and {len(anime_ids)} anime ids.")
+        if len(user_ids) == 0 or len(anime_ids) == 0:
+            return np.zeros(0, np.float32)
+        user_ids, anime_ids = np.broadcast_arrays(user_ids, anime_ids)
+        users = self._user_row.get_indexer(user_ids)
+        if (users < 0).any():
+            unknown = np.unique(user_ids[users < 0])
+            raise InputError(f"{len(unknown)} user ids are not in the training data, e.g. "
+                             f"{unknown[:3].tolist()}; valid ids are in rec.users['user_id'].")
+        titles = self._anime_row.get_indexer(anime_ids)
+        if (titles < 0).any():
+            unknown = np.unique(anime_ids[titles < 0])
+            raise InputError(f"{len(unknown)} anime ids are not in this model's catalog, e.g. "
+                             f"{unknown[:3].tolist()}; valid ids are in rec.anime['media_id'].")
+        return artifact.predict_pairs(self.scorer, self._user_raw, self._anime_raw, users, titles)
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

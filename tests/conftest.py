@@ -100,11 +100,25 @@ def tiny_ranked(tiny_model, tiny_features, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_scored(tiny_ranked, tiny_features, tmp_path_factory):
+    """A copy of the ranked tiny model with a score head added: (dir, score metrics)."""
+    import shutil
+
+    from pipelines import train_scores
+    from pipelines.config import ScoreConfig
+
+    model_dir = tmp_path_factory.mktemp("scored") / "model"
+    shutil.copytree(tiny_ranked[0], model_dir)
+    metrics = train_scores.run(tiny_features, model_dir, ScoreConfig(), progress=False)
+    return model_dir, metrics
+
+
+@pytest.fixture(scope="session")
 def default_model(demo_db, tmp_path_factory):
     """(features dir, model dir) of the default world (what `make run` trains
     ``data/model`` on), trained for one epoch each: the README's examples run on it."""
-    from pipelines import train_ranking, train_retrieval
-    from pipelines.config import RankingConfig, RetrievalConfig
+    from pipelines import train_ranking, train_retrieval, train_scores
+    from pipelines.config import RankingConfig, RetrievalConfig, ScoreConfig
 
     root = tmp_path_factory.mktemp("default_model")
     features_dir, model_dir = root / "features", root / "model"
@@ -113,4 +127,5 @@ def default_model(demo_db, tmp_path_factory):
                         ablation=False, progress=False)
     train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
                       compare_losses=False, with_ablations=False, progress=False)
+    train_scores.run(features_dir, model_dir, ScoreConfig(max_epochs=1), progress=False)
     return features_dir, model_dir

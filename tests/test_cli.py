@@ -24,7 +24,7 @@ def test_help_lists_every_stage():
     result = _python("-m", "pipelines", "--help")
     assert result.returncode == 0
     for stage in ("synth", "import-kaggle", "features", "train-retrieval", "train-ranking",
-                  "evaluate", "run"):
+                  "train-scores", "evaluate", "run"):
         assert f"\n  {stage}" in result.stdout
     sub = _python("-m", "pipelines", "features", "--help")
     assert "--test-fraction" in sub.stdout and "--interaction-statuses" in sub.stdout
@@ -119,7 +119,8 @@ def test_every_option_explains_itself_and_shows_its_default():
 
     parsers = _option_parsers()
     assert {name for name, _ in parsers} >= {
-        "pipelines", "pipelines train-retrieval", "pipelines train-ranking", "pipelines run",
+        "pipelines", "pipelines train-retrieval", "pipelines train-ranking",
+        "pipelines train-scores", "pipelines run",
         "data_query users", "data_query media", "serving.batch"}
     lacking, no_default = [], []
     for name, parser in parsers:

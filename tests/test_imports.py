@@ -38,10 +38,11 @@ HEADER = ["module", "owns", "may import"]
 TENSORFLOW = ("tensorflow", "tensorflow_recommenders", "tf_keras", "keras", "scann")
 # The modules that run a stage, which the towers (a layer below them) never import.
 STAGES = ("pipelines.features", "pipelines.baselines", "pipelines.train_retrieval",
-          "pipelines.train_ranking", "pipelines.evaluate", "pipelines.publish",
-          "pipelines.__main__")
+          "pipelines.train_ranking", "pipelines.train_scores", "pipelines.evaluate",
+          "pipelines.publish", "pipelines.__main__")
 # Only the CLI imports the training stages: nothing else runs them.
-TRAINING_STAGES = ("pipelines.train_retrieval", "pipelines.train_ranking")
+TRAINING_STAGES = ("pipelines.train_retrieval", "pipelines.train_ranking",
+                   "pipelines.train_scores")
 CLI = "pipelines.__main__"
 
 

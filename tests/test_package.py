@@ -88,7 +88,8 @@ print(json.dumps({{"serving": serving.__file__, "anime": out["anime_id"].tolist(
 
     stages = _run([venv / "bin" / "anirank", "--help"], cwd=elsewhere).stdout
     assert all(stage in stages for stage in ("synth", "import-kaggle", "features",
-                                             "train-retrieval", "train-ranking", "evaluate",
+                                             "train-retrieval", "train-ranking",
+                                             "train-scores", "evaluate",
                                              "publish", "run"))
     assert "users" in _run([venv / "bin" / "anirank-crawl", "--help"], cwd=elsewhere).stdout
     version = _run([venv / "bin" / "anirank", "--version"], cwd=elsewhere).stdout.strip()

@@ -47,7 +47,7 @@ def rec(tiny_ranked):
 def test_recommend_excludes_seen_and_ranks(rec):
     users = rec.users["user_id"].to_numpy()[:20]
     out = rec.recommend(users, k=10)
-    assert list(out.columns) == ["user_id", "rank", "anime_id", "title", "score"]
+    assert list(out.columns) == ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
     assert out["score"].dtype == np.float32
     assert (out.groupby("user_id").size() == 10).all()
     seen = pd.read_parquet(rec.directory / "seen.parquet")
@@ -85,7 +85,8 @@ def test_cold_start_from_a_history(rec):
     assert not {int(anime["media_id"].iloc[0]), int(anime["media_id"].iloc[1])} & set(out["anime_id"])
     # An empty history: the popularity fallback, still k titles, no model score.
     fallback = rec.recommend_for_history([], k=4)
-    assert list(fallback.columns) == ["rank", "anime_id", "title", "score", "source"]
+    assert list(fallback.columns) == ["rank", "anime_id", "title", "score", "predicted_score",
+                                      "source"]
     assert len(fallback) == 4 and (fallback["source"] == "popularity").all()
     assert fallback["score"].isna().all()
     order = anime.set_index("media_id").loc[fallback["anime_id"], "train_count"].to_numpy()
