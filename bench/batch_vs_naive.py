@@ -29,13 +29,15 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines.candidates import Generator  # noqa: E402
 from serving import Filters, Recommender  # noqa: E402
+from towers.features import raw_names  # noqa: E402
 
 
 def naive(rec: Recommender, user_ids, k=10, candidates=100):
     out = []
     for uid in user_ids:
         row = rec._user_row.get_indexer([uid])[0]
-        raw = {s["name"]: tf.constant(rec._user_raw[s["name"]][row:row + 1]) for s in rec.retrieval.user_specs}
+        raw = {name: tf.constant(rec._user_raw[name][row:row + 1])
+               for name in raw_names(rec.retrieval.user_specs)}
         q = rec.query_tower(**raw)["embedding"].numpy()
         # The same candidate generators (the two-tower's top 100, EASE's additions where
         # the model has them), one user at a time.
