@@ -164,8 +164,9 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ease-signals", action="store_true",
                        help="the ranker does not read EASE's score and rank of each candidate")
     group.add_argument("--no-ranking-ablations", action="store_true",
-                       help="skip the ablation rankers (without EASE candidates, without EASE "
-                            "signals, without the residual form) the report compares against")
+                       help="skip the ablation rankers the report compares against (EASE "
+                            "candidates switched, without the EASE signals, without the "
+                            "residual form)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
     group.add_argument("--ranking-seed", type=int, default=d.seed,
