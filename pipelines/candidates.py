@@ -56,9 +56,9 @@ def _ranks(rows: np.ndarray, ranked: np.ndarray, n: int, cap: int) -> np.ndarray
 class Generator:
     """The two generators over one catalog. ``ease_weights`` ``[n, n]`` (float32, rows and
     columns in ``index.ids`` order) or None: the two-tower alone. ``signals``: the ones
-    to compute (default: all this catalog has); EASE's full score rows are computed only
-    where they are needed (EASE candidates, ``ease_rank``), otherwise EASE's score is
-    summed at the candidates alone (a few hundred weights per user, not the catalog)."""
+    to compute (default: all this catalog has). EASE's full score rows are computed only
+    for EASE candidates (``k_ease > 0``); otherwise EASE's score is summed at the titles
+    that need it (a user's ``k`` candidates: a few thousand weights, not the catalog)."""
 
     def __init__(self, index: CandidateIndex, ease_weights: np.ndarray | None, k: int,
                  k_ease: int = 0, signals: tuple[str, ...] | None = None):
