@@ -43,7 +43,7 @@ from pipelines.config import ScoreConfig
 from pipelines.errors import InputError
 from pipelines.formatting import interval, table
 from pipelines.tables import FeatureTables
-from ranking.scores import ScoreModel
+from ranking.scores import HIGH, LOW, ScoreModel
 from towers.features import feature_specs, input_signature
 
 HEAD = "score head"
@@ -223,7 +223,24 @@ def export_scorer(model: ScoreModel, tables: FeatureTables, widths: dict, path: 
     def serve(features):
         return {"predicted_score": model.predict_scores(features)}
 
-    artifact.export_saved_model(model, path, {"serving_default": serve})
+    # The same head in two halves, for serving: titles encoded once per catalog
+    # ("encode_titles"), then pairs scored from the encodings ("score_encoded").
+    title_sig = input_signature(feature_specs(schema, "anime"), schema, widths)
+
+    @tf.function(input_signature=[title_sig])
+    def encode(features):
+        return {"encoded": model.encode_titles(features)}
+
+    user_sig = input_signature(feature_specs(schema, "user", history=False), schema, widths)
+    user_sig["title_encoded"] = tf.TensorSpec([None, None], tf.float32, name="title_encoded")
+
+    @tf.function(input_signature=[user_sig])
+    def score_encoded(features):
+        return {"predicted_score": tf.clip_by_value(
+            model.score_encoded(features, features["title_encoded"]), LOW, HIGH)}
+
+    artifact.export_saved_model(model, path, {"serving_default": serve, "encode_titles": encode,
+                                              "score_encoded": score_encoded})
 
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",

@@ -106,7 +106,7 @@ class ScoreModel(tfrs.Model):
                 lookup = tf.keras.layers.StringLookup(vocabulary=vocab, output_mode="multi_hot",
                                                       num_oov_indices=1,
                                                       name=f"{title_feature}_multi_hot")
-                self._crosses.append((vector, title_feature, lookup))
+                self._crosses.append((vector, title_feature, lookup, len(vocab)))
         self.mlp = [tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")
                     for i, units in enumerate(config.hidden)]
         self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
@@ -118,21 +118,37 @@ class ScoreModel(tfrs.Model):
         lookup, embedding = pair
         return embedding(lookup(ids))
 
-    def call(self, features: dict, training: bool = False) -> tf.Tensor:
-        user_ids, title_ids = features["user_id"], features["media_id"]
-        title_bias = tf.squeeze(self._bias(self.title_bias, title_ids), -1)
+    def encode_titles(self, features: dict) -> tf.Tensor:
+        """Raw title features ``[n]`` (with ``media_id``) -> ``[n, d]``: the title's bias,
+        factors, encoding and normalised genre/format indicators (for the crosses). It
+        does not depend on the user, so serving computes it once per catalog."""
+        ids = features["media_id"]
+        parts = [self._bias(self.title_bias, ids)]
+        if self.factors is not None:
+            parts.append(self._bias(self.factors[1], ids))
+        parts.append(self.anime_encoder({k: features[k] for k in self.anime_keys}))
+        for _, title_feature, lookup, _ in self._crosses:
+            values = tf.reshape(features[title_feature], [tf.shape(ids)[0], -1])
+            hot = lookup(values)[:, 1:]                                    # drop the OOV slot
+            parts.append(hot / tf.maximum(tf.reduce_sum(hot, -1, keepdims=True), 1.0))
+        return tf.concat(parts, axis=-1)
+
+    def score_encoded(self, features: dict, titles: tf.Tensor,
+                      training: bool = False) -> tf.Tensor:
+        """Raw user features ``[b]`` and their titles' :meth:`encode_titles` rows
+        ``[b, d]`` -> unclipped predictions ``[b]``."""
+        user_ids = features["user_id"]
+        widths = [1, self.config.factors if self.factors is not None else 0, -1,
+                  *[width for *_, width in self._crosses]]
+        title_bias, title_factors, encoded, *hots = tf.split(titles, widths, axis=-1)
+        title_bias = tf.squeeze(title_bias, -1)
         if self.user_scale is not None:
             title_bias *= 1.0 + tf.squeeze(self._bias(self.user_scale, user_ids), -1)
         base = self.mu + tf.squeeze(self._bias(self.user_bias, user_ids), -1) + title_bias
         if self.factors is not None:
-            base += tf.reduce_sum(self._bias(self.factors[0], user_ids)
-                                  * self._bias(self.factors[1], title_ids), -1)
-        parts = [self.user_encoder({k: features[k] for k in self.user_keys}),
-                 self.anime_encoder({k: features[k] for k in self.anime_keys})]
-        for vector, title_feature, lookup in self._crosses:
-            values = tf.reshape(features[title_feature], [tf.shape(user_ids)[0], -1])
-            hot = lookup(values)[:, 1:]                                    # drop the OOV slot
-            hot = hot / tf.maximum(tf.reduce_sum(hot, -1, keepdims=True), 1.0)
+            base += tf.reduce_sum(self._bias(self.factors[0], user_ids) * title_factors, -1)
+        parts = [self.user_encoder({k: features[k] for k in self.user_keys}), encoded]
+        for (vector, *_), hot in zip(self._crosses, hots):
             for kind in ("share", "affinity"):
                 taste = tf.cast(features[f"{vector}_{kind}"], tf.float32)
                 parts.append(tf.reduce_sum(taste * hot, -1, keepdims=True))
@@ -142,6 +158,9 @@ class ScoreModel(tfrs.Model):
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
         return base + tf.squeeze(self.interaction(x), -1)
+
+    def call(self, features: dict, training: bool = False) -> tf.Tensor:
+        return self.score_encoded(features, self.encode_titles(features), training=training)
 
     def predict_scores(self, features: dict) -> tf.Tensor:
         """Predictions ``[batch]`` clipped to the POINT_100 range [1, 100]."""

@@ -231,8 +231,16 @@ class Recommender:
                     signatures["score_encoded"])
         # The score head, when the model has one: predicted_score of every returned row.
         saved_scorer, self.scorer = artifact.load_scorer(self.directory)
+        self._titles_for_scores = None
         if saved_scorer is not None:
             self._saved["scorer"] = saved_scorer
+            if "encode_titles" in saved_scorer.signatures:
+                # As for the ranker: the titles' half of the head once per catalog, then
+                # each returned row gathers its encoding (no string lookups per row).
+                encode = saved_scorer.signatures["encode_titles"]
+                names = [t.name for t in encode.structured_input_signature[1].values()]
+                self._titles_for_scores = apply_in_blocks(
+                    lambda batch: encode(**batch)["encoded"], self._anime_raw, names)
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
         # The candidates the ranker was trained to reorder: EASE's too where it reads them.
@@ -333,8 +341,26 @@ class Recommender:
         if self.scorer is None or user_raw is None or not ok.any():
             return out
         users = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[ok]
-        out[ok] = artifact.predict_pairs(self.scorer, user_raw, self._anime_raw, users, rows[ok])
+        out[ok] = self._score_pairs(user_raw, users, rows[ok])
         return out
+
+    def _score_pairs(self, user_raw: dict, users: np.ndarray, titles: np.ndarray,
+                     batch_size: int = 8192) -> np.ndarray:
+        """The score head's predictions ``[n]`` of pairs (row ``users[i]`` of ``user_raw``,
+        title row ``titles[i]``): from the catalog's encodings, or by the head's
+        ``serving_default`` for a head without the factorised signatures."""
+        if self._titles_for_scores is None:
+            return artifact.predict_pairs(self.scorer, user_raw, self._anime_raw, users, titles)
+        score = self._saved["scorer"].signatures["score_encoded"]
+        inputs = [t.name for t in score.structured_input_signature[1].values()
+                  if t.name != "title_encoded"]
+        out = [np.zeros(0, np.float32)]
+        for start in range(0, len(users), batch_size):
+            part = slice(start, start + batch_size)
+            batch = {k: tf.constant(user_raw[k][users[part]]) for k in inputs}
+            out.append(score(title_encoded=tf.constant(self._titles_for_scores[titles[part]]),
+                             **batch)["predicted_score"].numpy())
+        return np.concatenate(out)
 
     def _frame(self, user_ids, rows: np.ndarray, scores: np.ndarray,
                user_raw: dict | None = None) -> pd.DataFrame:
@@ -569,7 +595,7 @@ class Recommender:
             unknown = np.unique(anime_ids[titles < 0])
             raise InputError(f"{len(unknown)} anime ids are not in this model's catalog, e.g. "
                              f"{unknown[:3].tolist()}; valid ids are in rec.anime['media_id'].")
-        return artifact.predict_pairs(self.scorer, self._user_raw, self._anime_raw, users, titles)
+        return self._score_pairs(self._user_raw, users, titles)
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

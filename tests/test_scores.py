@@ -189,7 +189,9 @@ def test_served_recommendations_carry_predicted_scores(rec, tables):
     assert list(out.columns) == ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
     assert out["predicted_score"].dtype == np.float32
     assert out["predicted_score"].between(1, 100).all()
-    # The same numbers as the pairs API, and as the head on the feature tables.
+    # Served from the catalog's encodings (the factorised signatures); the same numbers
+    # as the pairs API, and as the head's plain signature on the feature tables.
+    assert rec._titles_for_scores is not None
     np.testing.assert_allclose(rec.predict_scores(out["user_id"], out["anime_id"]),
                                out["predicted_score"], rtol=0, atol=1e-4)
     rows = pd.Index(tables.users["user_id"]).get_indexer(out["user_id"])
