@@ -204,14 +204,14 @@ class RetrievalArtifact:
         """EASE's weights ``[n, n]`` float32 (in memory: read at random per request; 1.6 GB
         at the 20,000-title ceiling), or None for a model without them (too many titles,
         or a model from before the hybrid candidates)."""
-        path = self.directory / EASE
-        if not path.exists():
-            return None
-        weights = np.load(path)
-        if weights.shape != (len(self.anime), len(self.anime)):
-            raise InputError(f"{path} has shape {weights.shape}, not {len(self.anime)} x "
-                             f"{len(self.anime)} titles; the model is corrupt.")
-        return weights
+        if not hasattr(self, "_ease"):   # read once: every generator of this model shares it
+            path = self.directory / EASE
+            weights = np.load(path) if path.exists() else None
+            if weights is not None and weights.shape != (len(self.anime), len(self.anime)):
+                raise InputError(f"{path} has shape {weights.shape}, not {len(self.anime)} x "
+                                 f"{len(self.anime)} titles; the model is corrupt.")
+            self._ease = weights
+        return self._ease
 
     def generator(self, k: int, k_ease: int = 0, ease: bool = True,
                   signals: tuple[str, ...] | None = None) -> Generator:
@@ -251,12 +251,6 @@ class RetrievalArtifact:
         histories, exclude = self._split_inputs(tables, split)
         return generator.signals_for(self.queries[user_rows], [histories[u] for u in user_rows],
                                      [exclude[u] for u in user_rows], anime_rows).signals
-
-    def top(self, tables: FeatureTables, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per user row of ``tables``: the two-tower's top-``k`` title rows (-1 padding)
-        and scores, leaving out every title the user had before ``split``."""
-        cand = self.candidates(tables, split, Generator(self.index, None, k))
-        return cand.rows, np.where(cand.rows >= 0, cand.signals["similarity"], -np.inf)
 
 
 def served_order(config: dict) -> dict:

@@ -36,21 +36,10 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.config import EASE_SIGNALS, SIGNALS
+from pipelines import protocol
 from pipelines.protocol import Candidates
 from towers.index import CandidateIndex
 from towers.topk import top_k
-
-
-def _ranks(rows: np.ndarray, ranked: np.ndarray, n: int, cap: int) -> np.ndarray:
-    """Per row of ``rows`` ``[b, C]`` (title rows, -1 = padding): each title's 0-based
-    position in ``ranked`` ``[b, K]`` (the same user's list, -1 = padding), ``cap``
-    where it is not there (or beyond ``cap``). ``n``: the catalog size."""
-    position = np.full((len(rows), n + 1), cap, np.int64)     # the last column: padding
-    users = np.repeat(np.arange(len(rows)), ranked.shape[1])
-    position[users, np.where(ranked >= 0, ranked, n).reshape(-1)] = np.tile(
-        np.arange(ranked.shape[1]), len(rows))
-    position[:, n] = cap
-    return np.minimum(position[np.arange(len(rows))[:, None], np.where(rows >= 0, rows, n)], cap)
 
 
 class Generator:
@@ -70,15 +59,6 @@ class Generator:
             s for s in SIGNALS if s not in EASE_SIGNALS)
         self.signals = tuple(s for s in available if signals is None or s in signals)
         self._full_ease = ease_weights is not None and self.k_ease > 0
-        self._sorter = np.argsort(index.ids, kind="stable")
-        self._sorted = index.ids[self._sorter]
-
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Title rows of candidate ids (-1 for ids not in the catalog)."""
-        ids = np.asarray(ids, np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, ids), 0, max(self.n - 1, 0))
-        found = (self._sorted[pos] == ids) if self.n else np.zeros(len(ids), bool)
-        return np.where(found, self._sorter[pos], -1)
 
     def ease_scores(self, histories: list) -> np.ndarray:
         """``[len(histories), n]``: ``x_u B`` for each history (an array of title rows)."""
@@ -141,11 +121,7 @@ class Generator:
             ease = self.ease_scores(histories)
             blocked = np.zeros(ease.shape, bool)
             if exclude is not None:
-                lengths = [len(e) for e in exclude]
-                if sum(lengths):
-                    r = self.rows_of(np.concatenate([np.asarray(e, np.int64) for e in exclude]))
-                    u = np.repeat(np.arange(len(exclude)), lengths)
-                    blocked[u[r >= 0], r[r >= 0]] = True
+                blocked[self.index.excluded_pairs(exclude)] = True
             if allowed is not None:
                 blocked |= ~np.asarray(allowed, bool)[None, :]
             ease_top = top_k(ease, self.k_ease, blocked)
@@ -155,7 +131,7 @@ class Generator:
             rows = tower
             if self.k_ease:
                 added = ease_top[:, :self.k_ease]
-                already = _ranks(added, tower, self.n, self.k) < self.k
+                already = (added[:, :, None] == tower[:, None, :]).any(-1)
                 rows = np.concatenate([tower, np.where(already, -1, added)], axis=1)
         return self.candidates(queries, histories, rows, ease, tower,
                                np.where(tower >= 0, scores, 0.0) if rows is tower else None)
@@ -168,10 +144,8 @@ class Generator:
         ``[b, n]`` (or None: summed where needed), the two-tower's top titles ``tower``
         ``[b, k]``, against which both ranks are counted, and (optionally) the two-tower
         scores of ``rows`` as the index returned them."""
-        pad, in_pool = rows < 0, tower >= 0
+        pad, in_pool, same = rows < 0, tower >= 0, rows is tower
         out = {}
-
-        same = rows is tower
 
         def rank(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
             """How many of the user's two-tower top titles score higher: 0 = above them all."""
@@ -210,4 +184,4 @@ class Generator:
 
     def _similarity(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Two-tower scores ``[b, C]`` of title rows ``[b, C]`` (exact dot products)."""
-        return np.einsum("bd,bcd->bc", queries, self.index.embeddings[np.maximum(rows, 0)])
+        return protocol.similarity(queries, self.index.embeddings, np.arange(len(queries)), rows)

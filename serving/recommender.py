@@ -223,10 +223,7 @@ class Recommender:
             if "encode_anime" in signatures:
                 # Titles do not depend on the user: encode the catalog once, then every
                 # batch gathers float rows instead of re-encoding strings per candidate.
-                encode = signatures["encode_anime"]
-                names = [t.name for t in encode.structured_input_signature[1].values()]
-                self._encoded = tf.constant(apply_in_blocks(
-                    lambda batch: encode(**batch)["encoded"], self._anime_raw, names))
+                self._encoded = tf.constant(self._encode_catalog(signatures["encode_anime"]))
                 self._score_rows, self._score_inputs, self._score_signals = self._scorer(
                     signatures["score_encoded"])
         # The score head, when the model has one: predicted_score of every returned row.
@@ -237,10 +234,8 @@ class Recommender:
             if "encode_titles" in saved_scorer.signatures:
                 # As for the ranker: the titles' half of the head once per catalog, then
                 # each returned row gathers its encoding (no string lookups per row).
-                encode = saved_scorer.signatures["encode_titles"]
-                names = [t.name for t in encode.structured_input_signature[1].values()]
-                self._titles_for_scores = apply_in_blocks(
-                    lambda batch: encode(**batch)["encoded"], self._anime_raw, names)
+                self._titles_for_scores = self._encode_catalog(
+                    saved_scorer.signatures["encode_titles"])
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
         # The candidates the ranker was trained to reorder: EASE's too where it reads them.
@@ -267,6 +262,12 @@ class Recommender:
         return cls(resolve(repo_id_or_dir, revision, **hub_kwargs), use_ranker=use_ranker)
 
     # -- scoring ----------------------------------------------------------------------
+    def _encode_catalog(self, encode) -> np.ndarray:
+        """A title-half signature (``{"encoded": [n, d]}`` from raw title features) applied
+        to the whole catalog, in blocks."""
+        names = [t.name for t in encode.structured_input_signature[1].values()]
+        return apply_in_blocks(lambda batch: encode(**batch)["encoded"], self._anime_raw, names)
+
     def _scorer(self, score_encoded):
         """``fn(rows, signals, user) -> scores [b, l]``: the gather of encoded titles and
         the ranker's ``score_encoded`` signature as one function, compiled with XLA

@@ -130,7 +130,7 @@ class CandidateIndex:
         blocked = None if allowed is None else ~np.asarray(allowed, bool)
         for start in range(0, len(queries), batch_size):
             q = queries[start:start + batch_size]
-            rows, cols = (self._excluded(exclude[start:start + batch_size])
+            rows, cols = (self.excluded_pairs(exclude[start:start + batch_size])
                           if exclude is not None else (None, None))
             if self._searcher is None:
                 # Exact: a fresh score block, exclusions written into it in place (no
@@ -168,9 +168,10 @@ class CandidateIndex:
             out_scores[start:start + len(q), :width] = got
         return out_ids, out_scores
 
-    def _excluded(self, chunk: list) -> tuple[np.ndarray, np.ndarray]:
+    def excluded_pairs(self, chunk: list) -> tuple[np.ndarray, np.ndarray]:
         """(query row, candidate position) pairs for per-query excluded ids; unknown ids
-        are ignored."""
+        are ignored. ``search`` writes them into its score blocks; EASE's candidates
+        (``pipelines/candidates.py``) block the same titles with them."""
         chunk = [seen.astype(np.int64, copy=False).reshape(-1) if isinstance(seen, np.ndarray)
                  else np.fromiter(seen, np.int64, len(seen)) for seen in chunk]
         lengths = [len(seen) for seen in chunk]
