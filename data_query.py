@@ -36,6 +36,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterable
 from collections import Counter
 from pathlib import Path
 
@@ -673,15 +674,21 @@ def crawl_media(conn, client: AniListClient, *, progress: bool = True) -> Summar
     return summary
 
 
-def crawl_refresh(conn, client: AniListClient, *, progress: bool = True) -> Summary:
+def crawl_refresh(conn, client: AniListClient, *, users: Iterable[int] | None = None,
+                  progress: bool = True) -> Summary:
     """Re-queues the lists of users whose newest list update is later than what the store
     has, or whose list now holds fewer entries than the store has (entries deleted: the
     newest update alone would never show it), with one small request per user; ``main``
     then fetches those lists and any new titles. A user AniList now refuses (e.g. gone
     private) is skipped, as the lists crawl skips them; a check that failed is asked again
-    by the next refresh."""
+    by the next refresh.
+
+    ``users``: check only these (e.g. the users a model tracks), whether the store got
+    their lists from a crawl or from a source that keeps no crawl record (a synthetic
+    world's store); None: every user whose list was crawled."""
     summary = Summary()
-    users = store.crawl_items(conn, "lists", ("done",))
+    users = (store.crawl_items(conn, "lists", ("done",)) if users is None
+             else [int(u) for u in users])
     for user_id in tqdm(users, desc="refresh", unit="user", disable=not progress):
         outcome, found = _attempt(conn, summary, lambda: client.query(
             REFRESH_QUERY, {"userId": user_id}), "lists", [user_id], requeue=False)
@@ -851,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "media":
                 summary = crawl_media(conn, client, progress=progress)
             else:
-                summary = _refresh(conn, client, progress)
+                summary = refresh(conn, client, progress=progress)
         finally:
             conn.close()
     except AnirankError as err:
@@ -865,10 +872,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _refresh(conn, client: AniListClient, progress: bool) -> Summary:
-    """``refresh``: the checks, then the lists they re-queued, then new titles; one
-    summary (``fetched``: lists re-queued)."""
-    summary = crawl_refresh(conn, client, progress=progress)
+def refresh(conn, client: AniListClient, *, users: Iterable[int] | None = None,
+            progress: bool = True) -> Summary:
+    """``refresh``: the checks (of ``users``, see :func:`crawl_refresh`), then the lists
+    they re-queued, then new titles; one summary (``fetched``: lists re-queued)."""
+    summary = crawl_refresh(conn, client, users=users, progress=progress)
     summary.entries = 0  # the re-fetched lists' entries, below
     for crawl in (crawl_lists, crawl_media):
         if summary.stopped:

@@ -32,6 +32,8 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   publish         model dir -> Hugging Face Hub model repo (model card, one commit)
   run             the whole job on the embedded default data: synth, features, retrieval,
                   ranking, score head, evaluation report
+  daily           one day of the daily loop: refresh the tracked users, score what they
+                  did that day against yesterday's predictions, keep it, serve tomorrow
 
 """
 
@@ -326,6 +328,49 @@ def build_parser() -> argparse.ArgumentParser:
                               "(`pip install \"anirank @ git+URL\"`); default: no link, the "
                               "card says to install from a checkout")
 
+    daily = add_stage(
+        "daily", help="one day of the daily loop (safe to run from cron)",
+        description="For day --date (UTC): refreshes the tracked users' AniList lists "
+                    "(only the lists that changed), selects the entries completed, dropped "
+                    "or scored that day and the titles added, predicts their scores with "
+                    "the model and looks them up in the lists served the day before, "
+                    "compares both with the baselines (user and title mean score, recent "
+                    "popularity), stores it all in the raw store (one transaction per day: "
+                    "a rerun replaces the day), serves the next day's lists and rewrites "
+                    "the monitoring report.",
+        epilog="cron, every day at 02:00 UTC for the day before: 0 2 * * * cd /srv/anirank && "
+               ".venv/bin/python -m pipelines daily --date $(date -u -d yesterday +\\%F) "
+               "--model your-name/anirank --revision <commit> --endpoint "
+               "https://graphql.anilist.co --quiet")
+    daily.add_argument("--date", default=None,
+                       help="the day, YYYY-MM-DD in UTC (default: today in UTC)")
+    daily.add_argument("--db", default=DEFAULT_DB, help=f"raw store path (default: {DEFAULT_DB})")
+    daily.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"model directory or Hub repo id (default: {DEFAULT_MODEL})")
+    daily.add_argument("--revision", default=None,
+                       help="Hub revision to pin (a commit or tag; it also names the model in "
+                            "the daily tables); default: the model files' digest")
+    daily.add_argument("--endpoint", default=None,
+                       help="AniList GraphQL endpoint to refresh from, e.g. "
+                            "https://graphql.anilist.co (required unless --no-refresh)")
+    daily.add_argument("--rate", type=float, default=None,
+                       help="AniList requests per minute (default: the client's, AniList's limit)")
+    daily.add_argument("--no-refresh", action="store_true",
+                       help="use the store as it is (kept fresh by other means)")
+    daily.add_argument("--users", default=None,
+                       help="file of user ids to track, one per line (default: the model's "
+                            "training users)")
+    daily.add_argument("--out", default="data/daily",
+                       help="where served lists and the monitoring report go (default: %(default)s)")
+    daily.add_argument("--k", type=int, default=100,
+                       help="titles served per user, so hit@10 and hit@100 can be measured "
+                            "(default: %(default)s)")
+    daily.add_argument("--mae-threshold", type=float, default=None,
+                       help="the MAE above which, for --alert-days days, the report asks for "
+                            "a retrain (default: 1.25 x the model's test MAE)")
+    daily.add_argument("--alert-days", type=int, default=3,
+                       help="days in a row before an alert (default: %(default)s)")
+
     run = add_stage(
         "run", help="the whole job on the default synthetic data",
         description="Generates the default synthetic world, builds its feature tables, "
@@ -411,6 +456,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recommendations for {summary['users']:,} users in {summary['out']} "
                   f"({summary['seconds']} s)")
             print(f"report: {report['report']}/report.md")
+        if args.stage == "daily":
+            from pipelines import daily
+
+            summary = daily.run(args.date, db=args.db, model=args.model, revision=args.revision,
+                                endpoint=args.endpoint, users=args.users, out=args.out,
+                                k=args.k, refresh=not args.no_refresh, rate=args.rate,
+                                mae_threshold=args.mae_threshold, alert_days=args.alert_days,
+                                progress=progress)
+            print(daily.describe(summary))
         if args.stage == "publish":
             from pipelines import publish
 

@@ -39,12 +39,14 @@ def _get(metrics: dict, key: str):
 
 def table(rows, columns, markdown: bool = True, label: str = "") -> str:
     """A metrics table: one row per ``(name, metrics dict)`` in ``rows`` (rows whose dict
-    is None are left out), one column per ``(header, key)`` in ``columns`` (``key``
-    dotted for nested values). Markdown for report.md and the model card, aligned text
-    for the command line; missing values show as "-"."""
+    is None are left out), one column per ``(header, key)`` or ``(header, key, spec)``
+    in ``columns`` (``key`` dotted for nested values; ``spec`` the number format,
+    default ``.4f``). Markdown for report.md and the model card, aligned text for the
+    command line; missing values show as "-"."""
     rows = [(name, m) for name, m in rows if m is not None]
-    cells = [[name] + [num(_get(m, key)) for _, key in columns] for name, m in rows]
-    header = [label] + [h for h, _ in columns]
+    cells = [[name] + [num(_get(m, key), *spec) for _, key, *spec in columns]
+             for name, m in rows]
+    header = [label] + [c[0] for c in columns]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])

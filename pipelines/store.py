@@ -128,6 +128,37 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The daily loop (pipelines.daily): what happened each day, what the model said of it,
+-- and the day's metrics. A day is rewritten whole, in one transaction.
+CREATE TABLE IF NOT EXISTS daily_outcomes (
+    day        TEXT NOT NULL,             -- YYYY-MM-DD, UTC
+    user_id    INTEGER NOT NULL,
+    media_id   INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('completed','dropped','scored','started')),
+    status     TEXT NOT NULL,
+    score      INTEGER NOT NULL,          -- POINT_100, 0 = not scored
+    is_new     INTEGER NOT NULL,          -- added to the list that day
+    updated_at INTEGER,
+    PRIMARY KEY (day, user_id, media_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily_predictions (
+    revision        TEXT NOT NULL,        -- the model that predicted (Hub revision or digest)
+    day             TEXT NOT NULL,
+    user_id         INTEGER NOT NULL,
+    media_id        INTEGER NOT NULL,
+    predicted_score REAL,                 -- the score head's; NULL: a title the model lacks
+    served_rank     INTEGER,              -- rank in the list served the day before; NULL: not in it
+    popularity_rank INTEGER,              -- the same for the recent-popularity list
+    user_mean       REAL,                 -- the score baselines, as of the day before
+    title_mean      REAL,
+    PRIMARY KEY (revision, day, user_id, media_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily_metrics (
+    revision TEXT NOT NULL,
+    day      TEXT NOT NULL,
+    metrics  TEXT NOT NULL,               -- JSON
+    PRIMARY KEY (revision, day)
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -548,3 +579,49 @@ def fingerprint(conn: sqlite3.Connection) -> str:
         while rows := cursor.fetchmany(100_000):
             digest.update(repr(rows).encode())
     return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# The daily loop's tables.
+
+DAILY_OUTCOME_COLUMNS = ("day", "user_id", "media_id", "kind", "status", "score", "is_new",
+                         "updated_at")
+DAILY_PREDICTION_COLUMNS = ("revision", "day", "user_id", "media_id", "predicted_score",
+                            "served_rank", "popularity_rank", "user_mean", "title_mean")
+
+
+def replace_day(conn: sqlite3.Connection, revision: str, day: str, outcomes: pd.DataFrame,
+                predictions: pd.DataFrame, metrics: dict) -> None:
+    """Writes one day of the daily loop in one transaction: the day's outcomes (any
+    model's), ``revision``'s predictions and metrics for it. Whatever the store held for
+    that day (and revision) is replaced, so a rerun leaves exactly one copy, and a run
+    killed before the commit leaves the previous state."""
+    with transaction(conn):
+        conn.execute("DELETE FROM daily_outcomes WHERE day=?", (day,))
+        conn.execute("DELETE FROM daily_predictions WHERE revision=? AND day=?", (revision, day))
+        conn.execute("DELETE FROM daily_metrics WHERE revision=? AND day=?", (revision, day))
+        _upsert(conn, "daily_outcomes", ("day", "user_id", "media_id"), DAILY_OUTCOME_COLUMNS,
+                outcomes.assign(day=day))
+        _upsert(conn, "daily_predictions", ("revision", "day", "user_id", "media_id"),
+                DAILY_PREDICTION_COLUMNS, predictions.assign(revision=revision, day=day))
+        conn.execute("INSERT INTO daily_metrics VALUES (?, ?, ?)",
+                     (revision, day, json.dumps(metrics, sort_keys=True)))
+
+
+def read_daily(conn: sqlite3.Connection, table: str,
+               revision: str | None = None) -> pd.DataFrame:
+    """One of the daily loop's tables (``outcomes``, ``predictions``, ``metrics``), ordered
+    by day; ``revision`` keeps one model's rows (not for outcomes). ``metrics`` comes back
+    with its JSON decoded into dict values."""
+    columns = {"outcomes": DAILY_OUTCOME_COLUMNS, "predictions": DAILY_PREDICTION_COLUMNS,
+               "metrics": ("revision", "day", "metrics")}[table]
+    where, args = "", ()
+    if revision is not None and table != "outcomes":
+        where, args = " WHERE revision=?", (revision,)
+    rows = conn.execute(f"SELECT {', '.join(columns)} FROM daily_{table}{where} "
+                        f"ORDER BY day{', user_id, media_id' if table != 'metrics' else ''}",
+                        args).fetchall()
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    if table == "metrics":
+        frame["metrics"] = [json.loads(m) for m in frame["metrics"]]
+    return frame

@@ -412,7 +412,8 @@ class Recommender:
         return self._user_row.get_indexer(_ids_arg("user_ids", user_ids)) >= 0
 
     def recommend(self, user_ids, k: int = 10, candidates: int | None = None,
-                  exclude_seen: bool = True, filters: Filters | None = None) -> pd.DataFrame:
+                  exclude_seen: bool = True, filters: Filters | None = None,
+                  exclude=None) -> pd.DataFrame:
         """Top ``k`` titles per known user.
 
         Args:
@@ -423,6 +424,9 @@ class Recommender:
             None = ``max(k, 100)``; capped at the catalog size.
           exclude_seen: leave out the titles on the user's training list.
           filters: a :class:`Filters`; None = the defaults (no adult titles).
+          exclude: more anime ids to leave out, one list (or array) per user id, e.g.
+            what each user added since the model was trained (the daily loop passes the
+            lists it refreshed); ids outside the catalog are ignored. None: nothing more.
 
         Returns:
           Columns user_id, rank (1 = best), anime_id, title, score (float32, the model's
@@ -450,6 +454,12 @@ class Recommender:
             return self._frame(user_ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         raw = {key: v[rows] for key, v in self._user_raw.items()}
         seen = [self._seen[r] for r in rows] if exclude_seen else None
+        if exclude is not None:
+            if len(exclude) != len(user_ids):
+                raise InputError(f"`exclude` must hold one list of anime ids per user id. "
+                                 f"Received: {len(exclude)} lists for {len(user_ids)} users.")
+            extra = [_ids_arg("exclude", e) for e in exclude]
+            seen = extra if seen is None else [np.union1d(s, e) for s, e in zip(seen, extra)]
         histories = None if self._history is None else [self._history[r] for r in rows]
         top, scores = self._recommend_raw(raw, seen, histories, k, candidates, allowed)
         return self._frame(user_ids, top, scores, raw)

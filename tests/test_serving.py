@@ -60,6 +60,22 @@ def test_recommend_excludes_seen_and_ranks(rec):
     assert [p for p in zip(with_seen["user_id"], with_seen["anime_id"]) if p in pairs]
 
 
+def test_recommend_leaves_out_more_titles_when_asked(rec):
+    """``exclude``: per user, titles left out besides the training list (what the daily
+    loop passes: titles added since); the rest of the list moves up, in the same order."""
+    users = rec.users["user_id"].to_numpy()[:6]
+    before = rec.recommend(users, k=10)
+    top = before.groupby("user_id")["anime_id"].apply(list)
+    exclude = [top[u][:3] + [999_999_999] for u in users]  # an id outside the catalog too
+    after = rec.recommend(users, k=10, exclude=exclude)
+    for u, removed in zip(users, exclude):
+        got = after[after["user_id"] == u]["anime_id"].tolist()
+        assert not set(got) & set(removed)
+        assert got[:7] == top[u][3:]
+    with pytest.raises(InputError, match="one list of anime ids per user"):
+        rec.recommend(users, exclude=exclude[:2])
+
+
 def test_filters(rec):
     anime = rec.anime.set_index("media_id")
     users = rec.users["user_id"].to_numpy()[:10]

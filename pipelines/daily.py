@@ -1,0 +1,433 @@
+"""The daily loop: refresh the tracked users, see what they did on day D, compare it with
+what the model said the day before, keep the history, and serve day D+1.
+
+    python -m pipelines daily --date 2026-11-02 --model data/model --endpoint URL
+
+One run for day ``D`` (UTC):
+
+1. **Refresh.** ``data_query.refresh`` for the tracked users (the model's training users,
+   or ``--users FILE``): one small request per user, and the lists that changed since the
+   store last saw them (AniList's newest ``updatedAt`` per list) are fetched again, then
+   any new titles. Skipped with ``--no-refresh`` (a store kept fresh by other means).
+2. **Outcomes.** The tracked users' entries whose ``updated_at`` falls on D: ``completed``
+   (COMPLETED on D), ``dropped``, ``scored`` (a score given on D to an entry of another
+   status) and ``started`` (a title added to the list on D and not just planned). A
+   title added to the list on D (``is_new``) is one the recommendations could have
+   shown.
+3. **Predictions**, from the model that was current before D (``--model``, pinned with
+   ``--revision`` for a Hub repo): the score head's predicted score of every outcome,
+   and where each new title stood in the list served the day before (``served_rank``;
+   the lists are this module's own output for D-1, see 6). Beside them, computed from
+   the store as it stood before D, the baselines a reviewer expects: the user's mean
+   score, the title's mean score, and the rank the title had in the recent-popularity
+   list (most added in the 30 days before D) without the user's titles.
+4. **Metrics** of the day: MAE, RMSE and Spearman of predicted against real scores
+   (scored outcomes on titles the model knows; the share on unknown titles, i.e. new
+   releases, is reported), hit rate @10 / @100 of the day's new titles in the served
+   lists and in the popularity lists, and the drift of the day's outcomes against the
+   model's training period (population stability index of the score, the title's
+   training popularity, its format and the user's list length).
+5. **Kept** in the raw store: ``daily_outcomes``, ``daily_predictions`` and
+   ``daily_metrics``, keyed by (model revision, day, user, title), written in one
+   transaction per day: a rerun replaces the day exactly, and a run killed before the
+   commit leaves the previous state.
+6. **Served**: each tracked user's top ``k`` (default 100) for D+1 from the same model,
+   leaving out everything on their list by the end of D (so a day replayed on a store
+   that already holds later days serves what it would have served then), written atomically to
+   ``<out>/served/<revision>/<D>.parquet``. When D-1's list is missing (the first run),
+   it is built before the refresh, from the store as it stood then.
+
+Then ``pipelines.monitoring`` rewrites ``<out>/monitoring/`` from every day the store
+holds for the revision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import atomic, monitoring, store
+from pipelines.errors import InputError
+
+DAY = 86_400
+RECENT_DAYS = 30  # the recent-popularity baseline counts titles added in this window
+OUTCOME_KINDS = ("completed", "dropped", "scored", "started")
+DEFAULT_K = 100
+
+
+def parse_day(value: str | dt.date | None) -> dt.date:
+    """``YYYY-MM-DD`` (UTC), a date, or None for today in UTC."""
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc).date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"--date must be a day as YYYY-MM-DD (UTC). Received: {value!r}.") from None
+
+
+def day_bounds(day: dt.date) -> tuple[int, int]:
+    """``[start, end)`` of a UTC day in Unix seconds."""
+    start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
+    return start, start + DAY
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+def select_outcomes(entries: pd.DataFrame, start: int, end: int) -> pd.DataFrame:
+    """The day's outcomes among ``entries`` (the store's columns): entries updated in
+    ``[start, end)`` that were completed, dropped or scored then, or added then and
+    not just planned. Columns: user_id, media_id, kind, status, score, is_new,
+    updated_at."""
+    def within(column: str) -> np.ndarray:
+        values = entries[column].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        return (values >= start) & (values < end)
+
+    updated = within("updated_at")
+    status = entries["status"].astype(str).to_numpy()
+    completed_at = entries["completed_at"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    # Completed on D: the completion date when the source gives one, else the update.
+    completed = (status == "COMPLETED") & np.where(np.isnan(completed_at), updated,
+                                                   within("completed_at") & updated)
+    dropped = (status == "DROPPED") & updated
+    scored = updated & (entries["score"].to_numpy() > 0) & ~completed & ~dropped
+    is_new = within("created_at") & updated
+    started = is_new & (status != "PLANNING") & ~completed & ~dropped & ~scored
+    kind = np.select([completed, dropped, scored, started], OUTCOME_KINDS, default="")
+    keep = kind != ""
+    out = entries.loc[keep, ["user_id", "media_id", "status", "score", "updated_at"]].copy()
+    out.insert(2, "kind", kind[keep])
+    out["status"] = out["status"].astype(str)
+    out["score"] = out["score"].astype(np.int64)
+    out["is_new"] = is_new[keep].astype(np.int64)
+    return out.reset_index(drop=True)
+
+
+def list_before(entries: pd.DataFrame, start: int) -> pd.DataFrame:
+    """The entries as they stood before ``start``, as far as the store can tell: those
+    created before it (an entry changed later keeps its new values: the store holds the
+    latest state only)."""
+    created = entries["created_at"].astype("Float64").to_numpy(dtype=float, na_value=-np.inf)
+    return entries[created < start]
+
+
+def lists_of(entries: pd.DataFrame) -> dict:
+    """User id -> the ids on their list (int64 arrays), from ``entries``."""
+    users = entries["user_id"].to_numpy(np.int64)
+    order = np.argsort(users, kind="stable")
+    ids, starts = np.unique(users[order], return_index=True)
+    parts = np.split(entries["media_id"].to_numpy(np.int64)[order], starts[1:])
+    return dict(zip(ids.tolist(), parts))
+
+
+# -- baselines -----------------------------------------------------------------------------
+
+def score_baselines(entries: pd.DataFrame, start: int) -> tuple[pd.Series, pd.Series, float]:
+    """The score baselines as of ``start``: each user's mean score, each title's mean
+    score and the global mean, over the scores given before ``start``."""
+    updated = entries["updated_at"].astype("Float64").to_numpy(dtype=float, na_value=-np.inf)
+    scored = entries[(entries["score"].to_numpy() > 0) & (updated < start)]
+    score = scored["score"].astype(float)
+    global_mean = float(score.mean()) if len(score) else math.nan
+    return (score.groupby(scored["user_id"]).mean(), score.groupby(scored["media_id"]).mean(),
+            global_mean)
+
+
+def recent_popularity(entries: pd.DataFrame, start: int, days: int = RECENT_DAYS) -> np.ndarray:
+    """Title ids by how many lists added them in the ``days`` before ``start`` (ties:
+    by how many lists hold them before ``start``, then id): the recent-popularity
+    baseline's list, before each user's own titles are taken out."""
+    before = list_before(entries, start)
+    created = before["created_at"].astype("Float64").to_numpy(dtype=float, na_value=-np.inf)
+    recent = before["media_id"][created >= start - days * DAY].value_counts()
+    total = before["media_id"].value_counts()
+    frame = pd.DataFrame({"recent": recent, "total": total}).fillna(0)
+    frame = frame.rename_axis("media_id").reset_index()
+    frame = frame.sort_values(["recent", "total", "media_id"], ascending=[False, False, True])
+    return frame["media_id"].to_numpy(np.int64)
+
+
+def ranks_without_own(order: np.ndarray, own: dict, pairs: pd.DataFrame) -> np.ndarray:
+    """The 1-based rank of each (user_id, media_id) of ``pairs`` in the global ``order``
+    with the user's own titles (``own``: user id -> array of ids) taken out: what the
+    baseline would have shown that user. NaN for titles not in ``order``."""
+    position = pd.Series(np.arange(len(order)), index=order)
+    out = np.full(len(pairs), np.nan)
+    title_pos = position.reindex(pairs["media_id"].to_numpy()).to_numpy()
+    for i, (user, pos) in enumerate(zip(pairs["user_id"].to_numpy(), title_pos)):
+        if np.isnan(pos):
+            continue
+        mine = position.reindex(own.get(int(user), np.zeros(0, np.int64))).to_numpy()
+        out[i] = pos + 1 - np.count_nonzero(mine < pos)
+    return out
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN under 3 pairs or for a
+    constant side."""
+    if len(a) < 3:
+        return math.nan
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def score_metrics(real: np.ndarray, predicted: np.ndarray) -> dict:
+    """MAE, RMSE and Spearman of ``predicted`` against ``real`` (NaN for no pairs)."""
+    if not len(real):
+        return {"mae": math.nan, "rmse": math.nan, "spearman": math.nan}
+    error = predicted - real
+    return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error ** 2).mean())),
+            "spearman": spearman(real, predicted)}
+
+
+def hit_rates(ranks: np.ndarray) -> dict:
+    """Share of titles at rank <= 10 and <= 100 (NaN ranks: not shown)."""
+    if not len(ranks):
+        return {"hit@10": math.nan, "hit@100": math.nan}
+    ranks = np.nan_to_num(np.asarray(ranks, float), nan=np.inf)
+    return {"hit@10": float(np.mean(ranks <= 10)), "hit@100": float(np.mean(ranks <= 100))}
+
+
+def day_metrics(outcomes: pd.DataFrame, predictions: pd.DataFrame, global_mean: float,
+                served: bool) -> dict:
+    """The day's metrics from its outcomes and predictions (same rows, same order).
+
+    Score metrics: scored outcomes (score > 0) on titles the model knows, every predictor
+    on the same pairs (a baseline without a value for a pair falls back to the global
+    mean). Hit rates: the new titles (``is_new``) against the served list (NaN when no
+    list was served the day before) and the popularity list."""
+    counts = outcomes["kind"].value_counts()
+    scored = outcomes["score"].to_numpy() > 0
+    known = predictions["predicted_score"].notna().to_numpy()
+    pairs = scored & known
+    real = outcomes["score"].to_numpy(float)[pairs]
+    fallback = lambda c: predictions[c].astype(float).fillna(global_mean).to_numpy()[pairs]  # noqa: E731
+    new = outcomes["is_new"].to_numpy() == 1
+    return {
+        "outcomes": int(len(outcomes)),
+        "users": int(outcomes["user_id"].nunique()),
+        **{kind: int(counts.get(kind, 0)) for kind in OUTCOME_KINDS},
+        "scored": int(scored.sum()),
+        "scored_known": int(pairs.sum()),
+        "unknown_title_share": float(np.mean(~known[scored])) if scored.any() else math.nan,
+        "scores": {
+            "model": score_metrics(real, predictions["predicted_score"].to_numpy(float)[pairs]),
+            "user_mean": score_metrics(real, fallback("user_mean")),
+            "title_mean": score_metrics(real, fallback("title_mean")),
+            "global_mean": score_metrics(real, np.full(len(real), global_mean)),
+        },
+        "new_titles": int(new.sum()),
+        "hits": {
+            "model": (hit_rates(predictions["served_rank"].to_numpy(float)[new]) if served
+                      else {"hit@10": math.nan, "hit@100": math.nan}),
+            "recent_popularity": hit_rates(predictions["popularity_rank"].to_numpy(float)[new]),
+        },
+    }
+
+
+# -- the run ---------------------------------------------------------------------------
+
+def revision_of(rec, revision: str | None) -> str:
+    """What names the model in the daily tables: the Hub revision when pinned, else a
+    digest of the model's files (twelve hex digits), so two models never share rows."""
+    if revision:
+        return revision
+    from serving.batch import model_digest
+
+    return model_digest(rec)[:12]
+
+
+def tracked_users(rec, users: str | None) -> np.ndarray:
+    """The user ids to follow: the model's training users, or the ids in ``users`` (a
+    file of one integer per line)."""
+    if users is None:
+        return rec.users["user_id"].to_numpy(np.int64)
+    path = Path(users)
+    if not path.is_file():
+        raise InputError(f"--users {users}: no such file (one AniList user id per line).")
+    ids, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            (ids if line.strip().isdigit() else bad).append(
+                int(line) if line.strip().isdigit() else (number, line.strip()))
+    if bad:
+        raise InputError(f"--users {users}: lines that are not user ids, e.g. line {bad[0][0]}: "
+                         f"{bad[0][1]!r}. Put one integer id per line.")
+    return pd.unique(np.asarray(ids, np.int64))
+
+
+def served_path(out: Path, revision: str, day: dt.date) -> Path:
+    return out / "served" / revision / f"{day.isoformat()}.parquet"
+
+
+def serve(rec, users: np.ndarray, entries: pd.DataFrame, path: Path, k: int) -> dict:
+    """Each user's top ``k`` without anything on their list in ``entries``, to ``path``
+    (atomically). Users the model does not know get the popularity list."""
+    own = lists_of(entries)
+    known = rec.known(users)
+    frames = []
+    if known.any():
+        ids = users[known]
+        exclude = [own.get(u, np.zeros(0, np.int64)) for u in ids]
+        frames.append(rec.recommend(ids, k=k, exclude=exclude).assign(source="model"))
+    if (~known).any():
+        frames.append(rec.popular(users[~known], k).assign(source="popularity"))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return {"path": str(path), "users": int(len(users)), "rows": int(len(frame))}
+
+
+def predict(rec, outcomes: pd.DataFrame, entries: pd.DataFrame, start: int,
+            served: pd.DataFrame | None) -> tuple[pd.DataFrame, float]:
+    """The prediction rows of ``outcomes`` (same order) and the global mean score."""
+    user_mean, title_mean, global_mean = score_baselines(entries, start)
+    predicted = np.full(len(outcomes), np.nan)
+    ok = rec.known(outcomes["user_id"].to_numpy()) & np.isin(
+        outcomes["media_id"].to_numpy(), rec.anime["media_id"].to_numpy())
+    if rec.scorer is not None and ok.any():
+        predicted[ok] = rec.predict_scores(outcomes["user_id"].to_numpy()[ok],
+                                           outcomes["media_id"].to_numpy()[ok])
+    served_rank = np.full(len(outcomes), np.nan)
+    if served is not None and len(served):
+        lookup = served.set_index(["user_id", "anime_id"])["rank"]
+        keys = pd.MultiIndex.from_arrays([outcomes["user_id"], outcomes["media_id"]])
+        served_rank = lookup.reindex(keys).to_numpy(float)
+    before = list_before(entries, start)
+    own = lists_of(before)
+    popularity_rank = ranks_without_own(recent_popularity(entries, start), own, outcomes)
+    rows = pd.DataFrame({
+        "user_id": outcomes["user_id"].to_numpy(), "media_id": outcomes["media_id"].to_numpy(),
+        "predicted_score": predicted, "served_rank": served_rank,
+        "popularity_rank": popularity_rank,
+        "user_mean": user_mean.reindex(outcomes["user_id"]).to_numpy(),
+        "title_mean": title_mean.reindex(outcomes["media_id"]).to_numpy()})
+    for column in ("served_rank", "popularity_rank"):
+        rows[column] = rows[column].astype("Int64")
+    return rows, global_mean
+
+
+def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anirank.db",
+        model: str = "data/model", revision: str | None = None, endpoint: str | None = None,
+        users: str | None = None, out: str | os.PathLike = "data/daily", k: int = DEFAULT_K,
+        refresh: bool = True, rate: float | None = None, mae_threshold: float | None = None,
+        alert_days: int = 3, progress: bool = True) -> dict:
+    """Stage function behind ``python -m pipelines daily`` (see the module docstring).
+    ``mae_threshold`` / ``alert_days``: when the monitoring report asks for a retrain
+    (``monitoring.Thresholds``; default MAE: 1.25 x the model's test MAE). Returns the
+    day's summary: metrics, counts, paths, seconds per step."""
+    from serving import Recommender  # serving loads TensorFlow: only when a day runs
+
+    day = parse_day(date)
+    start, end = day_bounds(day)
+    out = Path(out)
+    for name, value in (("k", k), ("alert_days", alert_days)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer. "
+                             f"Received: {value!r}.")
+    seconds, tick = {}, time.perf_counter()
+    rec = Recommender.from_pretrained(model, revision)
+    rev = revision_of(rec, revision)
+    tracked = tracked_users(rec, users)
+    seconds["load"] = time.perf_counter() - tick
+    conn = store.connect(db)
+    try:
+        summary = {"day": day.isoformat(), "revision": rev, "tracked_users": int(len(tracked))}
+        yesterday = served_path(out, rev, day - dt.timedelta(days=1))
+        if not yesterday.exists():
+            # The first day (or a new revision): the list D-1 would have served, from the
+            # store as it stands before this refresh.
+            tick = time.perf_counter()
+            entries = _tracked_entries(conn, tracked)
+            summary["served_yesterday"] = serve(rec, tracked, list_before(entries, start),
+                                                yesterday, k)
+            seconds["serve_yesterday"] = time.perf_counter() - tick
+        if refresh:
+            if endpoint is None:
+                raise InputError("The daily run refreshes the tracked users' lists from "
+                                 "AniList: pass --endpoint URL (e.g. "
+                                 "https://graphql.anilist.co), or --no-refresh.")
+            import data_query
+
+            tick = time.perf_counter()
+            client = data_query.AniListClient(
+                endpoint, **({} if rate is None else {"rate": rate}))
+            result = data_query.refresh(conn, client, users=tracked, progress=progress)
+            summary["refresh"] = {"lists_refetched": int(result.fetched),
+                                  "entries": int(result.entries or 0),
+                                  "requests": int(client.stats.requests),
+                                  "failed": int(sum(result.failed.values())),
+                                  "stopped": result.stopped}
+            seconds["refresh"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        entries = _tracked_entries(conn, tracked)
+        everyone = store.read_entries(conn)
+        outcomes = select_outcomes(entries, start, end)
+        served = pd.read_parquet(yesterday)
+        predictions, global_mean = predict(rec, outcomes, everyone, start, served)
+        metrics = day_metrics(outcomes, predictions, global_mean, served=True)
+        media = store.read_media(conn)
+        metrics["drift"] = monitoring.drift(rec, outcomes, entries, start,
+                                            media.set_index("media_id")["format"])
+        store.replace_day(conn, rev, day.isoformat(), outcomes, predictions, metrics)
+        seconds["outcomes_and_predictions"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        summary["served"] = serve(rec, tracked, list_before(entries, end),
+                                  served_path(out, rev, day), k)
+        seconds["serve"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        summary["monitoring"] = monitoring.write(
+            store.read_daily(conn, "metrics", rev), out / "monitoring", rev,
+            monitoring.Thresholds.for_model(rec, mae=mae_threshold, days=alert_days))
+        seconds["monitoring"] = time.perf_counter() - tick
+    finally:
+        conn.close()
+    summary["metrics"] = metrics
+    summary["seconds"] = {k2: round(v, 2) for k2, v in seconds.items()}
+    return summary
+
+
+def _tracked_entries(conn, tracked: np.ndarray) -> pd.DataFrame:
+    entries = store.read_entries(conn)
+    return entries[entries["user_id"].isin(tracked)].reset_index(drop=True)
+
+
+def describe(summary: dict) -> str:
+    """The day's summary as the CLI prints it."""
+    m = summary["metrics"]
+    s, h = m["scores"], m["hits"]
+    lines = [f"day {summary['day']} (model {summary['revision']}): {m['outcomes']} outcomes "
+             f"from {m['users']} of {summary['tracked_users']} tracked users "
+             f"({m['completed']} completed, {m['dropped']} dropped, {m['scored']} scored, "
+             f"{m['new_titles']} new titles)"]
+    if "refresh" in summary:
+        r = summary["refresh"]
+        lines.append(f"refresh: {r['lists_refetched']} lists re-fetched, {r['requests']} "
+                     f"requests, {r['failed']} failed")
+    from pipelines.formatting import num
+
+    lines.append(f"scores ({m['scored_known']} scored on known titles; "
+                 f"{num(m['unknown_title_share'], '.1%')} on titles the model lacks): "
+                 + ", ".join(f"{name} MAE {num(v['mae'], '.2f')} RMSE {num(v['rmse'], '.2f')}"
+                             for name, v in s.items()))
+    lines.append(f"new titles in yesterday's lists: model hit@10 {num(h['model']['hit@10'], '.3f')} "
+                 f"@100 {num(h['model']['hit@100'], '.3f')}; recent popularity hit@10 "
+                 f"{num(h['recent_popularity']['hit@10'], '.3f')} "
+                 f"@100 {num(h['recent_popularity']['hit@100'], '.3f')}")
+    lines.append(f"served {summary['served']['rows']} rows for tomorrow: {summary['served']['path']}")
+    lines.append(f"monitoring report: {summary['monitoring']['report']}")
+    for line in summary["monitoring"].get("alerts", []):
+        lines.append(line)
+    return "\n".join(lines)
