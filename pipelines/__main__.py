@@ -49,6 +49,12 @@ def _add_synth_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0,
                        help="seed of the synthetic world: the same seed and sizes give the "
                             "same store (default: %(default)s)")
+    group.add_argument("--future-days", type=int, default=7,
+                       help="days the world goes on after the crawl (lists completed, "
+                            "dropped, scored, titles added; new releases and sequels), held "
+                            "back from the store in <db>.future.db for the stand-in AniList "
+                            "server's clock (python -m tests.anilist_server --future); the "
+                            "store is the same whatever it is; 0: none (default: %(default)s)")
 
 
 def _add_feature_args(parser: argparse.ArgumentParser) -> None:
@@ -397,10 +403,12 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = synth.run(args.db, users=args.users, anime=args.anime,
                                 entries_per_user=args.entries_per_user, seed=args.seed,
-                                progress=progress)
+                                future_days=args.future_days, progress=progress)
             print(f"synthetic world: {summary['users']:,} users, {summary['anime']:,} anime, "
                   f"{summary['entries']:,} entries in {summary['db']} ({summary['seconds']} s); "
                   f"ground truth in {summary['truth']}")
+            if "future" in summary:
+                print(synth.format_future(summary["future"]))
         if args.stage == "import-kaggle":
             from pipelines import kaggle
 

@@ -314,7 +314,7 @@ def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple]:
     return zip(*lists)
 
 
-_REAL_COLUMNS = {"mean_score", "std_score"}
+_REAL_COLUMNS = {"mean_score", "std_score", "log_exposure"}
 
 
 def _upsert(conn: sqlite3.Connection, table: str, key: Sequence[str],
@@ -416,6 +416,89 @@ def refresh_user_stats(conn: sqlite3.Connection, user_ids: Iterable[int] | None 
         updates,
     )
     return len(updates)
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Records ``key = value`` in the store's ``meta`` table (replacing an older value)."""
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """The value of ``key`` in ``meta``; None if never set."""
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row and row[0]
+
+
+# ---------------------------------------------------------------------------------------
+# A synthetic world's future (``pipelines.synth``): a file with the store's own tables
+# (``media`` and ``media_relations`` hold the titles that appear after the crawl) and two
+# more: every new version of a list entry, and the new titles' ground truth.
+
+VERSION_KEY = ("user_id", "media_id", "updated_at")
+TITLE_TRUTH_COLUMNS = ("media_id", "release", "log_exposure", "prequel_id", "vector")
+
+_FUTURE_SCHEMA = """
+-- One row per new version of a list entry (the entries table's columns): an entry that
+-- changes twice has two rows, told apart by updated_at.
+CREATE TABLE IF NOT EXISTS entry_versions (
+    user_id      INTEGER NOT NULL,
+    media_id     INTEGER NOT NULL,
+    score        INTEGER NOT NULL DEFAULT 0 CHECK (score BETWEEN 0 AND 100),
+    status       TEXT NOT NULL CHECK (status IN
+                 ('COMPLETED','CURRENT','PAUSED','DROPPED','REPEATING','PLANNING')),
+    progress     INTEGER,
+    repeat       INTEGER,
+    is_favourite INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER,
+    updated_at   INTEGER NOT NULL,
+    completed_at INTEGER,
+    PRIMARY KEY (user_id, media_id, updated_at)
+) WITHOUT ROWID;
+-- The generator's truth about the titles that appear: vector is a JSON list of floats,
+-- prequel_id the title it continues (NULL: none).
+CREATE TABLE IF NOT EXISTS title_truth (
+    media_id     INTEGER PRIMARY KEY,
+    release      INTEGER NOT NULL,
+    log_exposure REAL NOT NULL,
+    prequel_id   INTEGER,
+    vector       TEXT NOT NULL
+);
+"""
+
+
+def create_future_tables(conn: sqlite3.Connection) -> None:
+    """Adds the future's two tables (``entry_versions``, ``title_truth``) to a store file."""
+    conn.executescript(_FUTURE_SCHEMA)
+
+
+def insert_entry_versions(conn: sqlite3.Connection, versions: pd.DataFrame) -> int:
+    """Inserts (or replaces, by ``VERSION_KEY``) entry versions (columns: ``ENTRY_COLUMNS``)."""
+    return _upsert(conn, "entry_versions", VERSION_KEY, ENTRY_COLUMNS, versions)
+
+
+def read_entry_versions(conn: sqlite3.Connection) -> pd.DataFrame:
+    """Every entry version, ordered by (updated_at, user_id, media_id), typed as
+    ``read_entries`` types entries."""
+    return _read(conn, f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entry_versions "
+                       "ORDER BY updated_at, user_id, media_id", ENTRY_COLUMNS, _ENTRY_DTYPES)
+
+
+def insert_title_truth(conn: sqlite3.Connection, titles: pd.DataFrame) -> int:
+    """Inserts (or replaces) new titles' truth (columns: ``TITLE_TRUTH_COLUMNS``;
+    ``vector`` a sequence of floats, stored as JSON)."""
+    titles = titles.copy()
+    titles["vector"] = [json.dumps([float(x) for x in v]) for v in titles["vector"]]
+    return _upsert(conn, "title_truth", ("media_id",), TITLE_TRUTH_COLUMNS, titles)
+
+
+def read_title_truth(conn: sqlite3.Connection) -> pd.DataFrame:
+    """New titles' truth by media_id, ``vector`` decoded to lists of floats."""
+    dtypes = {"media_id": "int64", "release": "int64", "log_exposure": "float64",
+              "prequel_id": "Int64", "vector": "object"}
+    frame = _read(conn, f"SELECT {', '.join(TITLE_TRUTH_COLUMNS)} FROM title_truth "
+                        "ORDER BY media_id", TITLE_TRUTH_COLUMNS, dtypes)
+    frame["vector"] = [json.loads(v) for v in frame["vector"]]
+    return frame
 
 
 # ---------------------------------------------------------------------------------------

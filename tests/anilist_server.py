@@ -13,11 +13,33 @@ errors, titles AniList no longer returns, and a 403 "API disabled". It records w
 request arrived and when each was counted against the rate limit, so tests measure the
 client's rate as the server sees it.
 
+A world that moves. Given a synthetic world's future (``future=``, ``<db>.future.db``:
+see ``pipelines.synth.read_future``), the server has a clock, ``now`` (Unix seconds; None:
+the store as it is), which a test may set at any time, from any thread. Every answer is
+the world as of ``now``: a user's list is the store's entries with, per title, the latest
+future version whose ``updatedAt`` is at most ``now`` in its place (new entries added),
+and the user's ``updatedAt``, statistics, favourites and refresh's check
+(``mediaList(sort: UPDATED_TIME_DESC)``) follow from that list. A new title is answered
+by ``media(id_in: ...)`` once it exists: from the moment it appears on the site (its
+``fetched_at`` in the future file; no list can hold it before). Titles' statistics
+(popularity, scores) stay the crawl's. So ``data_query.py refresh`` at the end of a
+day brings that day's changes into a crawled store through the real client code path.
+
 From the command line (the README's "Try it without network"), serving a store until
 Ctrl-C, e.g. the synthetic world `make run` writes:
 
     python -m tests.anilist_server --db data/anirank.db --port 8766
     python data_query.py users --discover --pages 10 --endpoint http://127.0.0.1:8766/ --rate 0
+
+With its future, the clock at the crawl (``--now``: Unix seconds or an ISO date in UTC;
+default the future's start), moved by another process with a POST to ``/_clock`` on the
+same port (``{"now": seconds}``, ``{"day": d}`` for the end of the future's day ``d``, or
+``{"now": null}`` for the store as it is; answered only to loopback clients, with the
+clock as ``{"now", "start", "days"}``, which ``GET /_clock`` also answers):
+
+    python -m tests.anilist_server --db data/anirank.db --future data/anirank.db.future.db --port 8766
+    curl -s -X POST -d '{"day": 1}' http://127.0.0.1:8766/_clock
+    python data_query.py refresh --endpoint http://127.0.0.1:8766/ --rate 0 --db data/anilist.db
 """
 
 from __future__ import annotations
@@ -36,9 +58,11 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import graphql
+import numpy as np
 import pandas as pd
 
-from pipelines import store
+from pipelines import store, synth
+from pipelines.errors import InputError
 from tests.loopback import LoopbackServer, port_argument, serve_until_interrupted
 
 
@@ -191,9 +215,13 @@ class AniListStandIn(LoopbackServer):
         (answered, not 429); ``throttled``: the 429s the rate limit answered.
       favourite_pages: ``{user_id: favourites pages served}``.
       port: where it listens on 127.0.0.1 (0: a free port).
+      entries: ``{user_id: the store's entries}``, the lists before any future version.
+      future: the world's ``synth.Future`` (None: the world stands still).
+      now: the clock (Unix seconds; None: the store as it is), settable at any time.
     """
 
-    def __init__(self, db, *, delay: float = 0.0, timeout_seconds: float = 1.0,
+    def __init__(self, db, *, future=None, now: int | None = None, delay: float = 0.0,
+                 timeout_seconds: float = 1.0,
                  slow_seconds: float = 0.5, rate_limit: int | None = None,
                  rate_window: float = 60.0, retry_after: float = 60.0,
                  list_cap: int = 11_000, max_media_per_page: int | None = None, port: int = 0):
@@ -206,6 +234,21 @@ class AniListStandIn(LoopbackServer):
         finally:
             conn.close()
         self.entries = {u: g for u, g in entries.groupby("user_id")}
+        self.future = None if future is None else synth.read_future(db, future)
+        self._versions: dict[int, pd.DataFrame] = {}
+        self._version_times: dict[int, np.ndarray] = {}
+        self._new_media = self.media.iloc[:0]
+        self._durations = self.media["duration"]
+        if self.future is not None:
+            versions = self.future.versions
+            self._versions = {u: g.reset_index(drop=True) for u, g in versions.groupby("user_id")}
+            self._version_times = {u: g["updated_at"].to_numpy() for u, g in self._versions.items()}
+            self._new_media = self.future.media.set_index("media_id", drop=False)
+            self._durations = pd.concat([self.media["duration"], self._new_media["duration"]])
+        self._overlays: dict = {}
+        self._clock_lock = threading.Lock()
+        self._now = None
+        self.now = (self.future.start if self.future is not None else None) if now is None else now
         self.faults: dict = defaultdict(list)
         self.private_users: set[int] = set()
         self.missing_media: set[int] = set()
@@ -223,6 +266,71 @@ class AniListStandIn(LoopbackServer):
         self.paused, self.resume = threading.Event(), threading.Event()
         self._lock = threading.Lock()
 
+    # -- the clock ------------------------------------------------------------------
+    @property
+    def now(self) -> int | None:
+        with self._clock_lock:
+            return self._now
+
+    @now.setter
+    def now(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
+            raise InputError(f"The clock is Unix seconds (an integer) or None; got {value!r}.")
+        with self._clock_lock:
+            self._now = None if value is None else int(value)
+
+    def set_clock(self, body: dict) -> int | None:
+        """Sets the clock from a ``/_clock`` request body: ``{"now": seconds or null}``
+        or ``{"day": d}`` (the end of the future's day ``d``); returns the new ``now``.
+
+        Raises:
+          InputError: the body is neither, or ``day`` is outside the future.
+        """
+        if not isinstance(body, dict) or len(body.keys() & {"now", "day"}) != 1:
+            raise InputError('POST /_clock takes {"now": <Unix seconds or null>} or '
+                             f'{{"day": <day of the future>}}; got {body!r}.')
+        if "day" in body:
+            if self.future is None:
+                raise InputError('{"day": d} needs a future (start the server with '
+                                 '--future); pass {"now": <Unix seconds>} instead.')
+            if not isinstance(body["day"], int) or isinstance(body["day"], bool):
+                raise InputError(f'"day" is a whole number of days; got {body["day"]!r}.')
+            self.now = self.future.day_span(body["day"])[1]
+        else:
+            self.now = body["now"]
+        return self.now
+
+    def clock(self) -> dict:
+        """The clock and the span of the future it can move through."""
+        return {"now": self.now, "start": self.future and self.future.start,
+                "days": self.future and self.future.days}
+
+    def _rows(self, user_id, now):
+        """The user's list as of ``now``: the store's entries, each title's latest future
+        version up to ``now`` in its place (None: no list)."""
+        base = self.entries.get(user_id)
+        times = self._version_times.get(user_id)
+        if times is None or now is None:
+            return base
+        shown = int(np.searchsorted(times, now, side="right"))
+        if shown == 0:
+            return base
+        key = (user_id, shown, id(base))
+        with self._lock:
+            rows = self._overlays.get(key)
+        if rows is None:
+            versions = self._versions[user_id].iloc[:shown]
+            empty = pd.DataFrame(columns=list(store.ENTRY_COLUMNS)).astype(versions.dtypes)
+            rows = synth.entries_as_of(empty if base is None else base, versions, now)
+            with self._lock:
+                self._overlays[key] = rows
+        return rows
+
+    def _moved(self, user_id, now) -> bool:
+        """Whether the user's list has future versions shown at ``now``."""
+        times = self._version_times.get(user_id)
+        return times is not None and now is not None and times[0] <= now
+
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "AniListStandIn":
         server = self
@@ -231,12 +339,7 @@ class AniListStandIn(LoopbackServer):
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
-                rejected = rejection(body.get("query"))  # validated against the schema first
-                status, headers, payload = (400, {}, rejected) if rejected else server.answer(
-                    body["query"], body.get("variables") or {})
+            def _send(self, status, headers, payload):
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
@@ -247,6 +350,34 @@ class AniListStandIn(LoopbackServer):
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
+
+            def _clock(self, body=None):
+                """``/_clock``: the test's (or a shell's) hand on the clock; loopback only."""
+                if self.client_address[0] not in ("127.0.0.1", "::1"):
+                    return self._send(
+                        403, {}, b'{"error": "the clock is moved from loopback only"}')
+                if body is not None:
+                    try:
+                        server.set_clock(json.loads(body or b"null"))
+                    except (ValueError, InputError) as err:
+                        return self._send(400, {}, json.dumps({"error": str(err)}).encode())
+                self._send(200, {}, json.dumps(server.clock()).encode())
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/_clock":
+                    return self._clock()
+                self._send(404, {}, b'{"error": "GraphQL is POST /; the clock is /_clock"}')
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                if self.path.rstrip("/") == "/_clock":
+                    return self._clock(raw)
+                body = json.loads(raw)
+                rejected = rejection(body.get("query"))  # validated against the schema first
+                status, headers, payload = (400, {}, rejected) if rejected else server.answer(
+                    body["query"], body.get("variables") or {})
+                self._send(status, headers, payload)
 
         self.resume.clear()
         return self._serve(Handler)
@@ -319,7 +450,7 @@ class AniListStandIn(LoopbackServer):
         if fault == "graphql":
             return 400, {}, json.dumps({"data": None, "errors": [
                 {"message": GRAPHQL_ERROR, "status": 400}]}).encode()
-        status, data = getattr(self, f"_{kind}")(query, variables)
+        status, data = getattr(self, f"_{kind}")(query, variables, self.now)
         payload = json.dumps(data).encode()
         if fault == "truncated":
             payload = payload[: len(payload) // 2]
@@ -333,35 +464,51 @@ class AniListStandIn(LoopbackServer):
             {"data": None, "errors": [{"message": "Too Many Requests.", "status": 429}]}).encode()
 
     # -- AniList shapes -------------------------------------------------------------
-    def _user_json(self, user_id):
+    def _user_json(self, user_id, now):
         u = self.users.loc[user_id]
-        return {"id": int(user_id), "name": u["name"],
-                "createdAt": _int(u["created_at"]) or 0, "updatedAt": _int(u["updated_at"]) or 0,
-                "statistics": {"anime": {
-                    "count": _int(u["anime_count"]), "meanScore": _float(u["mean_score"]),
-                    "standardDeviation": _float(u["std_score"]),
-                    "minutesWatched": _int(u["minutes_watched"]),
-                    "episodesWatched": _int(u["episodes_watched"])}}}
+        updated = _int(u["updated_at"]) or 0
+        stats = {"count": _int(u["anime_count"]), "meanScore": _float(u["mean_score"]),
+                 "standardDeviation": _float(u["std_score"]),
+                 "minutesWatched": _int(u["minutes_watched"]),
+                 "episodesWatched": _int(u["episodes_watched"])}
+        if self._moved(user_id, now):  # the list moved on: so did the profile
+            rows = self._rows(user_id, now)
+            updated = max(updated, int(rows["updated_at"].max()))
+            stats = self._statistics(rows)
+        return {"id": int(user_id), "name": u["name"], "createdAt": _int(u["created_at"]) or 0,
+                "updatedAt": updated, "statistics": {"anime": stats}}
+
+    def _statistics(self, rows) -> dict:
+        """A list's statistics as ``store.refresh_user_stats`` counts them for the
+        synthetic world (SQL's AVG and SUM: NULLs left out)."""
+        scores = rows.loc[rows["score"] > 0, "score"].to_numpy(float)
+        progress = rows["progress"].astype("Float64")
+        minutes = progress * rows["media_id"].map(self._durations).astype("Float64")
+        return {"count": int((rows["status"] != "PLANNING").sum()),
+                "meanScore": float(scores.mean()) if len(scores) else None,
+                "standardDeviation": float(scores.std()) if len(scores) else None,
+                "minutesWatched": _int(minutes.sum()) if minutes.notna().any() else None,
+                "episodesWatched": _int(progress.sum()) if progress.notna().any() else None}
 
     def _not_found(self):
         return 404, {"errors": [NOT_FOUND], "data": None}
 
-    def _page(self, query, variables):
+    def _page(self, query, variables, now):
         page, per_page = variables["page"], min(variables.get("perPage") or 50, 50)
         ids = sorted(self.users.index)
         chunk = ids[(page - 1) * per_page: page * per_page]
         return 200, {"data": {"Page": {
             "pageInfo": {"hasNextPage": page * per_page < len(ids)},
-            "users": [self._user_json(i) for i in chunk]}}}
+            "users": [self._user_json(i, now) for i in chunk]}}}
 
-    def _user(self, query, variables):
+    def _user(self, query, variables, now):
         user_id = variables.get("id")
         if user_id is None:
             match = self.users.index[self.users["name"] == variables.get("name")]
             user_id = int(match[0]) if len(match) else None
         if user_id is None or user_id not in self.users.index or user_id in self.private_users:
             return self._not_found()
-        return 200, {"data": {"User": self._user_json(user_id)}}
+        return 200, {"data": {"User": self._user_json(user_id, now)}}
 
     def _entry_json(self, e):
         return {"mediaId": int(e.media_id), "status": e.status, "score": int(e.score),
@@ -369,9 +516,9 @@ class AniListStandIn(LoopbackServer):
                 "createdAt": _int(e.created_at) or 0, "updatedAt": _int(e.updated_at) or 0,
                 "completedAt": _fuzzy(_int(e.completed_at))}
 
-    def _favourites_json(self, query, variables, user_id):
+    def _favourites_json(self, query, variables, user_id, now):
         """``{"id", "favourites": {"anime": ...}}``: one page of 25 at most, as AniList."""
-        rows = self.entries.get(user_id)
+        rows = self._rows(user_id, now)
         ids = [] if rows is None else [int(m) for m in rows.loc[rows["is_favourite"], "media_id"]]
         page = _argument(query, variables, "anime", "page", 1)
         per_page = min(_argument(query, variables, "anime", "perPage", 25), 25)
@@ -381,11 +528,11 @@ class AniListStandIn(LoopbackServer):
             "pageInfo": {"hasNextPage": page * per_page < len(ids)},
             "nodes": [{"id": m} for m in ids[(page - 1) * per_page: page * per_page]]}}}
 
-    def _list(self, query, variables):
+    def _list(self, query, variables, now):
         user_id = variables["userId"]
         if user_id in self.private_users or user_id not in self.users.index:
             return self._not_found()
-        rows = self.entries.get(user_id)
+        rows = self._rows(user_id, now)
         if rows is not None and len(rows) > self.list_cap:  # the most recently updated
             rows = rows.sort_values(["updated_at", "media_id"], ascending=[False, True])
             rows = rows.head(self.list_cap).sort_values("media_id")
@@ -407,22 +554,22 @@ class AniListStandIn(LoopbackServer):
         collection = {"hasNextChunk": chunk * per < len(rows),
                       "lists": list(lists.values()) + ([custom] if custom["entries"] else [])}
         if _included(query, variables, "user"):
-            collection["user"] = self._favourites_json(query, variables, user_id)
+            collection["user"] = self._favourites_json(query, variables, user_id, now)
         return 200, {"data": {"MediaListCollection": collection}}
 
-    def _favourites(self, query, variables):
+    def _favourites(self, query, variables, now):
         user_id = variables.get("userId")
         if user_id in self.private_users or user_id not in self.users.index:
             return self._not_found()
-        return 200, {"data": {"User": self._favourites_json(query, variables, user_id)}}
+        return 200, {"data": {"User": self._favourites_json(query, variables, user_id, now)}}
 
-    def _last(self, query, variables):
+    def _last(self, query, variables, now):
         """Refresh's check: the newest list update, and the user's statistics by status
         (counted from the list as it is now)."""
         user_id = variables["userId"]
         if user_id in self.private_users or user_id not in self.users.index:
             return self._not_found()
-        rows = self.entries.get(user_id)
+        rows = self._rows(user_id, now)
         latest = [] if rows is None else [{"updatedAt": int(rows["updated_at"].max())}]
         counts = {} if rows is None else rows["status"].astype(str).value_counts().to_dict()
         return 200, {"data": {
@@ -430,7 +577,18 @@ class AniListStandIn(LoopbackServer):
             "User": {"statistics": {"anime": {"statuses": [
                 {"status": s, "count": int(c)} for s, c in sorted(counts.items())]}}}}}
 
-    def _media(self, query, variables):
+    def _title(self, media_id, now):
+        """The title's row if it exists at ``now`` (the store's, or a new one that has
+        appeared by then), else None."""
+        if media_id in self.media.index:
+            return self.media.loc[media_id]
+        if media_id in self._new_media.index and now is not None:
+            row = self._new_media.loc[media_id]
+            if row["fetched_at"] <= now:
+                return row
+        return None
+
+    def _media(self, query, variables, now):
         per_page = _argument(query, variables, "Page", "perPage", 50)
         if self.max_media_per_page is not None and per_page > self.max_media_per_page:
             got = math.ceil(500 * per_page / self.max_media_per_page)
@@ -440,9 +598,9 @@ class AniListStandIn(LoopbackServer):
         status_version = _argument(query, variables, "status", "version")
         out = []
         for media_id in variables["ids"]:
-            if media_id in self.missing_media or media_id not in self.media.index:
+            m = None if media_id in self.missing_media else self._title(media_id, now)
+            if m is None:
                 continue
-            m = self.media.loc[media_id]
             num = _int
             out.append({
                 "id": int(media_id), "idMal": num(m["id_mal"]),
@@ -462,6 +620,27 @@ class AniListStandIn(LoopbackServer):
                 "description": m["description"]})
         return 200, {"data": {"Page": {"media": out}}}
 
+
+def _moment(text: str) -> int:
+    """``--now``: Unix seconds, or an ISO date / datetime (UTC unless it says otherwise)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither Unix seconds nor an ISO date such as 2026-11-02") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp())
+
+
+def _iso(seconds) -> str:
+    if seconds is None:
+        return "none (the store as it is)"
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import AnirankError
 
@@ -473,6 +652,15 @@ def main(argv: list[str] | None = None) -> int:
                     "--rate-limit plays AniList's degraded rate limit.")
     parser.add_argument("--db", default="data/anirank.db",
                         help="raw store to serve (default: %(default)s)")
+    parser.add_argument("--future", default=None,
+                        help="the synthetic world's future (e.g. data/anirank.db.future.db, "
+                             "written by `python -m pipelines synth --future-days N`): the "
+                             "world then moves with the server's clock (default: none)")
+    parser.add_argument("--now", type=_moment, default=None,
+                        help="the clock at start: Unix seconds or an ISO date or datetime "
+                             "in UTC such as 2026-11-02 (default: the future's start, the "
+                             "crawl); POST {\"now\": seconds} or {\"day\": d} to "
+                             "/_clock moves it while the server runs")
     parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds to wait before each answer (default: %(default)s)")
     parser.add_argument("--rate-limit", type=int, default=0,
@@ -481,9 +669,11 @@ def main(argv: list[str] | None = None) -> int:
                              "no limit (default: %(default)s)")
     port_argument(parser, 8766)
     args = parser.parse_args(argv)
+    if args.now is not None and args.future is None:
+        parser.error("--now sets the clock of a world that moves: pass --future too")
     try:
-        server = AniListStandIn(args.db, delay=args.delay, port=args.port,
-                                rate_limit=args.rate_limit or None)
+        server = AniListStandIn(args.db, future=args.future, now=args.now, delay=args.delay,
+                                port=args.port, rate_limit=args.rate_limit or None)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -496,7 +686,12 @@ def main(argv: list[str] | None = None) -> int:
                 "crawl it into a store of its own with data_query.py, passing:",
                 f"  --endpoint {server.url} --rate 0 --db data/anilist.db",
                 f"e.g. python data_query.py users --discover --pages 10 --endpoint {server.url} "
-                "--rate 0 --db data/anilist.db"]
+                "--rate 0 --db data/anilist.db"] + ([
+                f"the world moves: {len(server.future.versions):,} list changes and "
+                f"{len(server.future.media):,} new titles over {server.future.days} days from "
+                f"{_iso(server.future.start)}; clock at {_iso(server.now)}",
+                f"move it: curl -s -X POST -d '{{\"day\": 1}}' {server.origin}/_clock "
+                "(or {\"now\": <Unix seconds>})"] if server.future is not None else [])
 
     return serve_until_interrupted(server, describe)
 
