@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install clean bench
 
+# The main job, then three days of the daily loop over the synthetic world's next days
+# (through the real AniList client and the stand-in server of tests/).
 run: $(STAMP)
 	$(PY) -m pipelines run
+	$(PY) -m tests.simulate_days --days 3 --quiet
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

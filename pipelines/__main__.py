@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the daily tables); default: the model files' digest")
     daily.add_argument("--endpoint", default=None,
                        help="AniList GraphQL endpoint to refresh from, e.g. "
-                            "https://graphql.anilist.co (required unless --no-refresh)")
+                            "https://graphql.anilist.co (default: none, so required unless "
+                            "--no-refresh: the daily job never talks to AniList unasked)")
     daily.add_argument("--rate", type=float, default=None,
                        help="AniList requests per minute (default: the client's, AniList's limit)")
     daily.add_argument("--no-refresh", action="store_true",

@@ -13,7 +13,8 @@ One run for day ``D`` (UTC):
    (COMPLETED on D), ``dropped``, ``scored`` (a score given on D to an entry of another
    status) and ``started`` (a title added to the list on D and not just planned). A
    title added to the list on D (``is_new``) is one the recommendations could have
-   shown.
+   shown. Only changes after the first run's start count (``SINCE``): the loop scores
+   what it saw happen.
 3. **Predictions**, from the model that was current before D (``--model``, pinned with
    ``--revision`` for a Hub repo): the score head's predicted score of every outcome,
    and where each new title stood in the list served the day before (``served_rank``;
@@ -58,6 +59,11 @@ from pipelines.errors import InputError
 DAY = 86_400
 RECENT_DAYS = 30  # the recent-popularity baseline counts titles added in this window
 OUTCOME_KINDS = ("completed", "dropped", "scored", "started")
+# The store cursor where the loop began: the newest list update the store held when the
+# first day ran. Only later changes are outcomes: the loop scores what it saw happen, not
+# what a crawl (or a synthetic world, whose last times pile up at its crawl instant)
+# already held when the loop started.
+SINCE = "daily_since"
 DEFAULT_K = 100
 
 
@@ -81,11 +87,14 @@ def day_bounds(day: dt.date) -> tuple[int, int]:
 
 # -- outcomes ------------------------------------------------------------------------------
 
-def select_outcomes(entries: pd.DataFrame, start: int, end: int) -> pd.DataFrame:
+def select_outcomes(entries: pd.DataFrame, start: int, end: int,
+                    since: int | None = None) -> pd.DataFrame:
     """The day's outcomes among ``entries`` (the store's columns): entries updated in
-    ``[start, end)`` that were completed, dropped or scored then, or added then and
-    not just planned. Columns: user_id, media_id, kind, status, score, is_new,
-    updated_at."""
+    ``[start, end)`` (and after ``since``: see ``SINCE``) that were completed, dropped
+    or scored then, or added then and not just planned. Columns: user_id, media_id,
+    kind, status, score, is_new, updated_at."""
+    start = start if since is None else max(start, since + 1)
+
     def within(column: str) -> np.ndarray:
         values = entries[column].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
         return (values >= start) & (values < end)
@@ -93,9 +102,11 @@ def select_outcomes(entries: pd.DataFrame, start: int, end: int) -> pd.DataFrame
     updated = within("updated_at")
     status = entries["status"].astype(str).to_numpy()
     completed_at = entries["completed_at"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    # Completed on D: the completion date when the source gives one, else the update.
-    completed = (status == "COMPLETED") & np.where(np.isnan(completed_at), updated,
-                                                   within("completed_at") & updated)
+    # Completed on D: updated on D with a completion date within a day of D (AniList
+    # gives the date in the user's own time zone), or none; an entry completed long ago
+    # and updated on D (a new score) is not a completion.
+    near = (completed_at >= start - DAY) & (completed_at < end + DAY)
+    completed = (status == "COMPLETED") & updated & (np.isnan(completed_at) | near)
     dropped = (status == "DROPPED") & updated
     scored = updated & (entries["score"].to_numpy() > 0) & ~completed & ~dropped
     is_new = within("created_at") & updated
@@ -345,6 +356,13 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     conn = store.connect(db)
     try:
         summary = {"day": day.isoformat(), "revision": rev, "tracked_users": int(len(tracked))}
+        since = store.get_cursor(conn, SINCE)
+        if since is None:
+            newest = _tracked_entries(conn, tracked)["updated_at"].max()
+            since = str(int(newest) if pd.notna(newest) else start - 1)
+            with store.transaction(conn):
+                store.set_cursor(conn, SINCE, since)
+        since = int(since)
         yesterday = served_path(out, rev, day - dt.timedelta(days=1))
         if not yesterday.exists():
             # The first day (or a new revision): the list D-1 would have served, from the
@@ -374,7 +392,7 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         tick = time.perf_counter()
         entries = _tracked_entries(conn, tracked)
         everyone = store.read_entries(conn)
-        outcomes = select_outcomes(entries, start, end)
+        outcomes = select_outcomes(entries, start, end, since)
         served = pd.read_parquet(yesterday)
         predictions, global_mean = predict(rec, outcomes, everyone, start, served)
         metrics = day_metrics(outcomes, predictions, global_mean, served=True)

@@ -256,6 +256,7 @@ class AniListStandIn(LoopbackServer):
         self.rate_limit, self.rate_window, self.retry_after = rate_limit, rate_window, retry_after
         self.delay, self.timeout_seconds, self.slow_seconds = delay, timeout_seconds, slow_seconds
         self.requests: list[tuple[float, str]] = []
+        self._kind_counts: Counter = Counter()
         self.served: list[float] = []
         self.throttled = 0
         self.favourite_pages: Counter = Counter()
@@ -336,6 +337,12 @@ class AniListStandIn(LoopbackServer):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as AniList's HTTPS endpoint: the client's session reuses one
+            # connection instead of opening one per request (every answer has a length;
+            # without Nagle, the body does not wait for the ACK of the headers).
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
+
             def log_message(self, *args):  # keep test output clean
                 pass
 
@@ -409,8 +416,9 @@ class AniListStandIn(LoopbackServer):
                 {"message": "Unknown query", "status": 400}]}).encode()
         with self._lock:
             self.requests.append((time.monotonic(), kind))
+            self._kind_counts[kind] += 1
             n = len(self.requests)
-            pause = self.pause_at == (kind, sum(k == kind for _, k in self.requests))
+            pause = self.pause_at == (kind, self._kind_counts[kind])
             fault = None
             for k in (key, "any"):
                 if self.faults.get(k):

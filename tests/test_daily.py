@@ -37,11 +37,13 @@ FIXTURE = _entries([
     (1, 11, "DROPPED", 0, START - 2 * 86400, START + 6 * H, None),
     (1, 12, "PLANNING", 0, START + 7 * H, START + 7 * H, None),
     (1, 13, "COMPLETED", 70, START - 90 * 86400, START - 60 * 86400, START - 60 * 86400),
-    # user 2: added and started on D; scored a CURRENT title on D; completed yesterday
-    # but updated (re-scored) on D: scored, not completed
+    # user 2: added and started on D; scored a CURRENT title on D; completed a week ago
+    # but updated (re-scored) on D: scored, not completed; completed on the day before
+    # by its date (AniList's dates are the user's local day) and updated on D: completed
     (2, 10, "CURRENT", 0, START + 1 * H, START + 2 * H, None),
     (2, 14, "CURRENT", 60, START - 5 * 86400, START + 3 * H, None),
-    (2, 15, "COMPLETED", 90, START - 9 * 86400, START + 4 * H, START - 1 * H),
+    (2, 15, "COMPLETED", 90, START - 9 * 86400, START + 4 * H, START - 7 * 86400),
+    (2, 18, "COMPLETED", 75, START - 9 * 86400, START + 4 * H, START - 86400),
     # user 3: completed on D with no completion date (the update counts), added on D
     (3, 16, "COMPLETED", 0, START + 1 * H, START + 9 * H, None),
     # user 3: updated just after the day ends: not on D
@@ -53,10 +55,13 @@ def test_outcomes_of_a_day_by_kind():
     out = daily.select_outcomes(FIXTURE, START, END).set_index(["user_id", "media_id"])
     assert out["kind"].to_dict() == {
         (1, 10): "completed", (1, 11): "dropped", (2, 10): "started",
-        (2, 14): "scored", (2, 15): "scored", (3, 16): "completed"}
+        (2, 14): "scored", (2, 15): "scored", (2, 18): "completed", (3, 16): "completed"}
     assert out["is_new"].to_dict() == {
-        (1, 10): 0, (1, 11): 0, (2, 10): 1, (2, 14): 0, (2, 15): 0, (3, 16): 1}
+        (1, 10): 0, (1, 11): 0, (2, 10): 1, (2, 14): 0, (2, 15): 0, (2, 18): 0, (3, 16): 1}
     assert out.loc[(1, 10), "score"] == 80
+    # Only what changed after the loop began counts: (1, 10) changed at 05:00.
+    later = daily.select_outcomes(FIXTURE, START, END, since=START + 5 * H)
+    assert set(zip(later["user_id"], later["media_id"])) == {(1, 11), (3, 16)}
 
 
 def test_score_baselines_use_only_scores_given_before_the_day():
@@ -155,14 +160,14 @@ def test_a_rerun_day_replaces_the_day(tmp_path):
         store.replace_day(conn, "rev", "2026-11-03", outcomes, predictions, {"n": 1})
     store.replace_day(conn, "rev", "2026-11-04", outcomes.head(2), predictions.head(2), {"n": 2})
     kept = store.read_daily(conn, "predictions", "rev")
-    assert kept.groupby("day").size().to_dict() == {"2026-11-03": 6, "2026-11-04": 2}
+    assert kept.groupby("day").size().to_dict() == {"2026-11-03": 7, "2026-11-04": 2}
     assert store.read_daily(conn, "metrics")["metrics"].tolist() == [{"n": 1}, {"n": 2}]
     # a failure inside the day's transaction leaves the day as it was
     with pytest.raises(ValueError):
         store.replace_day(conn, "rev", "2026-11-04", outcomes, predictions.drop(columns="user_id"),
                           {"n": 3})
     assert store.read_daily(conn, "metrics")["metrics"].tolist() == [{"n": 1}, {"n": 2}]
-    assert len(store.read_daily(conn, "outcomes")) == 8
+    assert len(store.read_daily(conn, "outcomes")) == 9
 
 
 def test_bad_dates_and_user_files_are_named(tmp_path):

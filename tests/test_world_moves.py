@@ -157,7 +157,7 @@ def test_refresh_through_the_clocked_server_brings_exactly_each_day(moving, tmp_
                 assert not media_before & (new_ids - set(future.media_as_of(
                     future.day_span(day)[0])["media_id"].tolist()))
                 server.now = future.day_span(day)[1]
-                summary = dq._refresh(conn, client, progress=False)
+                summary = dq.refresh(conn, client, progress=False)
                 assert not summary.failed and not summary.stopped
                 after = store.read_entries(conn)
                 # The lists are the future's at the end of the day: nothing later.
@@ -177,7 +177,7 @@ def test_refresh_through_the_clocked_server_brings_exactly_each_day(moving, tmp_
                 # Refresh again at the same time: nothing changes, no list is fetched.
                 tables = _digest(crawl)
                 requests_before = len(server.requests)
-                again = dq._refresh(conn, client, progress=False)
+                again = dq.refresh(conn, client, progress=False)
                 kinds = [k for _, k in server.requests[requests_before:]]
                 assert again.fetched == 0 and set(kinds) == {"last"}
                 assert _digest(crawl) == tables
