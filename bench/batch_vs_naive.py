@@ -40,8 +40,9 @@ def naive(rec: Recommender, user_ids, k=10, candidates=100):
                for name in raw_names(rec.retrieval.user_specs)}
         q = rec.query_tower(**raw)["embedding"].numpy()
         # The same candidate generators (the two-tower's top 100, EASE's additions where
-        # the model has them), one user at a time.
-        generate = Generator(rec.index, rec._ease, candidates, rec._ease_candidates, rec._signals)
+        # the model has them) and signals, one user at a time.
+        generate = Generator(rec.index, rec._ease, candidates, rec._ease_candidates, rec._signals,
+                             rec._relations)
         history = None if rec._history is None else [rec._history[row]]
         cand = generate(q, history, exclude=[rec._seen[row]])
         user_raw = {k2: v[row:row + 1] for k2, v in rec._user_raw.items()}

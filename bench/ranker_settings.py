@@ -90,8 +90,10 @@ def main():
         key = ", ".join(short[k].format(shown[k]) for k in varied)
         loss = setting["loss"]
         # One seed: the same held-out users in every setting, so they compare paired.
-        config = dataclasses.replace(default, **setting, max_epochs=args.ranking_epochs,
-                                     seed=args.ranking_seed)
+        # What this model cannot feed (EASE without its weights, the franchise signal
+        # without relations) is left out, as the ranking stage leaves it out.
+        config = trk.feasible(dataclasses.replace(
+            default, **setting, max_epochs=args.ranking_epochs, seed=args.ranking_seed), retrieval)
         tick = time.perf_counter()
         metrics, trained, per_user = trk.fit_and_evaluate(tables, retrieval, config, [loss],
                                                           test=False, progress=False)

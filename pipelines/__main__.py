@@ -11,8 +11,8 @@ import json
 import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, SIGNALS, FeatureConfig,
-                              RankingConfig, RetrievalConfig, ScoreConfig)
+from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, RELATION_SIGNALS,
+                              FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig)
 from pipelines.errors import AnirankError
 
 DEFAULT_DB = "data/anirank.db"
@@ -171,10 +171,14 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                             "none; a model without EASE has none) (default: %(default)s)")
     group.add_argument("--no-ease-signals", action="store_true",
                        help="the ranker does not read EASE's score and rank of each candidate")
+    group.add_argument("--no-franchise-signal", action="store_true",
+                       help="the ranker does not read how many watched titles each candidate "
+                            "continues (a source without relations between titles has no such "
+                            "signal anyway)")
     group.add_argument("--no-ranking-ablations", action="store_true",
                        help="skip the ablation rankers the report compares against (EASE "
                             "candidates switched, without the EASE signals, without the "
-                            "residual form)")
+                            "franchise signal, without the residual form)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
     group.add_argument("--ranking-seed", type=int, default=d.seed,
@@ -187,8 +191,10 @@ def _ranking_config(args: argparse.Namespace) -> RankingConfig:
                          negatives_per_list=args.negatives_per_list,
                          missed_per_list=args.missed_per_list, num_candidates=args.candidates,
                          ease_candidates=args.ease_candidates,
-                         signals=tuple(s for s in SIGNALS if not (args.no_ease_signals
-                                                                  and s in EASE_SIGNALS)),
+                         signals=tuple(s for s in RankingConfig().signals
+                                       if not (args.no_ease_signals and s in EASE_SIGNALS
+                                               or args.no_franchise_signal
+                                               and s in RELATION_SIGNALS)),
                          max_epochs=args.ranking_epochs, seed=args.ranking_seed)
 
 

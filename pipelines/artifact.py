@@ -12,7 +12,8 @@ its SavedModels and retrieval half are loaded back.
       index/                 CandidateIndex over every title
       anime.parquet, users.parquet, seen.parquet   what serving needs (seen: every
                              title on each user's lists; ``history``: the training
-                             interactions, EASE's input)
+                             interactions, EASE's and the franchise signal's input;
+                             anime: the titles' relations too, where the source has them)
       ease.npy               EASE's title x title weights (float32), the second candidate
                              generator (absent above ``baselines.MAX_EASE_TITLES`` titles)
       ranker/                SavedModel (after the ranking stage)
@@ -40,9 +41,9 @@ import pandas as pd
 from pipelines import __version__, atomic
 from pipelines.errors import InputError
 from pipelines.candidates import Generator
-from pipelines.config import EASE_SIGNALS
+from pipelines.config import EASE_SIGNALS, RELATION_SIGNALS
 from pipelines.protocol import Candidates, seen_before
-from pipelines.tables import FeatureTables
+from pipelines.tables import FeatureTables, related_rows
 from towers.features import apply_in_blocks, feature_specs, raw_names
 from towers.index import CandidateIndex
 
@@ -213,12 +214,22 @@ class RetrievalArtifact:
             self._ease = weights
         return self._ease
 
+    def relations(self) -> np.ndarray | None:
+        """Each title's related rows (``tables.related_rows``: the franchise signal's
+        input), or None for a catalog without relations."""
+        if not hasattr(self, "_relations"):   # once per model, as EASE's weights
+            self._relations = related_rows(self.anime, self.schema)
+        return self._relations
+
     def generator(self, k: int, k_ease: int = 0, ease: bool = True,
                   signals: tuple[str, ...] | None = None) -> Generator:
         """The candidate generators of this model: the two-tower's top ``k`` and (with
         ``ease`` and weights saved) EASE's top ``k_ease``, computing ``signals`` (None:
-        all)."""
-        return Generator(self.index, self.load_ease() if ease else None, k, k_ease, signals)
+        all this model has)."""
+        relations = (self.relations() if signals is None or set(RELATION_SIGNALS) & set(signals)
+                     else None)
+        return Generator(self.index, self.load_ease() if ease else None, k, k_ease, signals,
+                         relations)
 
     def ranker_generator(self, config) -> Generator:
         """The candidate generators a ranker with ``RankingConfig`` ``config`` reorders:
@@ -229,8 +240,9 @@ class RetrievalArtifact:
                               signals=config.signals)
 
     def _split_inputs(self, tables: FeatureTables, split: str) -> tuple[list, list]:
-        """Per user row of ``tables``: EASE's input (training interaction rows) and what a
-        ranking for ``split`` leaves out (candidate ids of every entry before it)."""
+        """Per user row of ``tables``: the history, EASE's and the franchise signal's input
+        (training interaction rows), and what a ranking for ``split`` leaves out
+        (candidate ids of every entry before it)."""
         media = tables.anime["media_id"].to_numpy()
         by_user = seen_before(tables, split).groupby("user_row")["anime_row"].agg(list)
         exclude = [media[by_user.get(u, [])] for u in range(len(tables.users))]

@@ -1,7 +1,7 @@
 """What the ranker reorders: the two-tower top K and EASE's top K, merged, each title with
 the signals the ranker reads.
 
-    generate = Generator(index, ease_weights, k=100, k_ease=50)
+    generate = Generator(index, ease_weights, k=100, k_ease=50, relations=related)
     cand = generate(queries, histories, exclude=seen_ids)   # Candidates: rows + signals
 
 Two generators see different things: the two-tower scores a user from their features
@@ -27,6 +27,15 @@ Signals (``SIGNALS``), each ``[users, C]`` float32, 0 at padding:
   candidate, an EASE addition, a held-out title), and cheap: EASE's score is needed at
   ``k`` titles, not the catalog (measured on validation against ranks in EASE's full
   ranking: README).
+- ``franchise``: ``log(1 + m)``, ``m`` = how many of the user's history titles the title
+  continues (it is their SEQUEL or SIDE_STORY: they are its PREQUEL or PARENT,
+  ``config.FRANCHISE_RELATIONS``): the next season of a show the user watched. Only
+  where the catalog has relations between titles (``relations``: each title's related
+  rows, ``tables.related_rows``): a ``[b, C, width]`` gather from the users' ``[b, n]``
+  history mask.
+
+The history (EASE's input and the franchise signal's) is each user's training
+interactions: what they had watched by the cutoff.
 
 Numpy only; titles are rows of the index (``index.ids`` order = ``anime.parquet`` order).
 """
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.config import EASE_SIGNALS, SIGNALS
+from pipelines.config import EASE_SIGNALS, RELATION_SIGNALS, SIGNALS
 from pipelines import protocol
 from pipelines.protocol import Candidates
 from towers.index import CandidateIndex
@@ -44,30 +53,54 @@ from towers.topk import top_k
 
 class Generator:
     """The two generators over one catalog. ``ease_weights`` ``[n, n]`` (float32, rows and
-    columns in ``index.ids`` order) or None: the two-tower alone. ``signals``: the ones
-    to compute (default: all this catalog has). EASE's full score rows are computed only
-    for EASE candidates (``k_ease > 0``); otherwise EASE's score is summed at the titles
-    that need it (a user's ``k`` candidates: a few thousand weights, not the catalog)."""
+    columns in ``index.ids`` order) or None: the two-tower alone. ``relations``
+    ``[n, width]`` (each title's related rows, -1 padded: ``tables.related_rows``) or
+    None: no franchise signal. ``signals``: the ones to compute (default: all this
+    catalog has). EASE's full score rows are computed only for EASE candidates
+    (``k_ease > 0``); otherwise EASE's score is summed at the titles that need it (a
+    user's ``k`` candidates: a few thousand weights, not the catalog)."""
 
     def __init__(self, index: CandidateIndex, ease_weights: np.ndarray | None, k: int,
-                 k_ease: int = 0, signals: tuple[str, ...] | None = None):
-        self.index, self.ease_weights = index, ease_weights
+                 k_ease: int = 0, signals: tuple[str, ...] | None = None,
+                 relations: np.ndarray | None = None):
+        self.index, self.ease_weights, self.relations = index, ease_weights, relations
         self.k = min(k, len(index.ids))
         self.k_ease = 0 if ease_weights is None else min(k_ease, len(index.ids))
         self.n = len(index.ids)
-        available = SIGNALS if ease_weights is not None else tuple(
-            s for s in SIGNALS if s not in EASE_SIGNALS)
-        self.signals = tuple(s for s in available if signals is None or s in signals)
+        if relations is not None and len(relations) != self.n:
+            raise ValueError(f"`relations` has {len(relations)} rows for {self.n} titles.")
+        missing = (() if ease_weights is not None else EASE_SIGNALS) + (
+            () if relations is not None else RELATION_SIGNALS)
+        self.signals = tuple(s for s in SIGNALS if s not in missing
+                             and (signals is None or s in signals))
         self._full_ease = ease_weights is not None and self.k_ease > 0
 
-    def ease_scores(self, histories: list) -> np.ndarray:
-        """``[len(histories), n]``: ``x_u B`` for each history (an array of title rows)."""
-        x = np.zeros((len(histories), self.n), np.float32)
+    @property
+    def needs_history(self) -> bool:
+        """Whether calls must pass each user's history (EASE's and the franchise signal's input)."""
+        return self.ease_weights is not None or bool(set(RELATION_SIGNALS) & set(self.signals))
+
+    def _watched(self, histories: list, dtype) -> np.ndarray:
+        """``[len(histories), n]``: 1 at each history's title rows, else 0."""
+        x = np.zeros((len(histories), self.n), dtype)
         lengths = [len(h) for h in histories]
         if sum(lengths):
             x[np.repeat(np.arange(len(histories)), lengths),
-              np.concatenate([np.asarray(h, np.int64) for h in histories])] = 1.0
-        return x @ self.ease_weights
+              np.concatenate([np.asarray(h, np.int64) for h in histories])] = 1
+        return x
+
+    def ease_scores(self, histories: list) -> np.ndarray:
+        """``[len(histories), n]``: ``x_u B`` for each history (an array of title rows)."""
+        return self._watched(histories, np.float32) @ self.ease_weights
+
+    def franchise_at(self, histories: list, rows: np.ndarray) -> np.ndarray:
+        """``[b, C]``: ``log(1 + m)``, ``m`` = how many titles of each user's history the
+        titles ``rows`` ``[b, C]`` continue (their related rows in ``self.relations``
+        that the user watched)."""
+        related = self.relations[np.maximum(rows, 0)]                     # [b, C, width]
+        watched = self._watched(histories, bool)
+        hit = watched[np.arange(len(rows))[:, None, None], np.maximum(related, 0)] & (related >= 0)
+        return np.log1p(hit.sum(-1, dtype=np.float32))
 
     def ease_at(self, histories: list, rows: np.ndarray) -> np.ndarray:
         """``[b, C]``: ``x_u B`` at the titles ``rows`` ``[b, C]`` only: the sum of the
@@ -115,8 +148,9 @@ class Generator:
         tower, scores = self.index.search(queries, self.k, exclude=exclude, allowed=allowed,
                                           positions=True)
         ease = ease_top = None
-        if self.ease_weights is not None and histories is None:
-            raise ValueError("EASE's signals need each user's history (title rows).")
+        if self.needs_history and histories is None:
+            raise ValueError("EASE's and the franchise signals need each user's history "
+                             "(title rows).")
         if self._full_ease:
             ease = self.ease_scores(histories)
             blocked = np.zeros(ease.shape, bool)
@@ -179,6 +213,8 @@ class Generator:
             out["ease"] = at(rows)
             if "ease_rank" in self.signals:
                 out["ease_rank"] = rank(out["ease"], out["ease"] if same else at(tower))
+        if "franchise" in self.signals:
+            out["franchise"] = self.franchise_at(histories, rows)
         return Candidates(rows, {s: np.where(pad, 0.0, out[s]).astype(np.float32)
                                  for s in self.signals})
 

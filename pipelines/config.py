@@ -34,8 +34,15 @@ class _JsonConfig:
 
 PROTOCOLS = ("as_of", "per_user")
 # What a ranker can read of each candidate besides its features (pipelines/candidates.py).
-SIGNALS = ("similarity", "ease", "similarity_rank", "ease_rank")
+SIGNALS = ("similarity", "ease", "similarity_rank", "ease_rank", "franchise")
 EASE_SIGNALS = ("ease", "ease_rank")
+# The signals read from the relations between titles (``anime.parquet``'s ``related_ids``):
+# a source without relations (the Kaggle dumps) has none of them.
+RELATION_SIGNALS = ("franchise",)
+# Which of a candidate's relations (AniList's types, from the candidate's side: its
+# PREQUEL is the title it continues) make a watched title count toward its ``franchise``
+# signal.
+FRANCHISE_RELATIONS = ("PREQUEL", "PARENT")
 
 
 def parse_time(value: str, name: str = "time") -> int:
@@ -243,8 +250,11 @@ class RankingConfig(_JsonConfig):
         EASE (too many titles) has none.
       signals: what the ranker reads of each candidate besides its features
         (``SIGNALS``: ``similarity`` the two-tower score, ``ease`` EASE's score,
-        ``similarity_rank`` / ``ease_rank`` its log rank in each generator's list;
-        ``pipelines/candidates.py``). A model without EASE drops the EASE ones.
+        ``similarity_rank`` / ``ease_rank`` its log rank in each generator's list,
+        ``franchise`` how many of the user's watched titles it continues;
+        ``pipelines/candidates.py``). A model without EASE drops the EASE ones; one
+        whose source has no relations between titles, the franchise one. All on by
+        default (the franchise signal chosen on validation: README).
       residual: score = ``retrieval_weight`` x the retrieval score (+ a weight x the EASE
         score, starting at 0) + a learned correction whose output layer starts at zero,
         so an untrained ranker reproduces retrieval order exactly and training has to

@@ -8,7 +8,9 @@ Output directory (written to a temporary directory, then renamed into place):
                           with the history as two list columns (title ids, weights)
     anime.parquet         one row per title: metadata from the media table, and popularity,
                           favourites, average score and interaction count counted from the
-                          *training split only*; the candidate table serving needs
+                          *training split only*; the candidate table serving needs; with
+                          the titles' relations where the source has them (``related_ids``,
+                          ``related_types``: sequels, prequels, side stories, ...)
     schema.json           FeatureConfig, feature specs, vocabularies, numeric statistics
                           (all fitted on the training split), counts, the split, data fingerprint
 
@@ -22,8 +24,10 @@ Lists without usable times are split in a seeded random order per user
 (``schema.json`` -> ``split`` records which). The media table's popularity, favourites
 and scores are crawl-time snapshots (they count the test period) and are never read. A
 feature the source has no values for (the 2017 Kaggle dump has no studio, say) is left
-out of the model and named in ``schema.json`` -> ``dropped_features``. Everything here
-is columnar: no Python loop over entries.
+out of the model and named in ``schema.json`` -> ``dropped_features``; so are the
+signals read from the relations between titles (``franchise``) where the source has
+none (the Kaggle dumps, stores from before relations were kept). Everything here is
+columnar: no Python loop over entries.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines import atomic, store
-from pipelines.config import FeatureConfig, parse_time
+from pipelines.config import RELATION_SIGNALS, FeatureConfig, parse_time
 from pipelines.errors import InputError
 
 SCHEMA_FILE = "schema.json"
 SPLITS = ("train", "validation", "test")
+# anime.parquet's relation columns (``_relations``), where the source has relations.
+RELATED_IDS, RELATED_TYPES = "related_ids", "related_types"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +379,30 @@ def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig
     return anime.reset_index(drop=True)
 
 
+def _relations(anime: pd.DataFrame, relations: pd.DataFrame) -> tuple[pd.DataFrame, dict | None]:
+    """``anime`` with each title's relations to the other titles of the catalog:
+    ``related_ids`` (their ids, ascending) and ``related_types`` (how each relates,
+    AniList's type from this title's side: PREQUEL = the title this one continues), and
+    their counts for the schema; ``(anime, None)``, the columns left out, where the
+    source records no relation between the catalog's titles. Relations are metadata,
+    not list entries: nothing about them happens after the cutoff, but only the
+    catalog's titles (those listed before it) are kept, as everywhere else."""
+    ids = anime["media_id"].to_numpy()
+    inside = (relations["media_id"].isin(ids) & relations["related_id"].isin(ids)).to_numpy()
+    kept = relations[inside].sort_values(["media_id", "related_id"])
+    if kept.empty:
+        return anime, None
+    by_title = kept.groupby("media_id")
+    related, types = by_title["related_id"].agg(list), by_title["relation_type"].agg(list)
+    anime = anime.assign(**{  # one list per title (tens of thousands): cheap
+        RELATED_IDS: [related.get(m, []) for m in ids],
+        RELATED_TYPES: [types.get(m, []) for m in ids]})
+    return anime, {"columns": [RELATED_IDS, RELATED_TYPES], "pairs": len(kept),
+                   "titles": int(kept["media_id"].nunique()),
+                   "types": {t: int(n) for t, n in kept["relation_type"].value_counts().sort_index().items()},
+                   "outside_catalog": int((~inside).sum())}
+
+
 def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
                   config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
     """The user table from training entries (``user_id, media_id, score, status,
@@ -537,11 +567,14 @@ def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Pa
     pq.write_table(table, path, compression="zstd")
 
 
-def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame) -> str:
+def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame,
+                 relations: pd.DataFrame | None) -> str:
     digest = hashlib.sha256()
     digest.update(pd.util.hash_pandas_object(entries, index=False).to_numpy().tobytes())
     flat = media.assign(genres=media["genres"].map(json.dumps), tags=media["tags"].map(json.dumps))
     digest.update(pd.util.hash_pandas_object(flat, index=False).to_numpy().tobytes())
+    if relations is not None and not relations.empty:  # without any: the fingerprint it had
+        digest.update(pd.util.hash_pandas_object(relations, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -562,8 +595,10 @@ def _leave_out(frame: pd.DataFrame, cutoff: dict | None) -> tuple[pd.DataFrame, 
     return frame[keep].reset_index(drop=True), left_out
 
 
-def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig()):
-    """The feature computation, in memory: entries + media -> tables and schema.
+def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig(),
+          relations: pd.DataFrame | None = None):
+    """The feature computation, in memory: entries + media (+ the relations between
+    titles, ``store.RELATION_COLUMNS``; None = none) -> tables and schema.
 
     Returns:
       ``(interactions, users, user_vectors, anime, schema)``.
@@ -593,6 +628,7 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
     if cutoff:  # the catalog as of the cutoff: titles someone had listed before it
         media = media[media["media_id"].isin(train["media_id"].unique())]
     anime = _anime_table(media, train, config)
+    anime, related = (anime, None) if relations is None else _relations(anime, relations)
     trained_titles = anime[anime["media_id"].isin(train["media_id"].unique())]
     vocab = {
         "user_id": np.unique(train["user_id"]).tolist(),
@@ -606,6 +642,9 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         "tags": _vocab(trained_titles["tags"].explode(), config.min_vocab_count),
     }
     dropped = _dropped_features(trained_titles, vocab, config)
+    if related is None:
+        dropped.update({name: "no relations between the catalog's titles in the source"
+                        for name in RELATION_SIGNALS})
     kept = tuple(dataclasses.replace(f, length=config.history_length) if f.kind == "history"
                  else f for f in FEATURES if f.name not in dropped)
     users, user_vectors = user_features(train, anime, vocab, config, global_mean)
@@ -632,7 +671,10 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
                   "global_mean_score": global_mean},
         "counts": counts,
         "split": split,
-        "fingerprint": _fingerprint(entries, media),
+        # The relations between titles (anime.parquet's relation columns); absent
+        # where the source has none.
+        **({"relations": related} if related else {}),
+        "fingerprint": _fingerprint(entries, media, relations),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     interactions = frame[["user_id", "media_id", "time", "status", "score", "split",
@@ -660,13 +702,14 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
         tick = time.perf_counter()
         entries = store.read_entries(conn)
         media = store.read_media(conn)
+        relations = store.read_relations(conn)
         source = store.describe_source(conn)
         read_seconds = time.perf_counter() - tick
     finally:
         conn.close()
     bar.update()
     bar.set_postfix_str(f"splitting and computing features of {len(entries):,} entries")
-    interactions, users, user_vectors, anime, schema = build(entries, media, config)
+    interactions, users, user_vectors, anime, schema = build(entries, media, config, relations)
     del entries
     schema["timings"]["read"] = round(read_seconds, 2)
     schema["source_db"] = str(Path(db).resolve())  # where the ground truth of a synthetic world sits

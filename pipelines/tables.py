@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.config import FRANCHISE_RELATIONS
 from pipelines.errors import InputError
-from pipelines.features import SCHEMA_FILE
+from pipelines.features import RELATED_IDS, RELATED_TYPES, SCHEMA_FILE
 from towers.features import feature_specs, multi_widths, raw_features
 
 
@@ -37,6 +38,34 @@ def read_vector(table: pd.DataFrame, column: str) -> np.ndarray:
     """A fixed-size list column of a feature table as a ``[rows, width]`` float32 array."""
     values = table[column].to_numpy()
     return np.stack(values).astype(np.float32) if len(values) else np.zeros((0, 0), np.float32)
+
+
+def related_rows(anime: pd.DataFrame, schema: dict,
+                 types: tuple[str, ...] = FRANCHISE_RELATIONS) -> np.ndarray | None:
+    """``[titles, width]`` int64: per row of ``anime``, the rows of the titles it relates
+    to by one of ``types`` (``related_types``; by default the ones the ``franchise``
+    signal counts), padded with -1 to the most any title has; None where the schema
+    records no relations (a source without them). The candidate generator gathers
+    ``[users, candidates, width]`` from it, so it is kept dense and narrow."""
+    if not schema.get("relations"):
+        return None
+    if RELATED_IDS not in anime or RELATED_TYPES not in anime:
+        raise InputError(f"The schema records relations between titles but the title table "
+                         f"has no {RELATED_IDS!r} / {RELATED_TYPES!r} columns; rebuild the "
+                         "feature tables (`python -m pipelines features`) or retrain the model.")
+    counts = anime[RELATED_IDS].map(len).to_numpy()
+    ids = np.concatenate([np.zeros(0, np.int64),
+                          *(np.asarray(v, np.int64) for v in anime[RELATED_IDS])])
+    kinds = np.concatenate([np.zeros(0, object),
+                            *(np.asarray(v, object) for v in anime[RELATED_TYPES])])
+    owner = np.repeat(np.arange(len(anime)), counts)
+    keep = np.isin(kinds, types)
+    owner, rows = owner[keep], pd.Index(anime["media_id"]).get_indexer(ids[keep])
+    width = np.bincount(owner, minlength=len(anime))
+    out = np.full((len(anime), int(width.max(initial=0))), -1, np.int64)
+    starts = np.r_[0, np.cumsum(width)[:-1]]
+    out[owner, np.arange(len(owner)) - starts[owner]] = rows
+    return out
 
 
 @dataclasses.dataclass

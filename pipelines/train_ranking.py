@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from pipelines import artifact, fitting, protocol
 from pipelines.arrays import find_sorted
-from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RankingConfig
+from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RELATION_SIGNALS, RankingConfig
 from pipelines.errors import InputError
 from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, table
 from pipelines.candidates import Generator
@@ -410,9 +410,9 @@ EASE_CANDIDATES_VARIANT = 50
 
 def ablation_variants(config: RankingConfig) -> dict[str, RankingConfig]:
     """``{name: config}``: ``config`` with EASE's candidates switched (off, or 50 on), without
-    EASE's signals, without EASE at all, and without the residual form; variants equal
-    to ``config`` or to an earlier one are left out (a model without EASE has no EASE
-    variant)."""
+    EASE's signals, without EASE at all, without the franchise signal, and without the
+    residual form; variants equal to ``config`` or to an earlier one are left out (a
+    model without EASE has no EASE variant; one without relations, no franchise one)."""
     no_ease = tuple(s for s in config.signals if s not in EASE_SIGNALS)
     candidates = ("without EASE candidates", 0) if config.ease_candidates else (
         f"with {EASE_CANDIDATES_VARIANT} EASE candidates", EASE_CANDIDATES_VARIANT)
@@ -421,6 +421,8 @@ def ablation_variants(config: RankingConfig) -> dict[str, RankingConfig]:
         "without EASE signals": dataclasses.replace(config, signals=no_ease),
         "without EASE (candidates or signals)": dataclasses.replace(
             config, ease_candidates=0, signals=no_ease),
+        "without the franchise signal": dataclasses.replace(config, signals=tuple(
+            s for s in config.signals if s not in RELATION_SIGNALS)),
         "without the residual form": dataclasses.replace(config, residual=False)}
     out = {}
     for name, variant in variants.items():
@@ -451,6 +453,20 @@ def ablations(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, conf
                               full[split]["ranked"][CHOICE_METRIC], ours)}
         out[name] = row
     return out
+
+
+def feasible(config: RankingConfig, retrieval: artifact.RetrievalArtifact) -> RankingConfig:
+    """``config`` without what this model cannot feed, recorded as such in the config: no
+    EASE candidates or signals without EASE's weights (a catalog above
+    ``baselines.MAX_EASE_TITLES``), no franchise signal without relations between titles
+    (a source without them: ``schema.json`` -> ``dropped_features``)."""
+    if retrieval.load_ease() is None:
+        config = dataclasses.replace(config, ease_candidates=0, signals=tuple(
+            s for s in config.signals if s not in EASE_SIGNALS))
+    if retrieval.relations() is None:
+        config = dataclasses.replace(config, signals=tuple(
+            s for s in config.signals if s not in RELATION_SIGNALS))
+    return config
 
 
 def serving_decision(validation: dict, loss: str) -> dict:
@@ -490,11 +506,7 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
             "(recommendations then follow the retrieval score) and evaluate it with "
             "`python -m pipelines evaluate`.")
     retrieval = artifact.RetrievalArtifact(model_dir).for_tables(tables)
-    if retrieval.load_ease() is None:
-        # No EASE with this model (a catalog above baselines.MAX_EASE_TITLES): the
-        # two-tower's candidates and signals alone, recorded as such in the config.
-        config = dataclasses.replace(config, ease_candidates=0, signals=tuple(
-            s for s in config.signals if s not in EASE_SIGNALS))
+    config = feasible(config, retrieval)
     losses = [config.loss] + ([l for l in LOSS_NAMES if l != config.loss] if compare_losses else [])
     metrics, rankers, records = fit_and_evaluate(tables, retrieval, config, losses,
                                                  progress=progress)

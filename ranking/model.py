@@ -5,7 +5,8 @@ features with shape ``[batch]`` (``[batch, width]`` for vectors), each title fea
 with a list dimension ``[batch, list]`` (``[batch, list, width]`` for genres/tags), and
 each of ``config.signals`` ``[batch, list]``: what the candidate generators say of each
 title for the user (``similarity``, the two-tower score; ``ease``, EASE's; their ranks;
-``pipelines/candidates.py``). Output: scores ``[batch, list]``. Padded list items are
+``franchise``, how many watched titles it continues; ``pipelines/candidates.py``), read
+by the MLP. Output: scores ``[batch, list]``. Padded list items are
 the caller's to mask.
 
 With ``config.residual`` (the default) the score is the retrieval logit plus a learned

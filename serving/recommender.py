@@ -198,7 +198,8 @@ class Recommender:
         bounds = np.searchsorted(rows[order], np.arange(len(self.users) + 1))
         # Per user row, the ids of the titles they have seen (one int64 array each).
         self._seen = np.split(seen["media_id"].to_numpy(np.int64)[order], bounds[1:-1])
-        # Per user row, the title rows of their training interactions: EASE's input.
+        # Per user row, the title rows of their training interactions: EASE's input and
+        # the franchise signal's.
         self._history = None
         if "history" in seen:
             titles = np.split(self._anime_row.get_indexer(seen["media_id"].to_numpy()[order]),
@@ -238,15 +239,23 @@ class Recommender:
                     saved_scorer.signatures["encode_titles"])
         ranking = self.config.get("ranking")
         self.ranking_config = RankingConfig.from_dict(ranking) if ranking else None
-        # The candidates the ranker was trained to reorder: EASE's too where it reads them.
+        # The candidates the ranker was trained to reorder: EASE's too where it reads
+        # them, and the titles' relations where it reads the franchise signal.
         self._ease, self._ease_candidates, self._signals = None, 0, ("similarity",)
+        self._relations = None
         if self.ranker is not None and self.ranking_config is not None:
             generator = r.ranker_generator(self.ranking_config)
-            if generator.ease_weights is not None and self._history is None:
+            if generator.needs_history and self._history is None:
                 raise InputError(f"{self.directory}/seen.parquet has no `history` column, which "
-                                 "the ranker's EASE candidates need; the model is corrupt.")
+                                 "the ranker's EASE and franchise signals need; the model is "
+                                 "corrupt.")
+            missing = sorted(set(self.ranking_config.signals) - set(generator.signals))
+            if missing:
+                raise InputError(f"The ranker reads the candidate signals {missing}, which this "
+                                 "model directory cannot compute (no ease.npy, or no relations "
+                                 "between titles in its schema); the model is corrupt.")
             self._ease, self._ease_candidates = generator.ease_weights, generator.k_ease
-            self._signals = generator.signals
+            self._signals, self._relations = generator.signals, generator.relations
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
 
     @classmethod
@@ -321,10 +330,10 @@ class Recommender:
                        candidates: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (title rows, scores) for users given as raw features, their seen
         titles (ids, left out) and histories (title rows of their training interactions,
-        EASE's input)."""
+        EASE's and the franchise signal's input)."""
         queries = self.retrieval.embed_users(user_raw)
         generate = Generator(self.index, self._ease, candidates, self._ease_candidates,
-                             self._signals)
+                             self._signals, self._relations)
         cand = generate(queries, histories, exclude=seen, allowed=allowed)
         scores = self._rank(user_raw, cand.rows, cand.signals)
         scores = np.where(cand.rows >= 0, scores, -np.inf)

@@ -34,7 +34,8 @@ def test_union_ranks_and_signals_by_hand(catalog):
     ease_order = [r for r in np.argsort(-ease, kind="stable") if r not in (1, 3)]
     added = [r if r not in (0, 2, 4) else -1 for r in ease_order[:3]]
     assert cand.rows.tolist() == [[0, 2, 4, *added]]
-    assert set(cand.signals) == set(SIGNALS)
+    # Every signal but the franchise one, which needs relations between titles.
+    assert set(cand.signals) == set(SIGNALS) - {"franchise"}
     ok = cand.rows[0] >= 0
     rows = cand.rows[0][ok]
     np.testing.assert_allclose(cand.signals["similarity"][0][ok], index.embeddings[rows, 0])
@@ -117,3 +118,42 @@ def test_ranks_of_the_pool_count_higher_scores_and_share_ties(catalog):
     got = Generator(index, tied, k=4)(np.array([[1.0, 0.0]], np.float32), [np.array([3])],
                                       [np.array([20])])
     np.testing.assert_allclose(got.signals["ease_rank"][0], np.log1p([1, 1, 0, 3]))
+
+
+def test_franchise_counts_the_watched_titles_a_candidate_continues(catalog):
+    """The franchise signal by hand: log(1 + how many of the user's history titles the
+    candidate continues), for the candidates and for any titles asked about."""
+    index, weights = catalog
+    # Each row's related rows (what it continues), -1 padded: row 2 (id 40) continues
+    # row 1 (id 10); row 4 (id 30) continues rows 3 and 1; row 5 (id 60) continues row 0.
+    relations = np.array([[-1, -1], [-1, -1], [1, -1], [-1, -1], [3, 1], [0, -1]])
+    query = np.array([[1.0, 0.0]], np.float32)
+    history = [np.array([1, 3])]                       # rows of ids 10 and 20: watched
+    generate = Generator(index, weights, k=4, relations=relations)
+    assert generate.signals == SIGNALS
+    cand = generate(query, history, exclude=[np.array([10, 20])])
+    # The two-tower's top 4 without rows 1 and 3: rows 0, 2, 4, 5.
+    assert cand.rows.tolist() == [[0, 2, 4, 5]]
+    np.testing.assert_allclose(cand.signals["franchise"][0], np.log1p([0, 1, 2, 0]))
+    # Any titles: row 5's prequel (row 0) is not watched; padding carries nothing.
+    got = generate.signals_for(query, history, [np.array([10, 20])], np.array([[5, 4, -1]]))
+    np.testing.assert_allclose(got.signals["franchise"][0], np.log1p([0, 2, 0]))
+    # Someone who watched nothing continues nothing.
+    empty = generate(query, [np.array([], np.int64)], exclude=[np.array([])])
+    assert (empty.signals["franchise"] == 0).all()
+    with pytest.raises(ValueError, match="history"):
+        generate(query, None)
+
+
+def test_without_relations_there_is_no_franchise_signal(catalog):
+    index, weights = catalog
+    generate = Generator(index, weights, k=3)
+    assert "franchise" not in generate.signals
+    assert "franchise" not in generate(np.array([[1.0, 0.0]], np.float32), [np.array([1])],
+                                       exclude=[np.array([10])]).signals
+    # The two-tower alone with relations: the history is still needed for the franchise.
+    alone = Generator(index, None, k=3, signals=("similarity", "franchise"),
+                      relations=np.full((6, 0), -1))
+    assert alone.signals == ("similarity", "franchise") and alone.needs_history
+    cand = alone(np.array([[1.0, 0.0]], np.float32), [np.array([1])], exclude=[np.array([10])])
+    assert (cand.signals["franchise"] == 0).all()

@@ -11,7 +11,7 @@ from pipelines import features
 from pipelines.config import FeatureConfig
 from pipelines.errors import InputError
 from pipelines.features import assign_split
-from pipelines.tables import load, read_vector
+from pipelines.tables import load, read_vector, related_rows
 
 
 def _entries(user, times, scores=None, statuses=None, media=None):
@@ -85,6 +85,52 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
         pd.Timestamp(day(15), unit="s").strftime("%Y-%m-%d"),
         pd.Timestamp(day(20), unit="s").strftime("%Y-%m-%d")]
     assert features.describe_split(schema).startswith(f"as of {t0} (one time cutoff")
+
+
+def test_relations_reach_the_title_table_within_the_catalog():
+    """Each title carries its relations to the other titles of the catalog as of the
+    cutoff (a sequel first listed after it is not one), described in the schema; the
+    franchise signal's input is read from them by type."""
+    day = lambda d: 1_000 * DAY + d * DAY  # noqa: E731
+    rows = pd.concat([_entries(1, [day(1), day(2), day(12)], media=[1, 2, 4]),
+                      _entries(2, [day(3), day(13)], media=[3, 2])])
+    config = FeatureConfig(as_of=pd.Timestamp(day(10), unit="s").strftime("%Y-%m-%d"),
+                           horizon_days=5)
+    # 1 -> 2 -> 4 the main line, 3 a side story of 2; 4 is first listed after the cutoff,
+    # and 9 is no title of the store at all.
+    edges = [(1, 2, "SEQUEL"), (2, 1, "PREQUEL"), (2, 3, "SIDE_STORY"), (3, 2, "PARENT"),
+             (2, 4, "SEQUEL"), (4, 2, "PREQUEL"), (9, 1, "ADAPTATION")]
+    relations = pd.DataFrame(edges, columns=["media_id", "related_id", "relation_type"])
+    _, _, _, anime, schema = features.build(rows, _media([1, 2, 3, 4]), config, relations)
+    assert anime["media_id"].tolist() == [1, 2, 3]
+    assert anime["related_ids"].map(list).tolist() == [[2], [1, 3], [2]]
+    assert anime["related_types"].map(list).tolist() == [["SEQUEL"], ["PREQUEL", "SIDE_STORY"],
+                                                         ["PARENT"]]
+    assert schema["relations"] == {
+        "columns": ["related_ids", "related_types"], "pairs": 4, "titles": 3,
+        "types": {"PARENT": 1, "PREQUEL": 1, "SEQUEL": 1, "SIDE_STORY": 1}, "outside_catalog": 3}
+    assert "franchise" not in schema["dropped_features"]
+    # What each title continues (its PREQUEL / PARENT), as rows: 2 continues 1, 3 continues 2.
+    assert related_rows(anime, schema).tolist() == [[-1], [0], [1]]
+    assert related_rows(anime, schema, ("SEQUEL", "PREQUEL", "SIDE_STORY", "PARENT")).tolist() \
+        == [[1, -1], [0, 2], [1, -1]]
+    # Relations change the data, so the fingerprint.
+    _, _, _, plain, without = features.build(rows, _media([1, 2, 3, 4]), config)
+    assert without["fingerprint"] != schema["fingerprint"]
+
+    # A source without relations (the Kaggle dumps, an older store) or with none inside
+    # the catalog: no relation columns, and the franchise signal is a dropped feature.
+    _, _, _, outside, only_outside = features.build(rows, _media([1, 2, 3, 4]), config,
+                                                    relations.iloc[[4, 5, 6]])
+    for table, schema in ((plain, without), (outside, only_outside)):
+        assert "related_ids" not in table and "relations" not in schema
+        assert schema["dropped_features"]["franchise"] == \
+            "no relations between the catalog's titles in the source"
+        assert related_rows(table, schema) is None
+    pd.testing.assert_frame_equal(plain, outside)
+    # A schema that records relations over a table without them is a clear error.
+    with pytest.raises(InputError, match="no 'related_ids'"):
+        related_rows(plain, {"relations": {"pairs": 1}})
 
 
 def test_a_list_at_one_time_is_placed_by_it_unless_most_lists_are_stamps():

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.candidates import Generator
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.tables import load
@@ -303,6 +304,38 @@ def test_catalog_encoded_once_scores_like_the_raw_ranker(tiny_ranked):
     fast._encoded = None  # fall back to the raw serving_default signature
     raw = fast.recommend(users, k=10)
     pd.testing.assert_frame_equal(encoded, raw, atol=1e-5)
+
+
+def test_the_franchise_signal_is_served_from_the_model_dirs_relations(tiny_ranked, tmp_path):
+    """The tiny world has franchises: the ranker reads the franchise signal, and serving
+    computes it from the model directory's own files (anime.parquet's relations, the
+    training history in seen.parquet) as counted by hand; a ranker whose signal the
+    directory cannot feed is refused by name."""
+    rec = Recommender.from_pretrained(str(tiny_ranked[0]), use_ranker=True)
+    assert "franchise" in rec.ranking_config.signals and "franchise" in rec._signals
+    continues = {m: {r for r, t in zip(ids, types) if t in ("PREQUEL", "PARENT")}
+                 for m, ids, types in zip(rec.anime["media_id"], rec.anime["related_ids"],
+                                          rec.anime["related_types"])}
+    media = rec.anime["media_id"].to_numpy()
+    seen = pd.read_parquet(tiny_ranked[0] / "seen.parquet")
+    watched = seen[seen["history"]].groupby("user_id")["media_id"].agg(set)
+    rows = np.arange(60)
+    generate = Generator(rec.index, rec._ease, 100, rec._ease_candidates, rec._signals,
+                         rec._relations)
+    cand = generate(rec.retrieval.embed_users({k: v[rows] for k, v in rec._user_raw.items()}),
+                    [rec._history[r] for r in rows], [rec._seen[r] for r in rows])
+    expected = [[np.log1p(len(continues[media[c]] & watched.get(user, set()))) if c >= 0 else 0
+                 for c in cand_rows] for user, cand_rows in zip(rec.users["user_id"], cand.rows)]
+    np.testing.assert_allclose(cand.signals["franchise"], expected, rtol=1e-6)
+    assert (cand.signals["franchise"] > 0).any(), "no candidate continues a watched title"
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_ranked[0], broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["feature_schema"]["relations"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"reads the candidate signals \['franchise'\]"):
+        Recommender.from_pretrained(str(broken), use_ranker=True)
 
 
 def test_ranker_with_id_lookups_falls_back_from_xla(tiny_model, tiny_features, tmp_path):

@@ -361,10 +361,13 @@ def test_ablations_change_one_part_each_and_pair_on_the_same_users(stage):
     _, metrics = stage
     ablations = metrics["ablations"]
     assert set(ablations) == {"without EASE candidates", "without EASE signals",
-                              "without EASE (candidates or signals)", "without the residual form"}
+                              "without EASE (candidates or signals)",
+                              "without the franchise signal", "without the residual form"}
     assert ablations["without EASE candidates"]["changes"] == {"ease_candidates": 0}
     assert ablations["without EASE signals"]["changes"] == {
-        "signals": ["similarity", "similarity_rank"]}
+        "signals": ["similarity", "similarity_rank", "franchise"]}
+    assert ablations["without the franchise signal"]["changes"] == {
+        "signals": ["similarity", "ease", "similarity_rank", "ease_rank"]}
     assert ablations["without the residual form"]["changes"] == {"residual": False}
     v, e = metrics["validation"], metrics["end_to_end"]
     full = {"validation": v["losses"][CONFIG.loss]["ranked"]["ndcg@10"], "test": e["ranked"]["ndcg@10"]}
@@ -381,7 +384,8 @@ def test_ablations_change_one_part_each_and_pair_on_the_same_users(stage):
 def test_ablation_variants_follow_the_config():
     default = RankingConfig()
     assert set(trk.ablation_variants(default)) == {
-        "with 50 EASE candidates", "without EASE signals", "without the residual form"}
+        "with 50 EASE candidates", "without EASE signals", "without the franchise signal",
+        "without the residual form"}
     no_ease = RankingConfig(signals=("similarity", "similarity_rank"))
     assert set(trk.ablation_variants(no_ease)) == {"with 50 EASE candidates",
                                                    "without the residual form"}
