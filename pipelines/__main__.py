@@ -383,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "a retrain (default: 1.25 x the model's test MAE)")
     daily.add_argument("--alert-days", type=int, default=3,
                        help="days in a row before an alert (default: %(default)s)")
+    daily.add_argument("--retrain-if-degraded", action="store_true",
+                       help="when the MAE has stayed above --mae-threshold for --alert-days "
+                            "days: build features of the refreshed store, train a candidate "
+                            "with the model's own configs and put it in service only if it is "
+                            "no worse on validation (NDCG@10 and score MAE, paired bootstrap "
+                            "CI); a local --model directory is replaced, a Hub model gets a "
+                            "new commit (see --publish-repo). Written to "
+                            "<out>/retrain/<date>/decision.json")
+    daily.add_argument("--publish-repo", default=None,
+                       help="Hub repo a released retrain is published to (default: the "
+                            "--model repo when it is a Hub repo id; a local --model "
+                            "directory is replaced in place)")
 
     run = add_stage(
         "run", help="the whole job on the default synthetic data",
@@ -480,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
                                 mae_threshold=args.mae_threshold, alert_days=args.alert_days,
                                 progress=progress)
             print(daily.describe(summary))
+            if args.retrain_if_degraded and summary["monitoring"]["degraded"]:
+                from pipelines import retrain
+
+                result = retrain.run(args.db, args.model, summary["day"], args.out,
+                                     revision=args.revision, publish_repo=args.publish_repo,
+                                     progress=progress)
+                print(retrain.describe(result))
         if args.stage == "publish":
             from pipelines import publish
 

@@ -218,7 +218,7 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataF
         by_time = np.select([key < as_of, key < as_of + horizon, key < as_of + 2 * horizon],
                             ["train", "validation", "test"], default=None)
         split = np.where(timed, by_time, split)
-        cutoff = {"as_of": as_of, "horizon": horizon}
+        cutoff = {"as_of": as_of, "horizon": horizon, "last": int(key[timed].max())}
     frame["split"] = pd.Categorical(split, categories=SPLITS)
     frame["random_split"] = random_order
     return frame, cutoff
@@ -278,7 +278,7 @@ def _split_protocol(frame: pd.DataFrame, config: FeatureConfig, cutoff: dict | N
            "left_out": left_out}
     if cutoff:
         as_of, horizon = cutoff["as_of"], cutoff["horizon"]
-        out.update(as_of=as_of, horizon_days=horizon / _DAY,
+        out.update(as_of=as_of, horizon_days=horizon / _DAY, last_entry=cutoff["last"],
                    periods={"train": [None, _date(as_of)],
                             "validation": [_date(as_of), _date(as_of + horizon)],
                             "test": [_date(as_of + horizon), _date(as_of + 2 * horizon)]})

@@ -131,6 +131,17 @@ class Thresholds:
         return cls(mae=float(mae), days=days)
 
 
+def degraded(days: pd.DataFrame, thresholds: Thresholds) -> bool:
+    """Has quality fallen: the model's MAE above ``thresholds.mae`` on each of the last
+    ``thresholds.days`` days? (What ``daily --retrain-if-degraded`` retrains on; drift
+    alone only warns.)"""
+    recent = days.tail(thresholds.days)
+    if len(recent) < thresholds.days:
+        return False
+    maes = [m["scores"]["model"]["mae"] for m in recent["metrics"]]
+    return all(not math.isnan(x) and x > thresholds.mae for x in maes)
+
+
 def alerts(days: pd.DataFrame, thresholds: Thresholds) -> list[str]:
     """The plain lines that ask for a retrain, from the last ``thresholds.days`` days
     (``days``: one row per day with a ``metrics`` dict, in day order)."""
@@ -138,8 +149,8 @@ def alerts(days: pd.DataFrame, thresholds: Thresholds) -> list[str]:
     if len(recent) < thresholds.days:
         return []
     out = []
-    maes = [m["scores"]["model"]["mae"] for m in recent["metrics"]]
-    if all(not math.isnan(x) and x > thresholds.mae for x in maes):
+    if degraded(days, thresholds):
+        maes = [m["scores"]["model"]["mae"] for m in recent["metrics"]]
         out.append(f"retrain: MAE {maes[-1]:.1f} > {thresholds.mae:.1f} for "
                    f"{thresholds.days} days")
     for name in DRIFT_INPUTS:
@@ -181,7 +192,8 @@ def write(days: pd.DataFrame, out: str | Path, revision: str, thresholds: Thresh
         {"revision": revision, "thresholds": dataclasses.asdict(thresholds), "alerts": found,
          "days": dict(zip(days["day"], days["metrics"]))}, indent=2, sort_keys=True))
     _plots(days, out)
-    return {"report": str(out / "report.md"), "alerts": found, "days": int(len(days))}
+    return {"report": str(out / "report.md"), "alerts": found, "days": int(len(days)),
+            "degraded": degraded(days, thresholds)}
 
 
 def _plots(days: pd.DataFrame, out: Path) -> None:

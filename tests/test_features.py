@@ -67,7 +67,7 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
     media = _media(list(range(1, 10)))
     config = FeatureConfig(as_of=t0, horizon_days=5)
     split, cutoff = assign_split(rows, config)
-    assert cutoff == {"as_of": day(10), "horizon": 5 * DAY}
+    assert cutoff == {"as_of": day(10), "horizon": 5 * DAY, "last": day(20)}
     got = split.set_index(["user_id", "media_id"])["split"].astype(object).to_dict()
     assert got[(1, 1)] == got[(1, 2)] == got[(2, 3)] == got[(2, 6)] == "train"
     assert got[(1, 3)] == got[(1, 4)] == got[(2, 1)] == "validation"
@@ -157,7 +157,7 @@ def test_default_cutoff_holds_out_the_last_fifth_of_entries():
     rows = pd.concat([_entries(u, [d * DAY for d in range(u, 100, 4)],
                                media=list(range(u, 100, 4))) for u in range(4)])
     split, cutoff = assign_split(rows, FeatureConfig())
-    assert cutoff == {"as_of": 79 * DAY, "horizon": 11 * DAY}
+    assert cutoff == {"as_of": 79 * DAY, "horizon": 11 * DAY, "last": 99 * DAY}
     counts = split["split"].value_counts()
     assert (counts["train"], counts["validation"], counts["test"]) == (79, 11, 10)
     with pytest.raises(InputError, match="leaves no training entries"):

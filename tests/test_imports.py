@@ -40,10 +40,12 @@ TENSORFLOW = ("tensorflow", "tensorflow_recommenders", "tf_keras", "keras", "sca
 STAGES = ("pipelines.features", "pipelines.baselines", "pipelines.train_retrieval",
           "pipelines.train_ranking", "pipelines.train_scores", "pipelines.evaluate",
           "pipelines.publish", "pipelines.__main__")
-# Only the CLI imports the training stages: nothing else runs them.
+# Only the CLI, and the retraining it runs from the daily loop, import the training
+# stages: nothing else runs them.
 TRAINING_STAGES = ("pipelines.train_retrieval", "pipelines.train_ranking",
                    "pipelines.train_scores")
 CLI = "pipelines.__main__"
+RUNNERS = (CLI, "pipelines.retrain")
 
 
 # -- the project's modules -----------------------------------------------------------
@@ -267,14 +269,15 @@ def test_towers_import_no_layer_above_them(module):
                        f"(ranking, serving or a pipeline stage):\n{_listing(above)}")
 
 
-NOT_CLI = [m for m in MODULES if m != CLI]
+NOT_RUNNERS = [m for m in MODULES if m not in RUNNERS]
 
 
-@pytest.mark.parametrize("module", NOT_CLI, ids=_ids(NOT_CLI))
-def test_only_the_cli_imports_the_training_stages(module):
+@pytest.mark.parametrize("module", NOT_RUNNERS, ids=_ids(NOT_RUNNERS))
+def test_only_the_cli_and_the_retraining_import_the_training_stages(module):
     found = [(line, target) for line, target in imports(module) if target in TRAINING_STAGES]
     assert not found, (f"{project_files()[module]} imports a training stage; only "
-                       f"{project_files()[CLI]} runs them:\n{_listing(found)}")
+                       f"{', '.join(project_files()[m] for m in RUNNERS)} run them:\n"
+                       f"{_listing(found)}")
 
 
 def _tensorflow_imports(path: Path) -> list[tuple[int, str]]:

@@ -1,0 +1,255 @@
+"""Retraining from the daily loop: when the served model's quality has fallen, train a
+candidate on the refreshed store and put it in service only if it is no worse.
+
+    python -m pipelines daily ... --retrain-if-degraded
+
+``run`` (called by the CLI after a day whose monitoring says the MAE stayed above its
+threshold, ``monitoring.degraded``):
+
+1. **Features** of the refreshed store, with the serving model's own feature config
+   (``config.json``) and its periods moved forward by the days the store gained past
+   the served model's newest entry (the same validation and test lengths), so the
+   candidate learns from what the served model never saw. Nothing newer: nothing to
+   retrain on, and it says so.
+2. **Training** with the serving model's own retrieval, ranking and score-head configs
+   (no ablations, no loss comparison: those are for a release, not a refresh), then its
+   evaluation report; into ``<out>/retrain/<D>/model``, each stage atomic.
+3. **The gate**, on the new validation period (never test): both models serve the
+   validation users they both know (top 10, leaving out what each user had before the
+   period, the same titles for both), scored by NDCG@10 against what the users then
+   watched; and both predict the period's scores (pairs both models know), scored by
+   per-user MAE. The candidate is *no worse* unless a paired bootstrap CI (95%, users
+   resampled) says it is worse on either: a difference inside the noise does not block
+   a refresh, a real loss does. The comparison leans towards the serving model: its
+   ranker and early stopping saw most of this period (its own validation period).
+4. **Release**, only when no worse: a local model directory is replaced in one atomic
+   swap (the one it replaces is kept as ``<out>/retrain/<D>/previous_model``); a Hub
+   model is published as a new commit of ``publish_repo`` (default: the repo it was
+   loaded from), whose id the next day's ``--revision`` pins.
+
+Everything is written to ``<out>/retrain/<D>/decision.json`` (the comparison, the
+decision and why), also when the candidate is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import artifact, atomic, protocol, store
+from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig
+from pipelines.errors import InputError
+from pipelines.tables import FeatureTables
+from ranking.metrics import ndcg_at_k
+
+DAY = 86_400
+GATE_K = 10
+
+
+def feature_config(served: dict, newest: int) -> FeatureConfig | None:
+    """The serving model's feature config (``config.json``) with its periods moved
+    forward: the cutoff by the time from the served model's newest entry to ``newest``
+    (unix seconds), in days rounded up; the period lengths stay. None when the store has
+    nothing newer (a retrain would see the same data)."""
+    schema = served["feature_schema"]
+    config = FeatureConfig.from_dict(schema["config"])
+    split = schema.get("split") or {}
+    if "as_of" not in split:  # random splits have no periods to move: take it as it is
+        return config
+    as_of, horizon = int(split["as_of"]), int(round(split["horizon_days"] * DAY))
+    # Feature tables from before "last_entry" was saved: the end of the test period.
+    last = int(split.get("last_entry", as_of + 2 * horizon - 1))
+    if newest <= last:
+        return None
+    days = -(-(newest - last) // DAY)
+    moved = pd.Timestamp(as_of + days * DAY, unit="s").strftime("%Y-%m-%d")
+    data = config.to_dict() | {"as_of": moved, "horizon_days": horizon / DAY}
+    return FeatureConfig.from_dict(data)
+
+
+def newest_time(db: str | os.PathLike) -> int:
+    """The newest entry time the store holds (any of the time columns)."""
+    conn = store.connect(db, readonly=True)
+    try:
+        entries = store.read_entries(conn)
+    finally:
+        conn.close()
+    times = entries[["updated_at", "completed_at", "created_at"]].max(axis=1)
+    if not times.notna().any():
+        raise InputError(f"{db} has no entry times: a retrain from the daily loop moves "
+                         "the as-of cutoff forward and needs them.")
+    return int(times.max())
+
+
+def ndcg_per_user(top: pd.DataFrame, users: np.ndarray, relevant: dict, k: int = GATE_K) -> np.ndarray:
+    """Binary NDCG@k of each user's served list (``top``: user_id, rank, anime_id)
+    against the set of titles ``relevant[user]``; NaN for a user with none."""
+    hit = np.zeros((len(users), k), bool)
+    position = {u: i for i, u in enumerate(users)}
+    for row in top.itertuples(index=False):
+        if row.rank <= k and row.anime_id in relevant.get(row.user_id, ()):
+            hit[position[row.user_id], row.rank - 1] = True
+    n_relevant = np.array([len(relevant.get(u, ())) for u in users])
+    return ndcg_at_k(hit, n_relevant, k)
+
+
+def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: int = 1000) -> dict:
+    """Both models on ``tables``' validation period (the candidate's): NDCG@k of what
+    each serves and the per-user MAE of their predicted scores, per user, with the
+    paired bootstrap of candidate minus serving model (see the module docstring)."""
+    inter = tables.interactions
+    validation = inter[inter["split"] == "validation"]
+    before = inter[inter["split"] == "train"]
+    watched = validation[validation["is_interaction"]]
+    users = np.unique(watched["user_id"].to_numpy())
+    users = users[serving.known(users) & candidate.known(users)]
+    if not len(users):
+        raise InputError("No validation user is known to both models: the models share "
+                         "no training users, so they cannot be compared.")
+    seen = before[before["user_id"].isin(users)].groupby("user_id")["media_id"].apply(list)
+    exclude = [seen.get(u, []) for u in users]
+    relevant = watched.groupby("user_id")["media_id"].apply(set).to_dict()
+    # exclude_seen=False: a model directory's seen lists hold each user's whole list as
+    # crawled, later periods included; both models leave out the same titles instead.
+    ndcg = {name: ndcg_per_user(rec.recommend(users, k=k, exclude_seen=False, exclude=exclude),
+                                users, relevant, k)
+            for name, rec in (("serving", serving), ("candidate", candidate))}
+    out = {"users": int(len(users)), "k": k,
+           f"ndcg@{k}": {name: protocol.mean(v) for name, v in ndcg.items()},
+           f"ndcg@{k} difference": protocol.paired_bootstrap(ndcg["candidate"], ndcg["serving"],
+                                                            draws=draws)}
+    if serving.scorer is None or candidate.scorer is None:
+        return out
+    scored = validation[validation["score"] > 0]
+    both = (serving.known(scored["user_id"]) & candidate.known(scored["user_id"])
+            & scored["media_id"].isin(serving.anime["media_id"])
+            & scored["media_id"].isin(candidate.anime["media_id"]))
+    scored = scored[np.asarray(both)]
+    if not len(scored):
+        return out
+    errors = {name: pd.Series(np.abs(rec.predict_scores(scored["user_id"], scored["media_id"])
+                                     - scored["score"].to_numpy()), index=scored["user_id"])
+              for name, rec in (("serving", serving), ("candidate", candidate))}
+    mae = {name: e.groupby(level=0).mean() for name, e in errors.items()}
+    out["scored_pairs"] = int(len(scored))
+    out["mae"] = {name: float(e.mean()) for name, e in errors.items()}
+    out["mae per user difference"] = protocol.paired_bootstrap(
+        mae["candidate"].to_numpy(), mae["serving"].to_numpy(), draws=draws)
+    return out
+
+
+def decide(comparison: dict) -> dict:
+    """``{"release": bool, "reason": str}``: release unless the candidate is worse on
+    validation beyond the noise (NDCG@k lower, or per-user MAE higher, with a paired
+    CI that excludes zero)."""
+    k = comparison["k"]
+    worse = []
+    d = comparison[f"ndcg@{k} difference"]
+    if d["significant"] and d["difference"] < 0:
+        worse.append(f"NDCG@{k} {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]")
+    m = comparison.get("mae per user difference")
+    if m and m["significant"] and m["difference"] > 0:
+        worse.append(f"MAE {m['difference']:+.2f} [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}]")
+    if worse:
+        return {"release": False, "reason": "the candidate is worse on validation: "
+                                            + "; ".join(worse)}
+    parts = [f"NDCG@{k} {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+             if d["difference"] is not None else f"NDCG@{k}: too few users to compare"]
+    if m:
+        parts.append(f"MAE {m['difference']:+.2f} [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}]")
+    return {"release": True, "reason": "no worse on validation: " + "; ".join(parts)}
+
+
+def _train(features_dir: Path, model_dir: Path, served: dict, progress: bool) -> None:
+    from pipelines import evaluate, train_ranking, train_retrieval, train_scores
+
+    train_retrieval.run(features_dir, model_dir, RetrievalConfig.from_dict(served["retrieval"]),
+                        ablation=False, progress=progress)
+    if "ranking" in served:
+        train_ranking.run(features_dir, model_dir, RankingConfig.from_dict(served["ranking"]),
+                          compare_losses=False, with_ablations=False, progress=progress)
+    if "scores" in served:
+        train_scores.run(features_dir, model_dir, ScoreConfig.from_dict(served["scores"]),
+                         progress=progress)
+    evaluate.run(model_dir, features_dir, progress=progress)
+
+
+def _release(candidate: Path, model: str, work: Path, publish_repo: str | None) -> dict:
+    """Puts the candidate in service: replaces a local model directory (keeping the one
+    it replaces) or publishes it as a new commit of a Hub repo."""
+    local = Path(model).is_dir()
+    if publish_repo is None and not local:
+        publish_repo = model
+    if publish_repo is not None:
+        from pipelines import publish
+
+        result = publish.run(candidate, publish_repo)
+        return {"published": result["repo"], "revision": result["commit"], "url": result["url"]}
+    previous = work / "previous_model"
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.copytree(model, previous)
+    with atomic.directory(model) as tmp:
+        shutil.copytree(candidate, tmp, dirs_exist_ok=True)
+    return {"replaced": str(model), "previous": str(previous)}
+
+
+def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
+        revision: str | None = None, publish_repo: str | None = None,
+        progress: bool = True) -> dict:
+    """Features, training, the gate and (when no worse) the release, for the daily
+    loop's day ``day`` (see the module docstring). Returns what ``decision.json`` holds."""
+    from serving import Recommender
+
+    tick = time.perf_counter()
+    work = Path(out) / "retrain" / day
+    serving = Recommender.from_pretrained(model, revision)
+    served = artifact.read_json(serving.directory, artifact.CONFIG)
+    config = feature_config(served, newest_time(db))
+    if config is None:
+        result = {"day": day, "release": False,
+                  "reason": "the store holds nothing newer than the serving model's data: "
+                            "a retrain would see the same data"}
+    else:
+        from pipelines import features
+
+        features_dir, model_dir = work / "features", work / "model"
+        features.run(db, features_dir, config, progress=progress)
+        _train(features_dir, model_dir, served, progress)
+        candidate = Recommender.from_pretrained(str(model_dir))
+        comparison = compare(serving, candidate, FeatureTables.load(features_dir))
+        result = {"day": day, "as_of": config.as_of, "comparison": comparison,
+                  **decide(comparison)}
+        if result["release"]:
+            result.update(_release(model_dir, model, work, publish_repo))
+    result["seconds"] = round(time.perf_counter() - tick, 1)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(work / "decision.json", json.dumps(result, indent=2))
+    result["path"] = str(work / "decision.json")
+    return result
+
+
+def describe(result: dict) -> str:
+    """The retrain's outcome as the CLI prints it."""
+    lines = [f"retrain ({result['seconds']} s): "
+             + ("released" if result["release"] else "not released") + f": {result['reason']}"]
+    c = result.get("comparison")
+    if c:
+        k = c["k"]
+        lines.append(f"validation ({c['users']} users): NDCG@{k} serving "
+                     f"{c[f'ndcg@{k}']['serving']:.4f}, candidate {c[f'ndcg@{k}']['candidate']:.4f}"
+                     + (f"; MAE serving {c['mae']['serving']:.2f}, candidate "
+                        f"{c['mae']['candidate']:.2f}" if "mae" in c else ""))
+    if "revision" in result:
+        lines.append(f"published {result['published']} at {result['revision']}: pin it with "
+                     f"--revision {result['revision']}")
+    if "replaced" in result:
+        lines.append(f"{result['replaced']} now holds the new model (the previous one: "
+                     f"{result['previous']})")
+    lines.append(f"decision: {result['path']}")
+    return "\n".join(lines)
