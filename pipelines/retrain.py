@@ -180,16 +180,18 @@ def _train(features_dir: Path, model_dir: Path, served: dict, progress: bool) ->
     evaluate.run(model_dir, features_dir, progress=progress)
 
 
-def _release(candidate: Path, model: str, work: Path, publish_repo: str | None) -> dict:
+def release(candidate: Path, model: str, work: Path, publish_repo: str | None = None,
+            endpoint: str | None = None) -> dict:
     """Puts the candidate in service: replaces a local model directory (keeping the one
-    it replaces) or publishes it as a new commit of a Hub repo."""
+    it replaces as ``work/previous_model``) or publishes it as a new commit of a Hub repo
+    (``publish_repo``, default ``model``; ``endpoint``: the Hub's, default HF_ENDPOINT's)."""
     local = Path(model).is_dir()
     if publish_repo is None and not local:
         publish_repo = model
     if publish_repo is not None:
         from pipelines import publish
 
-        result = publish.run(candidate, publish_repo)
+        result = publish.run(candidate, publish_repo, endpoint=endpoint)
         return {"published": result["repo"], "revision": result["commit"], "url": result["url"]}
     previous = work / "previous_model"
     shutil.rmtree(previous, ignore_errors=True)
@@ -226,7 +228,7 @@ def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
         result = {"day": day, "as_of": config.as_of, "comparison": comparison,
                   **decide(comparison)}
         if result["release"]:
-            result.update(_release(model_dir, model, work, publish_repo))
+            result.update(release(model_dir, model, work, publish_repo))
     result["seconds"] = round(time.perf_counter() - tick, 1)
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(work / "decision.json", json.dumps(result, indent=2))

@@ -16,6 +16,7 @@ from pipelines import daily, retrain, synth
 from pipelines.__main__ import main
 from pipelines.tables import FeatureTables
 from tests.anilist_server import AniListStandIn
+from tests.hub_server import HubStandIn
 from tests.simulate_days import copy_store
 
 DAY = retrain.DAY
@@ -135,3 +136,27 @@ def test_a_degraded_day_retrains_and_releases_a_candidate_no_worse(tiny_db, tiny
                             out=out, progress=False)
     assert summary["revision"] == after[:12], "the next day is scored under the new model"
     assert summary["metrics"]["outcomes"] > 10
+
+
+def test_a_release_to_the_hub_is_a_new_commit_of_the_repo(tiny_scored, tiny_model, tmp_path,
+                                                            monkeypatch):
+    """A model served from a Hub repo: the released candidate is the repo's next commit,
+    which loads as the candidate; the first commit still loads as the old model."""
+    from pipelines import publish
+    from serving import Recommender
+    from serving.batch import model_digest
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
+    serving_dir, candidate = tmp_path / "serving", tmp_path / "candidate"
+    shutil.copytree(tiny_model[0], serving_dir)
+    shutil.copytree(tiny_scored[0], candidate)
+    with HubStandIn() as hub:
+        first = publish.run(serving_dir, "tester/anirank", endpoint=hub.url)["commit"]
+        got = retrain.release(candidate, "tester/anirank", tmp_path / "work", endpoint=hub.url)
+        assert got["published"] == "tester/anirank" and got["revision"] != first
+        new = Recommender.from_pretrained("tester/anirank", got["revision"], endpoint=hub.url)
+        old = Recommender.from_pretrained("tester/anirank", first, endpoint=hub.url)
+    assert model_digest(new) == model_digest(Recommender.from_pretrained(str(candidate)))
+    assert model_digest(old) == model_digest(Recommender.from_pretrained(str(serving_dir)))
+    assert not (tmp_path / "work" / "previous_model").exists(), "nothing local replaced"
