@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import artifact, atomic, protocol, store
+from pipelines import artifact, atomic, evaluate, features, protocol, store
 from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig
 from pipelines.errors import InputError
 from pipelines.tables import FeatureTables
@@ -167,7 +167,7 @@ def decide(comparison: dict) -> dict:
 
 
 def _train(features_dir: Path, model_dir: Path, served: dict, progress: bool) -> None:
-    from pipelines import evaluate, train_ranking, train_retrieval, train_scores
+    from pipelines import train_ranking, train_retrieval, train_scores
 
     train_retrieval.run(features_dir, model_dir, RetrievalConfig.from_dict(served["retrieval"]),
                         ablation=False, progress=progress)
@@ -177,7 +177,6 @@ def _train(features_dir: Path, model_dir: Path, served: dict, progress: bool) ->
     if "scores" in served:
         train_scores.run(features_dir, model_dir, ScoreConfig.from_dict(served["scores"]),
                          progress=progress)
-    evaluate.run(model_dir, features_dir, progress=progress)
 
 
 def release(candidate: Path, model: str, work: Path, publish_repo: str | None = None,
@@ -218,11 +217,12 @@ def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
                   "reason": "the store holds nothing newer than the serving model's data: "
                             "a retrain would see the same data"}
     else:
-        from pipelines import features
-
         features_dir, model_dir = work / "features", work / "model"
         features.run(db, features_dir, config, progress=progress)
-        _train(features_dir, model_dir, served, progress)
+        # The candidate appears whole or not at all: a failed stage leaves no model/.
+        with atomic.directory(model_dir) as tmp:
+            _train(features_dir, tmp, served, progress)
+        evaluate.run(model_dir, features_dir, progress=progress)  # its report, for the card
         candidate = Recommender.from_pretrained(str(model_dir))
         comparison = compare(serving, candidate, FeatureTables.load(features_dir))
         result = {"day": day, "as_of": config.as_of, "comparison": comparison,
