@@ -20,7 +20,7 @@ install: $(STAMP)
 
 # Reinstall only when the requirements change. The project itself goes in editable
 # (`anirank` and `anirank-crawl` on .venv/bin), built with the venv's own setuptools.
-$(STAMP): requirements.txt requirements-dev.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-test.txt requirements-scale.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
