@@ -39,3 +39,4 @@ bench: $(STAMP)
 	$(PY) bench/scann_at_scale.py
 	$(PY) bench/features_scale.py
 	$(PY) bench/compute_floor.py --model data/model
+	$(PY) bench/beam_vs_in_process.py --model data/model
