@@ -2,7 +2,7 @@
 
     python -m serving.batch --model data/model --users all --out data/recommendations
     python -m serving.batch --model user/anirank-model --users users.csv --out recs/ --k 20
-    python -m serving.batch --model data/model --out recs/ --runner DirectRunner \
+    python -m serving.batch --model data/model --out recs/ --runner FnApiRunner \
         -- --direct_running_mode multi_processing --direct_num_workers 2
 
 Users are processed in chunks, each chunk with batched tower calls, one batched index

@@ -1,8 +1,12 @@
 """The batch job as an Apache Beam pipeline: ``python -m serving.batch --runner NAME``.
 
     python -m serving.batch --model data/model --out recs/ --runner DirectRunner
-    python -m serving.batch --model data/model --out recs/ --runner DirectRunner -- \\
+    python -m serving.batch --model data/model --out recs/ --runner FnApiRunner -- \\
         --direct_running_mode multi_processing --direct_num_workers 2
+
+(Beam 2.77's DirectRunner first tries its Prism runner, which it downloads, and runs
+batch pipelines on the FnApiRunner when it cannot; name the FnApiRunner for worker
+processes: Prism ignores ``direct_running_mode``.)
 
 The launcher plans the job as the in-process job does (:func:`serving.batch.plan`: the
 options checked, the users read and deduplicated, the manifest); the pipeline gets the
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from pipelines import _env  # noqa: F401
 
-from pipelines.errors import InputError  # noqa: E402
+from pipelines.errors import AnirankError, InputError  # noqa: E402
 
 try:
     import apache_beam as beam  # noqa: E402
@@ -61,10 +65,9 @@ def pipeline_options(runner: str, extra=()) -> PipelineOptions:
     options = PipelineOptions([f"--runner={runner}", *extra])
     try:
         create_runner(options.view_as(StandardOptions).runner)
-    except (ValueError, ImportError) as err:
-        known = ", ".join(StandardOptions.KNOWN_RUNNER_NAMES)
-        raise InputError(f"`runner` must be a Beam runner ({known}, or a runner class's "
-                         f"full name). Received: runner={runner!r} ({err}).") from None
+    except (ValueError, ImportError) as err:  # Beam's message lists the runners it knows
+        raise InputError(f"`runner` must be a Beam runner. Received: runner={runner!r} "
+                         f"({err})") from None
     return options
 
 
@@ -111,7 +114,7 @@ def run_parts(job: Job, model: str, revision: str | None,
     :func:`pipeline_options`); returns (parts written, model loads by the workers).
 
     Raises:
-      InputError: the pipeline ended in another state than DONE (finished parts are
+      AnirankError: the pipeline ended in another state than DONE (finished parts are
         kept; ``_SUCCESS`` is not written).
     """
     pending = [(i, job.chunk(i)) for i, part in enumerate(job.parts) if not part.exists()]
@@ -125,8 +128,8 @@ def run_parts(job: Job, model: str, revision: str | None,
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
-        raise InputError(f"The Beam pipeline ended {state}; rerun the job to complete "
-                         f"{job.out} (finished parts are kept).")
+        raise AnirankError(f"The Beam pipeline ended {state}; rerun the job to complete "
+                           f"{job.out} (finished parts are kept).")
     counters = result.metrics().query(MetricsFilter().with_namespace(COUNTERS)
                                       .with_name("model_loads"))["counters"]
     loads = sum(c.committed if c.committed is not None else c.attempted for c in counters)

@@ -80,6 +80,13 @@ def test_direct_runner_writes_the_in_process_output(tiny_scored, users_file, in_
     # One worker, the test's own process: the model is loaded once for 10 parts (none
     # if this process still holds it from an earlier pipeline).
     assert done["model_loads"] <= 1
+    # A rerun over the finished parts writes none and loads no model.
+    (out / batch.DONE).unlink()
+    assert batch.main(_command(tiny_scored[0], users_file, out, "--runner", "DirectRunner")) == 0
+    again = json.loads((out / batch.DONE).read_text())
+    assert again["parts_written"] == 0 and again["parts_skipped"] == 10
+    assert again["model_loads"] == 0
+    assert_same_output(out, in_process)
 
 
 def test_worker_processes_write_the_in_process_output(tiny_scored, users_file, in_process,
@@ -119,7 +126,8 @@ def test_runner_errors_come_before_anything_is_written(tiny_scored, users_file, 
     out = tmp_path / "recs"
     assert batch.main(_command(tiny_scored[0], users_file, out, "--runner", "NoSuchRunner")) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: `runner` must be a Beam runner (") and "NoSuchRunner" in error
+    assert error.startswith("error: `runner` must be a Beam runner. Received: runner='NoSuchRunner'")
+    assert "DirectRunner" in error  # the runners Beam knows
     assert batch.main(_command(tiny_scored[0], users_file, out, "--",
                                "--direct_num_workers", "2")) == 2
     assert "need a --runner" in capsys.readouterr().err
