@@ -20,7 +20,7 @@ install: $(STAMP)
 
 # Reinstall only when the requirements change. The project itself goes in editable
 # (`anirank` and `anirank-crawl` on .venv/bin), built with the venv's own setuptools.
-$(STAMP): requirements.txt requirements-dev.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-test.txt requirements-scale.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -39,3 +39,4 @@ bench: $(STAMP)
 	$(PY) bench/scann_at_scale.py
 	$(PY) bench/features_scale.py
 	$(PY) bench/compute_floor.py --model data/model
+	$(PY) bench/beam_vs_in_process.py --model data/model

@@ -2,6 +2,8 @@
 
     python -m serving.batch --model data/model --users all --out data/recommendations
     python -m serving.batch --model user/anirank-model --users users.csv --out recs/ --k 20
+    python -m serving.batch --model data/model --out recs/ --runner FnApiRunner \
+        -- --direct_running_mode multi_processing --direct_num_workers 2
 
 Users are processed in chunks, each chunk with batched tower calls, one batched index
 search and batched ranking (no per-user model call). Each chunk becomes one part,
@@ -14,6 +16,11 @@ titles, flagged ``source = "popularity"``. A user listed twice gets one set of r
 counted, written to ``_invalid_rows.csv`` and, by the CLI, warned about on stderr. Bad
 options (``k``, ``candidates`` < ``k``, filters) are an error before anything is
 written: the CLI prints ``error: ...`` and exits 2.
+
+``--runner NAME`` (any Beam runner; Beam's options after ``--``) runs the same chunks as
+an Apache Beam pipeline (:mod:`serving.beam`, needs ``requirements-scale.txt``): the
+same parts, manifest and ``_SUCCESS``, so either way can finish a job the other began.
+Without it the chunks run here, one after another.
 
 Output directory:
   ``part-NNNNN.parquet``: one per chunk of ``chunk_size`` input users, in input order;
@@ -37,12 +44,16 @@ Output directory:
   ``_SUCCESS``: written last (JSON): users, duplicate_users, model_users,
     popularity_fallback_users, model_rows, popularity_rows, invalid_row_count,
     invalid_rows (the first 20 [row, value]), parts, parts_written, parts_skipped,
-    seconds, out. :func:`read_output` refuses a directory without it.
+    order, runner (``"in-process"`` or the Beam runner), model_loads (how many times
+    the model was loaded to write the parts: 1 in process, at most one per Beam worker
+    process; the launcher's own load to plan the job is not counted), seconds, out.
+    :func:`read_output` refuses a directory without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,17 +110,40 @@ def model_digest(rec: Recommender) -> str:
     return digest.hexdigest()
 
 
-def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommendations", *,
-        k: int = 10, candidates: int | None = None, chunk_size: int = 2048,
-        revision: str | None = None, filters: Filters | None = None,
-        progress: bool = True) -> dict:
-    """Stage function behind ``python -m serving.batch``. Returns the summary that is
-    also written to ``_SUCCESS`` (see the module docstring).
+@dataclasses.dataclass
+class Job:
+    """A checked batch job: the loaded model, the options as used, the users and the
+    parts they go to (chunk ``i`` of ``chunk_size`` users is ``parts[i]``)."""
 
-    ``k`` and ``candidates`` are checked and capped as in :meth:`Recommender.recommend`
-    (``candidates`` None = ``max(k, 100)``); the manifest records the values used.
-    """
-    start = time.perf_counter()
+    rec: Recommender
+    out: Path
+    k: int
+    candidates: int
+    filters: Filters
+    chunk_size: int
+    given: int          # input user ids, duplicates included
+    ids: np.ndarray     # unique user ids, in input order
+    invalid: list       # (row, value) of the input rows that are not user ids
+    manifest: dict
+
+    @property
+    def parts(self) -> list[Path]:
+        return [self.out / f"part-{i:05d}.parquet" for i in range(self.n_parts)]
+
+    @property
+    def n_parts(self) -> int:
+        return -(-len(self.ids) // self.chunk_size)
+
+    def chunk(self, i: int) -> np.ndarray:
+        """The user ids of part ``i``."""
+        return self.ids[i * self.chunk_size:(i + 1) * self.chunk_size]
+
+
+def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: int | None,
+         chunk_size: int, revision: str | None, filters: Filters | None) -> Job:
+    """Loads the model, checks the options (an error before anything is written), reads
+    the users, then claims ``out`` for the job: writes its manifest, or checks that the
+    one there is the same job's, and removes a killed run's unfinished parts."""
     out = Path(out)
     chunk_size = _int_arg("chunk_size", chunk_size, 1)
     rec = Recommender.from_pretrained(model, revision)
@@ -132,48 +166,103 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
         atomic.write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
     for stale in out.glob(".part-*.tmp"):  # a killed run's unfinished part
         stale.unlink(missing_ok=True)
-    chunks = range(0, len(ids), chunk_size)
-    parts = [out / f"part-{i:05d}.parquet" for i in range(len(chunks))]
-    written = 0
-    for part, first in zip(tqdm(parts, desc="batch", unit="chunk", disable=not progress), chunks):
-        if part.exists():
-            continue
-        chunk = ids[first:first + chunk_size]
-        known = rec.known(chunk)
-        frames = []
-        if known.any():
-            frames.append(rec.recommend(chunk[known], k=k, candidates=candidates,
-                                        filters=filters).assign(source="model"))
-        if (~known).any():
-            frames.append(rec.popular(chunk[~known], k, filters).assign(source="popularity"))
-        frame = pd.concat(frames, ignore_index=True)
-        order = pd.Series(np.arange(len(chunk)), index=chunk)
-        frame = frame.iloc[np.lexsort((frame["rank"], order[frame["user_id"]].to_numpy()))]
-        tmp = out / f".{part.name}.{uuid.uuid4().hex[:8]}.tmp"
-        frame.reset_index(drop=True).to_parquet(tmp, index=False)
-        os.replace(tmp, part)  # a part exists only when whole
-        written += 1
-    atomic.write_text(out / INVALID,
-                      pd.DataFrame(invalid, columns=["row", "value"]).to_csv(index=False))
+    return Job(rec, out, k, candidates, filters, chunk_size, len(given), ids, invalid, manifest)
+
+
+def chunk_frame(rec: Recommender, chunk: np.ndarray, k: int, candidates: int,
+                filters: Filters) -> pd.DataFrame:
+    """The rows of one chunk of users: known users by :meth:`Recommender.recommend`,
+    unknown ones by :meth:`Recommender.popular`, flagged in ``source``; rows by user (the
+    chunk's order), then rank. Every runner calls this, so their parts are the same."""
+    known = rec.known(chunk)
+    frames = []
+    if known.any():
+        frames.append(rec.recommend(chunk[known], k=k, candidates=candidates,
+                                    filters=filters).assign(source="model"))
+    if (~known).any():
+        frames.append(rec.popular(chunk[~known], k, filters).assign(source="popularity"))
+    frame = pd.concat(frames, ignore_index=True)
+    order = pd.Series(np.arange(len(chunk)), index=chunk)
+    frame = frame.iloc[np.lexsort((frame["rank"], order[frame["user_id"]].to_numpy()))]
+    return frame.reset_index(drop=True)
+
+
+def write_part(frame: pd.DataFrame, part: Path) -> None:
+    """Writes ``frame`` to a temporary file beside ``part``, then renames it: a part
+    exists only when whole, and a second writer of the same part (a retried bundle)
+    replaces it with the same rows."""
+    tmp = part.parent / f".{part.name}.{uuid.uuid4().hex[:8]}.tmp"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, part)
+
+
+def finish(job: Job, written: int, seconds: float, **extra) -> dict:
+    """Writes ``_invalid_rows.csv``, then ``_SUCCESS`` with the summary counted from the
+    parts in the output, and returns the summary. ``extra`` (runner, model loads) is
+    added to it."""
+    missing = [p.name for p in job.parts if not p.exists()]
+    if missing:
+        raise AnirankError(f"The job finished without writing {len(missing)} parts of {job.out} "
+                           f"(e.g. {missing[:3]}); rerun it to complete them.")
+    atomic.write_text(job.out / INVALID,
+                      pd.DataFrame(job.invalid, columns=["row", "value"]).to_csv(index=False))
     # Counted from the parts in the output (two columns, cheap), so a rerun that skips
     # finished parts reports what the whole output holds.
-    held = pd.concat([pd.read_parquet(p, columns=["user_id", "source"]) for p in parts]
+    held = pd.concat([pd.read_parquet(p, columns=["user_id", "source"]) for p in job.parts]
                      or [pd.DataFrame({"user_id": [], "source": []})], ignore_index=True)
     rows = held["source"].value_counts()
     served = held.drop_duplicates("user_id")["source"].value_counts()
-    summary = {"out": str(out), "users": int(len(ids)),
-               "duplicate_users": int(len(given) - len(ids)),
+    summary = {"out": str(job.out), "users": int(len(job.ids)),
+               "duplicate_users": int(job.given - len(job.ids)),
                "model_users": int(served.get("model", 0)),
                "popularity_fallback_users": int(served.get("popularity", 0)),
                "model_rows": int(rows.get("model", 0)),
                "popularity_rows": int(rows.get("popularity", 0)),
-               "parts": len(parts), "parts_written": written,
-               "parts_skipped": len(parts) - written,
-               "invalid_rows": invalid[:20], "invalid_row_count": len(invalid),
-               "order": rec.serving["order"],   # ranked, or retrieval (see Recommender.serving)
-               "seconds": round(time.perf_counter() - start, 2)}
-    atomic.write_text(out / DONE, json.dumps(summary, indent=2))
+               "parts": job.n_parts, "parts_written": written,
+               "parts_skipped": job.n_parts - written,
+               "invalid_rows": job.invalid[:20], "invalid_row_count": len(job.invalid),
+               "order": job.rec.serving["order"],   # ranked, or retrieval (see Recommender.serving)
+               **extra, "seconds": round(seconds, 2)}
+    atomic.write_text(job.out / DONE, json.dumps(summary, indent=2))
     return summary
+
+
+def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommendations", *,
+        k: int = 10, candidates: int | None = None, chunk_size: int = 2048,
+        revision: str | None = None, filters: Filters | None = None,
+        progress: bool = True, runner: str | None = None,
+        beam_options: list[str] | tuple[str, ...] = ()) -> dict:
+    """Stage function behind ``python -m serving.batch``. Returns the summary that is
+    also written to ``_SUCCESS`` (see the module docstring).
+
+    ``k`` and ``candidates`` are checked and capped as in :meth:`Recommender.recommend`
+    (``candidates`` None = ``max(k, 100)``); the manifest records the values used.
+    ``runner`` None runs the chunks here, one after another; a Beam runner name
+    (``DirectRunner``, ``PortableRunner``, ``FlinkRunner``, ...) runs them as a Beam
+    pipeline (:mod:`serving.beam`, with ``beam_options`` passed to it), writing the same
+    parts. Either can finish what the other started: the manifest does not name it.
+    """
+    start = time.perf_counter()
+    if runner is not None:
+        from serving import beam
+
+        options = beam.pipeline_options(runner, beam_options)  # errors before any write
+    elif beam_options:
+        raise InputError(f"Beam pipeline options {list(beam_options)!r} need a --runner.")
+    job = plan(model, users, out, k=k, candidates=candidates, chunk_size=chunk_size,
+               revision=revision, filters=filters)
+    if runner is not None:
+        written, loads = beam.run_parts(job, model, revision, options)
+        return finish(job, written, time.perf_counter() - start, runner=runner,
+                      model_loads=loads)
+    written = 0
+    parts = tqdm(job.parts, desc="batch", unit="chunk", disable=not progress)
+    for i, part in enumerate(parts):
+        if not part.exists():
+            write_part(chunk_frame(job.rec, job.chunk(i), job.k, job.candidates, job.filters),
+                       part)
+            written += 1
+    return finish(job, written, time.perf_counter() - start, runner="in-process", model_loads=1)
 
 
 def read_output(out: str | os.PathLike) -> pd.DataFrame:
@@ -209,14 +298,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="hidden gems: at most this many members (default: no limit)")
     parser.add_argument("--allow-adult", action="store_true", help="include adult titles")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    parser.add_argument("--runner",
+                        help="run the job as an Apache Beam pipeline on this runner "
+                             "(DirectRunner, PortableRunner, FlinkRunner, SparkRunner, "
+                             "DataflowRunner, ...; needs requirements-scale.txt); Beam's own "
+                             "options follow a `--`, e.g. `-- --direct_num_workers 2` "
+                             "(default: the in-process job)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after `--` is Beam's: its runners define hundreds of options.
+    beam_options = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         filters = Filters(formats=tuple(args.formats.split(",")) if args.formats else None,
                           min_year=args.min_year, max_year=args.max_year,
                           max_popularity=args.max_popularity, exclude_adult=not args.allow_adult)
         summary = run(args.model, args.users, args.out, k=args.k, candidates=args.candidates,
                       chunk_size=args.chunk_size, revision=args.revision, filters=filters,
-                      progress=not args.quiet)
+                      progress=not args.quiet, runner=args.runner, beam_options=beam_options)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -226,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               f"skipped ({shown}{', ...' if summary['invalid_row_count'] > 5 else ''}); all of "
               f"them are in {Path(summary['out']) / INVALID}", file=sys.stderr)
     print(f"recommendations for {summary['users']:,} users in {summary['out']} "
-          f"({summary['parts']} parts, {summary['parts_skipped']} already done; "
+          f"({summary['runner']}: {summary['parts']} parts, {summary['parts_skipped']} already done; "
           f"{summary['popularity_fallback_users']} unknown users got popular titles; "
           f"{summary['duplicate_users']} duplicate users and "
           f"{summary['invalid_row_count']} invalid input rows skipped) in {summary['seconds']} s")
