@@ -1,0 +1,608 @@
+"""The recommendation service: a web page and a JSON API over one Recommender.
+
+    python -m serving.app --model data/model            # or a Hub repo id (--revision SHA)
+    # then open http://127.0.0.1:8000/ ; the API: /recommend, /recommend_for_history,
+    # /similar, /search, /health; its OpenAPI description: /openapi.json
+
+One process loads the model once, at start-up (the model and the repo are never taken
+from a request), and serves:
+
+- the page ``/``: recommendations for an AniList user (their public list fetched live
+  through ``data_query``'s client: ``serving.lists``, cached and rate-limited) or for a
+  list built by searching titles, with filters (formats, years, genres to include and to
+  leave out, hidden gems, hide what I have seen); each row says why ("because you rated
+  X 90": the title of the list nearest to it in candidate-embedding space). ``/title``:
+  any title and the titles most similar to it.
+- the JSON API with the same operations (``/docs`` is off: its page loads scripts from a
+  CDN, and the service works offline; ``/openapi.json`` describes the API).
+
+Bad input never breaks it: the page shows the message, the API answers a 4xx with
+``{"error": "..."}`` (400 a bad argument, 404 an unknown user or title, 413 a body over
+4 MB, 422 malformed JSON or a wrong type, 429 too many AniList lookups from one
+address, 502 AniList failing), and the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Union
+
+from pipelines import _env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from fastapi import FastAPI, Query, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+from fastapi.templating import Jinja2Templates  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+
+import data_query  # noqa: E402
+from pipelines.errors import AnirankError, InputError  # noqa: E402
+from serving.batch import model_digest  # noqa: E402
+from serving.lists import (AniListUnavailable, ListLookup, TooManyLookups,  # noqa: E402
+                           UnknownUser)
+from serving.recommender import Filters, Recommender  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+MAX_K = 100                      # results per request: a page, not a dump of the catalog
+MAX_HISTORY = data_query.LIST_CAP  # AniList returns at most this many entries of a list
+MAX_BODY = 4 << 20               # bytes of a request body (an 11,000-title history is ~0.5 MB)
+log = logging.getLogger("serving.app")
+
+
+class NotInCatalog(AnirankError):
+    """A title id or text that matches nothing in the model's catalog (HTTP 404)."""
+
+
+class UnknownTrainingUser(AnirankError):
+    """A user id the model was not trained on (HTTP 404)."""
+
+
+# -- the operations, shared by the page and the API -------------------------------------
+
+class Service:
+    """What the page and the API both call: the loaded model, its catalog as shown to
+    people, and the live AniList lists.
+
+    Args:
+      rec: the loaded model.
+      revision: what names it (``/health``): the Hub revision when pinned, else the
+        first 12 hex digits of the model's content digest (as the daily loop names it).
+      lists: the AniList lookup (None: lookups by name answer 502, e.g. offline).
+    """
+
+    def __init__(self, rec: Recommender, revision: str, lists: ListLookup | None):
+        self.rec, self.revision, self.lists = rec, revision, lists
+        anime = rec.anime
+        self.catalog = pd.DataFrame({
+            "title": anime["title"].astype(str).to_numpy(),
+            "title_romaji": anime["title_romaji"].fillna(anime["title"]).astype(str).to_numpy(),
+            "year": anime["season_year"].to_numpy(dtype=float),
+            "format": anime["format"].fillna("").astype(str).to_numpy(),
+            "genres": [list(g) if g is not None else [] for g in anime["genres"]],
+            "popularity": anime["popularity"].to_numpy(dtype=float),
+        }, index=pd.Index(anime["media_id"].to_numpy(np.int64), name="anime_id"))
+        self._folded = (self.catalog["title"].str.casefold().to_numpy(),
+                        self.catalog["title_romaji"].str.casefold().to_numpy())
+        self._by_title = {t: i for names in reversed(self._folded)
+                          for t, i in zip(names, self.catalog.index)}
+        self.formats = sorted(f for f in self.catalog["format"].unique() if f)
+        self.genres = sorted({g for gs in self.catalog["genres"] for g in gs})
+        years = self.catalog["year"].dropna()
+        self.years = (int(years.min()), int(years.max())) if len(years) else (None, None)
+        # Hidden gems on the page: on at most as many lists as the median title.
+        self.gem_ceiling = float(np.median(self.catalog["popularity"]))
+        statuses = rec.schema.get("config", {}).get("interaction_statuses")
+        self.watched_statuses = set(statuses or ("COMPLETED", "CURRENT", "REPEATING"))
+
+    # -- titles ---------------------------------------------------------------------
+    def search(self, text: str, limit: int = 10) -> list[dict]:
+        """Titles whose English or romaji title contains ``text`` (case-insensitive):
+        those starting with it first, then the most popular."""
+        text = text.strip().casefold()
+        if not text:
+            return []
+        english, romaji = self._folded
+        found = np.char.find(english.astype(str), text), np.char.find(romaji.astype(str), text)
+        hit = (found[0] >= 0) | (found[1] >= 0)
+        prefix = (found[0] == 0) | (found[1] == 0)
+        order = np.lexsort((-self.catalog["popularity"].to_numpy(), ~prefix))
+        order = order[hit[order]][:limit]
+        return [self.title(int(i)) for i in self.catalog.index[order]]
+
+    def resolve(self, item: int | str) -> int | None:
+        """An anime id of the catalog (as given, or by its exact title, any case)."""
+        if isinstance(item, str):
+            return self._by_title.get(item.strip().casefold())
+        return int(item) if int(item) in self.catalog.index else None
+
+    def title(self, anime_id: int) -> dict:
+        """The title as the page and the API show it."""
+        row = self.catalog.loc[anime_id]
+        return {"anime_id": int(anime_id), "title": row["title"],
+                "title_romaji": row["title_romaji"],
+                "year": None if math.isnan(row["year"]) else int(row["year"]),
+                "format": row["format"] or None, "genres": list(row["genres"]),
+                "popularity": int(row["popularity"])}
+
+    def find_title(self, anime_id: int | None = None, text: str | None = None) -> int:
+        """The id asked for, or the best search hit of ``text`` (an exact title first).
+
+        Raises:
+          InputError: neither or both given. NotInCatalog: nothing matches.
+        """
+        if (anime_id is None) == (text is None or not text.strip()):
+            raise InputError("Give one of `anime_id` (an id of the catalog) or `title` "
+                             "(text to search the titles for).")
+        if anime_id is not None:
+            if anime_id not in self.catalog.index:
+                raise NotInCatalog(f"No title with id {anime_id} in this model's catalog; "
+                                   "find ids with /search.")
+            return int(anime_id)
+        exact = self.resolve(text)
+        if exact is not None:
+            return exact
+        hits = self.search(text, 1)
+        if not hits:
+            raise NotInCatalog(f"No title matches {text.strip()!r}.")
+        return hits[0]["anime_id"]
+
+    def similar(self, anime_id: int, k: int) -> dict:
+        """The title and the ``k`` titles nearest to it (never itself)."""
+        frame = self.rec.similar_anime(anime_id, k=check_k(k))
+        rows = [dict(self.title(int(i)), rank=int(r), similarity=round(float(s), 4))
+                for r, i, s in zip(frame["rank"], frame["anime_id"], frame["score"])]
+        return {"anime": self.title(anime_id), "similar": rows}
+
+    # -- recommendations ----------------------------------------------------------------
+    def for_user_id(self, user_id: int, k: int, filters: Filters, exclude_seen: bool) -> dict:
+        """A user of the training data, by id."""
+        check_k(k)
+        filters.allowed(self.rec.anime)  # a bad filter is named before an unknown user
+        if not self.rec.known([user_id])[0]:
+            raise UnknownTrainingUser(f"User {user_id} is not in the training data; pass `user` "
+                                      "(an AniList user name) or use /recommend_for_history.")
+        frame = self.rec.recommend([user_id], k=check_k(k), filters=filters,
+                                   exclude_seen=exclude_seen).assign(source="model")
+        history = {int(i): None for i in self.rec.history_ids(user_id)}
+        return {"user": {"user_id": user_id, "history_titles": len(history)},
+                "results": self.rows(frame, history), "notes": []}
+
+    def for_anilist(self, name: str, client: str, k: int, filters: Filters,
+                    hide_seen: bool) -> dict:
+        """An AniList user, by name: their public list, fetched live (cached)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise InputError("`user` must be an AniList user name (1 to 100 characters).")
+        if self.lists is None:
+            raise AniListUnavailable("This service was started without AniList lookups.")
+        check_k(k)
+        filters.allowed(self.rec.anime)  # bad filters cost AniList no request
+        found = self.lists.lookup(name, client)
+        in_catalog = [e for e in found.entries if e["media_id"] in self.catalog.index]
+        watched = [(int(e["media_id"]), e["score"] or None, e["updated_at"])
+                   for e in in_catalog if e["status"] in self.watched_statuses]
+        notes = []
+        if len(in_catalog) < len(found.entries):
+            notes.append(f"{len(found.entries) - len(in_catalog)} of the "
+                         f"{len(found.entries)} titles on the list are not in this model's "
+                         "catalog and were left out.")
+        if hide_seen:
+            filters = dataclasses.replace(filters, exclude_ids=filters.exclude_ids + tuple(
+                int(e["media_id"]) for e in in_catalog))
+        result = self.for_history(watched, k, filters)
+        result["user"] = {"name": found.name, "anilist_id": found.user_id,
+                          "list_titles": len(found.entries), "history_titles": len(watched)}
+        result["notes"] = notes + result["notes"]
+        return result
+
+    def for_history(self, entries, k: int, filters: Filters) -> dict:
+        """Someone's list: ``(anime id or title, score 0-100 or None[, time])`` entries;
+        titles match the catalog's exactly (any case); unmatched entries are reported."""
+        check_k(k)
+        if not isinstance(entries, (list, tuple)):
+            raise InputError("`entries` must be a list of [anime id or title, score or null] "
+                             "pairs (or [id or title, score, time] triples).")
+        if len(entries) > MAX_HISTORY:
+            raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
+                             f"limit of a list). Received: {len(entries):,}.")
+        history, unknown = [], []
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3)
+                    and isinstance(entry[0], (int, str)) and not isinstance(entry[0], bool)):
+                raise InputError(f"`entries[{i}]` must be [anime id or title, score or null] or "
+                                 f"[anime id or title, score or null, time]. Received: {entry!r}.")
+            score, when = entry[1], entry[2] if len(entry) == 3 else None
+            if not (score is None or (isinstance(score, (int, float)) and not isinstance(score, bool)
+                                      and 0 <= score <= 100)):
+                raise InputError(f"`entries[{i}]`: the score must be null or a number from 0 to "
+                                 f"100. Received: {entry!r}.")
+            if not (when is None or isinstance(when, str)
+                    or (isinstance(when, int) and not isinstance(when, bool))):
+                raise InputError(f"`entries[{i}]`: the time must be null, unix seconds or an ISO "
+                                 f"date. Received: {entry!r}.")
+            anime_id = self.resolve(entry[0])
+            if anime_id is None:
+                unknown.append(entry[0])
+            else:
+                history.append((anime_id, *entry[1:]))
+        notes = []
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            notes.append(f"{len(unknown)} of the {len(entries)} titles match nothing in this "
+                         f"model's catalog and were left out: {shown}.")
+        if entries and not history:
+            raise NotInCatalog(f"None of the {len(entries)} titles matches a title of this "
+                               f"model's catalog: {', '.join(repr(u) for u in unknown[:5])}.")
+        frame = self.rec.recommend_for_history(history, k=k, filters=filters)
+        if (frame["source"] == "popularity").any():
+            notes.append("No watched titles to go on: these are the titles most people watched.")
+        scores = {}
+        for anime_id, score, *_ in history:
+            scores[anime_id] = score or scores.get(anime_id)
+        return {"user": {"history_titles": len(history)}, "results": self.rows(frame, scores),
+                "notes": notes}
+
+    def rows(self, frame: pd.DataFrame, history: dict) -> list[dict]:
+        """Result rows as shown: the title, the predicted score (the score head's, None
+        without one) and the reason: the nearest title of the history ``{id: score or
+        None}`` among those the user liked (unscored, or scored at least their mean: "you
+        rated X 40" is no reason), or among all of it when they liked none."""
+        ids = frame["anime_id"].to_numpy(np.int64)
+        scored = [s for s in history.values() if s]
+        liked = [i for i, s in history.items() if not s or s >= np.mean(scored)]
+        reasons = self.rec.nearest_in_history(ids, liked or list(history))
+        out = []
+        for row, reason in zip(frame.itertuples(index=False), reasons):
+            shown = self.title(int(row.anime_id))
+            predicted = float(row.predicted_score)
+            because = None
+            if reason >= 0:
+                because = {"anime_id": int(reason), "title": self.catalog.at[reason, "title"],
+                           "your_score": history.get(int(reason))}
+            out.append(dict(shown, rank=int(row.rank),
+                            predicted_score=None if math.isnan(predicted) else round(predicted, 1),
+                            source=row.source, because=because,
+                            reason=reason_text(because, row.source)))
+        return out
+
+
+def reason_text(because: dict | None, source: str) -> str:
+    """The one line that says why a title is on the list."""
+    if source == "popularity":
+        return "One of the titles most people watched"
+    if because is None:
+        return "Close to your list as a whole"
+    score = because["your_score"]
+    if score:
+        return f"Because you rated {because['title']} {score:g}"
+    return f"Because you watched {because['title']}"
+
+
+def check_k(k) -> int:
+    """``k`` as the API takes it: a whole number from 1 to MAX_K."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise InputError(f"`k` must be a whole number from 1 to {MAX_K}. Received: k={k!r}.")
+    return int(k)
+
+
+# -- the API's request bodies ------------------------------------------------------------
+
+class FilterParams(BaseModel):
+    """What titles may be recommended (all optional)."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    formats: list[str] | None = Field(None, description="keep only these formats, e.g. [\"TV\", \"MOVIE\"]")
+    min_year: int | None = Field(None, description="season year from (titles without a year pass)")
+    max_year: int | None = Field(None, description="season year up to (inclusive)")
+    genres: list[str] | None = Field(None, description="keep titles with at least one of these genres")
+    exclude_genres: list[str] = Field([], description="leave out titles with any of these genres")
+    max_popularity: float | None = Field(None, description="hidden gems: on at most this many training lists")
+
+    def filters(self) -> Filters:
+        return Filters(formats=self.formats, min_year=self.min_year, max_year=self.max_year,
+                       genres=self.genres, exclude_genres=tuple(self.exclude_genres),
+                       max_popularity=self.max_popularity)
+
+
+class RecommendRequest(BaseModel):
+    """One of ``user_id`` (a user of the training data) or ``user`` (an AniList name)."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    user_id: int | None = None
+    user: str | None = Field(None, description="an AniList user name; their public list is fetched live")
+    k: int = Field(10, description=f"results, 1 to {MAX_K}")
+    exclude_seen: bool = Field(True, description="leave out every title on the user's list")
+    filters: FilterParams = FilterParams()
+
+
+class HistoryRequest(BaseModel):
+    """Someone's list: entries ``[anime id or title, score 0-100 or null]`` or with a
+    time (unix seconds or an ISO date) third (each entry's shape is checked by
+    :meth:`Service.for_history`, whose message names the entry)."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    entries: list[list[Union[int, float, str, None]]] = Field(
+        description="[anime id or title, score 0-100 or null] or [id or title, score, time]")
+    k: int = 10
+    filters: FilterParams = FilterParams()
+
+
+# -- the web app -----------------------------------------------------------------------
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app: API routes, the pages, the static files and the error handlers."""
+    app = FastAPI(title="anirank", version=service.revision, docs_url=None, redoc_url=None,
+                  description="Anime recommendations: two-tower retrieval, a listwise ranker "
+                              "and a score head. Every error is {\"error\": \"...\"}.")
+    app.state.service = service
+    templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _error_handlers(app, templates)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return JSONResponse({"error": f"The request body must be at most {MAX_BODY >> 20} MB."},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.get("/health", summary="the service and the model it serves")
+    def health():
+        rec = service.rec
+        return {"status": "ok", "revision": service.revision, "order": rec.serving["order"],
+                "titles": len(rec.anime), "users": len(rec.users),
+                "predicted_scores": rec.scorer is not None,
+                "anilist_lookups": service.lists is not None}
+
+    @app.post("/recommend", summary="for a training user (user_id) or an AniList user (user)")
+    def recommend(body: RecommendRequest, request: Request):
+        if (body.user_id is None) == (body.user is None):
+            raise InputError("Give exactly one of `user_id` (a user of the training data) and "
+                             "`user` (an AniList user name).")
+        filters = body.filters.filters()
+        if body.user is not None:
+            out = service.for_anilist(body.user, client_of(request), body.k, filters, body.exclude_seen)
+        else:
+            out = service.for_user_id(body.user_id, body.k, filters, body.exclude_seen)
+        return dict(out, revision=service.revision)
+
+    @app.post("/recommend_for_history", summary="for a list of titles and scores")
+    def recommend_for_history(body: HistoryRequest):
+        out = service.for_history([list(e) for e in body.entries], body.k, body.filters.filters())
+        return dict(out, revision=service.revision)
+
+    @app.get("/similar", summary="the titles nearest to one title (never itself)")
+    def similar(anime_id: int | None = None, title: str | None = None, k: int = 10):
+        return service.similar(service.find_title(anime_id, title), k)
+
+    @app.get("/search", summary="autocomplete over the catalog's titles")
+    def search(q: Annotated[str, Query(min_length=1, max_length=100)],
+               limit: Annotated[int, Query(ge=1, le=50)] = 10):
+        return {"results": service.search(q, limit)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request):
+        form, status, result, error = page_form(request.query_params, service), 200, None, None
+        if form["mode"]:
+            try:
+                result = page_recommend(form, service, client_of(request))
+            except Exception as err:  # shown on the page; the status says what kind
+                status, error = error_status(err), error_message(err)
+        return templates.TemplateResponse(request, "index.html", {
+            "service": service, "form": form, "result": result, "error": error,
+            "max_k": MAX_K}, status_code=status)
+
+    @app.get("/title", response_class=HTMLResponse, include_in_schema=False)
+    def title_page(request: Request, id: str | None = None, q: str | None = None):
+        status, result, error = 200, None, None
+        if id is None and q is None:  # the bare page: the search box only
+            return templates.TemplateResponse(request, "title.html", {
+                "service": service, "result": None, "error": None, "q": ""})
+        try:
+            anime_id = int(id) if id not in (None, "") and id.strip().lstrip("-").isdigit() else None
+            if id not in (None, "") and anime_id is None:
+                raise InputError(f"`id` must be a whole number. Received: {id!r}.")
+            result = service.similar(service.find_title(anime_id, q or None), 10)
+        except Exception as err:
+            status, error = error_status(err), error_message(err)
+        return templates.TemplateResponse(request, "title.html", {
+            "service": service, "result": result, "error": error, "q": q or ""},
+            status_code=status)
+
+    return app
+
+
+def client_of(request: Request) -> str:
+    """The client's address, the key of its AniList lookup allowance."""
+    return request.client.host if request.client else "unknown"
+
+
+ERROR_STATUS = ((InputError, 400), (NotInCatalog, 404), (UnknownTrainingUser, 404),
+                (UnknownUser, 404), (TooManyLookups, 429), (AniListUnavailable, 502))
+
+
+def error_status(err: Exception) -> int:
+    for kind, status in ERROR_STATUS:
+        if isinstance(err, kind):
+            return status
+    log.exception("unexpected error", exc_info=err)
+    return 500
+
+
+def error_message(err: Exception) -> str:
+    if error_status(err) == 500:
+        return "Something went wrong on our side; the service keeps running. Try again."
+    return str(err)
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    """Pydantic's errors as one line: where (``filters.formats``) and what."""
+    parts = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+        message = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            message = f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'malformed')})"
+        parts.append(f"{where}: {message}" if where else message)
+    return "Invalid request: " + "; ".join(parts) + "."
+
+
+def _error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
+    """Every error a JSON ``{"error": ...}`` with its status (an HTML page for a browser
+    asking for a page that does not exist)."""
+
+    def answer(request: Request, status: int, message: str, headers=None):
+        if "text/html" in request.headers.get("accept", "") and request.method == "GET":
+            return templates.TemplateResponse(request, "error.html", {
+                "message": message, "status": status}, status_code=status, headers=headers)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        return JSONResponse({"error": _validation_message(err)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        return answer(request, err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    # AnirankError (the named errors: InputError, unknown users and titles, AniList's)
+    # is answered here; anything else is a bug: logged, and a 500 with a plain message.
+    @app.exception_handler(AnirankError)
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, err: Exception):
+        headers = {"Retry-After": f"{math.ceil(err.retry_after)}"} \
+            if isinstance(err, TooManyLookups) else None
+        return JSONResponse({"error": error_message(err)}, status_code=error_status(err),
+                            headers=headers)
+
+
+# -- the page's form ---------------------------------------------------------------------
+
+def page_form(params, service: Service) -> dict:
+    """The page's query string as the form shows it again (strings, unparsed)."""
+    mode = params.get("mode", "")
+    return {"mode": mode if mode in ("user", "list") else "",
+            "user": params.get("user", ""), "history": params.get("history", ""),
+            "k": params.get("k", "10"), "formats": params.getlist("format"),
+            "min_year": params.get("min_year", ""), "max_year": params.get("max_year", ""),
+            "genres": params.getlist("genre"), "exclude_genres": params.getlist("exclude_genre"),
+            "gems": bool(params.get("gems")),
+            "hide_seen": bool(params.get("hide_seen")) or not mode,
+            "list_rows": _list_rows(params.get("history", ""), service)}
+
+
+def _list_rows(text: str, service: Service) -> list[dict]:
+    """The built list's titles to show again (entries that do not parse are left to
+    :func:`page_history`'s message)."""
+    try:
+        entries = page_history(text)
+    except InputError:
+        return []
+    return [{"anime_id": i, "title": service.catalog.at[i, "title"], "score": score}
+            for i, score in entries if i in service.catalog.index]
+
+
+def _page_int(name: str, text: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.lstrip("-").isdigit():
+        raise InputError(f"`{name}` must be a whole number. Received: {text!r}.")
+    return int(text)
+
+
+def page_history(text: str) -> list:
+    """The built list, ``id:score,id:score`` (score blank = unscored)."""
+    entries = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        anime_id, _, score = part.partition(":")
+        if not anime_id.strip().isdigit() or not (score.strip() == "" or score.strip().isdigit()):
+            raise InputError(f"The list holds {part!r}, which is not a title id and a score.")
+        value = int(score) if score.strip() else None
+        if value is not None and value > 100:
+            raise InputError(f"Scores are from 0 to 100. Received: {value}.")
+        entries.append([int(anime_id), value])
+    return entries
+
+
+def page_recommend(form: dict, service: Service, client: str) -> dict:
+    """The page's request, run: an AniList user or the built list."""
+    k = _page_int("k", form["k"])
+    filters = Filters(formats=form["formats"] or None,
+                      min_year=_page_int("min_year", form["min_year"]),
+                      max_year=_page_int("max_year", form["max_year"]),
+                      genres=form["genres"] or None, exclude_genres=tuple(form["exclude_genres"]),
+                      max_popularity=service.gem_ceiling if form["gems"] else None)
+    if form["mode"] == "user":
+        if not form["user"].strip():
+            raise InputError("Type an AniList user name.")
+        return service.for_anilist(form["user"], client, k, filters, form["hide_seen"])
+    entries = page_history(form["history"])
+    if not entries:
+        raise InputError("Your list is empty: search for titles you watched and add them.")
+    return service.for_history(entries, k, filters)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+def build_service(model: str, revision: str | None, endpoint: str | None, rate: float,
+                  per_client: float, ttl: float) -> Service:
+    """Loads the model (once) and sets up the AniList lookups."""
+    rec = Recommender.from_pretrained(model, revision)
+    name = revision or model_digest(rec)[:12]
+    lists = ListLookup(endpoint or data_query.ENDPOINT, rate=rate, per_client=per_client, ttl=ttl)
+    return Service(rec, name, lists)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.app",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model directory or Hub repo id")
+    parser.add_argument("--revision", help="Hub revision: branch, tag or commit sha (default: main)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--anilist-endpoint", default=data_query.ENDPOINT,
+                        help="AniList GraphQL URL (default: %(default)s)")
+    parser.add_argument("--anilist-rate", type=float, default=data_query.DEFAULT_RATE,
+                        help="requests a minute to AniList, at most, for the whole service "
+                             "(default: %(default)s)")
+    parser.add_argument("--lookups-per-minute", type=float, default=10.0,
+                        help="AniList lookups (not cached) a minute per client address "
+                             "(default: %(default)s)")
+    parser.add_argument("--cache-ttl", type=float, default=600.0,
+                        help="seconds a fetched list is reused (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no access log")
+    args = parser.parse_args(argv)
+    if args.lookups_per_minute <= 0 or args.cache_ttl < 0 or args.anilist_rate < 0:
+        parser.error("--lookups-per-minute must be > 0, --cache-ttl and --anilist-rate >= 0")
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    try:
+        service = build_service(args.model, args.revision, args.anilist_endpoint,
+                                args.anilist_rate, args.lookups_per_minute, args.cache_ttl)
+    except AnirankError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    print(f"serving http://{host}:{port}/ (model revision {service.revision}; API description "
+          f"at /openapi.json; Ctrl-C stops)", flush=True)
+    uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning" if args.quiet else "info",
+                                  access_log=not args.quiet)).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
