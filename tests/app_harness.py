@@ -4,17 +4,18 @@ port) from a daemon thread, for the length of a ``with`` block."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 
 import uvicorn
 
+from serving.app import listen
+
 
 @contextlib.contextmanager
 def serving(app):
     """``with serving(app) as url:`` -> ``http://127.0.0.1:<port>``; stops on exit."""
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

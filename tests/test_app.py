@@ -14,7 +14,7 @@ import requests
 
 from pipelines.daily import revision_of
 from serving import Filters
-from serving.app import MAX_HISTORY, MAX_K, Service, create_app
+from serving.app import MAX_HISTORY, MAX_K, Batcher, Service, create_app
 from serving.lists import ListLookup, TokenBucket
 from tests.app_harness import serving
 
@@ -311,3 +311,41 @@ def test_token_bucket_refills_at_its_rate():
     assert bucket.take("a") == pytest.approx(5.0)
     now[0] = 10.0
     assert bucket.take("a") == 0.0 and bucket.take("a") == pytest.approx(10.0)
+
+
+def test_batcher_runs_waiting_calls_together_and_keeps_errors_apart():
+    calls, gate = [], threading.Event()
+
+    def fn(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert gate.wait(10)            # hold the first call while the others queue
+        if any(i < 0 for i in items):
+            raise ValueError(f"negative: {items}")
+        return [i * 10 for i in items]
+
+    batcher = Batcher(fn)
+    results, errors = {}, {}
+
+    def call(i):
+        try:
+            results[i] = batcher(i)
+        except ValueError as err:
+            errors[i] = str(err)
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    while not calls:
+        time.sleep(0.001)
+    others = [threading.Thread(target=call, args=(i,)) for i in (2, 3, -4, 5)]
+    for t in others:
+        t.start()
+    while len(batcher._pending) < 4:
+        time.sleep(0.001)
+    gate.set()
+    for t in [first, *others]:
+        t.join()
+    assert calls[0] == [1] and sorted(calls[1]) == [-4, 2, 3, 5]   # the four waited: one call
+    assert sorted(map(tuple, calls[2:])) == [(-4,), (2,), (3,), (5,)]  # it failed: each alone
+    assert results == {1: 10, 2: 20, 3: 30, 5: 50} and errors == {-4: "negative: [-4]"}
+    assert batcher(7) == 70 and not batcher._running               # and it goes on
