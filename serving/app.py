@@ -57,6 +57,8 @@ HERE = Path(__file__).resolve().parent
 MAX_K = 100                      # results per request: a page, not a dump of the catalog
 MAX_HISTORY = data_query.LIST_CAP  # AniList returns at most this many entries of a list
 MAX_BODY = 4 << 20               # bytes of a request body (an 11,000-title history is ~0.5 MB)
+ID = dict(ge=-(2**63), le=2**63 - 1)   # ids are int64 (a larger JSON number is a 422, not an overflow)
+YEAR = dict(ge=0, le=9999)
 log = logging.getLogger("serving.app")
 
 
@@ -92,8 +94,8 @@ class Service:
             "genres": [list(g) if g is not None else [] for g in anime["genres"]],
             "popularity": anime["popularity"].to_numpy(dtype=float),
         }, index=pd.Index(anime["media_id"].to_numpy(np.int64), name="anime_id"))
-        self._folded = (self.catalog["title"].str.casefold().to_numpy(),
-                        self.catalog["title_romaji"].str.casefold().to_numpy())
+        self._folded = (self.catalog["title"].str.casefold().to_numpy(str),
+                        self.catalog["title_romaji"].str.casefold().to_numpy(str))
         self._by_title = {t: i for names in reversed(self._folded)
                           for t, i in zip(names, self.catalog.index)}
         self.formats = sorted(f for f in self.catalog["format"].unique() if f)
@@ -122,7 +124,7 @@ class Service:
         if not text:
             return []
         english, romaji = self._folded
-        found = np.char.find(english.astype(str), text), np.char.find(romaji.astype(str), text)
+        found = np.char.find(english, text), np.char.find(romaji, text)
         hit = (found[0] >= 0) | (found[1] >= 0)
         prefix = (found[0] == 0) | (found[1] == 0)
         order = np.lexsort((-self.catalog["popularity"].to_numpy(), ~prefix))
@@ -133,7 +135,7 @@ class Service:
         """An anime id of the catalog (as given, or by its exact title, any case)."""
         if isinstance(item, str):
             return self._by_title.get(item.strip().casefold())
-        return int(item) if int(item) in self.catalog.index else None
+        return int(item) if int(item) in self._shown else None
 
     def title(self, anime_id: int) -> dict:
         """The title as the page and the API show it (a copy: callers add to it)."""
@@ -150,7 +152,7 @@ class Service:
             raise InputError("Give one of `anime_id` (an id of the catalog) or `title` "
                              "(text to search the titles for).")
         if anime_id is not None:
-            if anime_id not in self.catalog.index:
+            if anime_id not in self._shown:
                 raise NotInCatalog(f"No title with id {anime_id} in this model's catalog; "
                                    "find ids with /search.")
             return int(anime_id)
@@ -195,9 +197,10 @@ class Service:
         if len(self.catalog):
             self.rec.recommend_for_history([(int(self.catalog.index[0]), None)], k=10)
 
-    def _recommend_batch(self, asks: list[tuple]) -> list[pd.DataFrame]:
+    def _recommend_batch(self, asks: list[tuple]) -> list[dict]:
         """``Recommender.recommend`` for many ``(user_id, k, filters, exclude_seen)``: one
-        call per distinct ``(k, filters, exclude_seen)``, each user's rows apart."""
+        call per distinct ``(k, filters, exclude_seen)``; each user's rows as columns
+        (numpy slices: a DataFrame per user cost more than the model's call)."""
         groups: dict[tuple, list[int]] = {}
         for i, (user_id, *options) in enumerate(asks):
             groups.setdefault(tuple(options), []).append(i)
@@ -205,10 +208,14 @@ class Service:
         for (k, filters, exclude_seen), members in groups.items():
             users = np.unique([asks[i][0] for i in members])
             frame = self.rec.recommend(users, k=k, filters=filters, exclude_seen=exclude_seen)
-            per_user = dict(iter(frame.assign(source="model").groupby("user_id", sort=False)))
-            empty = frame.iloc[:0].assign(source="model")
+            columns = {c: frame[c].to_numpy() for c in ("anime_id", "rank", "predicted_score")}
+            # Rows come by user, in the order of `users` (sorted): one slice each.
+            bounds = np.searchsorted(frame["user_id"].to_numpy(), [users, users + 1])
             for i in members:
-                out[i] = per_user.get(asks[i][0], empty).reset_index(drop=True)
+                j = int(np.searchsorted(users, asks[i][0]))
+                part = slice(bounds[0][j], bounds[1][j])
+                out[i] = {c: v[part] for c, v in columns.items()}
+                out[i]["source"] = np.full(part.stop - part.start, "model")
         return out
 
     def for_anilist(self, name: str, client: str, k: int, filters: Filters,
@@ -259,8 +266,8 @@ class Service:
                                       and 0 <= score <= 100)):
                 raise InputError(f"`entries[{i}]`: the score must be null or a number from 0 to "
                                  f"100. Received: {entry!r}.")
-            if not (when is None or isinstance(when, str)
-                    or (isinstance(when, int) and not isinstance(when, bool))):
+            if not (when is None or isinstance(when, str) or (
+                    isinstance(when, int) and not isinstance(when, bool) and 0 <= when < 2**62)):
                 raise InputError(f"`entries[{i}]`: the time must be null, unix seconds or an ISO "
                                  f"date. Received: {entry!r}.")
             anime_id = self.resolve(entry[0])
@@ -285,14 +292,16 @@ class Service:
         return {"user": {"history_titles": len(history)}, "results": self.rows(frame, scores),
                 "notes": notes}
 
-    def rows(self, frame: pd.DataFrame, history: dict) -> list[dict]:
+    def rows(self, frame, history: dict) -> list[dict]:
         """Result rows as shown: the title, the predicted score (the score head's, None
         without one) and the reason: the nearest title of the history ``{id: score or
         None}`` among those the user liked (unscored, or scored at least their mean: "you
-        rated X 40" is no reason), or among all of it when they liked none."""
-        ids = frame["anime_id"].to_numpy(np.int64)
+        rated X 40" is no reason), or among all of it when they liked none. ``frame``: a
+        DataFrame or a dict of columns (anime_id, rank, predicted_score, source)."""
+        ids = np.asarray(frame["anime_id"], dtype=np.int64)
         scored = [s for s in history.values() if s]
-        liked = [i for i, s in history.items() if not s or s >= np.mean(scored)]
+        mean = float(np.mean(scored)) if scored else 0.0
+        liked = [i for i, s in history.items() if not s or s >= mean]
         reasons = self.rec.nearest_in_history(ids, liked or list(history))
         out = []
         columns = (frame[c].tolist() for c in ("anime_id", "rank", "predicted_score", "source"))
@@ -396,8 +405,8 @@ class FilterParams(BaseModel):
     """What titles may be recommended (all optional)."""
     model_config = ConfigDict(strict=True, extra="forbid")
     formats: list[str] | None = Field(None, description="keep only these formats, e.g. [\"TV\", \"MOVIE\"]")
-    min_year: int | None = Field(None, description="season year from (titles without a year pass)")
-    max_year: int | None = Field(None, description="season year up to (inclusive)")
+    min_year: int | None = Field(None, description="season year from (titles without a year pass)", **YEAR)
+    max_year: int | None = Field(None, description="season year up to (inclusive)", **YEAR)
     genres: list[str] | None = Field(None, description="keep titles with at least one of these genres")
     exclude_genres: list[str] = Field([], description="leave out titles with any of these genres")
     max_popularity: float | None = Field(None, description="hidden gems: on at most this many training lists")
@@ -411,7 +420,7 @@ class FilterParams(BaseModel):
 class RecommendRequest(BaseModel):
     """One of ``user_id`` (a user of the training data) or ``user`` (an AniList name)."""
     model_config = ConfigDict(strict=True, extra="forbid")
-    user_id: int | None = None
+    user_id: int | None = Field(None, description="a user of the training data", **ID)
     user: str | None = Field(None, description="an AniList user name; their public list is fetched live")
     k: int = Field(10, description=f"results, 1 to {MAX_K}")
     exclude_seen: bool = Field(True, description="leave out every title on the user's list")
@@ -469,7 +478,8 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(dict(out, revision=service.revision))
 
     @app.get("/similar", summary="the titles nearest to one title (never itself)")
-    def similar(anime_id: int | None = None, title: str | None = None, k: int = 10):
+    def similar(anime_id: Annotated[int | None, Query(**ID)] = None, title: str | None = None,
+                k: int = 10):
         return JSONResponse(service.similar(service.find_title(anime_id, title), k))
 
     @app.get("/search", summary="autocomplete over the catalog's titles")
@@ -556,8 +566,12 @@ def _validation_message(err: RequestValidationError) -> str:
     for e in err.errors()[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
         message = e.get("msg", "invalid")
-        if e.get("type") == "json_invalid":
-            message = f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'malformed')})"
+        if e.get("type") == "json_invalid":  # its location is the character where it broke
+            message = (f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'malformed')}, "
+                       f"at character {where or 0})")
+            where = ""
+        elif not where and e.get("type") in ("missing", "model_attributes_type", "dict_type"):
+            message = "the body must be a JSON object"
         parts.append(f"{where}: {message}" if where else message)
     return "Invalid request: " + "; ".join(parts) + "."
 
@@ -621,8 +635,8 @@ def _page_int(name: str, text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not text.lstrip("-").isdigit():
-        raise InputError(f"`{name}` must be a whole number. Received: {text!r}.")
+    if not text.lstrip("-").isdigit() or len(text) > 9:
+        raise InputError(f"`{name}` must be a whole number. Received: {text[:20]!r}.")
     return int(text)
 
 

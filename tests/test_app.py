@@ -176,6 +176,11 @@ BAD = [
     ("post", "/recommend", {}, 400, "exactly one of"),
     ("post", "/recommend", {"user": "   "}, 400, "AniList user name"),
     ("post", "/recommend", {"user_id": "USER", "k": 10}, 422, "user_id: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 10**30}, 422, "user_id: Input should be less than or equal to"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"min_year": 10**30}}, 422, "filters.min_year"),
+    ("post", "/recommend_for_history", {"entries": [[10**30, 50]]}, 404, "None of the 1 titles"),
+    ("post", "/recommend_for_history", {"entries": [[1, 50, 10**30]]}, 400, "`entries[0]`: the time"),
+    ("get", "/similar", {"anime_id": 10**30}, 422, "anime_id: Input should be less than or equal to"),
     ("post", "/recommend", {"user_id": 1, "k": 0}, 400, "`k` must be a whole number from 1 to 100"),
     ("post", "/recommend", {"user_id": 1, "k": -1}, 400, "Received: k=-1"),
     ("post", "/recommend", {"user_id": 1, "k": 10**9}, 400, "Received: k=1000000000"),
@@ -226,10 +231,15 @@ def test_bad_input_gets_a_4xx_with_a_json_error(url, method, path, payload, stat
 
 
 def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
-    for raw in (b'{"user_id": 1,', b"not json", b"[1, 2]", b""):
+    for raw, error in ((b'{"user_id": 1,', "the body is not valid JSON (Expecting property name "
+                                           "enclosed in double quotes, at character 14)"),
+                       (b"not json", "the body is not valid JSON (Expecting value, at character 0)"),
+                       (b"[1, 2]", "the body must be a JSON object."),
+                       (b"", "the body must be a JSON object.")):
         got = requests.post(url + "/recommend", data=raw, timeout=10,
                             headers={"Content-Type": "application/json"})
-        assert got.status_code == 422 and got.json()["error"].startswith("Invalid request"), raw
+        assert got.status_code == 422, raw
+        assert got.json()["error"].startswith("Invalid request: " + error), got.json()
     huge = requests.post(url + "/recommend_for_history", data=b" " * (5 << 20), timeout=30,
                          headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "at most 4 MB" in huge.json()["error"]
