@@ -44,3 +44,4 @@ bench: $(STAMP)
 	$(PY) bench/scann_at_scale.py
 	$(PY) bench/features_scale.py
 	$(PY) bench/compute_floor.py --model data/model
+	$(PY) bench/serve_load.py --model data/model

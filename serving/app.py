@@ -494,7 +494,7 @@ def create_app(service: Service) -> FastAPI:
             try:
                 result = page_recommend(form, service, client_of(request))
             except Exception as err:  # shown on the page; the status says what kind
-                status, error = error_status(err), error_message(err)
+                status, error = describe(err)
         return templates.TemplateResponse(request, "index.html", {
             "service": service, "form": form, "result": result, "error": error,
             "max_k": MAX_K}, status_code=status)
@@ -511,7 +511,7 @@ def create_app(service: Service) -> FastAPI:
                 raise InputError(f"`id` must be a whole number. Received: {id!r}.")
             result = service.similar(service.find_title(anime_id, q or None), 10)
         except Exception as err:
-            status, error = error_status(err), error_message(err)
+            status, error = describe(err)
         return templates.TemplateResponse(request, "title.html", {
             "service": service, "result": result, "error": error, "q": q or ""},
             status_code=status)
@@ -546,18 +546,14 @@ ERROR_STATUS = ((InputError, 400), (NotInCatalog, 404), (UnknownTrainingUser, 40
                 (UnknownUser, 404), (TooManyLookups, 429), (AniListUnavailable, 502))
 
 
-def error_status(err: Exception) -> int:
+def describe(err: Exception) -> tuple[int, str]:
+    """An error's HTTP status and the message people see. Anything but the named errors
+    is a bug: logged with its traceback, and shown as a plain 500 message."""
     for kind, status in ERROR_STATUS:
         if isinstance(err, kind):
-            return status
-    log.exception("unexpected error", exc_info=err)
-    return 500
-
-
-def error_message(err: Exception) -> str:
-    if error_status(err) == 500:
-        return "Something went wrong on our side; the service keeps running. Try again."
-    return str(err)
+            return status, str(err)
+    log.error("unexpected error", exc_info=err)
+    return 500, "Something went wrong on our side; the service keeps running. Try again."
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -601,8 +597,8 @@ def _error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
     async def any_error(request: Request, err: Exception):
         headers = {"Retry-After": f"{math.ceil(err.retry_after)}"} \
             if isinstance(err, TooManyLookups) else None
-        return JSONResponse({"error": error_message(err)}, status_code=error_status(err),
-                            headers=headers)
+        status, message = describe(err)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 # -- the page's form ---------------------------------------------------------------------

@@ -359,3 +359,17 @@ def test_batcher_runs_waiting_calls_together_and_keeps_errors_apart():
     assert sorted(map(tuple, calls[2:])) == [(-4,), (2,), (3,), (5,)]  # it failed: each alone
     assert results == {1: 10, 2: 20, 3: 30, 5: 50} and errors == {-4: "negative: [-4]"}
     assert batcher(7) == 70 and not batcher._running               # and it goes on
+
+
+def test_a_bug_is_a_plain_500_and_the_service_goes_on(app_rec, monkeypatch, caplog):
+    service = Service(app_rec, "test", None)
+    monkeypatch.setattr(service, "search", lambda *a: 1 / 0)
+    with serving(create_app(service)) as url:
+        got = requests.get(url + "/search", params={"q": "a"}, timeout=10)
+        assert got.status_code == 500
+        assert got.json() == {"error": "Something went wrong on our side; the service keeps "
+                                       "running. Try again."}
+        assert requests.get(url + "/health", timeout=10).json()["anilist_lookups"] is False
+        offline = post(url, "/recommend", {"user": "user1"})   # started without AniList
+        assert offline.status_code == 502 and "without AniList lookups" in offline.json()["error"]
+    assert "ZeroDivisionError" in caplog.text   # logged, with its traceback
