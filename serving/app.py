@@ -506,9 +506,12 @@ def create_app(service: Service) -> FastAPI:
             return templates.TemplateResponse(request, "title.html", {
                 "service": service, "result": None, "error": None, "q": ""})
         try:
-            anime_id = int(id) if id not in (None, "") and id.strip().lstrip("-").isdigit() else None
-            if id not in (None, "") and anime_id is None:
-                raise InputError(f"`id` must be a whole number. Received: {id!r}.")
+            anime_id = None
+            if id not in (None, ""):
+                digits = id.strip()
+                if not digits.isdigit() or len(digits) > 18:
+                    raise InputError(f"`id` must be a title id (a whole number). Received: {id[:20]!r}.")
+                anime_id = int(digits)
             result = service.similar(service.find_title(anime_id, q or None), 10)
         except Exception as err:
             status, error = describe(err)
@@ -627,12 +630,15 @@ def _list_rows(text: str, service: Service) -> list[dict]:
             for i, score in entries if i in service.catalog.index]
 
 
-def _page_int(name: str, text: str) -> int | None:
+def _page_int(name: str, text: str, low: int, high: int) -> int | None:
+    """A number field of the page: blank is None, else a whole number in [low, high]."""
     text = text.strip()
     if not text:
         return None
-    if not text.lstrip("-").isdigit() or len(text) > 9:
-        raise InputError(f"`{name}` must be a whole number. Received: {text[:20]!r}.")
+    digits = text.lstrip("-")
+    if not digits.isdigit() or len(digits) > 12 or not low <= int(text) <= high:
+        raise InputError(f"`{name}` must be a whole number from {low} to {high}. "
+                         f"Received: {text[:20]!r}.")
     return int(text)
 
 
@@ -640,22 +646,21 @@ def page_history(text: str) -> list:
     """The built list, ``id:score,id:score`` (score blank = unscored)."""
     entries = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        anime_id, _, score = part.partition(":")
-        if not anime_id.strip().isdigit() or not (score.strip() == "" or score.strip().isdigit()):
-            raise InputError(f"The list holds {part!r}, which is not a title id and a score.")
-        value = int(score) if score.strip() else None
-        if value is not None and value > 100:
-            raise InputError(f"Scores are from 0 to 100. Received: {value}.")
-        entries.append([int(anime_id), value])
+        anime_id, _, score = (p.strip() for p in part.partition(":"))
+        if not (anime_id.isdigit() and len(anime_id) <= 18 and (score == "" or score.isdigit())):
+            raise InputError(f"The list holds {part[:40]!r}, which is not a title id and a score.")
+        if score and (len(score) > 3 or int(score) > 100):
+            raise InputError(f"Scores are from 0 to 100. Received: {score[:20]}.")
+        entries.append([int(anime_id), int(score) if score else None])
     return entries
 
 
 def page_recommend(form: dict, service: Service, client: str) -> dict:
     """The page's request, run: an AniList user or the built list."""
-    k = _page_int("k", form["k"])
+    k = _page_int("k", form["k"], 1, MAX_K)
     filters = Filters(formats=form["formats"] or None,
-                      min_year=_page_int("min_year", form["min_year"]),
-                      max_year=_page_int("max_year", form["max_year"]),
+                      min_year=_page_int("min_year", form["min_year"], YEAR["ge"], YEAR["le"]),
+                      max_year=_page_int("max_year", form["max_year"], YEAR["ge"], YEAR["le"]),
                       genres=form["genres"] or None, exclude_genres=tuple(form["exclude_genres"]),
                       max_popularity=service.gem_ceiling if form["gems"] else None)
     if form["mode"] == "user":

@@ -141,6 +141,18 @@ def test_an_unknown_user_gets_a_message(page, url, tmp_path):
     page.click("#go-user")
     assert page.locator("#error").inner_text() == "Type an AniList user name."
     page.goto(url + "/?mode=user&user=x&k=abc")
-    assert page.locator("#error").inner_text() == "`k` must be a whole number. Received: 'abc'."
+    assert page.locator("#error").inner_text() == "`k` must be a whole number from 1 to 100. Received: 'abc'."
+    page.goto(url + "/?mode=user&user=x&k=1000000000")
+    assert page.locator("#error").inner_text() == ("`k` must be a whole number from 1 to 100. "
+                                                   "Received: '1000000000'.")
+    page.goto(url + "/?mode=user&user=x&min_year=" + "9" * 5000)
+    assert page.locator("#error").inner_text().startswith("`min_year` must be a whole number from 0 to 9999.")
+    page.goto(url + "/?mode=list&history=abc:xx")
+    assert page.locator("#error").inner_text() == "The list holds 'abc:xx', which is not a title id and a score."
     page.goto(url + "/title?q=zzzz-nothing")
     assert page.locator(".alert").inner_text() == "No title matches 'zzzz-nothing'."
+    page.goto(url + "/title?id=" + "7" * 5000)
+    assert page.locator(".alert").inner_text() == ("`id` must be a title id (a whole number). "
+                                                   "Received: '77777777777777777777'.")
+    page.goto(url + "/?mode=list&history=1:" + "9" * 5000)
+    assert page.locator("#error").inner_text() == "Scores are from 0 to 100. Received: 99999999999999999999."
