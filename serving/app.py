@@ -260,16 +260,17 @@ class Service:
             if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3)
                     and isinstance(entry[0], (int, str)) and not isinstance(entry[0], bool)):
                 raise InputError(f"`entries[{i}]` must be [anime id or title, score or null] or "
-                                 f"[anime id or title, score or null, time]. Received: {entry!r}.")
+                                 f"[anime id or title, score or null, time]. "
+                                 f"Received: {_clip(entry)}.")
             score, when = entry[1], entry[2] if len(entry) == 3 else None
             if not (score is None or (isinstance(score, (int, float)) and not isinstance(score, bool)
                                       and 0 <= score <= 100)):
                 raise InputError(f"`entries[{i}]`: the score must be null or a number from 0 to "
-                                 f"100. Received: {entry!r}.")
+                                 f"100. Received: {_clip(entry)}.")
             if not (when is None or isinstance(when, str) or (
                     isinstance(when, int) and not isinstance(when, bool) and 0 <= when < 2**62)):
                 raise InputError(f"`entries[{i}]`: the time must be null, unix seconds or an ISO "
-                                 f"date. Received: {entry!r}.")
+                                 f"date. Received: {_clip(entry)}.")
             anime_id = self.resolve(entry[0])
             if anime_id is None:
                 unknown.append(entry[0])
@@ -277,12 +278,13 @@ class Service:
                 history.append((anime_id, *entry[1:]))
         notes = []
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            shown = ", ".join(_clip(u, 60) for u in unknown[:5])
+            shown += ", ..." if len(unknown) > 5 else ""
             notes.append(f"{len(unknown)} of the {len(entries)} titles match nothing in this "
                          f"model's catalog and were left out: {shown}.")
         if entries and not history:
             raise NotInCatalog(f"None of the {len(entries)} titles matches a title of this "
-                               f"model's catalog: {', '.join(repr(u) for u in unknown[:5])}.")
+                               f"model's catalog: {', '.join(_clip(u, 60) for u in unknown[:5])}.")
         frame = self.rec.recommend_for_history(history, k=k, filters=filters)
         if (frame["source"] == "popularity").any():
             notes.append("No watched titles to go on: these are the titles most people watched.")
@@ -390,6 +392,12 @@ def reason_text(because: dict | None, source: str) -> str:
     if score:
         return f"Because you rated {because['title']} {score:g}"
     return f"Because you watched {because['title']}"
+
+
+def _clip(value, width: int = 120) -> str:
+    """``repr(value)``, cut to ``width`` characters: a message never echoes a megabyte."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def check_k(k) -> int:

@@ -240,6 +240,8 @@ def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
                             headers={"Content-Type": "application/json"})
         assert got.status_code == 422, raw
         assert got.json()["error"].startswith("Invalid request: " + error), got.json()
+    long_title = post(url, "/recommend_for_history", {"entries": [["x" * 1_000_000, 50]]})
+    assert long_title.status_code == 404 and len(long_title.json()["error"]) < 200  # not echoed
     huge = requests.post(url + "/recommend_for_history", data=b" " * (5 << 20), timeout=30,
                          headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "at most 4 MB" in huge.json()["error"]
