@@ -30,6 +30,7 @@ any (user, title) pairs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -70,6 +71,19 @@ def _int_arg(name: str, value, minimum: int | None = None) -> int:
     return int(value)
 
 
+def _strings(name: str, value, example: str) -> tuple[str, ...] | None:
+    """None, or one string or a non-empty sequence of strings as a tuple; else an
+    InputError naming ``name``."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else value
+    items = tuple(items) if np.iterable(items) else (items,)
+    if not items or not all(isinstance(v, str) for v in items):
+        raise InputError(f"`{name}` must be a string or a non-empty sequence of them, e.g. "
+                         f"{example}. Received: {name}={value!r}.")
+    return items
+
+
 def _ids_arg(name: str, values) -> np.ndarray:
     """A 1-d int64 array of ids (one int is one id), or an InputError naming the values
     that are not integers."""
@@ -96,6 +110,10 @@ class Filters:
       min_year, max_year: season year range (inclusive); titles without a year pass.
       max_popularity: hidden gems: on at most this many lists of the training data,
         as of its cutoff (`anime.parquet` -> `popularity`; >= 0).
+      genres: keep only titles with at least one of these genres (one string or a
+        non-empty sequence); None = all. Each must be a genre of the catalog
+        (``rec.anime["genres"]``).
+      exclude_genres: leave out titles with any of these genres (default: none).
       exclude_adult: leave out adult titles (default True).
       exclude_ids: anime ids never to recommend (one int or a sequence of ints).
     """
@@ -106,14 +124,13 @@ class Filters:
     max_popularity: float | None = None
     exclude_adult: bool = True
     exclude_ids: tuple[int, ...] = ()
+    genres: tuple[str, ...] | None = None
+    exclude_genres: tuple[str, ...] = ()
 
     def __post_init__(self):
-        formats = (self.formats,) if isinstance(self.formats, str) else self.formats
-        if formats is not None:
-            formats = tuple(formats) if np.iterable(formats) else (formats,)
-            if not formats or not all(isinstance(f, str) for f in formats):
-                raise InputError(f"`formats` must be a format string or a non-empty sequence of "
-                                 f"them, e.g. ('TV', 'MOVIE'). Received: formats={self.formats!r}.")
+        formats = _strings("formats", self.formats, "('TV', 'MOVIE')")
+        genres = _strings("genres", self.genres, "('Action', 'Drama')")
+        exclude_genres = _strings("exclude_genres", self.exclude_genres or None, "('Horror',)")
         years = {name: None if getattr(self, name) is None else _int_arg(name, getattr(self, name))
                  for name in ("min_year", "max_year")}
         if None not in years.values() and years["min_year"] > years["max_year"]:
@@ -134,6 +151,8 @@ class Filters:
             raise InputError(f"`exclude_ids` must be anime ids (ints). Received: "
                              f"exclude_ids={self.exclude_ids!r}.")
         object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "genres", genres)
+        object.__setattr__(self, "exclude_genres", exclude_genres or ())
         object.__setattr__(self, "min_year", years["min_year"])
         object.__setattr__(self, "max_year", years["max_year"])
         object.__setattr__(self, "exclude_ids", tuple(int(i) for i in exclude))
@@ -152,6 +171,20 @@ class Filters:
                 raise InputError(f"`formats` must be formats of this model's catalog: {valid}. "
                                  f"Received: formats={self.formats!r} (unknown: {unknown}).")
             keep &= anime["format"].isin(self.formats).to_numpy()
+        if self.genres is not None or self.exclude_genres:
+            # One row per (title, genre); position i of the mask is title row i.
+            genres = pd.Series(anime["genres"].to_numpy()).explode()
+            valid = sorted(genres.dropna().unique())
+            asked = (self.genres or ()) + self.exclude_genres
+            unknown = [g for g in asked if g not in valid]
+            if unknown:
+                raise InputError(f"`genres` and `exclude_genres` must be genres of this model's "
+                                 f"catalog: {valid}. Received: genres={self.genres!r}, "
+                                 f"exclude_genres={self.exclude_genres!r} (unknown: {unknown}).")
+            if self.genres is not None:
+                keep &= genres.isin(self.genres).groupby(level=0).any().to_numpy()
+            if self.exclude_genres:
+                keep &= ~genres.isin(self.exclude_genres).groupby(level=0).any().to_numpy()
         year = anime["season_year"].to_numpy(dtype=float)
         if self.min_year is not None:
             keep &= ~(year < self.min_year)
@@ -616,6 +649,66 @@ class Recommender:
             raise InputError(f"{len(unknown)} anime ids are not in this model's catalog, e.g. "
                              f"{unknown[:3].tolist()}; valid ids are in rec.anime['media_id'].")
         return self._score_pairs(self._user_raw, users, titles)
+
+    @functools.cached_property
+    def _unit_embeddings(self) -> np.ndarray:
+        """The catalog's candidate embeddings scaled to unit length (rows = anime rows)."""
+        norms = np.linalg.norm(self.index.embeddings, axis=1, keepdims=True)
+        return self.index.embeddings / np.maximum(norms, 1e-12)
+
+    def history_ids(self, user_id: int) -> np.ndarray:
+        """The anime ids of a known user's training history (their watched training
+        titles: what the query tower, EASE and the franchise signal read), or of every
+        title on their training list for a model whose ``seen.parquet`` has no
+        ``history`` column.
+
+        Raises:
+          InputError: ``user_id`` is not an int or not in the training data.
+        """
+        row = self._user_row.get_indexer([_int_arg("user_id", user_id)])[0]
+        if row < 0:
+            raise InputError(f"User {user_id} is not in the training data; valid ids are in "
+                             "rec.users['user_id'].")
+        if self._history is None:
+            return self._seen[row].copy()
+        return self.anime["media_id"].to_numpy(np.int64)[self._history[row]]
+
+    def nearest_in_history(self, anime_ids, history_ids) -> np.ndarray:
+        """For each of ``anime_ids``, the title of ``history_ids`` nearest to it in
+        candidate-embedding space (the space of :meth:`similar_anime`): the one "because
+        you watched X" names. Nearest by cosine, not the inner product, so a title with
+        a large embedding norm (a popular one) does not become every row's reason.
+
+        Args:
+          anime_ids: anime ids of this model's catalog (e.g. a user's recommendations).
+          history_ids: anime ids of the user's history; ids outside the catalog and
+            repeats are ignored, and a title is never its own reason.
+
+        Returns:
+          int64 ``[len(anime_ids)]``: a history id per title, -1 where none is left (an
+          empty history, or a history of that title alone).
+
+        Raises:
+          InputError: ids that are not integers, or ``anime_ids`` outside the catalog.
+        """
+        anime_ids, history_ids = _ids_arg("anime_ids", anime_ids), _ids_arg("history_ids", history_ids)
+        rows = self._anime_row.get_indexer(anime_ids)
+        if (rows < 0).any():
+            raise InputError(f"{(rows < 0).sum()} anime ids are not in this model's catalog, e.g. "
+                             f"{anime_ids[rows < 0][:3].tolist()}; valid ids are in "
+                             "rec.anime['media_id'].")
+        history = np.unique(self._anime_row.get_indexer(history_ids))
+        history = history[history >= 0]
+        out = np.full(len(anime_ids), -1, np.int64)
+        if not len(history) or not len(rows):
+            return out
+        unit = self._unit_embeddings
+        cosine = unit[rows] @ unit[history].T                    # [titles, history]
+        cosine[rows[:, None] == history[None, :]] = -np.inf      # never its own reason
+        best = np.argmax(cosine, axis=1)
+        found = np.isfinite(cosine[np.arange(len(rows)), best])
+        out[found] = self.anime["media_id"].to_numpy(np.int64)[history[best[found]]]
+        return out
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

@@ -129,3 +129,21 @@ def default_model(demo_db, tmp_path_factory):
                       compare_losses=False, with_ablations=False, progress=False)
     train_scores.run(features_dir, model_dir, ScoreConfig(max_epochs=1), progress=False)
     return features_dir, model_dir
+
+
+@pytest.fixture(scope="session")
+def app_rec(tiny_scored):
+    """The tiny model with its ranker and score head, loaded once for the service's tests
+    (tests/test_app.py, tests/test_app_browser.py)."""
+    from serving import Recommender
+
+    return Recommender.from_pretrained(str(tiny_scored[0]))
+
+
+@pytest.fixture(scope="session")
+def anilist(tiny_db):
+    """The stand-in AniList API serving the tiny world (the model's), names ``user<id>``."""
+    from tests.anilist_server import AniListStandIn
+
+    with AniListStandIn(tiny_db) as server:
+        yield server

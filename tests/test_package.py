@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -45,6 +46,8 @@ def test_wheel_installs_and_serves_outside_the_checkout(tiny_ranked, default_mod
           "-w", tmp_path / "wheels", ROOT])
     (wheel,) = (tmp_path / "wheels").glob("anirank-*.whl")
     assert wheel.name == f"anirank-{pipelines.__version__}-py3-none-any.whl"
+    packed = set(zipfile.ZipFile(wheel).namelist())   # the service's page comes along
+    assert {"serving/templates/index.html", "serving/static/app.js", "serving/static/app.css"} <= packed
 
     venv = tmp_path / "venv"
     _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", venv])

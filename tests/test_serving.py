@@ -388,3 +388,43 @@ def test_batch_reports_duplicates_and_invalid_rows_and_reruns_count_true(tiny_ra
     volatile = ("seconds", "parts_written", "parts_skipped")
     assert {k: v for k, v in again.items() if k not in volatile} == \
         {k: v for k, v in first.items() if k not in volatile}
+
+
+def test_genre_filters(rec):
+    users = rec.users["user_id"].to_numpy()[:5]
+    genres = rec.anime["genres"].explode().value_counts().index
+    keep, drop = genres[0], genres[1]
+    out = rec.recommend(users, k=10, filters=Filters(genres=keep, exclude_genres=(drop,)))
+    listed = rec.anime.set_index("media_id").loc[out["anime_id"], "genres"].map(list)
+    assert len(out) == 50 and all(keep in g and drop not in g for g in listed)
+    allowed = Filters(genres=(keep, drop), exclude_adult=False).allowed(rec.anime)
+    either = rec.anime["genres"].map(lambda g: keep in list(g) or drop in list(g)).to_numpy()
+    np.testing.assert_array_equal(allowed, either)   # at least one of them
+    with pytest.raises(InputError, match=r"genres of this model's catalog.*unknown: \['Cooking'\]"):
+        Filters(exclude_genres="Cooking").allowed(rec.anime)
+    with pytest.raises(InputError, match=r"`genres` must be a string or a non-empty sequence"):
+        Filters(genres=())
+
+
+def test_history_ids_and_the_nearest_history_title(rec):
+    user = int(rec.users["user_id"].iloc[4])
+    seen = pd.read_parquet(rec.directory / "seen.parquet")
+    mine = seen[(seen["user_id"] == user) & seen["history"]]["media_id"]
+    assert sorted(rec.history_ids(user).tolist()) == sorted(mine.tolist())
+    with pytest.raises(InputError, match="not in the training data"):
+        rec.history_ids(-5)
+    # Oracle: cosine of the candidate embeddings, by brute force.
+    ids = rec.anime["media_id"].to_numpy()
+    history = [int(i) for i in ids[:12]] + [999_999_999]   # one id outside the catalog
+    asked = ids[5:40]
+    emb = rec.index.embeddings / np.linalg.norm(rec.index.embeddings, axis=1, keepdims=True)
+    row = {int(m): r for r, m in enumerate(ids)}
+    want = []
+    for a in asked:
+        options = [h for h in history[:12] if h != a]    # never its own reason
+        want.append(max(options, key=lambda h: emb[row[int(a)]] @ emb[row[h]]))
+    np.testing.assert_array_equal(rec.nearest_in_history(asked, history), want)
+    assert rec.nearest_in_history(asked[:3], []).tolist() == [-1, -1, -1]
+    assert rec.nearest_in_history([ids[0]], [ids[0]]).tolist() == [-1]
+    with pytest.raises(InputError, match="not in this model's catalog"):
+        rec.nearest_in_history([999_999_999], history)

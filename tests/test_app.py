@@ -1,0 +1,377 @@
+"""The recommendation service's JSON API (serving/app.py), over real HTTP: each endpoint
+gives what the Recommender gives, filters are obeyed row by row, and every bad input gets
+a 4xx with {"error": ...} while the process keeps serving. AniList is the stand-in
+server over the model's own (tiny) world."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from pipelines.daily import revision_of
+from serving import Filters
+from serving.app import MAX_HISTORY, MAX_K, Batcher, Service, create_app
+from serving.lists import ListLookup, TokenBucket
+from tests.app_harness import serving
+
+WATCHED = ("COMPLETED", "CURRENT", "REPEATING")
+
+
+@pytest.fixture(scope="module")
+def service(app_rec, anilist):
+    lists = ListLookup(anilist.url, rate=0, per_client=1000, ttl=600)
+    return Service(app_rec, revision_of(app_rec, None), lists)
+
+
+@pytest.fixture(scope="module")
+def url(service):
+    with serving(create_app(service)) as url:
+        yield url
+
+
+def post(url, path, body):
+    return requests.post(url + path, json=body, timeout=60)
+
+
+def anilist_history(anilist, rec, user_id):
+    """What the service should read from the stand-in for ``user<id>``: the watched
+    titles of the catalog as (id, score or None, time or None), and every listed id."""
+    rows = anilist.entries[user_id]
+    rows = rows[rows["media_id"].isin(rec.anime["media_id"])]
+    watched = rows[rows["status"].isin(WATCHED)]
+    history = [(int(m), int(s) or None, int(t) if pd.notna(t) and t else None)
+               for m, s, t in zip(watched["media_id"], watched["score"], watched["updated_at"])]
+    return history, sorted(int(m) for m in rows["media_id"])
+
+
+def test_health_names_the_model_revision(url, app_rec):
+    body = requests.get(url + "/health", timeout=10).json()
+    assert body["status"] == "ok"
+    assert body["revision"] == revision_of(app_rec, None) and len(body["revision"]) == 12
+    assert body["titles"] == len(app_rec.anime) and body["users"] == len(app_rec.users)
+    assert body["order"] == app_rec.serving["order"] and body["predicted_scores"] is True
+    spec = requests.get(url + "/openapi.json", timeout=10).json()
+    assert {"/recommend", "/recommend_for_history", "/similar", "/search", "/health"} <= set(spec["paths"])
+
+
+def test_recommend_a_training_user_is_the_recommenders_list_with_reasons(url, app_rec):
+    user = int(app_rec.users["user_id"].iloc[3])
+    got = post(url, "/recommend", {"user_id": user, "k": 7})
+    assert got.status_code == 200
+    rows = got.json()["results"]
+    want = app_rec.recommend([user], k=7)
+    assert [r["anime_id"] for r in rows] == want["anime_id"].tolist()
+    assert [r["rank"] for r in rows] == list(range(1, 8))
+    np.testing.assert_allclose([r["predicted_score"] for r in rows], want["predicted_score"], atol=0.05)
+    history = set(app_rec.history_ids(user).tolist())
+    nearest = app_rec.nearest_in_history(want["anime_id"], list(history))
+    for row, reason in zip(rows, nearest):
+        assert row["because"]["anime_id"] == reason and reason in history
+        assert row["reason"] == f"Because you watched {row['because']['title']}"
+        assert row["year"] is None or isinstance(row["year"], int)
+    assert got.json()["revision"] == revision_of(app_rec, None)
+
+
+def test_filters_are_obeyed_in_every_row(url, app_rec):
+    user = int(app_rec.users["user_id"].iloc[5])
+    anime = app_rec.anime.set_index("media_id")
+    plain = [r["anime_id"] for r in post(url, "/recommend", {"user_id": user, "k": 20}).json()["results"]]
+    genre = anime["genres"].explode().value_counts().index[0]   # the commonest genre
+    dropped = anime["genres"].explode().value_counts().index[1]
+    ceiling = float(anime["popularity"].median())
+    cases = [({"formats": ["TV"]}, lambda t: t["format"] == "TV"),
+             ({"min_year": 2010, "max_year": 2015},
+              lambda t: pd.isna(t["season_year"]) or 2010 <= t["season_year"] <= 2015),
+             ({"genres": [genre]}, lambda t: genre in list(t["genres"])),
+             ({"exclude_genres": [dropped]}, lambda t: dropped not in list(t["genres"])),
+             ({"max_popularity": ceiling}, lambda t: t["popularity"] <= ceiling)]
+    for filters, holds in cases:
+        body = post(url, "/recommend", {"user_id": user, "k": 20, "filters": filters}).json()
+        ids = [r["anime_id"] for r in body["results"]]
+        assert len(ids) == 20, filters
+        assert all(holds(anime.loc[i]) for i in ids), filters
+        assert ids != plain, filters  # each filter changes this user's list
+        want = app_rec.recommend([user], k=20, filters=Filters(**{
+            k: tuple(v) if isinstance(v, list) else v for k, v in filters.items()}))
+        assert ids == want["anime_id"].tolist(), filters
+        assert [r["genres"] for r in body["results"]] == [list(anime.loc[i, "genres"]) for i in ids]
+
+
+def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):
+    user_id = int(app_rec.users["user_id"].iloc[0])
+    history, listed = anilist_history(anilist, app_rec, user_id)
+    body = post(url, "/recommend", {"user": f"user{user_id}", "k": 10}).json()
+    assert body["user"] == {"name": f"user{user_id}", "anilist_id": user_id,
+                            "list_titles": len(anilist.entries[user_id]),
+                            "history_titles": len(history)}
+    want = app_rec.recommend_for_history(history, k=10, filters=Filters(exclude_ids=listed))
+    ids = [r["anime_id"] for r in body["results"]]
+    assert ids == want["anime_id"].tolist() and len(ids) == 10
+    assert not set(ids) & set(listed)  # hide what I have seen: every listed title
+    scores = {m: s for m, s, _ in history}
+    mean = np.mean([s for s in scores.values() if s])
+    for row in body["results"]:
+        reason = row["because"]
+        assert reason["anime_id"] in scores and reason["your_score"] == scores[reason["anime_id"]]
+        assert reason["your_score"] is None or reason["your_score"] >= mean  # a title they liked
+        assert row["reason"].startswith("Because you rated " if reason["your_score"] else "Because you watched ")
+    shown = post(url, "/recommend", {"user": f"USER{user_id}", "k": 10, "exclude_seen": False}).json()
+    kept = app_rec.recommend_for_history(history, k=10)
+    assert [r["anime_id"] for r in shown["results"]] == kept["anime_id"].tolist()
+
+
+def test_recommend_for_history_by_ids_and_titles(url, app_rec):
+    anime = app_rec.anime
+    first, second = int(anime["media_id"].iloc[0]), anime["title"].iloc[1]
+    entries = [[first, 90], [second.upper(), None], ["No Such Title At All", 50]]
+    body = post(url, "/recommend_for_history", {"entries": entries, "k": 5}).json()
+    want = app_rec.recommend_for_history([(first, 90), (second, None)], k=5)
+    assert [r["anime_id"] for r in body["results"]] == want["anime_id"].tolist()
+    assert body["notes"] == ["1 of the 3 titles match nothing in this model's catalog and were "
+                             "left out: 'No Such Title At All'."]
+    assert {r["because"]["title"] for r in body["results"]} <= {anime["title"].iloc[0], second}
+    empty = post(url, "/recommend_for_history", {"entries": [], "k": 4}).json()
+    assert [r["anime_id"] for r in empty["results"]] == app_rec.popular([0], 4)["anime_id"].tolist()
+    assert empty["results"][0]["reason"] == "One of the titles most people watched"
+    assert empty["results"][0]["predicted_score"] is None
+
+
+def test_a_ten_thousand_title_history_is_served(url, app_rec):
+    ids = app_rec.anime["media_id"].to_numpy()
+    entries = [[int(ids[i % len(ids)]), int(i % 101)] for i in range(10_000)]
+    start = time.perf_counter()
+    got = post(url, "/recommend_for_history", {"entries": entries, "k": 10})
+    assert got.status_code == 200 and time.perf_counter() - start < 20
+    # Every title of the catalog is on the list: nothing is left to recommend.
+    assert got.json()["results"] == []
+
+
+def test_similar_excludes_the_title_and_search_finds_prefixes_first(url, app_rec):
+    anime_id = int(app_rec.anime["media_id"].iloc[7])
+    body = requests.get(url + "/similar", params={"anime_id": anime_id, "k": 6}, timeout=10).json()
+    ids = [r["anime_id"] for r in body["similar"]]
+    assert body["anime"]["anime_id"] == anime_id and anime_id not in ids and len(ids) == 6
+    assert ids == app_rec.similar_anime(anime_id, k=6)["anime_id"].tolist()
+    title = app_rec.anime["title"].iloc[7]
+    by_title = requests.get(url + "/similar", params={"title": title.lower()}, timeout=10).json()
+    assert by_title["anime"]["anime_id"] == anime_id and len(by_title["similar"]) == 10
+    word = title.split()[0][:3].lower()
+    results = requests.get(url + "/search", params={"q": word}, timeout=10).json()["results"]
+    assert results and len(results) <= 10
+    folded = [(r["title"].lower(), r["title_romaji"].lower()) for r in results]
+    assert all(word in e or word in r for e, r in folded)
+    starts = [e.startswith(word) or r.startswith(word) for e, r in folded]
+    assert starts == sorted(starts, reverse=True)  # prefix hits first
+
+
+# (method, path, body or query, status, words the error must hold)
+BAD = [
+    ("post", "/recommend", {"user": "nobody-by-this-name"}, 404, "No public AniList user named"),
+    ("post", "/recommend", {"user_id": 999_999_999}, 404, "not in the training data"),
+    ("post", "/recommend", {"user": "user1", "user_id": 1}, 400, "exactly one of"),
+    ("post", "/recommend", {}, 400, "exactly one of"),
+    ("post", "/recommend", {"user": "   "}, 400, "AniList user name"),
+    ("post", "/recommend", {"user_id": "USER", "k": 10}, 422, "user_id: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 10**30}, 422, "user_id: Input should be less than or equal to"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"min_year": 10**30}}, 422, "filters.min_year"),
+    ("post", "/recommend_for_history", {"entries": [[10**30, 50]]}, 404, "None of the 1 titles"),
+    ("post", "/recommend_for_history", {"entries": [[1, 50, 10**30]]}, 400, "`entries[0]`: the time"),
+    ("get", "/similar", {"anime_id": 10**30}, 422, "anime_id: Input should be less than or equal to"),
+    ("post", "/recommend", {"user_id": 1, "k": 0}, 400, "`k` must be a whole number from 1 to 100"),
+    ("post", "/recommend", {"user_id": 1, "k": -1}, 400, "Received: k=-1"),
+    ("post", "/recommend", {"user_id": 1, "k": 10**9}, 400, "Received: k=1000000000"),
+    ("post", "/recommend", {"user_id": 1, "k": "abc"}, 422, "k: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 1, "k": 2.5}, 422, "k: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 1, "k": True}, 422, "k: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"formats": ["TVV"]}}, 400,
+     "`formats` must be formats of this model's catalog"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"formats": "TV"}}, 422, "filters.formats"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"genres": ["Cooking"]}}, 400, "unknown: ['Cooking']"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"min_year": 2020, "max_year": 2000}}, 400,
+     "`min_year` must be <= `max_year`"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"max_popularity": -5}}, 400, "`max_popularity`"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"fromats": ["TV"]}}, 422,
+     "filters.fromats: Extra inputs are not permitted"),
+    ("post", "/recommend_for_history", {"entries": [["No Such Title", 80]]}, 404,
+     "None of the 1 titles matches"),
+    ("post", "/recommend_for_history", {"entries": [[1, 150]]}, 400, "from 0 to 100"),
+    ("post", "/recommend_for_history", {"entries": [[1, 80, 3, 4]]}, 400, "`entries[0]` must be"),
+    ("post", "/recommend_for_history", {"entries": [[1, 80, 2.5]]}, 400, "`entries[0]`: the time"),
+    ("post", "/recommend_for_history", {"entries": [[{"id": 1}, 80]]}, 422, "entries.0.0"),
+    ("post", "/recommend_for_history", {"entries": "Naruto"}, 422, "entries: Input should be a valid list"),
+    ("post", "/recommend_for_history", {"entries": [[1, 80]] * (MAX_HISTORY + 1)}, 400,
+     "at most 11,000 titles"),
+    ("post", "/recommend_for_history", {"entries": [], "k": MAX_K + 1}, 400, "from 1 to 100"),
+    ("get", "/similar", {"title": "zzzz no such title"}, 404, "No title matches 'zzzz no such title'"),
+    ("get", "/similar", {"anime_id": 123456789}, 404, "No title with id 123456789"),
+    ("get", "/similar", {"anime_id": "abc"}, 422, "anime_id: Input should be a valid integer"),
+    ("get", "/similar", {}, 400, "Give one of `anime_id`"),
+    ("get", "/similar", {"title": "a", "k": 0}, 400, "`k` must be a whole number"),
+    ("get", "/search", {"q": ""}, 422, "q: String should have at least 1 character"),
+    ("get", "/search", {"q": "a", "limit": 10**9}, 422, "limit: Input should be less than or equal to 50"),
+    ("get", "/no/such/route", {}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("method, path, payload, status, words", BAD,
+                         ids=[f"{p}-{json.dumps(b)[:40]}" for _, p, b, _, _ in BAD])
+def test_bad_input_gets_a_4xx_with_a_json_error(url, method, path, payload, status, words):
+    if method == "post":
+        got = requests.post(url + path, json=payload, timeout=30)
+    else:
+        got = requests.get(url + path, params=payload, timeout=30)
+    assert got.status_code == status, got.text
+    assert got.headers["content-type"] == "application/json"
+    assert list(got.json()) == ["error"] and words in got.json()["error"], got.json()
+    assert requests.get(url + "/health", timeout=10).status_code == 200  # still serving
+
+
+def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
+    for raw, error in ((b'{"user_id": 1,', "the body is not valid JSON (Expecting property name "
+                                           "enclosed in double quotes, at character 14)"),
+                       (b"not json", "the body is not valid JSON (Expecting value, at character 0)"),
+                       (b"[1, 2]", "the body must be a JSON object."),
+                       (b"", "the body must be a JSON object.")):
+        got = requests.post(url + "/recommend", data=raw, timeout=10,
+                            headers={"Content-Type": "application/json"})
+        assert got.status_code == 422, raw
+        assert got.json()["error"].startswith("Invalid request: " + error), got.json()
+    long_title = post(url, "/recommend_for_history", {"entries": [["x" * 1_000_000, 50]]})
+    assert long_title.status_code == 404 and len(long_title.json()["error"]) < 200  # not echoed
+    huge = requests.post(url + "/recommend_for_history", data=b" " * (5 << 20), timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and "at most 4 MB" in huge.json()["error"]
+    private = int(app_rec.users["user_id"].iloc[-1])
+    anilist.private_users.add(private)
+    try:
+        got = post(url, "/recommend", {"user": f"user{private}"})
+    finally:
+        anilist.private_users.discard(private)
+    assert got.status_code == 404 and "private" in got.json()["error"]
+
+
+def test_no_path_or_token_in_any_answer(url, app_rec, tiny_scored):
+    user = int(app_rec.users["user_id"].iloc[1])
+    answers = [post(url, "/recommend", {"user_id": user}).text,
+               post(url, "/recommend", {"user": f"user{user}"}).text,
+               requests.get(url + "/health", timeout=10).text,
+               requests.get(url + "/openapi.json", timeout=10).text,
+               requests.get(url + "/", params={"mode": "user", "user": f"user{user}"}, timeout=30).text,
+               requests.get(url + "/title", params={"q": "zzz"}, timeout=10).text]
+    answers += [post(url, path, body).text for _, path, body, _, _ in BAD if path != "/similar"][:10]
+    for text in answers:
+        assert str(tiny_scored[0]) not in text and "/tmp/" not in text and "HF_TOKEN" not in text
+
+
+def test_concurrent_requests_get_what_one_at_a_time_gets(url, app_rec):
+    users = app_rec.users["user_id"].to_numpy()[:16].tolist()
+    want = {u: [r["anime_id"] for r in post(url, "/recommend", {"user_id": u}).json()["results"]]
+            for u in users}
+    got, errors = {}, []
+
+    def ask(u):
+        try:
+            with requests.Session() as s:
+                for _ in range(5):
+                    body = s.post(url + "/recommend", json={"user_id": u}, timeout=60).json()
+                    got.setdefault(u, []).append([r["anime_id"] for r in body["results"]])
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=ask, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(lists == [want[u]] * 5 for u, lists in got.items()) and len(got) == 16
+
+
+def test_anilist_lookups_are_cached_and_limited_per_client(app_rec, anilist):
+    lists = ListLookup(anilist.url, rate=0, per_client=2, ttl=600)
+    service = Service(app_rec, "test", lists)
+    names = [f"user{u}" for u in app_rec.users["user_id"].to_numpy()[10:13]]
+    with serving(create_app(service)) as url:
+        before = len(anilist.requests)
+        first = post(url, "/recommend", {"user": names[0]})
+        asked = len(anilist.requests) - before
+        again = post(url, "/recommend", {"user": names[0].upper()})   # cached: free
+        assert first.status_code == again.status_code == 200 and first.json() == again.json()
+        assert len(anilist.requests) - before == asked >= 2   # the user, then the list
+        assert post(url, "/recommend", {"user": names[1]}).status_code == 200
+        limited = post(url, "/recommend", {"user": names[2]})
+        assert limited.status_code == 429
+        assert limited.json()["error"].startswith("Too many AniList lookups from your address: "
+                                                  "at most 2 a minute. Try again in ")
+        assert 1 <= int(limited.headers["Retry-After"]) <= 30
+        page = requests.get(url + "/", params={"mode": "user", "user": names[2]}, timeout=10)
+        assert page.status_code == 429 and "Too many AniList lookups" in page.text
+        assert post(url, "/recommend", {"user": names[0]}).status_code == 200  # still cached
+
+
+def test_token_bucket_refills_at_its_rate():
+    now = [0.0]
+    bucket = TokenBucket(6, clock=lambda: now[0])   # 6 a minute: one every 10 s
+    assert [bucket.take("a") for _ in range(6)] == [0.0] * 6
+    assert bucket.take("a") == pytest.approx(10.0)
+    assert bucket.take("b") == 0.0                  # another client has its own
+    now[0] = 5.0
+    assert bucket.take("a") == pytest.approx(5.0)
+    now[0] = 10.0
+    assert bucket.take("a") == 0.0 and bucket.take("a") == pytest.approx(10.0)
+
+
+def test_batcher_runs_waiting_calls_together_and_keeps_errors_apart():
+    calls, gate = [], threading.Event()
+
+    def fn(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert gate.wait(10)            # hold the first call while the others queue
+        if any(i < 0 for i in items):
+            raise ValueError(f"negative: {items}")
+        return [i * 10 for i in items]
+
+    batcher = Batcher(fn)
+    results, errors = {}, {}
+
+    def call(i):
+        try:
+            results[i] = batcher(i)
+        except ValueError as err:
+            errors[i] = str(err)
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    while not calls:
+        time.sleep(0.001)
+    others = [threading.Thread(target=call, args=(i,)) for i in (2, 3, -4, 5)]
+    for t in others:
+        t.start()
+    while len(batcher._pending) < 4:
+        time.sleep(0.001)
+    gate.set()
+    for t in [first, *others]:
+        t.join()
+    assert calls[0] == [1] and sorted(calls[1]) == [-4, 2, 3, 5]   # the four waited: one call
+    assert sorted(map(tuple, calls[2:])) == [(-4,), (2,), (3,), (5,)]  # it failed: each alone
+    assert results == {1: 10, 2: 20, 3: 30, 5: 50} and errors == {-4: "negative: [-4]"}
+    assert batcher(7) == 70 and not batcher._running               # and it goes on
+
+
+def test_a_bug_is_a_plain_500_and_the_service_goes_on(app_rec, monkeypatch, caplog):
+    service = Service(app_rec, "test", None)
+    monkeypatch.setattr(service, "search", lambda *a: 1 / 0)
+    with serving(create_app(service)) as url:
+        got = requests.get(url + "/search", params={"q": "a"}, timeout=10)
+        assert got.status_code == 500
+        assert got.json() == {"error": "Something went wrong on our side; the service keeps "
+                                       "running. Try again."}
+        assert requests.get(url + "/health", timeout=10).json()["anilist_lookups"] is False
+        offline = post(url, "/recommend", {"user": "user1"})   # started without AniList
+        assert offline.status_code == 502 and "without AniList lookups" in offline.json()["error"]
+    assert "ZeroDivisionError" in caplog.text   # logged, with its traceback
