@@ -1,0 +1,119 @@
+"""How each stage grows with the data: synthetic worlds of about 1M and 7M entries (30M
+and 100M where the machine allows), each stage in its own process, its wall time and
+peak resident memory, and the growth exponent between sizes (time ~ n^a, RSS ~ n^b).
+
+    .venv/bin/python bench/scale.py [--sizes 1M 7M] [--workdir /tmp/anirank-scale]
+
+Stages, as a user runs them: ``synth``; ``features``; ``train-retrieval`` for one epoch
+without the ablations (the two-tower's fit, then EASE fitted for its baseline row and
+kept as the second candidate generator, the ScaNN index and the test metrics; the
+epoch's own seconds and EASE's are read from ``metrics.json``); ``serving.batch`` over
+every user. The last line is the feature stage's memory exponent: 0 is memory flat in
+the number of entries (issue 21's target), 1 is memory that grows with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# World shapes: the default world's proportions grown towards the MyAnimeList 2020 dump
+# (325k users, 17.5k titles, 109M rows). Entries are users x entries per user.
+SIZES = {
+    "1M": dict(users=4_000, anime=5_000, entries_per_user=250),
+    "7M": dict(users=23_000, anime=15_000, entries_per_user=310),
+    "30M": dict(users=100_000, anime=17_500, entries_per_user=300),
+    "100M": dict(users=325_000, anime=17_500, entries_per_user=310),
+}
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one command, from that child's own rusage."""
+    tick = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"failed (status {status}): {' '.join(command)}")
+    return time.perf_counter() - tick, usage.ru_maxrss / 1024 / 1024
+
+
+def measure(size: str, work: Path) -> dict:
+    """Every stage on the world of ``size``; returns {stage: (seconds, GB)} and counts."""
+    shape = SIZES[size]
+    work = work / size
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    db, features, model = work / "anirank.db", work / "features", work / "model"
+    stage = [sys.executable, "-m", "pipelines", "--quiet"]
+    out = {"synth": timed(stage + ["synth", "--db", str(db), "--future-days", "0",
+                                   "--users", str(shape["users"]), "--anime", str(shape["anime"]),
+                                   "--entries-per-user", str(shape["entries_per_user"])])}
+    out["features"] = timed(stage + ["features", "--db", str(db), "--out", str(features)])
+    out["train-retrieval (1 epoch)"] = timed(stage + [
+        "train-retrieval", "--features", str(features), "--model", str(model),
+        "--max-epochs", "1", "--no-ablation"])
+    out["batch (every user)"] = timed([sys.executable, "-m", "serving.batch", "--model",
+                                       str(model), "--out", str(work / "recs"), "--quiet"])
+    counts = json.loads((features / "schema.json").read_text())["counts"]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        entries = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    retrieval = json.loads((model / "metrics.json").read_text())["retrieval"]
+    shutil.rmtree(work)  # the next size needs the disk
+    return {"entries": int(entries),
+            "users": counts["users"], "anime": counts["anime"], "stages": out,
+            "epoch_seconds": retrieval["training"]["fit_seconds"],
+            "examples_per_second": retrieval["training"]["examples_per_second"]}
+
+
+def exponent(a: float, b: float, n_a: int, n_b: int) -> float:
+    """``x`` in ``b / a = (n_b / n_a) ** x``."""
+    return math.log(b / a) / math.log(n_b / n_a)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["1M", "7M"], choices=list(SIZES),
+                        help="worlds to measure, smallest first (default: %(default)s; 30M "
+                             "needs about 25 GB of RAM for the feature stage today)")
+    parser.add_argument("--workdir", default="/tmp/anirank-scale")
+    args = parser.parse_args()
+    results = {}
+    for size in args.sizes:
+        results[size] = measure(size, Path(args.workdir))
+        r = results[size]
+        print(f"{size}: {r['entries']:,} entries, {r['users']:,} users, {r['anime']:,} titles; "
+              f"the epoch {r['epoch_seconds']:.1f} s ({r['examples_per_second']:,.0f} examples/s)",
+              flush=True)
+    print(f"\n{'stage':<28}" + "".join(f"{s + ' s':>10}{s + ' GB':>9}" for s in args.sizes)
+          + ("".join(f"{'time a':>9}{'RSS b':>8}" for _ in args.sizes[1:])))
+    stages = results[args.sizes[0]]["stages"]
+    for stage in stages:
+        row = f"{stage:<28}"
+        for size in args.sizes:
+            seconds, gb = results[size]["stages"][stage]
+            row += f"{seconds:>10.1f}{gb:>9.2f}"
+        for small, large in zip(args.sizes, args.sizes[1:]):
+            (t0, m0), (t1, m1) = results[small]["stages"][stage], results[large]["stages"][stage]
+            n0, n1 = results[small]["entries"], results[large]["entries"]
+            row += f"{exponent(t0, t1, n0, n1):>9.2f}{exponent(m0, m1, n0, n1):>8.2f}"
+        print(row)
+    if len(args.sizes) > 1:
+        small, large = args.sizes[0], args.sizes[-1]
+        (_, m0), (_, m1) = results[small]["stages"]["features"], results[large]["stages"]["features"]
+        b = exponent(m0, m1, results[small]["entries"], results[large]["entries"])
+        print(f"\nfeatures peak RSS exponent {small} -> {large}: {b:.2f} "
+              f"({m0:.2f} GB -> {m1:.2f} GB; target 0, flat in the entries)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
