@@ -249,16 +249,6 @@ def day_metrics(outcomes: pd.DataFrame, predictions: pd.DataFrame, global_mean: 
 
 # -- the run ---------------------------------------------------------------------------
 
-def revision_of(rec, revision: str | None) -> str:
-    """What names the model in the daily tables: the Hub revision when pinned, else a
-    digest of the model's files (twelve hex digits), so two models never share rows."""
-    if revision:
-        return revision
-    from serving.batch import model_digest
-
-    return model_digest(rec)[:12]
-
-
 def tracked_users(rec, users: str | None) -> np.ndarray:
     """The user ids to follow: the model's training users, or the ids in ``users`` (a
     file of one integer per line)."""
@@ -340,6 +330,7 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     (``monitoring.Thresholds``; default MAE: 1.25 x the model's test MAE). Returns the
     day's summary: metrics, counts, paths, seconds per step."""
     from serving import Recommender  # serving loads TensorFlow: only when a day runs
+    from serving.batch import revision_of
 
     day = parse_day(date)
     start, end = day_bounds(day)
@@ -357,19 +348,21 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     try:
         summary = {"day": day.isoformat(), "revision": rev, "tracked_users": int(len(tracked))}
         since = store.get_cursor(conn, SINCE)
+        yesterday = served_path(out, rev, day - dt.timedelta(days=1))
+        # The first day (or a new revision) starts from the store as it stands before
+        # this refresh: read once, only then.
+        before = (_tracked(store.read_entries(conn), tracked)
+                  if since is None or not yesterday.exists() else None)
         if since is None:
-            newest = _tracked_entries(conn, tracked)["updated_at"].max()
+            newest = before["updated_at"].max()
             since = str(int(newest) if pd.notna(newest) else start - 1)
             with store.transaction(conn):
                 store.set_cursor(conn, SINCE, since)
         since = int(since)
-        yesterday = served_path(out, rev, day - dt.timedelta(days=1))
         if not yesterday.exists():
-            # The first day (or a new revision): the list D-1 would have served, from the
-            # store as it stands before this refresh.
+            # The list D-1 would have served.
             tick = time.perf_counter()
-            entries = _tracked_entries(conn, tracked)
-            summary["served_yesterday"] = serve(rec, tracked, list_before(entries, start),
+            summary["served_yesterday"] = serve(rec, tracked, list_before(before, start),
                                                 yesterday, k)
             seconds["serve_yesterday"] = time.perf_counter() - tick
         if refresh:
@@ -390,8 +383,8 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
                                   "stopped": result.stopped}
             seconds["refresh"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        entries = _tracked_entries(conn, tracked)
         everyone = store.read_entries(conn)
+        entries = _tracked(everyone, tracked)
         outcomes = select_outcomes(entries, start, end, since)
         served = pd.read_parquet(yesterday)
         predictions, global_mean = predict(rec, outcomes, everyone, start, served)
@@ -417,8 +410,8 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     return summary
 
 
-def _tracked_entries(conn, tracked: np.ndarray) -> pd.DataFrame:
-    entries = store.read_entries(conn)
+def _tracked(entries: pd.DataFrame, tracked: np.ndarray) -> pd.DataFrame:
+    """The tracked users' rows of the store's entries."""
     return entries[entries["user_id"].isin(tracked)].reset_index(drop=True)
 
 

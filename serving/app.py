@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
-from serving.batch import model_digest  # noqa: E402
+from serving.batch import revision_of  # noqa: E402
 from serving.lists import (AniListUnavailable, ListLookup, TooManyLookups,  # noqa: E402
                            UnknownUser)
 from serving.recommender import Filters, Recommender  # noqa: E402
@@ -687,7 +687,7 @@ def build_service(model: str, revision: str | None, endpoint: str | None, rate: 
                   per_client: float, ttl: float) -> Service:
     """Loads the model (once) and sets up the AniList lookups."""
     rec = Recommender.from_pretrained(model, revision)
-    name = revision or model_digest(rec)[:12]
+    name = revision_of(rec, revision)
     lists = ListLookup(endpoint or data_query.ENDPOINT, rate=rate, per_client=per_client, ttl=ttl)
     service = Service(rec, name, lists)
     service.warm_up()

@@ -59,7 +59,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from pipelines import _env  # noqa: F401
@@ -191,9 +190,8 @@ def write_part(frame: pd.DataFrame, part: Path) -> None:
     """Writes ``frame`` to a temporary file beside ``part``, then renames it: a part
     exists only when whole, and a second writer of the same part (a retried bundle)
     replaces it with the same rows."""
-    tmp = part.parent / f".{part.name}.{uuid.uuid4().hex[:8]}.tmp"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, part)
+    with atomic.file(part) as tmp:  # .<part>.<hex>.tmp: what plan() sweeps after a kill
+        frame.to_parquet(tmp, index=False)
 
 
 def finish(job: Job, written: int, seconds: float, **extra) -> dict:
@@ -225,6 +223,13 @@ def finish(job: Job, written: int, seconds: float, **extra) -> dict:
                **extra, "seconds": round(seconds, 2)}
     atomic.write_text(job.out / DONE, json.dumps(summary, indent=2))
     return summary
+
+
+def revision_of(rec: Recommender, revision: str | None) -> str:
+    """What names a model (the daily loop's tables, the service's ``/health``): the Hub
+    revision when pinned, else a digest of the model's files (twelve hex digits), so two
+    models never share a name."""
+    return revision or model_digest(rec)[:12]
 
 
 def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommendations", *,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.daily import revision_of
+from serving.batch import revision_of
 from serving import Filters
 from serving.app import MAX_HISTORY, MAX_K, Batcher, Service, create_app
 from serving.lists import ListLookup, TokenBucket

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipelines.daily import revision_of
+from serving.batch import revision_of
 from serving.app import Service, create_app
 from serving.lists import ListLookup
 from tests.app_harness import serving
