@@ -150,8 +150,8 @@ def alerts(days: pd.DataFrame, thresholds: Thresholds) -> list[str]:
         return []
     out = []
     if degraded(days, thresholds):
-        maes = [m["scores"]["model"]["mae"] for m in recent["metrics"]]
-        out.append(f"retrain: MAE {maes[-1]:.1f} > {thresholds.mae:.1f} for "
+        mae = recent["metrics"].iloc[-1]["scores"]["model"]["mae"]
+        out.append(f"retrain: MAE {mae:.1f} > {thresholds.mae:.1f} for "
                    f"{thresholds.days} days")
     for name in DRIFT_INPUTS:
         values = [m.get("drift", {}).get(name, math.nan) for m in recent["metrics"]]

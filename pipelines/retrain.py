@@ -73,18 +73,18 @@ def feature_config(served: dict, newest: int) -> FeatureConfig | None:
     return FeatureConfig.from_dict(data)
 
 
-def newest_time(db: str | os.PathLike) -> int:
-    """The newest entry time the store holds (any of the time columns)."""
+def newest_time(db: str | os.PathLike, columns) -> int:
+    """The newest entry time the store holds, read as the feature stage reads times
+    (the first non-NULL of ``columns``)."""
     conn = store.connect(db, readonly=True)
     try:
-        entries = store.read_entries(conn)
+        newest = store.newest_entry_time(conn, columns)
     finally:
         conn.close()
-    times = entries[["updated_at", "completed_at", "created_at"]].max(axis=1)
-    if not times.notna().any():
+    if newest is None:
         raise InputError(f"{db} has no entry times: a retrain from the daily loop moves "
                          "the as-of cutoff forward and needs them.")
-    return int(times.max())
+    return int(newest)
 
 
 def ndcg_per_user(top: pd.DataFrame, users: np.ndarray, relevant: dict, k: int = GATE_K) -> np.ndarray:
@@ -211,7 +211,8 @@ def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
     work = Path(out) / "retrain" / day
     serving = Recommender.from_pretrained(model, revision)
     served = artifact.read_json(serving.directory, artifact.CONFIG)
-    config = feature_config(served, newest_time(db))
+    columns = FeatureConfig.from_dict(served["feature_schema"]["config"]).time_columns
+    config = feature_config(served, newest_time(db, columns))
     if config is None:
         result = {"day": day, "release": False,
                   "reason": "the store holds nothing newer than the serving model's data: "

@@ -561,6 +561,19 @@ def latest_entry_update(conn: sqlite3.Connection, user_id: int) -> int | None:
                         (int(user_id),)).fetchone()[0]
 
 
+TIME_COLUMNS = ("updated_at", "completed_at", "created_at")
+
+
+def newest_entry_time(conn: sqlite3.Connection, columns: Sequence[str] = TIME_COLUMNS) -> int | None:
+    """The newest entry time in the store, each entry's time the first non-NULL of
+    ``columns`` (as the feature stage reads it); None when no entry has one."""
+    unknown = set(columns) - set(TIME_COLUMNS)
+    if unknown or not columns:
+        raise StoreError(f"Entry time columns are {list(TIME_COLUMNS)}. Received: {list(columns)}.")
+    when = columns[0] if len(columns) == 1 else f"COALESCE({', '.join(columns)})"
+    return conn.execute(f"SELECT MAX({when}) FROM entries").fetchone()[0]
+
+
 def entry_count(conn: sqlite3.Connection, user_id: int) -> int:
     """How many entries the store has on the user's list."""
     return conn.execute("SELECT COUNT(*) FROM entries WHERE user_id=?",

@@ -221,3 +221,16 @@ def test_relations_round_trip_replace_by_key_and_reject_unknown_types(tmp_path):
     conn = store.connect(old, readonly=True)
     assert store.read_relations(conn).empty
     conn.close()
+
+
+def test_newest_entry_time_reads_times_as_the_feature_stage_does(tmp_path):
+    conn = store.connect(tmp_path / "raw.db")
+    assert store.newest_entry_time(conn) is None, "no entries: no time"
+    # created_at 500 on the entry whose updated_at is 400: the first non-NULL counts.
+    store.upsert_entries(conn, _entries(created_at=[100, 200, 300, 500, 100]))
+    assert store.newest_entry_time(conn) == 400
+    assert store.newest_entry_time(conn, ["created_at"]) == 500
+    assert store.newest_entry_time(conn, ["completed_at", "created_at"]) == 500
+    assert store.newest_entry_time(conn, ["completed_at"]) == 150
+    with pytest.raises(StoreError, match="time columns"):
+        store.newest_entry_time(conn, ["score"])
