@@ -46,8 +46,12 @@ def timed(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - tick, usage.ru_maxrss / 1024 / 1024
 
 
-def measure(size: str, work: Path) -> dict:
-    """Every stage on the world of ``size``; returns {stage: (seconds, GB)} and counts."""
+STAGES = ("synth", "features", "train-retrieval", "batch")
+
+
+def measure(size: str, work: Path, last: str = "batch") -> dict:
+    """Every stage up to ``last`` (of ``STAGES``, each needing the ones before it) on
+    the world of ``size``; returns {stage: (seconds, GB)} and counts."""
     shape = SIZES[size]
     work = work / size
     shutil.rmtree(work, ignore_errors=True)
@@ -58,20 +62,24 @@ def measure(size: str, work: Path) -> dict:
                                    "--users", str(shape["users"]), "--anime", str(shape["anime"]),
                                    "--entries-per-user", str(shape["entries_per_user"])])}
     out["features"] = timed(stage + ["features", "--db", str(db), "--out", str(features)])
-    out["train-retrieval (1 epoch)"] = timed(stage + [
-        "train-retrieval", "--features", str(features), "--model", str(model),
-        "--max-epochs", "1", "--no-ablation"])
-    out["batch (every user)"] = timed([sys.executable, "-m", "serving.batch", "--model",
-                                       str(model), "--out", str(work / "recs"), "--quiet"])
+    if last in ("train-retrieval", "batch"):
+        out["train-retrieval (1 epoch)"] = timed(stage + [
+            "train-retrieval", "--features", str(features), "--model", str(model),
+            "--max-epochs", "1", "--no-ablation"])
+    if last == "batch":
+        out["batch (every user)"] = timed([sys.executable, "-m", "serving.batch", "--model",
+                                           str(model), "--out", str(work / "recs"), "--quiet"])
     counts = json.loads((features / "schema.json").read_text())["counts"]
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         entries = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-    retrieval = json.loads((model / "metrics.json").read_text())["retrieval"]
+    result = {"entries": int(entries), "users": counts["users"], "anime": counts["anime"],
+              "stages": out}
+    if (model / "metrics.json").exists():
+        retrieval = json.loads((model / "metrics.json").read_text())["retrieval"]
+        result.update(epoch_seconds=retrieval["training"]["fit_seconds"],
+                      examples_per_second=retrieval["training"]["examples_per_second"])
     shutil.rmtree(work)  # the next size needs the disk
-    return {"entries": int(entries),
-            "users": counts["users"], "anime": counts["anime"], "stages": out,
-            "epoch_seconds": retrieval["training"]["fit_seconds"],
-            "examples_per_second": retrieval["training"]["examples_per_second"]}
+    return result
 
 
 def exponent(a: float, b: float, n_a: int, n_b: int) -> float:
@@ -83,16 +91,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1M", "7M"], choices=list(SIZES),
                         help="worlds to measure, smallest first (default: %(default)s; 30M "
-                             "needs about 25 GB of RAM for the feature stage today)")
+                             "takes about 20 minutes up to the features, and more memory "
+                             "than this 24 GiB machine has for the retrieval stage)")
     parser.add_argument("--workdir", default="/tmp/anirank-scale")
+    parser.add_argument("--until", default="batch", choices=STAGES,
+                        help="the last stage to run (each needs the ones before it); "
+                             "`--until features` measures the world and its tables alone "
+                             "(default: %(default)s)")
     args = parser.parse_args()
     results = {}
     for size in args.sizes:
-        results[size] = measure(size, Path(args.workdir))
+        results[size] = measure(size, Path(args.workdir), args.until)
         r = results[size]
-        print(f"{size}: {r['entries']:,} entries, {r['users']:,} users, {r['anime']:,} titles; "
-              f"the epoch {r['epoch_seconds']:.1f} s ({r['examples_per_second']:,.0f} examples/s)",
-              flush=True)
+        epoch = (f"; the epoch {r['epoch_seconds']:.1f} s ({r['examples_per_second']:,.0f} "
+                 "examples/s)" if "epoch_seconds" in r else "")
+        print(f"{size}: {r['entries']:,} entries, {r['users']:,} users, {r['anime']:,} "
+              f"titles{epoch}", flush=True)
     print(f"\n{'stage':<28}" + "".join(f"{s + ' s':>10}{s + ' GB':>9}" for s in args.sizes)
           + ("".join(f"{'time a':>9}{'RSS b':>8}" for _ in args.sizes[1:])))
     stages = results[args.sizes[0]]["stages"]

@@ -28,6 +28,12 @@ out of the model and named in ``schema.json`` -> ``dropped_features``; so are th
 signals read from the relations between titles (``franchise``) where the source has
 none (the Kaggle dumps, stores from before relations were kept). Everything here is
 columnar: no Python loop over entries.
+
+Memory: the entries stream through in blocks of whole users (``store.iter_entries``),
+in three passes (see ``_tables``), so the stage holds one block and a few numbers per
+user and per title, never every entry: at 7M entries it peaks at 0.7 GB where reading
+them all took 3 GB (docs/benchmarks.md, section 8), and the tables are the same byte for
+byte whatever the block size.
 """
 
 from __future__ import annotations
@@ -133,17 +139,35 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 _DAY = 86_400
 
 
-def _cutoff(times: np.ndarray, config: FeatureConfig) -> tuple[int, int]:
+def _linear_quantile(n: int, q: float, order_statistic) -> float:
+    """``np.quantile(values, q)`` (its default, linear method) of ``n`` values known only
+    through ``order_statistic(i)``, the i-th smallest (from 0): the same arithmetic as
+    numpy's, step for step, so the same float (tests check it against numpy), without
+    holding the values."""
+    virtual = np.float64((n - 1) * np.asarray(q, dtype=np.float64))
+    if virtual >= n - 1:
+        return float(order_statistic(n - 1))
+    previous = np.floor(virtual) if virtual >= 0 else np.float64(0)
+    below, above = (np.int64(order_statistic(int(previous))),
+                    np.int64(order_statistic(int(previous) + (virtual >= 0))))
+    gamma = np.float64(virtual - previous)
+    diff = np.subtract(above, below)
+    if gamma >= 0.5:
+        return float(np.subtract(above, diff * (1 - gamma)))
+    return float(np.add(below, diff * gamma))
+
+
+def _cutoff(first: int, last: int, quantile, config: FeatureConfig) -> tuple[int, int]:
     """The as-of cutoff T and the period length h (seconds) from the timed entries'
-    ``times`` (see ``FeatureConfig.as_of`` and ``horizon_days``).
+    first and last time and ``quantile(q)``, their q-quantile (see
+    ``FeatureConfig.as_of`` and ``horizon_days``).
 
     Raises:
       InputError: an explicit ``as_of`` leaves no entry before or after it.
     """
-    first, last = int(times.min()), int(times.max())
     if config.as_of is None:
         share = 1.0 - config.validation_fraction - config.test_fraction
-        as_of = int(np.quantile(times, share)) // _DAY * _DAY
+        as_of = int(quantile(share)) // _DAY * _DAY
         as_of = max(as_of, first + 1)  # at least one training entry
     else:
         as_of = parse_time(config.as_of, "as_of")
@@ -165,40 +189,132 @@ def _date(seconds: int) -> str:
     return when.strftime("%Y-%m-%d" if when == when.normalize() else "%Y-%m-%d %H:%M")
 
 
-def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataFrame, dict | None]:
-    """Adds ``time`` (the entry time, NULL if unknown), ``split`` and ``random_split``.
-
-    Timed lists: under the as-of protocol, train/validation/test by one global cutoff
-    (``split`` is NULL for entries after the test period); under the per-user protocol,
-    the last fractions of each list by time, entries tied with a boundary going to the
-    earlier side. Lists without usable times (some entry has no time, or all share one)
-    are split in a seeded random order, per user, under either protocol.
-
-    Returns:
-      The frame, sorted by (user_id, order key, media_id), where the order key is the
-      entry time for timed lists and a seeded hash of (user, media) for the others (so
-      the random split does not depend on row order); and ``{"as_of", "horizon"}`` in
-      unix seconds when a cutoff was used, else None.
-    """
-    frame = entries.copy()
-    when = frame[config.time_columns[0]]
+def _with_time(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """``entries`` with ``time``: the first of ``config.time_columns`` that is set
+    (NULL if none is)."""
+    when = entries[config.time_columns[0]]
     for column in config.time_columns[1:]:
-        when = when.fillna(frame[column])
-    frame["time"] = when.astype("Int64")
+        when = when.fillna(entries[column])
+    return entries.assign(time=when.astype("Int64"))
+
+
+class _TimeScan:
+    """What the split needs to know of every list before it can split any: per user,
+    the number of entries, whether one lacks a time, the first and last time; and how
+    many entries fall on each day. Fed block by block (``add``), each block holding
+    whole users, so it holds a few numbers per user and per day, never the entries."""
+
+    def __init__(self):
+        self._users, self.days = [], pd.Series(dtype="int64")  # days since 1970 -> entries
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """One block of entries with ``time`` (``_with_time``)."""
+        spread = frame["time"].groupby(frame["user_id"]).agg(["min", "max", "size", "count"])
+        first = spread["min"].to_numpy("int64", na_value=0)
+        last = spread["max"].to_numpy("int64", na_value=0)
+        self._users.append(pd.DataFrame({
+            "user_id": spread.index.to_numpy(np.int64), "first": first, "last": last,
+            "size": spread["size"].to_numpy(np.int64),
+            "timed": spread["count"].to_numpy() > 0,
+            "missing": (spread["count"] < spread["size"]).to_numpy()}))
+        # Day counts of the lists that are timed whatever the other lists look like: no
+        # missing time, and not several entries at one time (those are placed by
+        # ``_SplitPlan`` once it knows whether they are import stamps).
+        plain = spread.index[((spread["count"] == spread["size"])
+                              & ~((first == last) & (spread["size"] > 1))).to_numpy()]
+        times = frame["time"].to_numpy("int64", na_value=0)[
+            frame["user_id"].isin(plain).to_numpy()]
+        days = pd.Series(times // _DAY).value_counts()
+        self.days = self.days.add(days, fill_value=0).astype("int64")
+
+    def users(self) -> pd.DataFrame:
+        if not self._users:
+            return pd.DataFrame({"user_id": np.zeros(0, np.int64), "first": np.zeros(0, np.int64),
+                                 "last": np.zeros(0, np.int64), "size": np.zeros(0, np.int64),
+                                 "timed": np.zeros(0, bool), "missing": np.zeros(0, bool)})
+        return pd.concat(self._users, ignore_index=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitPlan:
+    """The split's global facts, fixed before any list is split: the users split in a
+    seeded random order (no usable times) and the cutoff (as_of, horizon, last) in unix
+    seconds under the as-of protocol, else None."""
+
+    random_users: np.ndarray
+    cutoff: dict | None
+
+
+def _plan_split(scan: _TimeScan, config: FeatureConfig, blocks) -> _SplitPlan:
+    """``_SplitPlan`` from the first pass's ``scan``. ``blocks()`` iterates the entries
+    again (with ``time``): the default cutoff is a quantile of every timed entry's
+    time, found exactly from the day counts plus one more pass counting the seconds of
+    the one or two days it falls on.
+
+    A list of several entries that all carry one time has no order to split by: per
+    user it is split at random, like a list without times. Under the as-of protocol
+    its time still places it (the entries were on the list by then), unless most lists
+    look like that: then the times are an import stamp, not a history."""
+    users = scan.users()
+    one_time = users["timed"].to_numpy() & (users["first"] == users["last"]).to_numpy()
+    several = users["size"].to_numpy() > 1
+    stamps = (one_time & several).sum() > 0.5 * max((users["timed"].to_numpy() & several).sum(), 1)
+    ids = users["user_id"].to_numpy()
+    random_users = np.union1d(ids[users["missing"].to_numpy()],
+                              ids[one_time] if config.protocol == "per_user" or stamps
+                              else ids[:0])
+    timed = ~np.isin(ids, random_users)
+    n = int(users["size"].to_numpy()[timed].sum())
+    if config.protocol != "as_of" or n == 0:
+        return _SplitPlan(random_users, None)
+    first = int(users["first"].to_numpy()[timed].min())
+    last = int(users["last"].to_numpy()[timed].max())
+    # Day counts of every timed entry: the plain lists' (counted in the scan) and the
+    # timed lists of several entries at one time.
+    stamped = timed & one_time & several
+    days = scan.days.add(pd.Series(users["size"].to_numpy()[stamped])
+                          .groupby(users["first"].to_numpy()[stamped] // _DAY).sum(),
+                          fill_value=0).astype("int64").sort_index()
+    ends = np.cumsum(days.to_numpy())
+
+    def quantile(q: float) -> float:
+        seconds = {}
+
+        def order_statistic(i: int) -> int:
+            at = int(np.searchsorted(ends, i, side="right"))
+            day = int(days.index[at])
+            if day not in seconds:
+                seconds[day] = _seconds_of_day(day, blocks, random_users)
+            before = int(ends[at - 1]) if at else 0
+            return day * _DAY + int(np.searchsorted(np.cumsum(seconds[day]), i - before,
+                                                    side="right"))
+
+        return _linear_quantile(n, q, order_statistic)
+
+    as_of, horizon = _cutoff(first, last, quantile, config)
+    return _SplitPlan(random_users, {"as_of": as_of, "horizon": horizon, "last": last})
+
+
+def _seconds_of_day(day: int, blocks, random_users: np.ndarray) -> np.ndarray:
+    """How many timed entries fall on each second of ``day`` (days since 1970)."""
+    counts = np.zeros(_DAY, np.int64)
+    for frame in blocks():
+        times = frame["time"].to_numpy("int64", na_value=0)
+        keep = ((times // _DAY == day) & frame["time"].notna().to_numpy()
+                & ~np.isin(frame["user_id"].to_numpy(), random_users))
+        counts += np.bincount(times[keep] - day * _DAY, minlength=_DAY)
+    return counts
+
+
+def _split_block(frame: pd.DataFrame, plan: _SplitPlan, config: FeatureConfig) -> pd.DataFrame:
+    """One block of whole users' entries (with ``time``) split by ``plan``: adds
+    ``split`` and ``random_split`` and sorts by (user_id, order key, media_id), where
+    the order key is the entry time for timed lists and a seeded hash of (user, media)
+    for the others (so the random split does not depend on row order). Under the as-of
+    protocol ``split`` is NULL for entries after the test period. Every step is per
+    user, so splitting the blocks one by one equals splitting them all at once."""
     user = frame["user_id"].to_numpy()
-    missing = frame["time"].isna().to_numpy()
-    # A list of several entries that all carry one time has no order to split by: per
-    # user it is split at random, like a list without times. Under the as-of protocol
-    # its time still places it (the entries were on the list by then), unless most lists
-    # look like that: then the times are an import stamp, not a history.
-    spread = frame["time"].groupby(frame["user_id"]).agg(["min", "max", "size"])
-    one_time = (spread["min"] == spread["max"]).fillna(False).to_numpy(bool)
-    several = spread["size"].to_numpy() > 1
-    stamps = (one_time & several).sum() > 0.5 * max((spread["min"].notna() & several).sum(), 1)
-    one_time = spread.index[one_time] if config.protocol == "per_user" or stamps \
-        else spread.index[:0]
-    untimed_users = np.union1d(np.unique(user[missing]), one_time.to_numpy())
-    random_order = np.isin(user, untimed_users)
+    random_order = np.isin(user, plan.random_users)
     with np.errstate(over="ignore"):
         salt = _mix64(np.uint64(config.seed) + np.uint64(0x9E3779B97F4A7C15))
         hashed = _mix64(_mix64(user.astype(np.uint64) ^ salt)
@@ -210,24 +326,44 @@ def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataF
     frame = frame.iloc[order].reset_index(drop=True)
     key, user, random_order = key[order], user[order], random_order[order]
     split = _per_user_split(key, user, config)
-
-    cutoff = None
-    if config.protocol == "as_of" and not random_order.all():
-        timed = ~random_order
-        as_of, horizon = _cutoff(key[timed], config)
-        by_time = np.select([key < as_of, key < as_of + horizon, key < as_of + 2 * horizon],
-                            ["train", "validation", "test"], default=None)
-        split = np.where(timed, by_time, split)
-        cutoff = {"as_of": as_of, "horizon": horizon, "last": int(key[timed].max())}
-    frame["split"] = pd.Categorical(split, categories=SPLITS)
+    if plan.cutoff:
+        as_of, horizon = plan.cutoff["as_of"], plan.cutoff["horizon"]
+        # Periods counted from the cutoff: 0 train, 1 validation, 2 test, -1 (NULL) after.
+        by_time = ((key >= as_of).astype(np.int8) + (key >= as_of + horizon)
+                   + (key >= as_of + 2 * horizon))
+        by_time[by_time == 3] = -1
+        split = np.where(random_order, split, by_time)
+    frame["split"] = pd.Categorical.from_codes(split, categories=SPLITS)
     frame["random_split"] = random_order
-    return frame, cutoff
+    return frame
+
+
+def assign_split(entries: pd.DataFrame, config: FeatureConfig) -> tuple[pd.DataFrame, dict | None]:
+    """Adds ``time`` (the entry time, NULL if unknown), ``split`` and ``random_split``
+    to entries held in memory (the feature stage streams the same steps over blocks).
+
+    Timed lists: under the as-of protocol, train/validation/test by one global cutoff
+    (``split`` is NULL for entries after the test period); under the per-user protocol,
+    the last fractions of each list by time, entries tied with a boundary going to the
+    earlier side. Lists without usable times (some entry has no time, or all share one)
+    are split in a seeded random order, per user, under either protocol.
+
+    Returns:
+      The frame, sorted by (user_id, order key, media_id) (see ``_split_block``), and
+      ``{"as_of", "horizon", "last"}`` in unix seconds when a cutoff was used, else None.
+    """
+    frame = _with_time(entries, config)
+    scan = _TimeScan()
+    scan.add(frame)
+    plan = _plan_split(scan, config, lambda: [frame])
+    return _split_block(frame, plan, config), plan.cutoff
 
 
 def _per_user_split(key: np.ndarray, user: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Each list's last ``test_fraction`` by ``key`` to test and the
     ``validation_fraction`` before it to validation (``key``, ``user`` sorted by user,
-    then key); lists shorter than ``min_entries_to_split`` stay in train."""
+    then key); lists shorter than ``min_entries_to_split`` stay in train. Returns the
+    codes of ``SPLITS`` (0 train, 1 validation, 2 test)."""
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     sizes = np.diff(np.r_[starts, len(user)])
     split_users = sizes >= config.min_entries_to_split
@@ -249,26 +385,18 @@ def _per_user_split(key: np.ndarray, user: np.ndarray, config: FeatureConfig) ->
 
     test = after(n_test)
     validation = after(n_test + n_val) & ~test
-    split = np.full(len(key), "train", dtype=object)
-    split[validation] = "validation"
-    split[test] = "test"
+    split = np.zeros(len(key), np.int8)
+    split[validation] = 1
+    split[test] = 2
     return split
 
 
-def _split_protocol(frame: pd.DataFrame, config: FeatureConfig, cutoff: dict | None,
-                    left_out: dict) -> dict:
+def _split_protocol(config: FeatureConfig, cutoff: dict | None, left_out: dict,
+                    users: int, n_random: int) -> dict:
     """How the split was made, for the report: the protocol (as of a cutoff, per user),
-    whether lists were split by time, at random or both (counting the users whose lists
-    are split; in the random and per-user splits shorter ones stay whole in train), the
-    cutoff and periods, and what was left out."""
-    sizes = frame.groupby("user_id").size()
-    random_users = frame.loc[frame["random_split"], "user_id"].drop_duplicates()
-    random_split = sizes.index.isin(random_users.to_numpy())
-    split = sizes >= config.min_entries_to_split
-    if cutoff:  # timed lists are split by the cutoff whatever their length
-        split |= ~random_split
-    users = int(split.sum())
-    n_random = int((split & random_split).sum())
+    whether lists were split by time, at random or both (``users`` lists are split,
+    ``n_random`` of them at random; in the random and per-user splits shorter ones stay
+    whole in train), the cutoff and periods, and what was left out."""
     method = "time" if n_random == 0 else "random" if n_random == users else "mixed"
     out = {"method": method, "protocol": config.protocol if cutoff else "per_user",
            "users": users, "random_split_users": n_random,
@@ -342,14 +470,18 @@ def _multi_hot(lists: pd.Series, vocab: list[str]) -> np.ndarray:
     return hot
 
 
-def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
-    """One row per title: metadata from the media table, and what people made of it
-    counted from the *training entries alone* (so as of the cutoff): ``popularity``
-    (lists it is on, any status, as AniList counts it), ``favourites`` (of those, marked
-    favourite), ``average_score`` (mean of their nonzero scores; NULL if none) and
-    ``train_count`` (training interactions). The media table's own popularity,
-    favourites and scores are snapshots from the crawl, which already count the test
-    period: they are never read."""
+def _anime_table(media: pd.DataFrame, counted: "_TitleCounts", config: FeatureConfig,
+                 catalog: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per title of ``media`` (those marked in ``catalog`` when given: the
+    catalog as of the cutoff, titles someone had listed before it): metadata from the
+    media table, and what people made of it counted from the *training entries alone*
+    (``counted``, so as of the cutoff): ``popularity`` (lists it is on, any status, as
+    AniList counts it), ``favourites`` (of those, marked favourite), ``average_score``
+    (mean of their nonzero scores; NULL if none) and ``train_count`` (training
+    interactions). The media table's own popularity, favourites and scores are
+    snapshots from the crawl, which already count the test period: they are never read."""
+    rows = slice(None) if catalog is None else catalog
+    media = media[rows]
     anime = pd.DataFrame({
         "media_id": media["media_id"],
         "title": media["title_english"].fillna(media["title_romaji"]),
@@ -366,16 +498,15 @@ def _anime_table(media: pd.DataFrame, train: pd.DataFrame, config: FeatureConfig
         "is_adult": media["is_adult"].astype("float64"),
         "status": media["status"],
     })
-    per_title = train.groupby("media_id", observed=True)
-    counted = lambda values: anime["media_id"].map(values).fillna(0).astype("float64")
-    anime["popularity"] = counted(per_title.size())
+    anime["popularity"] = counted.entries[rows].astype("float64")
     # A source that records no favourites at all (the Kaggle dumps) has no such feature.
-    has_favourites = bool(train["is_favourite"].fillna(False).astype(bool).any())
-    anime["favourites"] = (counted(per_title["is_favourite"].sum()) if has_favourites
+    anime["favourites"] = (counted.favourites[rows].astype("float64") if counted.any_favourite
                            else np.nan)
-    scored = train[train["score"] > 0].groupby("media_id")["score"].mean()
-    anime["average_score"] = anime["media_id"].map(scored).astype("float64")
-    anime["train_count"] = counted(per_title["is_interaction"].sum())
+    scored = counted.scored[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        anime["average_score"] = np.where(scored > 0, counted.score_sum[rows].astype("float64")
+                                          / scored.astype("float64"), np.nan)
+    anime["train_count"] = counted.interactions[rows].astype("float64")
     return anime.reset_index(drop=True)
 
 
@@ -567,71 +698,266 @@ def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Pa
     pq.write_table(table, path, compression="zstd")
 
 
-def _fingerprint(entries: pd.DataFrame, media: pd.DataFrame,
-                 relations: pd.DataFrame | None) -> str:
-    digest = hashlib.sha256()
-    digest.update(pd.util.hash_pandas_object(entries, index=False).to_numpy().tobytes())
-    flat = media.assign(genres=media["genres"].map(json.dumps), tags=media["tags"].map(json.dumps))
-    digest.update(pd.util.hash_pandas_object(flat, index=False).to_numpy().tobytes())
-    if relations is not None and not relations.empty:  # without any: the fingerprint it had
-        digest.update(pd.util.hash_pandas_object(relations, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
+# ---------------------------------------------------------------------------------------
+# The stage: three passes over blocks of whole users, so memory holds one block and a
+# few numbers per user and per title, never every entry.
+#
+#   1. read the store (the only pass over SQLite): the fingerprint, per-user time
+#      spans and per-day counts (``_TimeScan``); the entries of titles with metadata
+#      go to a spill file, only the columns the later passes read;
+#   2. split each block (``_SplitPlan`` is fixed by then): count the training entries
+#      per title, the training titles and the global mean score;
+#   3. split again, leave out what no model at the cutoff knows, write the block's
+#      interactions, compute its users' features.
+#
+# Every step inside a block is per user, and every sum across blocks is of integers, so
+# the tables do not depend on the block size (tests check it byte for byte).
+
+INTERACTION_COLUMNS = ["user_id", "media_id", "time", "status", "score", "split",
+                       "is_interaction", "is_label"]
+# What passes 2 and 3 read of an entry.
+_SPILLED = ["user_id", "media_id", "score", "status", "is_favourite", "time"]
+# Rows per row group of interactions.parquet: pyarrow's default, so the streamed file
+# is the one writing the whole table at once gives.
+ROW_GROUP_ROWS = 1024 * 1024
 
 
-def _leave_out(frame: pd.DataFrame, cutoff: dict | None) -> tuple[pd.DataFrame, dict]:
+class _Fingerprint:
+    """A short hash of the data: the entries as read (block by block: each row hashes
+    alone, so the blocks' hashes in order are the whole table's), the media and the
+    relations."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+
+    def add(self, entries: pd.DataFrame) -> None:
+        self._digest.update(pd.util.hash_pandas_object(entries, index=False).to_numpy().tobytes())
+
+    def finish(self, media: pd.DataFrame, relations: pd.DataFrame | None) -> str:
+        flat = media.assign(genres=media["genres"].map(json.dumps),
+                            tags=media["tags"].map(json.dumps))
+        self._digest.update(pd.util.hash_pandas_object(flat, index=False).to_numpy().tobytes())
+        if relations is not None and not relations.empty:  # without any: the fingerprint it had
+            self._digest.update(
+                pd.util.hash_pandas_object(relations, index=False).to_numpy().tobytes())
+        return self._digest.hexdigest()[:16]
+
+
+class _MemorySpill:
+    """The entries pass 1 keeps, in memory (``build``: the caller holds them anyway)."""
+
+    def __init__(self):
+        self._blocks = []
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self._blocks.append(frame)
+
+    def blocks(self, columns: list[str] | None = None):
+        return (b if columns is None else b[columns] for b in self._blocks)
+
+    def close(self) -> None:
+        self._blocks = []
+
+
+class _FileSpill:
+    """The entries pass 1 keeps, in a Parquet file with one row group per block (blocks
+    hold whole users, so the row groups do too), read back one block at a time."""
+
+    def __init__(self, path: Path):
+        self.path, self._writer, self._n = path, None, 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        frame = frame.assign(status=frame["status"].astype(object))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="lz4")
+        self._writer.write_table(table, row_group_size=len(table))
+        self._n += 1
+
+    def blocks(self, columns: list[str] | None = None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._n:
+            return
+        spilled = pq.ParquetFile(self.path)
+        if spilled.num_row_groups != self._n:  # a block above pyarrow's row group cap
+            raise RuntimeError(f"{self.path}: {self._n} blocks but "
+                               f"{spilled.num_row_groups} row groups")
+        for group in range(spilled.num_row_groups):
+            yield spilled.read_row_group(group, columns=columns).to_pandas()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _ParquetRows:
+    """interactions.parquet written block by block, cut into row groups of exactly
+    ``ROW_GROUP_ROWS`` rows as one ``to_parquet`` of the whole table would be."""
+
+    def __init__(self, path: Path):
+        self.path, self._writer, self._pending, self._rows = path, None, [], 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        if len(table):
+            self._pending.append(table)
+            self._rows += len(table)
+        while self._rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.concat_tables(self._pending).combine_chunks()
+        self._writer.write_table(table.slice(0, rows), row_group_size=rows)
+        rest = table.slice(rows)
+        self._pending, self._rows = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> None:
+        if self._rows:
+            self._flush(self._rows)
+        self._writer.close()
+
+
+class _FrameRows:
+    """The interactions kept in memory (``build``)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.parts.append(frame)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.concat(self.parts, ignore_index=True)
+
+
+def _flags(frame: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """``is_interaction`` (watched: a positive of retrieval) and ``is_label`` (a scored
+    entry: a ranking label) of each entry."""
+    score = frame["score"].to_numpy()
+    status = frame["status"].astype(str)
+    return frame.assign(
+        is_interaction=status.isin(config.interaction_statuses).to_numpy()
+        & (score >= config.min_interaction_score),
+        is_label=status.isin(config.label_statuses).to_numpy() & (score > 0))
+
+
+class _TitleCounts:
+    """Per title of the media table (its row order), counted from training entries:
+    entries, favourites, interactions, the nonzero scores' sum and count; and the global
+    mean score's sum and count. All integers, so the sums do not depend on the order
+    the blocks come in."""
+
+    def __init__(self, media_ids: pd.Series):
+        self.index = pd.Index(media_ids)
+        zeros = lambda: np.zeros(len(self.index), np.int64)  # noqa: E731
+        self.entries, self.favourites, self.interactions = zeros(), zeros(), zeros()
+        self.score_sum, self.scored = zeros(), zeros()
+        self.any_favourite = False
+
+    def add(self, train: pd.DataFrame) -> None:
+        at = self.index.get_indexer(train["media_id"])
+        n = len(self.index)
+        count = lambda mask: np.bincount(at[mask], minlength=n).astype(np.int64)  # noqa: E731
+        favourite = train["is_favourite"].fillna(False).astype(bool).to_numpy()
+        score = train["score"].to_numpy().astype(np.int64)
+        self.entries += np.bincount(at, minlength=n)
+        self.favourites += count(favourite)
+        self.any_favourite |= bool(favourite.any())
+        self.interactions += count(train["is_interaction"].to_numpy(bool))
+        self.scored += count(score > 0)
+        np.add.at(self.score_sum, at[score > 0], score[score > 0])
+
+    def global_mean(self) -> float:
+        n = self.scored.sum()
+        return float(np.float64(self.score_sum.sum()) / np.float64(n)) if n else 0.0
+
+
+def _leave_out(frame: pd.DataFrame, cutoff: dict | None,
+               titles: np.ndarray) -> tuple[pd.DataFrame, dict]:
     """Under a cutoff, drops what no model at the cutoff could be asked about: entries
     after the test period, and validation/test entries of users with no entry before the
-    cutoff or of titles no one had listed before it. Returns the rest and the counts."""
+    cutoff or of titles no one had listed before it (not in ``titles``, the ids with a
+    training entry). Returns the rest of the block and the counts."""
     if not cutoff:
         return frame, {}
     after = frame["split"].isna().to_numpy()
     train = frame["split"].to_numpy() == "train"
     new_user = ~frame["user_id"].isin(frame.loc[train, "user_id"].unique()).to_numpy() & ~after
-    new_title = (~frame["media_id"].isin(frame.loc[train, "media_id"].unique()).to_numpy()
-                 & ~after & ~new_user)
+    new_title = ~np.isin(frame["media_id"].to_numpy(), titles) & ~after & ~new_user
     left_out = {"after_test": int(after.sum()), "new_users": int(new_user.sum()),
                 "new_titles": int(new_title.sum())}
     keep = ~(after | new_user | new_title)
     return frame[keep].reset_index(drop=True), left_out
 
 
-def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig(),
-          relations: pd.DataFrame | None = None):
-    """The feature computation, in memory: entries + media (+ the relations between
-    titles, ``store.RELATION_COLUMNS``; None = none) -> tables and schema.
+def _bar(progress: bool, desc: str, total: int | None = None):
+    return tqdm(total=total, desc=desc, unit=" entries", unit_scale=True, disable=not progress)
+
+
+def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
+            config: FeatureConfig, spill, rows, *, progress: bool = False):
+    """The feature computation over ``raw_blocks`` (an iterable of entry frames, each
+    holding whole users, ``store.ENTRY_COLUMNS``), keeping what pass 1 reads in
+    ``spill`` and handing each block's interactions to ``rows.add``.
 
     Returns:
-      ``(interactions, users, user_vectors, anime, schema)``.
+      ``(users, user_vectors, anime, schema)``.
     """
-    if entries.empty:
-        raise InputError("The raw store has no list entries: nothing to build features from.")
     timings = {}
     tick = time.perf_counter()
-    known = entries["media_id"].isin(media["media_id"])
-    dropped_unknown = int((~known).sum())
-    frame, cutoff = assign_split(entries[known], config)
-    frame, left_out = _leave_out(frame, cutoff)
-    if not (frame["split"] == "train").any():
-        raise InputError("No entry falls in the training split; lower --as-of or the "
-                         "held-out fractions.")
-    timings["split"] = time.perf_counter() - tick
-
-    score = frame["score"].to_numpy()
-    status = frame["status"].astype(str)
-    frame["is_interaction"] = (status.isin(config.interaction_statuses).to_numpy()
-                               & (score >= config.min_interaction_score))
-    frame["is_label"] = status.isin(config.label_statuses).to_numpy() & (score > 0)
-    train = frame[frame["split"] == "train"]
-    global_mean = float(train.loc[train["score"] > 0, "score"].mean()) if (train["score"] > 0).any() else 0.0
+    known_ids = media["media_id"].to_numpy()
+    scan, fingerprint = _TimeScan(), _Fingerprint()
+    statuses, categorical = set(), False
+    n_raw = n_known = 0
+    with _bar(progress, "features 1/3: reading the store") as bar:
+        for block in raw_blocks:
+            fingerprint.add(block)
+            if isinstance(block["status"].dtype, pd.CategoricalDtype):
+                categorical = True
+                statuses.update(block["status"].cat.categories)
+            known = block[block["media_id"].isin(known_ids).to_numpy()]
+            known = _with_time(known, config)[_SPILLED]
+            scan.add(known)
+            spill.add(known)
+            n_raw, n_known = n_raw + len(block), n_known + len(known)
+            bar.update(len(block))
+    if not n_raw:
+        raise InputError("The raw store has no list entries: nothing to build features from.")
+    if not n_known:
+        raise InputError(f"None of the {n_raw:,} list entries is of a title with metadata in "
+                         "the store: run `data_query.py media` (or import the titles) first.")
+    categories = sorted(statuses) if categorical else None
+    plan = _plan_split(scan, config, lambda: spill.blocks(["user_id", "time"]))
+    timings["read"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    if cutoff:  # the catalog as of the cutoff: titles someone had listed before it
-        media = media[media["media_id"].isin(train["media_id"].unique())]
-    anime = _anime_table(media, train, config)
+    counted = _TitleCounts(media["media_id"])
+    with _bar(progress, "features 2/3: splitting", n_known) as bar:
+        for block in spill.blocks():
+            frame = _split_block(block, plan, config)
+            counted.add(_flags(frame[frame["split"].to_numpy() == "train"], config))
+            bar.update(len(block))
+    if not counted.entries.any():
+        raise InputError("No entry falls in the training split; lower --as-of or the "
+                         "held-out fractions.")
+    global_mean = counted.global_mean()
+    timings["split"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    trained = counted.entries > 0
+    titles = np.sort(known_ids[trained])
+    anime = _anime_table(media, counted, config, catalog=trained if plan.cutoff else None)
     anime, related = (anime, None) if relations is None else _relations(anime, relations)
-    trained_titles = anime[anime["media_id"].isin(train["media_id"].unique())]
+    trained_titles = anime[anime["media_id"].isin(titles)]
     vocab = {
-        "user_id": np.unique(train["user_id"]).tolist(),
+        "user_id": [],  # filled below, from the users with training entries
         "media_id": trained_titles["media_id"].tolist(),
         "format": _vocab(trained_titles["format"], 1),
         "source": _vocab(trained_titles["source"], 1),
@@ -647,19 +973,60 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
                         for name in RELATION_SIGNALS})
     kept = tuple(dataclasses.replace(f, length=config.history_length) if f.kind == "history"
                  else f for f in FEATURES if f.name not in dropped)
-    users, user_vectors = user_features(train, anime, vocab, config, global_mean)
-    user_vectors = {k: v for k, v in user_vectors.items() if k not in dropped}
+
+    user_parts, vector_parts = [], []
+    counts = {split: {"entries": 0, "interactions": 0, "labels": 0, "users": 0}
+              for split in SPLITS}
+    left_out = {"after_test": 0, "new_users": 0, "new_titles": 0} if plan.cutoff else {}
+    n_entries = n_users = split_users = random_split_users = 0
+    with _bar(progress, "features 3/3: users and interactions", n_known) as bar:
+        for block in spill.blocks():
+            bar.update(len(block))
+            frame, out = _leave_out(_split_block(block, plan, config), plan.cutoff, titles)
+            for reason, n in out.items():
+                left_out[reason] += n
+            frame = _flags(frame, config)
+            if categories is not None:
+                frame["status"] = pd.Categorical(frame["status"], categories=categories)
+            rows.add(frame[INTERACTION_COLUMNS])
+            split = frame["split"].to_numpy()
+            for name in SPLITS:
+                part = frame[split == name]
+                counts[name]["entries"] += len(part)
+                counts[name]["interactions"] += int(part["is_interaction"].sum())
+                counts[name]["labels"] += int(part["is_label"].sum())
+                counts[name]["users"] += int(part["user_id"].nunique())
+            n_entries += len(frame)
+            # Whose lists are split (for the report): in the random and per-user splits
+            # lists shorter than min_entries_to_split stay whole in train; timed lists
+            # are split by the cutoff whatever their length.
+            sizes = frame.groupby("user_id").size()
+            randomly = sizes.index.isin(frame.loc[frame["random_split"], "user_id"].unique())
+            is_split = (sizes >= config.min_entries_to_split).to_numpy()
+            if plan.cutoff:
+                is_split |= ~randomly
+            n_users += len(sizes)
+            split_users += int(is_split.sum())
+            random_split_users += int((is_split & randomly).sum())
+            train = frame[split == "train"]
+            if len(train):
+                users, vectors = user_features(train, anime, vocab, config, global_mean)
+                user_parts.append(users)
+                vector_parts.append(vectors)
+    users = pd.concat(user_parts, ignore_index=True)
+    user_vectors = {k: np.concatenate([v[k] for v in vector_parts])
+                    for k in vector_parts[0] if k not in dropped}
+    order = np.argsort(users["user_id"].to_numpy(), kind="stable")
+    if (order != np.arange(len(order))).any():  # blocks not in user order
+        users = users.iloc[order].reset_index(drop=True)
+        user_vectors = {k: v[order] for k, v in user_vectors.items()}
+    vocab["user_id"] = users["user_id"].tolist()
     timings["features"] = time.perf_counter() - tick
 
-    counts = {"users": len(users), "anime": len(anime), "entries": len(frame),
-              "entries_without_media": dropped_unknown,
-              "sparsity": 1.0 - len(frame) / max(1, frame["user_id"].nunique() * len(anime))}
-    for split in SPLITS:
-        part = frame[frame["split"] == split]
-        counts[split] = {"entries": len(part), "interactions": int(part["is_interaction"].sum()),
-                         "labels": int(part["is_label"].sum()),
-                         "users": int(part["user_id"].nunique())}
-    split = _split_protocol(frame, config, cutoff, left_out)
+    counts = {"users": len(users), "anime": len(anime), "entries": n_entries,
+              "entries_without_media": n_raw - n_known,
+              "sparsity": 1.0 - n_entries / max(1, n_users * len(anime)), **counts}
+    split = _split_protocol(config, plan.cutoff, left_out, split_users, random_split_users)
     counts["random_split_users"] = split["random_split_users"]
     schema = {
         "config": config.to_dict(),
@@ -674,64 +1041,71 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
         # The relations between titles (anime.parquet's relation columns); absent
         # where the source has none.
         **({"relations": related} if related else {}),
-        "fingerprint": _fingerprint(entries, media, relations),
+        # The media hashed are the catalog's (as of the cutoff, under one).
+        "fingerprint": fingerprint.finish(media[trained] if plan.cutoff else media, relations),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    interactions = frame[["user_id", "media_id", "time", "status", "score", "split",
-                          "is_interaction", "is_label"]]
-    return interactions, users, user_vectors, anime, schema
+    return users, user_vectors, anime, schema
+
+
+def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig(),
+          relations: pd.DataFrame | None = None):
+    """The feature computation on entries held in memory: entries + media (+ the
+    relations between titles, ``store.RELATION_COLUMNS``; None = none) -> tables and
+    schema, by the same passes ``run`` streams (here over one block).
+
+    Returns:
+      ``(interactions, users, user_vectors, anime, schema)``.
+    """
+    rows = _FrameRows()
+    users, user_vectors, anime, schema = _tables([entries], media, relations, config,
+                                                 _MemorySpill(), rows)
+    return rows.frame(), users, user_vectors, anime, schema
 
 
 def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "data/features",
-        config: FeatureConfig = FeatureConfig(), *, progress: bool = True) -> dict:
+        config: FeatureConfig = FeatureConfig(), *, progress: bool = True,
+        block_entries: int = store.ENTRY_BLOCK) -> dict:
     """Stage function behind ``python -m pipelines features``: store -> Parquet tables.
 
-    The tables are written into a temporary sibling directory and renamed to ``out``
-    only when all of them are complete; an existing ``out`` is replaced.
+    The entries stream through in blocks of about ``block_entries`` (whole users), so
+    memory does not grow with their number; the tables are the same whatever the block
+    size. Everything is written into a temporary sibling directory and renamed to
+    ``out`` only when all of it is complete; an existing ``out`` is replaced.
 
     Returns:
       The ``counts`` section of the schema plus ``out`` and ``seconds``.
     """
     start = time.perf_counter()
     out = Path(out)
-    bar = tqdm(total=3, desc="features", bar_format="{desc}: {n}/{total} {postfix} [{elapsed}]",
-               disable=not progress)
-    bar.set_postfix_str("reading the raw store")
     conn = store.connect(db, readonly=True)
     try:
-        tick = time.perf_counter()
-        entries = store.read_entries(conn)
         media = store.read_media(conn)
         relations = store.read_relations(conn)
         source = store.describe_source(conn)
-        read_seconds = time.perf_counter() - tick
+        with atomic.directory(out) as tmp:
+            spill = _FileSpill(tmp / ".entries.spill.parquet")
+            rows = _ParquetRows(tmp / "interactions.parquet")
+            try:
+                users, user_vectors, anime, schema = _tables(
+                    store.iter_entries(conn, block_entries), media, relations, config,
+                    spill, rows, progress=progress)
+                rows.close()
+            finally:
+                spill.close()
+            tick = time.perf_counter()
+            _write_parquet(users, user_vectors, tmp / "users.parquet")
+            anime.to_parquet(tmp / "anime.parquet", index=False, compression="zstd")
+            schema["timings"]["write"] = round(time.perf_counter() - tick, 2)
+            schema["source_db"] = str(Path(db).resolve())  # where a synthetic world's truth sits
+            schema["source"] = source  # what the data is: the model card names it
+            # schema.json last: a directory with a schema is a complete one.
+            (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, sort_keys=True))
     finally:
         conn.close()
-    bar.update()
-    bar.set_postfix_str(f"splitting and computing features of {len(entries):,} entries")
-    interactions, users, user_vectors, anime, schema = build(entries, media, config, relations)
-    del entries
-    schema["timings"]["read"] = round(read_seconds, 2)
-    schema["source_db"] = str(Path(db).resolve())  # where the ground truth of a synthetic world sits
-    schema["source"] = source  # what the data is: the model card names it
-    bar.update()
-    bar.set_postfix_str(f"writing {out}")
-
-    tick = time.perf_counter()
-    with atomic.directory(out) as tmp:
-        interactions.to_parquet(tmp / "interactions.parquet", index=False, compression="zstd")
-        _write_parquet(users, user_vectors, tmp / "users.parquet")
-        anime.to_parquet(tmp / "anime.parquet", index=False, compression="zstd")
-        schema["timings"]["write"] = round(time.perf_counter() - tick, 2)
-        # schema.json last: a directory with a schema is a complete one.
-        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, sort_keys=True))
-    bar.update()
-    bar.close()
-    summary = dict(schema["counts"], out=str(out), dropped_features=schema["dropped_features"],
-                   split=describe_split(schema),
-                   db=str(db), source=source["kind"],
-                   seconds=round(time.perf_counter() - start, 2))
-    return summary
+    return dict(schema["counts"], out=str(out), dropped_features=schema["dropped_features"],
+                split=describe_split(schema), db=str(db), source=source["kind"],
+                seconds=round(time.perf_counter() - start, 2))
 
 
 def format_summary(summary: dict) -> str:

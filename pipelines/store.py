@@ -608,6 +608,33 @@ def _read(conn: sqlite3.Connection, sql: str, columns: Sequence[str],
     return frame
 
 
+# Rows per block of ``iter_entries`` (the feature stage's memory holds about one block).
+ENTRY_BLOCK = 250_000
+
+
+def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator[pd.DataFrame]:
+    """All list entries as ``read_entries`` gives them (same order, same dtypes), in
+    blocks of about ``block`` rows, each holding whole users: a user's entries never
+    straddle two blocks. ``status`` is categorical per block (its own categories)."""
+    columns = list(ENTRY_COLUMNS)
+    cursor = conn.execute(f"SELECT {', '.join(columns)} FROM entries ORDER BY user_id, media_id")
+    dtypes = {c: _ENTRY_DTYPES[c] for c in columns}
+    pending: list = []
+    while True:
+        fetched = cursor.fetchmany(block)
+        rows = pending + fetched
+        if len(fetched) < block:  # the end
+            if rows:
+                yield pd.DataFrame.from_records(rows, columns=columns).astype(dtypes)
+            return
+        cut, last = len(rows), rows[-1][0]
+        while cut and rows[cut - 1][0] == last:  # the last user may go on in the next rows
+            cut -= 1
+        if cut:
+            yield pd.DataFrame.from_records(rows[:cut], columns=columns).astype(dtypes)
+        pending = rows[cut:]
+
+
 def read_entries(conn: sqlite3.Connection) -> pd.DataFrame:
     """All list entries, ordered by (user_id, media_id), with nullable integer columns."""
     columns = ENTRY_COLUMNS

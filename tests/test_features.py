@@ -411,3 +411,102 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(InputError, match="no list entries"):
         features.build(_entries(1, []), _media([1]))
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming: the stage reads the store in blocks of whole users (issue 21).
+
+def _mixed_store(tiny_db, path):
+    """The tiny world with every kind of list the split knows: timed lists, lists with
+    a missing time (split at random), lists of several entries at one time (import
+    stamps), and entries of titles without metadata (skipped)."""
+    import shutil
+    import sqlite3
+    shutil.copy(tiny_db, path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE entries SET created_at = NULL, updated_at = NULL, "
+                     "completed_at = NULL WHERE user_id % 7 = 0 AND media_id % 3 = 0")
+        conn.execute("UPDATE entries SET created_at = 1700000000, updated_at = 1700000000, "
+                     "completed_at = NULL WHERE user_id % 11 = 0")
+        conn.execute("INSERT INTO entries (user_id, media_id, score, status, updated_at) "
+                     "SELECT user_id, 9999999, 80, 'COMPLETED', MAX(updated_at) FROM entries "
+                     "WHERE user_id % 5 = 0 GROUP BY user_id")
+    return path
+
+
+def _same_tables(a, b):
+    for name in ("interactions.parquet", "users.parquet", "anime.parquet"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    schemas = [json.loads((d / features.SCHEMA_FILE).read_text()) for d in (a, b)]
+    for schema in schemas:
+        schema.pop("timings")
+    assert schemas[0] == schemas[1]
+    return schemas[0]
+
+
+@pytest.mark.parametrize("config", [FeatureConfig(), PER_USER], ids=["as_of", "per_user"])
+def test_the_tables_are_the_same_byte_for_byte_whatever_the_block_size(tiny_db, tmp_path, config):
+    db = _mixed_store(tiny_db, tmp_path / "mixed.db")
+    features.run(db, tmp_path / "one", config, progress=False, block_entries=10**9)
+    features.run(db, tmp_path / "many", config, progress=False, block_entries=300)
+    schema = _same_tables(tmp_path / "one", tmp_path / "many")
+    # The world has what it was built to have, so the blocks had work to do.
+    assert schema["split"]["method"] == "mixed"
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        unknown = conn.execute("SELECT COUNT(*) FROM entries WHERE media_id NOT IN "
+                               "(SELECT media_id FROM media)").fetchone()[0]
+    assert schema["counts"]["entries_without_media"] == unknown >= 80
+    assert schema["counts"]["random_split_users"] > 50
+
+
+def test_interactions_are_cut_into_the_row_groups_one_write_gives(tiny_db, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import store
+    db = _mixed_store(tiny_db, tmp_path / "mixed.db")
+    # pyarrow's default row group (what one to_parquet of the whole table gives) is the
+    # stage's: a table one row longer has two.
+    one_more = pa.table({"x": np.zeros(features.ROW_GROUP_ROWS + 1, np.int8)})
+    pq.write_table(one_more, tmp_path / "x.parquet")
+    assert [pq.ParquetFile(tmp_path / "x.parquet").metadata.row_group(i).num_rows
+            for i in range(2)] == [features.ROW_GROUP_ROWS, 1]
+    # Streamed in blocks of 300 entries with row groups of 1,000 rows, the file is the
+    # one writing the whole in-memory table at once gives.
+    monkeypatch.setattr(features, "ROW_GROUP_ROWS", 1_000)
+    features.run(db, tmp_path / "f", progress=False, block_entries=300)
+    conn = store.connect(db, readonly=True)
+    inter = features.build(store.read_entries(conn), store.read_media(conn),
+                           relations=store.read_relations(conn))[0]
+    conn.close()
+    inter.to_parquet(tmp_path / "whole.parquet", index=False, compression="zstd",
+                     row_group_size=1_000)
+    streamed = pq.ParquetFile(tmp_path / "f" / "interactions.parquet")
+    assert streamed.num_row_groups == -(-len(inter) // 1_000) > 10
+    assert (tmp_path / "f" / "interactions.parquet").read_bytes() == \
+        (tmp_path / "whole.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 997])
+def test_the_streamed_quantile_is_numpys(n):
+    rng = np.random.default_rng(n)
+    values = np.sort(rng.integers(1_600_000_000, 1_800_000_000, n))
+    values[: n // 3] = values[0]  # ties
+    for q in (0.0, 0.1, 0.5, 0.8, 0.8000001, 0.999, 1.0, 1 / 3):
+        got = features._linear_quantile(n, q, lambda i: values[i])
+        assert got == np.quantile(values, q), (n, q)
+
+
+def test_the_default_cutoff_is_the_quantile_of_the_timed_entries_to_the_day():
+    # Timed users' entries spread over 400 days at random seconds; the cutoff is the
+    # day of their 80% quantile (numpy's), whichever day and second the entries fall on.
+    rng = np.random.default_rng(0)
+    start = 1_700_000_000
+    rows = pd.concat([_entries(u, list(start + rng.integers(0, 400 * DAY, 30)),
+                               media=list(range(30))) for u in range(50)]
+                     + [_entries(99, [None] * 30, media=list(range(30)))])  # untimed: left out
+    times = rows.loc[rows["user_id"] != 99, "created_at"].to_numpy(np.int64)
+    _, cutoff = assign_split(rows, FeatureConfig())
+    assert cutoff["as_of"] == int(np.quantile(times, 0.8)) // DAY * DAY
+    assert cutoff["last"] == times.max()

@@ -234,3 +234,18 @@ def test_newest_entry_time_reads_times_as_the_feature_stage_does(tmp_path):
     assert store.newest_entry_time(conn, ["completed_at"]) == 150
     with pytest.raises(StoreError, match="time columns"):
         store.newest_entry_time(conn, ["score"])
+
+
+@pytest.mark.parametrize("block", [1, 7, 10**6])
+def test_entries_come_in_blocks_of_whole_users_equal_to_reading_them_at_once(tiny_db, block):
+    conn = store.connect(tiny_db, readonly=True)
+    whole = store.read_entries(conn)
+    blocks = list(store.iter_entries(conn, block))
+    conn.close()
+    users = [set(b["user_id"]) for b in blocks]
+    assert sum(len(u) for u in users) == len(set().union(*users))  # no user in two blocks
+    joined = pd.concat(blocks, ignore_index=True)
+    assert joined.dtypes.drop("status").equals(whole.dtypes.drop("status"))
+    pd.testing.assert_frame_equal(joined.astype({"status": str}), whole.astype({"status": str}))
+    if block == 10**6:
+        assert len(blocks) == 1
