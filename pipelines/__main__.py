@@ -104,6 +104,26 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=int, default=defaults.seed,
                        help="seed of the random train/validation/test split of users whose "
                             "entries have no times (default: %(default)s)")
+    from pipelines.store import ENTRY_BLOCK
+
+    group.add_argument("--block-entries", type=_block_entries, default=ENTRY_BLOCK,
+                       help="entries read and processed at a time (whole users): memory "
+                            "grows with it, not with the store; the tables are the same "
+                            "whatever it is (default: %(default)s)")
+
+
+def _block_entries(text: str) -> int:
+    from pipelines.store import ENTRY_BLOCK
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--block-entries must be a whole number of entries, "
+                                         f"1 or more (got {text!r}); the default is "
+                                         f"{ENTRY_BLOCK:,}")
+    return value
 
 
 def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
@@ -437,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in ("features", "run"):
             from pipelines import features
 
-            summary = features.run(args.db, args.out, _feature_config(args), progress=progress)
+            summary = features.run(args.db, args.out, _feature_config(args), progress=progress,
+                                   block_entries=args.block_entries)
             print(features.format_summary(summary))
         if args.stage in ("train-retrieval", "run"):
             from pipelines import train_retrieval

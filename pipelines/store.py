@@ -619,20 +619,27 @@ def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator
     columns = list(ENTRY_COLUMNS)
     cursor = conn.execute(f"SELECT {', '.join(columns)} FROM entries ORDER BY user_id, media_id")
     dtypes = {c: _ENTRY_DTYPES[c] for c in columns}
-    pending: list = []
+    fetch = min(block, 100_000)  # rows per fetch from SQLite (a C int)
+    parts, held = [], 0
     while True:
-        fetched = cursor.fetchmany(block)
-        rows = pending + fetched
-        if len(fetched) < block:  # the end
-            if rows:
-                yield pd.DataFrame.from_records(rows, columns=columns).astype(dtypes)
+        fetched = cursor.fetchmany(fetch)
+        if fetched:
+            parts.append(pd.DataFrame.from_records(fetched, columns=columns).astype(dtypes))
+            held += len(fetched)
+        if len(fetched) == fetch and held < block:
+            continue
+        frame = parts[0] if len(parts) == 1 else (  # categoricals of other categories: object
+            pd.concat(parts, ignore_index=True).astype({"status": "category"}))
+        if len(fetched) < fetch:  # the end
+            if held:
+                yield frame
             return
-        cut, last = len(rows), rows[-1][0]
-        while cut and rows[cut - 1][0] == last:  # the last user may go on in the next rows
-            cut -= 1
+        users = frame["user_id"].to_numpy()
+        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep them
         if cut:
-            yield pd.DataFrame.from_records(rows[:cut], columns=columns).astype(dtypes)
-        pending = rows[cut:]
+            yield frame.iloc[:cut].reset_index(drop=True)
+        parts = [frame.iloc[cut:].reset_index(drop=True)]
+        held = len(parts[0])
 
 
 def read_entries(conn: sqlite3.Connection) -> pd.DataFrame:
