@@ -4,7 +4,12 @@
 
 Training: train-split interactions become (user row, anime row) index pairs in a
 ``tf.data`` pipeline that gathers each batch's raw features from constant tensors (no
-per-example Python), in graph mode. After each epoch the validation users' Recall@K over
+per-example Python), in graph mode. The pairs are held in memory and shuffled over all
+of them (``--input memory``, the default on one machine), or written once to shard files
+and streamed through a bounded shuffle buffer (``--input stream``); with ``TF_CONFIG``
+naming several processes, each streams its own share under
+``MultiWorkerMirroredStrategy`` (``pipelines/distribution.py``) and only the chief
+evaluates and writes the model. After each epoch the validation users' Recall@K over
 every title they have not seen is computed in numpy; training stops when it has not
 improved for ``patience`` epochs and the best epoch's weights are kept.
 
@@ -184,6 +189,10 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     """
     mode = input_mode(input, cluster)
     strategy = distribution.strategy(cluster)  # before any TensorFlow op (see there)
+    if strategy is not None and config.batch_size % strategy.num_replicas_in_sync:
+        raise InputError(f"`batch_size` ({config.batch_size}) must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas training together: each "
+                         "takes an equal part of every batch.")
     tf.keras.utils.set_random_seed(config.seed)
     work = None
     if mode == "memory":
@@ -203,10 +212,6 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
             model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
         else:
             replicas = strategy.num_replicas_in_sync
-            if config.batch_size % replicas:
-                raise InputError(f"`batch_size` ({config.batch_size}) must be a multiple of "
-                                 f"the {replicas} replicas training together: each takes an "
-                                 "equal part of every batch.")
 
             def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
                 # One pass over this worker's files per epoch, repeated: Keras keeps one
@@ -416,9 +421,12 @@ def worker_run(tables: FeatureTables, config: RetrievalConfig, where: distributi
 def format_worker(summary: dict) -> str:
     """A non-chief process's lines for the command line."""
     t = summary["training"]
-    return (f"{summary['worker']}: trained {t['epochs']} epochs (best {t['best_epoch']}) on "
-            f"its share of {t['train_pairs']:,} pairs, {t['examples_per_second']:,.0f} examples/s "
-            f"in all; weights sha256 {t['weights_sha256']}. The chief writes the model.")
+    lines = [f"{summary['worker']}: trained {t['epochs']} epochs (best {t['best_epoch']}) on "
+             f"its share of {t['train_pairs']:,} pairs, {t['examples_per_second']:,.0f} "
+             f"examples/s in all; weights sha256 {t['weights_sha256']}."]
+    lines += [f"{key}: weights sha256 {value['training']['weights_sha256']}"
+              for key, value in summary.items() if key not in ("worker", "training")]
+    return "\n".join(lines + ["The chief writes the model."])
 
 
 def format_metrics(metrics: dict) -> str:
