@@ -40,6 +40,7 @@ clean:
 bench: $(STAMP)
 	test -f data/model/config.json || $(PY) -m pipelines run
 	$(PY) bench/train_throughput.py --features data/features
+	$(PY) bench/train_stream.py --features data/features
 	$(PY) bench/batch_vs_naive.py --model data/model
 	$(PY) bench/scann_at_scale.py
 	$(PY) bench/features_scale.py

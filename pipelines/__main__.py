@@ -13,7 +13,7 @@ import sys
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
 from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, RELATION_SIGNALS,
                               FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig)
-from pipelines.errors import AnirankError
+from pipelines.errors import AnirankError, InputError
 
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
@@ -159,6 +159,14 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-seed", type=int, default=d.seed,
                        help="seed of the retrieval model's initialisation, shuffling and "
                             "validation sample (default: %(default)s)")
+    group.add_argument("--input", choices=("auto", "memory", "stream"), default="auto",
+                       help="where training reads its (user, title) pairs: memory (every "
+                            "pair held and shuffled in this process) or stream (shard files "
+                            "in a temporary directory, read through a bounded shuffle "
+                            "buffer; memory does not grow with the pairs). auto: memory on "
+                            "one machine, stream when TF_CONFIG names several workers, each "
+                            "training on its share (README: Training on N machines) "
+                            "(default: %(default)s)")
 
 
 def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
@@ -433,10 +441,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _single_machine(stage: str) -> None:
+    """Raises an ``InputError`` when ``TF_CONFIG`` names several processes: only
+    ``train-retrieval`` trains on several machines."""
+    from pipelines import distribution
+
+    where = distribution.cluster()
+    if where.size > 1:
+        raise InputError(f"{distribution.VARIABLE} names {where.size} processes, but `{stage}` "
+                         "runs on one machine: only `train-retrieval` trains on several. Unset "
+                         f"{distribution.VARIABLE} for `{stage}`.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.quiet
     try:
+        if args.stage == "run":
+            _single_machine("run")
         if args.stage in ("synth", "run"):
             from pipelines import synth
 
@@ -465,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
 
             source = args.out if args.stage == "run" else args.features
             metrics = train_retrieval.run(source, args.model, _retrieval_config(args),
-                                          ablation=not args.no_ablation, progress=progress)
+                                          ablation=not args.no_ablation, progress=progress,
+                                          input=args.input)
+            if "worker" in metrics:  # a non-chief process of a distributed training
+                print(train_retrieval.format_worker(metrics))
+                return 0
             print(train_retrieval.format_metrics(metrics))
             if args.stage == "train-retrieval":
                 print(f"model in {args.model} (metrics: {args.model}/metrics.json)")

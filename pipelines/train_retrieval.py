@@ -4,7 +4,12 @@
 
 Training: train-split interactions become (user row, anime row) index pairs in a
 ``tf.data`` pipeline that gathers each batch's raw features from constant tensors (no
-per-example Python), in graph mode. After each epoch the validation users' Recall@K over
+per-example Python), in graph mode. The pairs are held in memory and shuffled over all
+of them (``--input memory``, the default on one machine), or written once to shard files
+and streamed through a bounded shuffle buffer (``--input stream``); with ``TF_CONFIG``
+naming several processes, each streams its own share under
+``MultiWorkerMirroredStrategy`` (``pipelines/distribution.py``) and only the chief
+evaluates and writes the model. After each epoch the validation users' Recall@K over
 every title they have not seen is computed in numpy; training stops when it has not
 improved for ``patience`` epochs and the best epoch's weights are kept.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from pipelines import artifact, baselines, fitting, protocol
+from pipelines import artifact, baselines, distribution, fitting, protocol
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
 from pipelines.formatting import RETRIEVAL_COLUMNS, num, retrieval_rows, table
@@ -40,6 +46,9 @@ from pipelines.tables import FeatureTables
 from towers.features import apply_in_blocks, feature_specs, input_signature
 from towers.index import CandidateIndex, IndexConfig, ann_benchmark
 from towers.model import TwoTowerModel
+
+# Where the training pairs come from (``input_mode``).
+INPUTS = ("auto", "memory", "stream")
 
 
 def check_trainable(tables: FeatureTables) -> None:
@@ -75,10 +84,10 @@ def check_trainable(tables: FeatureTables) -> None:
             f"N --{split}-fraction F`, or {fix}.")
 
 
-def training_dataset(tables: FeatureTables, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]:
-    """Shuffled batches of the training interactions' raw features (+ each title's
-    sampling probability for logQ), and how many pairs an epoch has."""
-    pairs = tables.pairs("train")
+def batch_features(tables: FeatureTables):
+    """``to_batch(user_rows, anime_rows)``: a batch's raw features gathered from the
+    feature tables held as constant tensors (+ each title's sampling probability for
+    logQ). The one place a training batch is built, whatever feeds it the rows."""
     counts = tables.train_counts()
     probability = tf.constant(counts / counts.sum(), tf.float32)
     users, anime = fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw)
@@ -87,8 +96,42 @@ def training_dataset(tables: FeatureTables, config: RetrievalConfig) -> tuple[tf
         return {**fitting.gather(users, u), **fitting.gather(anime, a),
                 "sampling_probability": tf.gather(probability, a)}
 
+    return to_batch
+
+
+def training_dataset(tables: FeatureTables, config: RetrievalConfig) -> tuple[tf.data.Dataset, int]:
+    """Shuffled batches of the training interactions' raw features, every pair held in
+    memory and shuffled over all of them (the ``memory`` input), and how many pairs an
+    epoch has."""
+    pairs = tables.pairs("train")
+    to_batch = batch_features(tables)
     slices = (pairs["user_row"].to_numpy(np.int32), pairs["anime_row"].to_numpy(np.int32))
     return fitting.index_dataset(slices, to_batch, config.batch_size, config.seed), len(pairs)
+
+
+def write_training_pairs(tables: FeatureTables, directory: Path, seed: int,
+                         workers: int = 1) -> list[str]:
+    """The training pairs as shard files for the ``stream`` input (``fitting``), split
+    into a multiple of ``workers`` files."""
+    pairs = tables.pairs("train")
+    return fitting.write_pair_shards((pairs["user_row"].to_numpy(np.int32),
+                                      pairs["anime_row"].to_numpy(np.int32)),
+                                     directory, seed, groups=workers)
+
+
+def input_mode(requested: str, where: distribution.Cluster) -> str:
+    """The input a training reads: ``memory`` (every pair in this process, shuffled over
+    all of them: the default on one machine, the README's numbers) or ``stream`` (shard
+    files, a bounded shuffle buffer; ``auto`` picks it for several workers)."""
+    if requested not in INPUTS:
+        raise InputError(f"`input` must be one of {list(INPUTS)}. Received: {requested!r}.")
+    if requested == "auto":
+        return "stream" if where.size > 1 else "memory"
+    if requested == "memory" and where.size > 1:
+        raise InputError(f"{distribution.VARIABLE} names {where.size} processes, but the "
+                         "`memory` input gives each of them every pair; use `--input stream` "
+                         "(or `auto`, the default) to split the pairs between them.")
+    return requested
 
 
 def embed(tower, raw: dict, rows: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
@@ -129,13 +172,65 @@ class _EarlyStopping(tf.keras.callbacks.Callback):
 
 
 def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
-          progress: bool = True) -> tuple[TwoTowerModel, dict]:
+          progress: bool = True, input: str = "memory",
+          cluster: distribution.Cluster = distribution.Cluster()) -> tuple[TwoTowerModel, dict]:
     """Fits a two-tower model with early stopping. Returns the model (best weights) and
-    a training summary (history, best epoch, examples/s)."""
+    a training summary (history, best epoch, examples/s, the weights' digest).
+
+    ``input`` (``input_mode``): ``memory`` is the original pipeline, unchanged (the
+    README's numbers); ``stream`` reads the pairs from shard files written to a
+    temporary directory (removed after), in a bounded shuffle buffer. With a
+    ``cluster`` of several processes (``TF_CONFIG``) every process calls this alike:
+    each streams its own share of the pairs, batches of ``batch_size / processes``
+    (the same global batch and number of steps as one process; each replica's in-batch
+    softmax takes its negatives from its own part of the batch), and the gradients are
+    summed across them, so all end with the same weights and take the same
+    early-stopping decisions (validation Recall@K in numpy on every process).
+    """
+    mode = input_mode(input, cluster)
+    strategy = distribution.strategy(cluster)  # before any TensorFlow op (see there)
+    if strategy is not None and config.batch_size % strategy.num_replicas_in_sync:
+        raise InputError(f"`batch_size` ({config.batch_size}) must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas training together: each "
+                         "takes an equal part of every batch.")
     tf.keras.utils.set_random_seed(config.seed)
-    ds, n_pairs = training_dataset(tables, config)
-    model = TwoTowerModel(tables.schema, config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    work = None
+    if mode == "memory":
+        ds, n_pairs = training_dataset(tables, config)
+        model = TwoTowerModel(tables.schema, config)
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        fit_args = {"x": ds}
+    else:
+        work = Path(tempfile.mkdtemp(prefix="anirank-pairs-"))
+        files = write_training_pairs(tables, work, config.seed, cluster.size)
+        n_pairs = len(tables.pairs("train"))
+        to_batch = batch_features(tables)
+        if strategy is None:
+            fit_args = {"x": fitting.stream_dataset(files, to_batch, config.batch_size,
+                                                    config.seed)}
+            model = TwoTowerModel(tables.schema, config)
+            model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        else:
+            replicas = strategy.num_replicas_in_sync
+
+            def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+                # One pass over this worker's files per epoch, repeated: Keras keeps one
+                # iterator over a distributed dataset for all epochs.
+                return fitting.stream_dataset(
+                    files, to_batch, context.get_per_replica_batch_size(config.batch_size),
+                    config.seed, pipeline=context.input_pipeline_id,
+                    pipelines=context.num_input_pipelines).repeat()
+
+            # The files give each worker ceil(n / workers) pairs or one fewer: the
+            # largest share sets the steps of an epoch. (Only when the last global batch
+            # has fewer pairs than there are workers does a smaller share have one batch
+            # less, and that worker starts its next pass one step early.)
+            share = -(-n_pairs // cluster.size)
+            fit_args = {"x": strategy.distribute_datasets_from_function(per_worker),
+                        "steps_per_epoch": -(-share // (config.batch_size // replicas))}
+            with strategy.scope():
+                model = TwoTowerModel(tables.schema, config)
+                model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     bar = tqdm(total=config.max_epochs, desc=f"retrieval ({config.features})", unit="epoch",
                disable=not progress)
     stopper = _EarlyStopping(tables, config, bar)
@@ -150,16 +245,21 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
             nonlocal fit_seconds
             fit_seconds += time.perf_counter() - self.t
 
-    model.fit(ds, epochs=config.max_epochs, verbose=0, callbacks=[_Timer(), stopper])
+    try:
+        model.fit(**fit_args, epochs=config.max_epochs, verbose=0, callbacks=[_Timer(), stopper])
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     bar.close()
     stopper.stopping.restore(model)
     epochs = len(stopper.history)
     return model, {
         "history": stopper.history, "best_epoch": stopper.stopping.best_epoch,
-        "epochs": epochs, "train_pairs": n_pairs,
+        "epochs": epochs, "train_pairs": n_pairs, "input": mode, "workers": cluster.size,
         "fit_seconds": fit_seconds,   # training only, without the validation passes
         "examples_per_second": round(n_pairs * epochs / fit_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
+        "weights_sha256": fitting.weights_digest(model.get_weights()),
     }
 
 
@@ -258,16 +358,24 @@ def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str,
 
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = True,
-        progress: bool = True) -> dict:
+        progress: bool = True, input: str = "auto") -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
+
+    With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
+    one of them runs this alike and trains its share; only the chief evaluates and
+    writes ``out``, the others return their training summaries (``worker_run``).
 
     Returns:
       The metrics written to ``<out>/metrics.json`` under ``retrieval``.
     """
+    where = distribution.cluster()
+    distribution.strategy(where)  # before any TensorFlow op (see there)
     features = Path(features)
     tables = FeatureTables.load(features)
     check_trainable(tables)
-    model, training = train(tables, config, progress=progress)
+    if not where.is_chief:
+        return worker_run(tables, config, where, ablation=ablation, input=input)
+    model, training = train(tables, config, progress=progress, input=input, cluster=where)
     per_user = {"two-tower": {}}
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
@@ -277,7 +385,8 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
         # The ablations are trained like the model and not saved: the report reads their
         # paired differences on the same test users.
         for key, name, changed in ablations(tables, config):
-            ablated, ablated_training = train(tables, changed, progress=progress)
+            ablated, ablated_training = train(tables, changed, progress=progress, input=input,
+                                              cluster=where)
             per_user[name] = {}
             metrics[key] = evaluate(ablated, tables, per_user[name])
             metrics[key]["training"] = ablated_training
@@ -295,6 +404,31 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
 
 
 
+def worker_run(tables: FeatureTables, config: RetrievalConfig, where: distribution.Cluster, *,
+               ablation: bool, input: str) -> dict:
+    """A non-chief process's part of ``run``: the same trainings as the chief, in the same
+    order (the model, then its ablations), writing nothing. Returns ``{"worker": who,
+    "training": summary}`` (with each ablation's under its metrics key)."""
+    summary = {"worker": where.describe(),
+               "training": train(tables, config, progress=False, input=input, cluster=where)[1]}
+    if ablation:
+        for key, _, changed in ablations(tables, config):
+            summary[key] = {"training": train(tables, changed, progress=False, input=input,
+                                              cluster=where)[1]}
+    return summary
+
+
+def format_worker(summary: dict) -> str:
+    """A non-chief process's lines for the command line."""
+    t = summary["training"]
+    lines = [f"{summary['worker']}: trained {t['epochs']} epochs (best {t['best_epoch']}) on "
+             f"its share of {t['train_pairs']:,} pairs, {t['examples_per_second']:,.0f} "
+             f"examples/s in all; weights sha256 {t['weights_sha256']}."]
+    lines += [f"{key}: weights sha256 {value['training']['weights_sha256']}"
+              for key, value in summary.items() if key not in ("worker", "training")]
+    return "\n".join(lines + ["The chief writes the model."])
+
+
 def format_metrics(metrics: dict) -> str:
     """The headline numbers, for the command line."""
     lines = [table(retrieval_rows(metrics), RETRIEVAL_COLUMNS, markdown=False, label="test split")]
@@ -302,7 +436,9 @@ def format_metrics(metrics: dict) -> str:
     lines.append("factorized top-K accuracy: " + "  ".join(f"@{k[4:]} {num(v)}" for k, v in f.items()))
     t, i = metrics["training"], metrics["index"]
     lines.append(f"training: {t['epochs']} epochs (best {t['best_epoch']}), "
-                 f"{t['examples_per_second']:,.0f} examples/s")
+                 f"{t['examples_per_second']:,.0f} examples/s"
+                 + (f" on {t['workers']} workers (weights sha256 {t['weights_sha256']})"
+                    if t.get("workers", 1) > 1 else ""))
     lines.append(f"ScaNN recall@{i['k']} vs brute force {num(i['scann_recall'])}; "
                  f"queries/s ScaNN {i['scann_queries_per_second']:,.0f}, "
                  f"brute force {i['brute_force_queries_per_second']:,.0f}")
