@@ -203,3 +203,13 @@ def test_tensorflow_start_up_is_quiet_unless_asked():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "InvalidArgumentError" in bad.stderr and "MatMul" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_bad_block_size_is_refused_with_the_rule_and_the_default(value, tmp_path):
+    result = _python("-m", "pipelines", "features", "--db", str(tmp_path / "none.db"),
+                     "--out", str(tmp_path / "f"), "--block-entries", value)
+    assert result.returncode == 2
+    assert f"--block-entries must be a whole number of entries, 1 or more (got '{value}')" \
+        in result.stderr and "250,000" in result.stderr
+    assert not (tmp_path / "f").exists()
