@@ -628,11 +628,12 @@ def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator
             held += len(fetched)
         if len(fetched) == fetch and held < block:
             continue
+        if not held:  # the end, with nothing left
+            return
         frame = parts[0] if len(parts) == 1 else (  # categoricals of other categories: object
             pd.concat(parts, ignore_index=True).astype({"status": "category"}))
         if len(fetched) < fetch:  # the end
-            if held:
-                yield frame
+            yield frame
             return
         users = frame["user_id"].to_numpy()
         cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep them

@@ -249,3 +249,9 @@ def test_entries_come_in_blocks_of_whole_users_equal_to_reading_them_at_once(tin
     pd.testing.assert_frame_equal(joined.astype({"status": str}), whole.astype({"status": str}))
     if block == 10**6:
         assert len(blocks) == 1
+
+
+def test_an_empty_store_gives_no_blocks(tmp_path):
+    conn = store.connect(tmp_path / "empty.db")
+    assert list(store.iter_entries(conn, 5)) == []
+    conn.close()
