@@ -872,7 +872,9 @@ class _TitleCounts:
         self.any_favourite |= bool(favourite.any())
         self.interactions += count(train["is_interaction"].to_numpy(bool))
         self.scored += count(score > 0)
-        np.add.at(self.score_sum, at[score > 0], score[score > 0])
+        # float64 sums of one block's integer scores are exact (far below 2**53).
+        self.score_sum += np.bincount(at, weights=score * (score > 0),
+                                      minlength=n).astype(np.int64)
 
     def global_mean(self) -> float:
         n = self.scored.sum()
