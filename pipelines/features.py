@@ -755,9 +755,6 @@ class _MemorySpill:
     def blocks(self, columns: list[str] | None = None):
         return (b if columns is None else b[columns] for b in self._blocks)
 
-    def close(self) -> None:
-        self._blocks = []
-
 
 class _FileSpill:
     """The entries pass 1 keeps, in a Parquet file with one row group per block (blocks

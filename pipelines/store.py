@@ -596,10 +596,22 @@ def _read(conn: sqlite3.Connection, sql: str, columns: Sequence[str],
     cursor = conn.execute(sql)
     parts = []
     while rows := cursor.fetchmany(block):
-        part = pd.DataFrame.from_records(rows, columns=list(columns))
-        parts.append(part.astype({c: dtypes[c] for c in columns if c in dtypes}))
+        parts.append(_frame(rows, columns, dtypes))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "object")) for c in columns})
+    return _joined(parts, dtypes)
+
+
+def _frame(rows: list, columns: Sequence[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    """One fetch of rows as a frame with the given dtypes."""
+    part = pd.DataFrame.from_records(rows, columns=list(columns))
+    return part.astype({c: dtypes[c] for c in columns if c in dtypes})
+
+
+def _joined(parts: list[pd.DataFrame], dtypes: dict[str, str]) -> pd.DataFrame:
+    """Frames of ``_frame`` as one (the categoricals over all of their values)."""
+    if len(parts) == 1:
+        return parts[0]
     frame = pd.concat(parts, ignore_index=True)
     # pd.concat of per-block categoricals with different categories falls back to object.
     for column, dtype in dtypes.items():
@@ -618,20 +630,18 @@ def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator
     straddle two blocks. ``status`` is categorical per block (its own categories)."""
     columns = list(ENTRY_COLUMNS)
     cursor = conn.execute(f"SELECT {', '.join(columns)} FROM entries ORDER BY user_id, media_id")
-    dtypes = {c: _ENTRY_DTYPES[c] for c in columns}
     fetch = min(block, 100_000)  # rows per fetch from SQLite (a C int)
     parts, held = [], 0
     while True:
         fetched = cursor.fetchmany(fetch)
         if fetched:
-            parts.append(pd.DataFrame.from_records(fetched, columns=columns).astype(dtypes))
+            parts.append(_frame(fetched, columns, _ENTRY_DTYPES))
             held += len(fetched)
         if len(fetched) == fetch and held < block:
             continue
         if not held:  # the end, with nothing left
             return
-        frame = parts[0] if len(parts) == 1 else (  # categoricals of other categories: object
-            pd.concat(parts, ignore_index=True).astype({"status": "category"}))
+        frame = _joined(parts, _ENTRY_DTYPES)
         if len(fetched) < fetch:  # the end
             yield frame
             return

@@ -27,6 +27,7 @@ same way:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -197,8 +198,6 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     work = None
     if mode == "memory":
         ds, n_pairs = training_dataset(tables, config)
-        model = TwoTowerModel(tables.schema, config)
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
         fit_args = {"x": ds}
     else:
         work = Path(tempfile.mkdtemp(prefix="anirank-pairs-"))
@@ -208,8 +207,6 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
         if strategy is None:
             fit_args = {"x": fitting.stream_dataset(files, to_batch, config.batch_size,
                                                     config.seed)}
-            model = TwoTowerModel(tables.schema, config)
-            model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
         else:
             replicas = strategy.num_replicas_in_sync
 
@@ -228,9 +225,10 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
             share = -(-n_pairs // cluster.size)
             fit_args = {"x": strategy.distribute_datasets_from_function(per_worker),
                         "steps_per_epoch": -(-share // (config.batch_size // replicas))}
-            with strategy.scope():
-                model = TwoTowerModel(tables.schema, config)
-                model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    # The model after its input, whichever it is (the order its seeds were drawn in).
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = TwoTowerModel(tables.schema, config)
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     bar = tqdm(total=config.max_epochs, desc=f"retrieval ({config.features})", unit="epoch",
                disable=not progress)
     stopper = _EarlyStopping(tables, config, bar)
