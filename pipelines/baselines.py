@@ -32,6 +32,12 @@ MAX_EASE_TITLES = 20_000   # a dense float64 title x title inverse: 3.2 GB at th
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
+def skip_reason(num_titles: int) -> str:
+    """Why EASE is not fitted on a catalog of ``num_titles`` (``fit_ease`` returns None)."""
+    return (f"{num_titles:,} titles is more than the {MAX_EASE_TITLES:,} its dense title x "
+            "title inverse allows")
+
+
 def popularity_scorer(tables: FeatureTables):
     """``score_fn(user_rows) -> [b, num_anime]``: training interaction counts for every user."""
     counts = tables.train_counts()
@@ -60,29 +66,37 @@ def gram(tables: FeatureTables, batch_size: int = 4096) -> np.ndarray:
     matrix, accumulated over blocks of users so ``X`` is never dense whole."""
     train = tables.pairs("train")
     rows = np.unique(train["user_row"])
+    sets = tables.user_sets(train)
     out = np.zeros((len(tables.anime), len(tables.anime)), np.float64)
     for start in range(0, len(rows), batch_size):
-        x = tables.matrix(rows[start:start + batch_size], train).astype(np.float32)
+        x = sets.matrix(rows[start:start + batch_size]).astype(np.float32)
         out += x.T @ x
     return out
 
 
 def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
-    """EASE's closed form: ``B`` ``[n, n]`` float32 with a zero diagonal."""
+    """EASE's closed form: ``B`` ``[n, n]`` float32 with a zero diagonal.
+
+    ``lam`` is added to ``gram_matrix``'s diagonal in place for the inversion and the
+    diagonal put back after it: at 17.5k titles each float64 copy is 2.4 GB."""
     if lam <= 0:
         raise ValueError(f"EASE's `lam` must be positive. Received: {lam}.")
-    g = gram_matrix.copy()
-    g[np.diag_indices_from(g)] += lam
-    p = np.linalg.inv(g)
-    b = p / -np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return b.astype(np.float32)
+    diagonal = np.diag_indices_from(gram_matrix)
+    kept = gram_matrix[diagonal].copy()
+    gram_matrix[diagonal] += lam
+    try:
+        p = np.linalg.inv(gram_matrix)
+    finally:
+        gram_matrix[diagonal] = kept
+    p /= -p[diagonal][None, :]
+    p[diagonal] = 0.0
+    return p.astype(np.float32)
 
 
 def ease_scorer(tables: FeatureTables, weights: np.ndarray):
     """``score_fn(user_rows)``: each user's training row times ``weights``."""
-    train = tables.pairs("train")
-    return lambda rows: tables.matrix(rows, train).astype(np.float32) @ weights
+    train = tables.user_sets(tables.pairs("train"))
+    return lambda rows: train.matrix(rows).astype(np.float32) @ weights
 
 
 def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -> dict | None:
@@ -95,14 +109,21 @@ def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -
     """
     if len(tables.anime) > MAX_EASE_TITLES:
         return None
+    if lam is None and not lambdas:
+        raise ValueError("EASE needs a `lam` or at least one value in `lambdas` to choose from.")
     g = gram(tables)
     tried = {}
     if lam is None:
-        tried = {value: protocol.rank_metrics(ease_scorer(tables, ease_weights(g, value)),
-                                              tables, "validation")["recall@100"]
-                 for value in lambdas}
-        lam = max(tried, key=tried.get)  # the first (smallest) on a tie
-    weights = ease_weights(g, lam)
+        for value in lambdas:   # each candidate inverted once; the best one is kept
+            candidate = ease_weights(g, value)
+            tried[value] = protocol.rank_metrics(ease_scorer(tables, candidate), tables,
+                                                 "validation")["recall@100"]
+            if lam is None or tried[value] > tried[lam]:   # the first (smallest) on a tie
+                lam, weights = value, candidate
+            del candidate
+    else:
+        weights = ease_weights(g, lam)
+    del g
     return {"lambda": lam, "validation_recall@100": tried, "weights": weights,
             "scorer": ease_scorer(tables, weights)}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines import protocol
-from pipelines.tables import FeatureTables
+from pipelines.tables import FeatureTables, UserSets
 
 
 def test_factorized_top_k_by_hand():
@@ -19,6 +19,37 @@ def test_factorized_top_k_by_hand():
     assert got["top_1"] == pytest.approx(1 / 3)
     assert got["top_5"] == 1.0
     assert got["top_10"] == 1.0
+
+
+@pytest.mark.parametrize("num_titles", [40, 150])   # fewer and more than the largest K
+def test_factorized_top_k_matches_counting_every_title(num_titles):
+    # Integer embeddings make ties common; a tie counts against the pair.
+    rng = np.random.default_rng(num_titles)
+    query = rng.integers(-2, 3, (30, 4)).astype(np.float32)
+    cands = rng.integers(-2, 3, (num_titles, 4)).astype(np.float32)
+    pairs = pd.DataFrame({"user_row": rng.integers(0, 30, 500),
+                          "anime_row": rng.integers(0, num_titles, 500)})
+    scores = query @ cands.T
+    u, a = pairs["user_row"].to_numpy(), pairs["anime_row"].to_numpy()
+    ranks = (scores[u] > scores[u, a][:, None]).sum(1)
+    got = protocol.factorized_top_k(query, cands, pairs, batch_size=7)
+    assert got == {f"top_{k}": float((ranks < k).mean()) for k in protocol.FACTORIZED_KS}
+    assert 0 < got["top_1"] < got["top_10"] < 1
+
+
+def test_user_sets_give_the_rows_a_scan_of_the_pairs_gives():
+    rng = np.random.default_rng(0)
+    pairs = pd.DataFrame({"user_row": rng.integers(0, 50, 400),   # repeats included
+                          "anime_row": rng.integers(0, 30, 400)})
+    sets = UserSets(pairs, num_users=60, num_anime=30)   # users 50-59 have no pairs
+    rows = rng.permutation(60)[:25]
+    expected = np.zeros((25, 30), bool)
+    for i, r in enumerate(rows):
+        expected[i, pairs.loc[pairs["user_row"] == r, "anime_row"]] = True
+    np.testing.assert_array_equal(sets.matrix(rows), expected)
+    np.testing.assert_array_equal(sets.counts(rows),
+                                  np.bincount(pairs["user_row"], minlength=60)[rows])
+    assert sets.matrix(np.array([55, 59])).sum() == 0
 
 
 def test_rank_metrics_exclude_the_past_and_score_the_split(tiny_features):
