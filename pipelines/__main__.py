@@ -139,6 +139,11 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ablation", action="store_true",
                        help="skip training the ablations the metrics compare against (the "
                             "id-only two-tower and the one without the history)")
+    group.add_argument("--no-ease", action="store_true",
+                       help="skip EASE: its baseline row and the second candidate generator "
+                            "(the ranker then has the two-tower's candidates and signals "
+                            "alone). Its cost is cubic in the titles: about 1 minute at 5k "
+                            "titles, 15 at 15k on 2 cores (docs/benchmarks.md, section 8)")
     group.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
                        help="tower output size (default: %(default)s)")
     group.add_argument("--temperature", type=float, default=d.temperature,
@@ -487,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
 
             source = args.out if args.stage == "run" else args.features
             metrics = train_retrieval.run(source, args.model, _retrieval_config(args),
-                                          ablation=not args.no_ablation, progress=progress,
+                                          ablation=not args.no_ablation,
+                                          with_ease=not args.no_ease, progress=progress,
                                           input=args.input)
             if "worker" in metrics:  # a non-chief process of a distributed training
                 print(train_retrieval.format_worker(metrics))

@@ -78,11 +78,15 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     queries, candidate_embeddings = retrieval.queries, retrieval.candidate_embeddings
     scorers = {"two-tower": lambda r: queries[r] @ candidate_embeddings.T,
                "most popular": baselines.popularity_scorer(tables)}
-    # EASE with the lambda the training stage tuned on validation (tuned here if absent).
-    tuned = (saved.get("retrieval", {}).get("ease") or {}).get("lambda")
-    ease = baselines.fit_ease(tables, lam=tuned)
-    if ease is not None:
-        scorers["EASE"] = ease["scorer"]
+    # EASE as the training stage fitted and saved it (its lambda tuned on validation);
+    # refitted with that lambda for a model saved before its weights were, and absent
+    # where the training stage skipped it (the report says why).
+    ease = (saved.get("retrieval", {}).get("ease") or {}).get("lambda")
+    weights = retrieval.load_ease()
+    if weights is None and ease is not None:
+        weights = baselines.fit_ease(tables, lam=ease)["weights"]
+    if weights is not None:
+        scorers["EASE"] = baselines.ease_scorer(tables, weights)
     recent = baselines.recent_popularity_scorer(tables)
     if recent is not None:
         scorers[RECENT] = recent
@@ -116,7 +120,8 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
                                    ("recall@100", "ndcg@10")),
             # the ablations are not saved: their paired differences come from training
             **(saved.get("retrieval", {}).get("differences") or {})},
-        "ease": None if ease is None else {"lambda": ease["lambda"]},
+        "ease": None if weights is None else {"lambda": ease},
+        "ease_skipped": saved.get("retrieval", {}).get("ease_skipped"),
         **{key: None if m is None else {
             k: m[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")}
            for key, m in ablated.items()},
@@ -496,8 +501,8 @@ def render(metrics: dict) -> str:
                   f"{verdict} it at Recall@100 ({num(tt)} vs {num(ease)}, difference "
                   f"{interval(d, ', 95% CI ')})."]
     else:
-        lines += ["", f"EASE: skipped: {metrics['data']['counts']['anime']:,} titles is more "
-                  f"than the {baselines.MAX_EASE_TITLES:,} its dense title x title inverse allows."]
+        lines += ["", "EASE: skipped: " + (r.get("ease_skipped") or baselines.skip_reason(
+            metrics["data"]["counts"]["anime"])) + "."]
     f = r["factorized"]
     lines += ["", "Factorized top-K accuracy (TFRS's metric: all titles, nothing excluded): "
               + ", ".join(f"@{k[4:]} {num(v)}" for k, v in f.items()) + ".", "",

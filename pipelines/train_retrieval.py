@@ -288,12 +288,15 @@ def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
 def ease_metrics(tables: FeatureTables) -> tuple[dict | None, np.ndarray | None]:
     """The same protocol for EASE, its lambda tuned on validation Recall@100, and its
     weights (the model's second candidate generator); ``(None, None)`` above
-    ``baselines.MAX_EASE_TITLES`` titles."""
+    ``baselines.MAX_EASE_TITLES`` titles. ``seconds``: the Gram matrix, the lambda sweep
+    and the test pass (cubic in the titles: ``bench/scale.py`` shows it apart)."""
+    start = time.perf_counter()
     ease = baselines.fit_ease(tables)
     if ease is None:
         return None, None
     return ({**protocol.rank_metrics(ease["scorer"], tables, "test"), "lambda": ease["lambda"],
-             "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()}},
+             "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()},
+             "seconds": round(time.perf_counter() - start, 1)},
             ease["weights"])
 
 
@@ -356,7 +359,7 @@ def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str,
 
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = True,
-        progress: bool = True, input: str = "auto") -> dict:
+        with_ease: bool = True, progress: bool = True, input: str = "auto") -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
 
     With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
@@ -378,7 +381,13 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
                "recent_popularity": recent_popularity_metrics(tables)}
-    metrics["ease"], ease = ease_metrics(tables)
+    if with_ease:
+        metrics["ease"], ease = ease_metrics(tables)
+        if metrics["ease"] is None:
+            metrics["ease_skipped"] = baselines.skip_reason(len(tables.anime))
+    else:   # asked not to: the model has no second candidate generator
+        metrics["ease"], ease = None, None
+        metrics["ease_skipped"] = "turned off (--no-ease)"
     if ablation:
         # The ablations are trained like the model and not saved: the report reads their
         # paired differences on the same test users.

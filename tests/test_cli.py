@@ -1,5 +1,6 @@
 """The command line and the one environment module every entry point imports first."""
 
+import json
 import os
 import re
 import subprocess
@@ -64,6 +65,25 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert 100 < users <= 120
     assert f"recommendations for {users} users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
+
+
+def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
+    from pipelines.config import EASE_SIGNALS
+
+    db, out, model = tmp_path / "w.db", tmp_path / "features", tmp_path / "model"
+    code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
+                     "--users", "120", "--anime", "80", "--entries-per-user", "20",
+                     "--max-epochs", "1", "--no-ablation", "--no-ease", "--batch-size", "128",
+                     "--ranking-epochs", "1", "--no-loss-comparison"])
+    assert code == 0
+    assert not (model / "ease.npy").exists()
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["retrieval"]["ease"] is None
+    assert metrics["retrieval"]["ease_skipped"] == "turned off (--no-ease)"
+    ranking = json.loads((model / "config.json").read_text())["ranking"]
+    assert ranking["ease_candidates"] == 0 and not set(ranking["signals"]) & set(EASE_SIGNALS)
+    report = (model / "report" / "report.md").read_text()
+    assert "EASE: skipped: turned off (--no-ease)." in report and "| EASE |" not in report
 
 
 @pytest.mark.parametrize("argv, message", [
