@@ -2,12 +2,15 @@
 and 100M where the machine allows), each stage in its own process, its wall time and
 peak resident memory, and the growth exponent between sizes (time ~ n^a, RSS ~ n^b).
 
-    .venv/bin/python bench/scale.py [--sizes 1M 7M] [--workdir /tmp/anirank-scale]
+    .venv/bin/python bench/scale.py [--sizes 1M 7M 30M] [--workdir /tmp/anirank-scale]
 
 Stages, as a user runs them: ``synth``; ``features``; ``train-retrieval`` for one epoch
-without the ablations (the two-tower's fit, then EASE fitted for its baseline row and
-kept as the second candidate generator, the ScaNN index and the test metrics; the
-epoch's own seconds and EASE's are read from ``metrics.json``); ``serving.batch`` over
+with ``--no-ease --no-ablation --input stream`` (the two-tower's fit from shards, whose
+memory does not grow with the pairs, its test metrics and the ScaNN index; the epoch's
+own seconds are read from ``metrics.json``); ``EASE`` in a process of its own, as that
+stage fits it unless ``--no-ease`` (the Gram matrix, the lambda sweep on validation,
+the test pass: ``baselines.fit_ease`` and ``protocol.rank_metrics``, no TensorFlow),
+which grows with the titles cubed more than with the entries; ``serving.batch`` over
 every user. The last line is the feature stage's memory exponent: 0 is memory flat in
 the number of entries (issue 21's target), 1 is memory that grows with it.
 """
@@ -46,10 +49,16 @@ def timed(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - tick, usage.ru_maxrss / 1024 / 1024
 
 
-STAGES = ("synth", "features", "train-retrieval", "batch")
+STAGES = ("synth", "features", "train-retrieval", "ease", "batch")
+# EASE in a process of its own, as the retrieval stage fits it (see the docstring).
+EASE_ALONE = ("import sys\n"
+              "from pipelines import baselines, protocol\n"
+              "from pipelines.tables import FeatureTables\n"
+              "tables = FeatureTables.load(sys.argv[1])\n"
+              "protocol.rank_metrics(baselines.fit_ease(tables)['scorer'], tables, 'test')\n")
 
 
-def measure(size: str, work: Path, last: str = "batch") -> dict:
+def measure(size: str, work: Path, last: str = "batch", ease: bool = True) -> dict:
     """Every stage up to ``last`` (of ``STAGES``, each needing the ones before it) on
     the world of ``size``; returns {stage: (seconds, GB)} and counts."""
     shape = SIZES[size]
@@ -58,17 +67,26 @@ def measure(size: str, work: Path, last: str = "batch") -> dict:
     work.mkdir(parents=True)
     db, features, model = work / "anirank.db", work / "features", work / "model"
     stage = [sys.executable, "-m", "pipelines", "--quiet"]
-    out = {"synth": timed(stage + ["synth", "--db", str(db), "--future-days", "0",
-                                   "--users", str(shape["users"]), "--anime", str(shape["anime"]),
-                                   "--entries-per-user", str(shape["entries_per_user"])])}
-    out["features"] = timed(stage + ["features", "--db", str(db), "--out", str(features)])
-    if last in ("train-retrieval", "batch"):
-        out["train-retrieval (1 epoch)"] = timed(stage + [
+    out = {}
+
+    def step(name: str, command: list[str]) -> None:
+        # Printed as it finishes, so a size that fails later keeps what it measured.
+        out[name] = timed(command)
+        print(f"  {size} {name}: {out[name][0]:.1f} s, {out[name][1]:.2f} GB", flush=True)
+
+    step("synth", stage + ["synth", "--db", str(db), "--future-days", "0",
+                           "--users", str(shape["users"]), "--anime", str(shape["anime"]),
+                           "--entries-per-user", str(shape["entries_per_user"])])
+    step("features", stage + ["features", "--db", str(db), "--out", str(features)])
+    if STAGES.index(last) >= STAGES.index("train-retrieval"):
+        step("train-retrieval (1 epoch)", stage + [
             "train-retrieval", "--features", str(features), "--model", str(model),
-            "--max-epochs", "1", "--no-ablation"])
+            "--max-epochs", "1", "--no-ablation", "--no-ease", "--input", "stream"])
+    if ease and STAGES.index(last) >= STAGES.index("ease"):
+        step("EASE (6 lambdas)", [sys.executable, "-c", EASE_ALONE, str(features)])
     if last == "batch":
-        out["batch (every user)"] = timed([sys.executable, "-m", "serving.batch", "--model",
-                                           str(model), "--out", str(work / "recs"), "--quiet"])
+        step("batch (every user)", [sys.executable, "-m", "serving.batch", "--model",
+                                    str(model), "--out", str(work / "recs"), "--quiet"])
     counts = json.loads((features / "schema.json").read_text())["counts"]
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         entries = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
@@ -95,13 +113,20 @@ def main() -> int:
                              "than this 24 GiB machine has for the retrieval stage)")
     parser.add_argument("--workdir", default="/tmp/anirank-scale")
     parser.add_argument("--until", default="batch", choices=STAGES,
-                        help="the last stage to run (each needs the ones before it); "
+                        help="the last stage to run (each needs the ones before it but "
+                             "EASE, which needs the features only); "
                              "`--until features` measures the world and its tables alone "
                              "(default: %(default)s)")
+    parser.add_argument("--ease-up-to", choices=list(SIZES), default=None,
+                        help="measure EASE on this size and the smaller ones only (default: "
+                             "every size). It grows with the titles cubed and the users "
+                             "scored: about an hour at 30M (17.5k titles) on 2 cores")
     args = parser.parse_args()
     results = {}
+    order = list(SIZES)
     for size in args.sizes:
-        results[size] = measure(size, Path(args.workdir), args.until)
+        ease = args.ease_up_to is None or order.index(size) <= order.index(args.ease_up_to)
+        results[size] = measure(size, Path(args.workdir), args.until, ease)
         r = results[size]
         epoch = (f"; the epoch {r['epoch_seconds']:.1f} s ({r['examples_per_second']:,.0f} "
                  "examples/s)" if "epoch_seconds" in r else "")
@@ -110,15 +135,16 @@ def main() -> int:
     print(f"\n{'stage':<28}" + "".join(f"{s + ' s':>10}{s + ' GB':>9}" for s in args.sizes)
           + ("".join(f"{'time a':>9}{'RSS b':>8}" for _ in args.sizes[1:])))
     stages = results[args.sizes[0]]["stages"]
-    for stage in stages:
+    for stage in stages:   # "-": not measured at that size (--ease-up-to)
         row = f"{stage:<28}"
         for size in args.sizes:
-            seconds, gb = results[size]["stages"][stage]
-            row += f"{seconds:>10.1f}{gb:>9.2f}"
+            got = results[size]["stages"].get(stage)
+            row += f"{got[0]:>10.1f}{got[1]:>9.2f}" if got else f"{'-':>10}{'-':>9}"
         for small, large in zip(args.sizes, args.sizes[1:]):
-            (t0, m0), (t1, m1) = results[small]["stages"][stage], results[large]["stages"][stage]
+            a, b = results[small]["stages"].get(stage), results[large]["stages"].get(stage)
             n0, n1 = results[small]["entries"], results[large]["entries"]
-            row += f"{exponent(t0, t1, n0, n1):>9.2f}{exponent(m0, m1, n0, n1):>8.2f}"
+            row += (f"{exponent(a[0], b[0], n0, n1):>9.2f}{exponent(a[1], b[1], n0, n1):>8.2f}"
+                    if a and b else f"{'-':>9}{'-':>8}")
         print(row)
     if len(args.sizes) > 1:
         small, large = args.sizes[0], args.sizes[-1]

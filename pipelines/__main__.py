@@ -142,8 +142,9 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ease", action="store_true",
                        help="skip EASE: its baseline row and the second candidate generator "
                             "(the ranker then has the two-tower's candidates and signals "
-                            "alone). Its cost is cubic in the titles: about 1 minute at 5k "
-                            "titles, 15 at 15k on 2 cores (docs/benchmarks.md, section 8)")
+                            "alone). Its cost grows with the titles cubed: 29 s at 4.8k "
+                            "titles, 12 minutes and 8.6 GB at 14.4k on 2 cores "
+                            "(docs/benchmarks.md, section 8)")
     group.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
                        help="tower output size (default: %(default)s)")
     group.add_argument("--temperature", type=float, default=d.temperature,
