@@ -108,9 +108,10 @@ def exponent(a: float, b: float, n_a: int, n_b: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1M", "7M"], choices=list(SIZES),
-                        help="worlds to measure, smallest first (default: %(default)s; 30M "
-                             "takes about 20 minutes up to the features, and more memory "
-                             "than this 24 GiB machine has for the retrieval stage)")
+                        help="worlds to measure, smallest first (default: %(default)s, "
+                             "about 20 minutes on 2 cores; 30M adds about 30 minutes "
+                             "without EASE, 13 of them up to the features, and 5.5 GB "
+                             "at most: docs/benchmarks.md, section 8)")
     parser.add_argument("--workdir", default="/tmp/anirank-scale")
     parser.add_argument("--until", default="batch", choices=STAGES,
                         help="the last stage to run (each needs the ones before it but "
@@ -120,7 +121,8 @@ def main() -> int:
     parser.add_argument("--ease-up-to", choices=list(SIZES), default=None,
                         help="measure EASE on this size and the smaller ones only (default: "
                              "every size). It grows with the titles cubed and the users "
-                             "scored: about an hour at 30M (17.5k titles) on 2 cores")
+                             "scored: 12 minutes at 7M (14.4k titles), unfinished after 34 "
+                             "minutes at 30M (16.8k) on 2 cores")
     args = parser.parse_args()
     results = {}
     order = list(SIZES)

@@ -74,7 +74,8 @@ def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
                      "--max-epochs", "1", "--no-ablation", "--no-ease", "--batch-size", "128",
-                     "--ranking-epochs", "1", "--no-loss-comparison"])
+                     "--ranking-epochs", "1", "--no-loss-comparison",
+                     "--no-ranking-ablations"])
     assert code == 0
     assert not (model / "ease.npy").exists()
     metrics = json.loads((model / "metrics.json").read_text())
