@@ -13,8 +13,9 @@ run: $(STAMP)
 	$(PY) -m pipelines run
 	$(PY) -m tests.simulate_days --days 3 --quiet
 
+# The suite on up to four processes (pytest-xdist; two on a two-core machine).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 
 install: $(STAMP)
 

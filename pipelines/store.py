@@ -620,36 +620,53 @@ def _joined(parts: list[pd.DataFrame], dtypes: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-# Rows per block of ``iter_entries`` (the feature stage's memory holds about one block).
+# Rows per block of ``iter_entries`` (the feature stage's memory holds about one block),
+# and rows per fetch from SQLite behind it.
 ENTRY_BLOCK = 250_000
+FETCH = 100_000
 
 
 def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator[pd.DataFrame]:
     """All list entries as ``read_entries`` gives them (same order, same dtypes), in
     blocks of about ``block`` rows, each holding whole users: a user's entries never
-    straddle two blocks. ``status`` is categorical per block (its own categories)."""
+    straddle two blocks. ``status`` is categorical per block (its own categories).
+
+    Rows come from SQLite ``FETCH`` at a time whatever ``block`` is (a frame per fetch
+    costs milliseconds: fetching a small block's rows one by one was most of its time),
+    and the whole users fetched so far are cut into blocks of at least ``block`` rows
+    (the last block of a cut takes what is left); the last user is held back until the
+    next fetch shows where they end."""
+    if block < 1:
+        raise ValueError(f"`block` must be at least 1 row. Received: {block}.")
     columns = list(ENTRY_COLUMNS)
     cursor = conn.execute(f"SELECT {', '.join(columns)} FROM entries ORDER BY user_id, media_id")
-    fetch = min(block, 100_000)  # rows per fetch from SQLite (a C int)
     parts, held = [], 0
     while True:
-        fetched = cursor.fetchmany(fetch)
+        fetched = cursor.fetchmany(FETCH)
         if fetched:
             parts.append(_frame(fetched, columns, _ENTRY_DTYPES))
             held += len(fetched)
-        if len(fetched) == fetch and held < block:
+        end = len(fetched) < FETCH
+        if not end and held < block:
             continue
         if not held:  # the end, with nothing left
             return
         frame = _joined(parts, _ENTRY_DTYPES)
-        if len(fetched) < fetch:  # the end
-            yield frame
-            return
         users = frame["user_id"].to_numpy()
-        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep them
-        if cut:
-            yield frame.iloc[:cut].reset_index(drop=True)
-        parts = [frame.iloc[cut:].reset_index(drop=True)]
+        # Where each user's rows begin; the last user may go on in the next fetch.
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        whole = len(frame) if end else int(starts[-1])
+        begin = 0
+        while begin < whole:
+            # Cut before the first user who begins ``block`` rows on, unless fewer than
+            # ``block`` whole rows would follow: those stay in this block.
+            after = starts[np.searchsorted(starts, begin + block):]
+            stop = int(after[0]) if len(after) and whole - after[0] >= block else whole
+            yield frame.iloc[begin:stop].reset_index(drop=True)
+            begin = stop
+        if end:
+            return
+        parts = [frame.iloc[whole:].reset_index(drop=True)]
         held = len(parts[0])
 
 

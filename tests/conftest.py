@@ -1,26 +1,51 @@
 """Shared fixtures: small seeded synthetic worlds and their feature tables. The worlds'
 sizes and the helpers that build them are in tests/worlds.py (import those from there);
-the project root is on the path through pytest's ``pythonpath`` (pyproject.toml)."""
+the project root is on the path through pytest's ``pythonpath`` (pyproject.toml).
+
+`make test` runs the suite on two processes (pytest-xdist). A session fixture that
+trains or builds something is made once for the whole run, not once per process:
+``once`` builds it in a directory the processes share, the first process to ask doing
+the work while the others wait on a file lock (pytest-xdist's own recipe), and every
+process reads the same files back."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from pipelines import features, store, tables
 from tests.worlds import SMALL, TINY, TINY_RANKING, build_features, build_world
 
 
+def once(tmp_path_factory, name: str, build):
+    """``build(directory)``'s value (JSON: paths as strings), run once per test run for
+    ``name`` in a directory every pytest process sees, and read back from JSON in each
+    (one process or many, the tests see the same types)."""
+    base = tmp_path_factory.getbasetemp()   # under pytest-xdist, one per process
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "once"
+    root.mkdir(exist_ok=True)
+    directory, value = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not value.exists():
+            shutil.rmtree(directory, ignore_errors=True)   # what a failed build left
+            directory.mkdir()
+            value.write_text(json.dumps(build(directory)))
+    return json.loads(value.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_db(tmp_path_factory) -> Path:
     """A 400-user, 300-anime synthetic world (about 16k entries)."""
-    return build_world(tmp_path_factory.mktemp("tiny") / "tiny.db", **TINY)
+    return Path(once(tmp_path_factory, "tiny_db", lambda d: str(build_world(d / "tiny.db", **TINY))))
 
 
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory) -> Path:
     """The default demo world (3k users, 2k anime, ~320k entries): a few seconds."""
-    return build_world(tmp_path_factory.mktemp("demo") / "demo.db")
+    return Path(once(tmp_path_factory, "demo_db", lambda d: str(build_world(d / "demo.db"))))
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +59,9 @@ def small_schema(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def demo_features(demo_db, tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_features") / "features"
-    return tables.load(build_features(demo_db, out))
+    out = once(tmp_path_factory, "demo_features",
+               lambda d: str(build_features(demo_db, d / "features")))
+    return tables.load(out)
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +76,17 @@ def demo_raw(demo_db):
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_db, tmp_path_factory) -> Path:
-    return build_features(tiny_db, tmp_path_factory.mktemp("tiny_features") / "features")
+    return Path(once(tmp_path_factory, "tiny_features",
+                     lambda d: str(build_features(tiny_db, d / "features"))))
+
+
+def _trained(tmp_path_factory, name: str, train) -> tuple[Path, dict]:
+    """``(model dir, metrics)`` of ``train(model dir) -> metrics``, made once per run."""
+    def build(directory):
+        return {"model": str(directory / "model"), "metrics": train(directory / "model")}
+
+    value = once(tmp_path_factory, name, build)
+    return Path(value["model"]), value["metrics"]
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +99,9 @@ def tiny_model(tiny_features, tmp_path_factory):
     from pipelines import train_retrieval
     from pipelines.config import RetrievalConfig
 
-    out = tmp_path_factory.mktemp("tiny_model") / "model"
-    metrics = train_retrieval.run(tiny_features, out,
-                                  RetrievalConfig(max_epochs=10, batch_size=256, history=False),
-                                  ablation=False, progress=False)
-    return out, metrics
+    return _trained(tmp_path_factory, "tiny_model", lambda out: train_retrieval.run(
+        tiny_features, out, RetrievalConfig(max_epochs=10, batch_size=256, history=False),
+        ablation=False, progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -77,40 +111,36 @@ def tiny_history_model(tiny_features, tmp_path_factory):
     from pipelines import train_retrieval
     from pipelines.config import RetrievalConfig
 
-    out = tmp_path_factory.mktemp("tiny_history_model") / "model"
-    metrics = train_retrieval.run(tiny_features, out,
-                                  RetrievalConfig(max_epochs=10, batch_size=256),
-                                  ablation=False, progress=False)
-    return out, metrics
+    return _trained(tmp_path_factory, "tiny_history_model", lambda out: train_retrieval.run(
+        tiny_features, out, RetrievalConfig(max_epochs=10, batch_size=256),
+        ablation=False, progress=False))
 
 
 @pytest.fixture(scope="session")
 def tiny_ranked(tiny_model, tiny_features, tmp_path_factory):
     """A copy of the tiny model with a ranker added: (dir, ranking metrics)."""
-    import shutil
-
     from pipelines import train_ranking
     from pipelines.config import RankingConfig
 
-    model_dir = tmp_path_factory.mktemp("ranked") / "model"
-    shutil.copytree(tiny_model[0], model_dir)
-    metrics = train_ranking.run(tiny_features, model_dir, RankingConfig(**TINY_RANKING),
-                                compare_losses=False, progress=False)
-    return model_dir, metrics
+    def train(model_dir):
+        shutil.copytree(tiny_model[0], model_dir)
+        return train_ranking.run(tiny_features, model_dir, RankingConfig(**TINY_RANKING),
+                                 compare_losses=False, progress=False)
+
+    return _trained(tmp_path_factory, "tiny_ranked", train)
 
 
 @pytest.fixture(scope="session")
 def tiny_scored(tiny_ranked, tiny_features, tmp_path_factory):
     """A copy of the ranked tiny model with a score head added: (dir, score metrics)."""
-    import shutil
-
     from pipelines import train_scores
     from pipelines.config import ScoreConfig
 
-    model_dir = tmp_path_factory.mktemp("scored") / "model"
-    shutil.copytree(tiny_ranked[0], model_dir)
-    metrics = train_scores.run(tiny_features, model_dir, ScoreConfig(), progress=False)
-    return model_dir, metrics
+    def train(model_dir):
+        shutil.copytree(tiny_ranked[0], model_dir)
+        return train_scores.run(tiny_features, model_dir, ScoreConfig(), progress=False)
+
+    return _trained(tmp_path_factory, "tiny_scored", train)
 
 
 @pytest.fixture(scope="session")
@@ -120,15 +150,19 @@ def default_model(demo_db, tmp_path_factory):
     from pipelines import train_ranking, train_retrieval, train_scores
     from pipelines.config import RankingConfig, RetrievalConfig, ScoreConfig
 
-    root = tmp_path_factory.mktemp("default_model")
-    features_dir, model_dir = root / "features", root / "model"
-    build_features(demo_db, features_dir)
-    train_retrieval.run(features_dir, model_dir, RetrievalConfig(max_epochs=1, validation_users=200),
-                        ablation=False, progress=False)
-    train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
-                      compare_losses=False, with_ablations=False, progress=False)
-    train_scores.run(features_dir, model_dir, ScoreConfig(max_epochs=1), progress=False)
-    return features_dir, model_dir
+    def build(root):
+        features_dir, model_dir = root / "features", root / "model"
+        build_features(demo_db, features_dir)
+        train_retrieval.run(features_dir, model_dir,
+                            RetrievalConfig(max_epochs=1, validation_users=200),
+                            ablation=False, progress=False)
+        train_ranking.run(features_dir, model_dir, RankingConfig(max_epochs=1, max_lists_per_user=1),
+                          compare_losses=False, with_ablations=False, progress=False)
+        train_scores.run(features_dir, model_dir, ScoreConfig(max_epochs=1), progress=False)
+        return {"features": str(features_dir), "model": str(model_dir)}
+
+    value = once(tmp_path_factory, "default_model", build)
+    return Path(value["features"]), Path(value["model"])
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
                      "--max-epochs", "2", "--no-ablation", "--batch-size", "128",
-                     "--ranking-epochs", "2", "--no-loss-comparison",
+                     "--ranking-epochs", "2", "--no-loss-comparison", "--no-ranking-ablations",
                      "--recommendations", str(tmp_path / "recs")])
     assert code == 0
     printed = capsys.readouterr().out

@@ -35,8 +35,10 @@ RANDOM_SPLIT = "a seeded random 10% of each user's list"
 TIME_SPLIT = "as of "  # one time cutoff for everyone
 
 
-def _stages(capsys, db: Path, tmp: Path) -> dict:
-    """features -> train-retrieval -> train-ranking -> evaluate via the CLI, each exit 0."""
+def _stages(capsys, db: Path, tmp: Path, ablations: bool = False) -> dict:
+    """features -> train-retrieval -> train-ranking -> evaluate via the CLI, each exit 0.
+    ``ablations``: the ranking ablations too (the crawl, with every feature, and the
+    2017 dump, with the fewest: a third of each test's time)."""
     features, model = tmp / "features", tmp / "model"
     printed = {}
     for stage, args in (
@@ -44,7 +46,8 @@ def _stages(capsys, db: Path, tmp: Path) -> dict:
             ("train-retrieval", ["--features", features, "--model", model, "--max-epochs", "2",
                                  "--batch-size", "128", "--no-ablation"]),
             ("train-ranking", ["--features", features, "--model", model, "--ranking-epochs",
-                               "1", "--no-loss-comparison"]),
+                               "1", "--no-loss-comparison",
+                               *([] if ablations else ["--no-ranking-ablations"])]),
             ("evaluate", ["--features", features, "--model", model])):
         code = main(["--quiet", stage, *map(str, args)])
         out = capsys.readouterr()
@@ -104,7 +107,7 @@ def _import(capsys, tmp: Path, anime: str, ratings: str) -> Path:
 @pytest.mark.parametrize("fixture", ["kaggle2017", "kaggle2017_min10"])
 def test_kaggle_2017_end_to_end(fixture, tmp_path, capsys):
     db = _import(capsys, tmp_path, f"{fixture}/anime.csv", f"{fixture}/rating.csv")
-    run = _stages(capsys, db, tmp_path)
+    run = _stages(capsys, db, tmp_path, ablations=fixture == "kaggle2017")
     assert run["schema"]["source"] == {
         "kind": "kaggle", "dump": "2017", "ratings_file": "rating.csv",
         "description": 'the Kaggle "Anime Recommendations Database" (2017) dump (rating.csv)'}
@@ -159,7 +162,7 @@ def test_anilist_crawl_end_to_end(tmp_path, capsys):
                             "--quiet"])
             assert code == 0, capsys.readouterr().err
     capsys.readouterr()
-    run = _stages(capsys, db, tmp_path)
+    run = _stages(capsys, db, tmp_path, ablations=True)
     assert run["schema"]["source"]["kind"] == "anilist"
     assert run["schema"]["source"]["description"].startswith("an AniList crawl (lists fetched up to 20")
     assert run["schema"]["split"]["method"] == "time"

@@ -347,7 +347,7 @@ def test_ranker_with_id_lookups_falls_back_from_xla(tiny_model, tiny_features, t
     shutil.copytree(tiny_model[0], model_dir)
     train_ranking.run(tiny_features, model_dir,
                       RankingConfig(**{**TINY_RANKING, "max_epochs": 1, "use_ids": True}),
-                      compare_losses=False, progress=False)
+                      compare_losses=False, with_ablations=False, progress=False)
     rec = Recommender.from_pretrained(str(model_dir), use_ranker=True)
     assert rec._encoded is not None and not rec.xla
     users = rec.users["user_id"].to_numpy()[:20]

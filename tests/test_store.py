@@ -236,14 +236,22 @@ def test_newest_entry_time_reads_times_as_the_feature_stage_does(tmp_path):
         store.newest_entry_time(conn, ["score"])
 
 
-@pytest.mark.parametrize("block", [1, 7, 10**6])
-def test_entries_come_in_blocks_of_whole_users_equal_to_reading_them_at_once(tiny_db, block):
+@pytest.mark.parametrize("fetch", [store.FETCH, 997])
+@pytest.mark.parametrize("block", [1, 7, 300, 10**6])
+def test_entries_come_in_blocks_of_whole_users_equal_to_reading_them_at_once(tiny_db, block,
+                                                                            fetch, monkeypatch):
+    """Whatever the block and the fetch (997 rows: users run across fetches), the blocks
+    hold whole users, at least ``block`` rows each but the last, and join to the table."""
+    monkeypatch.setattr(store, "FETCH", fetch)
     conn = store.connect(tiny_db, readonly=True)
     whole = store.read_entries(conn)
     blocks = list(store.iter_entries(conn, block))
     conn.close()
     users = [set(b["user_id"]) for b in blocks]
     assert sum(len(u) for u in users) == len(set().union(*users))  # no user in two blocks
+    assert all(len(b) >= block for b in blocks[:-1])
+    if block == 1:   # a block per user
+        assert [len(u) for u in users] == [1] * whole["user_id"].nunique()
     joined = pd.concat(blocks, ignore_index=True)
     assert joined.dtypes.drop("status").equals(whole.dtypes.drop("status"))
     pd.testing.assert_frame_equal(joined.astype({"status": str}), whole.astype({"status": str}))
