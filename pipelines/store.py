@@ -629,7 +629,8 @@ FETCH = 100_000
 def iter_entries(conn: sqlite3.Connection, block: int = ENTRY_BLOCK) -> Iterator[pd.DataFrame]:
     """All list entries as ``read_entries`` gives them (same order, same dtypes), in
     blocks of about ``block`` rows, each holding whole users: a user's entries never
-    straddle two blocks. ``status`` is categorical per block (its own categories).
+    straddle two blocks. ``status`` is categorical (the categories of the rows fetched
+    with the block, not necessarily its own).
 
     Rows come from SQLite ``FETCH`` at a time whatever ``block`` is (a frame per fetch
     costs milliseconds: fetching a small block's rows one by one was most of its time),

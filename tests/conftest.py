@@ -2,11 +2,11 @@
 sizes and the helpers that build them are in tests/worlds.py (import those from there);
 the project root is on the path through pytest's ``pythonpath`` (pyproject.toml).
 
-`make test` runs the suite on two processes (pytest-xdist). A session fixture that
-trains or builds something is made once for the whole run, not once per process:
-``once`` builds it in a directory the processes share, the first process to ask doing
-the work while the others wait on a file lock (pytest-xdist's own recipe), and every
-process reads the same files back."""
+`make test` runs the suite on every core, up to four processes (pytest-xdist). A
+session fixture that trains or builds something is made once for the whole run, not
+once per process: ``once`` builds it in a directory the processes share, the first
+process to ask doing the work while the others wait on a file lock (pytest-xdist's own
+recipe), and every process reads the same files back."""
 
 import json
 import os
