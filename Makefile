@@ -5,12 +5,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean bench
+.PHONY: run evidence test install clean bench
 
 # The main job, then three days of the daily loop over the synthetic world's next days
 # (through the real AniList client and the stand-in server of tests/).
 run: $(STAMP)
 	$(PY) -m pipelines run
+	$(PY) -m tests.simulate_days --days 3 --quiet
+
+# The same job with every comparison the report's evidence rests on (the id-only and
+# history-less two-towers, one ranker per loss, the ablation rankers): the README's
+# tables with ablation or loss rows come from it. About 3x `make run`'s time.
+evidence: $(STAMP)
+	$(PY) -m pipelines run --evidence
 	$(PY) -m tests.simulate_days --days 3 --quiet
 
 # The suite on up to four processes (pytest-xdist; two on a two-core machine).

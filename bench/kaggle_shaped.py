@@ -9,8 +9,7 @@ shape, on a world whose ground truth we know.
         --ratings /tmp/k17/rating.csv
     python -m pipelines features --db /tmp/k17/store.db --out /tmp/k17/features
     python -m pipelines train-retrieval --features /tmp/k17/features --model /tmp/k17/model
-    python -m pipelines train-ranking --features /tmp/k17/features --model /tmp/k17/model \
-        --no-loss-comparison
+    python -m pipelines train-ranking --features /tmp/k17/features --model /tmp/k17/model
     python -m pipelines evaluate --features /tmp/k17/features --model /tmp/k17/model
 """
 

@@ -5,7 +5,7 @@ peak resident memory, and the growth exponent between sizes (time ~ n^a, RSS ~ n
     .venv/bin/python bench/scale.py [--sizes 1M 7M 30M] [--workdir /tmp/anirank-scale]
 
 Stages, as a user runs them: ``synth``; ``features``; ``train-retrieval`` for one epoch
-with ``--no-ease --no-ablation --input stream`` (the two-tower's fit from shards, whose
+with ``--no-ease --input stream`` (the two-tower's fit from shards, whose
 memory does not grow with the pairs, its test metrics and the ScaNN index; the epoch's
 own seconds are read from ``metrics.json``); ``EASE`` in a process of its own, as that
 stage fits it unless ``--no-ease`` (the Gram matrix, the lambda sweep on validation,
@@ -81,7 +81,7 @@ def measure(size: str, work: Path, last: str = "batch", ease: bool = True) -> di
     if STAGES.index(last) >= STAGES.index("train-retrieval"):
         step("train-retrieval (1 epoch)", stage + [
             "train-retrieval", "--features", str(features), "--model", str(model),
-            "--max-epochs", "1", "--no-ablation", "--no-ease", "--input", "stream"])
+            "--max-epochs", "1", "--no-ease", "--input", "stream"])
     if ease and STAGES.index(last) >= STAGES.index("ease"):
         step("EASE (6 lambdas)", [sys.executable, "-c", EASE_ALONE, str(features)])
     if last == "batch":

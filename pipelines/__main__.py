@@ -136,9 +136,10 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-history", action="store_true",
                        help="a query tower without the user's history (the weighted mean of "
                             "their watched titles' embeddings)")
-    group.add_argument("--no-ablation", action="store_true",
-                       help="skip training the ablations the metrics compare against (the "
-                            "id-only two-tower and the one without the history)")
+    group.add_argument("--ablations", action="store_true",
+                       help="also train the two-towers the report compares against: the "
+                            "id-only one and the one without the history (about 2x the "
+                            "stage's time; part of --evidence)")
     group.add_argument("--no-ease", action="store_true",
                        help="skip EASE: its baseline row and the second candidate generator "
                             "(the ranker then has the two-tower's candidates and signals "
@@ -189,8 +190,9 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ranking model")
     group.add_argument("--loss", default=d.loss, choices=sorted(LOSS_NAMES),
                        help="listwise loss of the saved ranker (default: %(default)s)")
-    group.add_argument("--no-loss-comparison", action="store_true",
-                       help="train only --loss, not one ranker per loss for the comparison")
+    group.add_argument("--compare-losses", action="store_true",
+                       help="also train one ranker per other loss on the same lists and "
+                            "compare them on validation (part of --evidence)")
     group.add_argument("--labelled-per-list", type=int, default=d.labelled_per_list,
                        help="relevant titles per training list (default: %(default)s)")
     group.add_argument("--negatives-per-list", type=int, default=d.negatives_per_list,
@@ -209,10 +211,11 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                        help="the ranker does not read how many watched titles each candidate "
                             "continues (a source without relations between titles has no such "
                             "signal anyway)")
-    group.add_argument("--no-ranking-ablations", action="store_true",
-                       help="skip the ablation rankers the report compares against (EASE "
-                            "candidates switched, without the EASE signals, without the "
-                            "franchise signal, without the residual form)")
+    group.add_argument("--ranking-ablations", action="store_true",
+                       help="also train the ablation rankers the report compares against "
+                            "(EASE candidates switched, without the EASE signals, without "
+                            "the franchise signal, without the residual form), each with its "
+                            "paired CI (part of --evidence)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
     group.add_argument("--ranking-seed", type=int, default=d.seed,
@@ -441,10 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(run)
     _add_ranking_args(run)
     _add_score_args(run)
+    run.add_argument("--evidence", action="store_true",
+                     help="also train every comparison the report's evidence rests on: "
+                          "--ablations, --compare-losses and --ranking-ablations (about 3x "
+                          "the time; `make evidence`). Without it the report has the model, "
+                          "its baselines (EASE, popularity, recent popularity, retrieval "
+                          "order) and their paired CIs")
     run.add_argument("--recommendations", default="data/recommendations",
                      help="where the final batch job writes every user's top 10 "
                           "(default: %(default)s)")
     return parser
+
+
+def _evidence(args: argparse.Namespace, comparison: str) -> bool:
+    """Whether a stage trains ``comparison``: its own flag, or ``run --evidence``."""
+    return bool(getattr(args, comparison, False) or getattr(args, "evidence", False))
 
 
 def _single_machine(stage: str) -> None:
@@ -493,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
 
             source = args.out if args.stage == "run" else args.features
             metrics = train_retrieval.run(source, args.model, _retrieval_config(args),
-                                          ablation=not args.no_ablation,
+                                          ablation=_evidence(args, "ablations"),
                                           with_ease=not args.no_ease, progress=progress,
                                           input=args.input)
             if "worker" in metrics:  # a non-chief process of a distributed training
@@ -507,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
 
             source = args.out if args.stage == "run" else args.features
             metrics = train_ranking.run(source, args.model, _ranking_config(args),
-                                        compare_losses=not args.no_loss_comparison,
-                                        with_ablations=not args.no_ranking_ablations,
+                                        compare_losses=_evidence(args, "compare_losses"),
+                                        with_ablations=_evidence(args, "ranking_ablations"),
                                         progress=progress)
             print(train_ranking.format_metrics(metrics))
             print(f"model in {args.model} (metrics: {args.model}/metrics.json)")

@@ -467,6 +467,26 @@ def _score_lines(sc: dict | None) -> list[str]:
     return lines
 
 
+def _comparison_lines(metrics: dict) -> list[str]:
+    """Which comparisons this run trained and which it left out, so that a missing row
+    reads as not asked for, not as lost (they are off unless ``--evidence`` or their own
+    flag asks)."""
+    r, k = metrics["retrieval"], metrics.get("ranking") or {}
+    missing = []
+    if r.get("ids_only") is None and r.get("without_history") is None:
+        missing.append("the two-tower's ablations (ids only, without the history: "
+                       "`--ablations`)")
+    if k and len((k.get("validation") or {}).get("losses") or {}) < 2:
+        missing.append("one ranker per loss (`--compare-losses`)")
+    if k and not k.get("ablations"):
+        missing.append("the ranking ablations (`--ranking-ablations`)")
+    if not missing:
+        return []
+    return ["Comparisons not trained in this run: " + "; ".join(missing) + ". `python -m "
+            "pipelines run --evidence` (`make evidence`) trains them all, with their paired "
+            "CIs, for about three times the time.", ""]
+
+
 def render(metrics: dict) -> str:
     """report.md, from the metrics dict alone (so its numbers are metrics.json's)."""
     r = metrics["retrieval"]
@@ -486,7 +506,8 @@ def render(metrics: dict) -> str:
                 "pull; not the franchise steps); for ranking, "
                 "the score the user would give each title without noise. They are the "
                 "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
-             *_dropped_lines(metrics["data"].get("dropped_features") or {}), "## Retrieval", "",
+             *_dropped_lines(metrics["data"].get("dropped_features") or {}),
+             *_comparison_lines(metrics), "## Retrieval", "",
              table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"]),
                     ("two-tower, without history (training stage)", r.get("without_history"))],
                    [(f"R@{k}", f"recall@{k}") for k in CURVE_KS]

@@ -309,8 +309,10 @@ def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple]:
             mask = values.isna().to_numpy()
             ints = np.where(mask, 0, values.to_numpy()).astype(np.int64).tolist()
             lists.append([None if m else v for m, v in zip(mask.tolist(), ints)])
-        else:
-            lists.append(values.astype(object).where(values.notna(), None).tolist())
+        else:  # numpy's isna over the objects: pandas' where() costs ~1 ms a column
+            objects = values.to_numpy(dtype=object)
+            mask = pd.isna(objects).tolist()
+            lists.append([None if m else v for m, v in zip(mask, objects.tolist())])
     return zip(*lists)
 
 

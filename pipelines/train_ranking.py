@@ -484,13 +484,14 @@ def serving_decision(validation: dict, loss: str) -> dict:
 
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",
-        config: RankingConfig = RankingConfig(), *, compare_losses: bool = True,
-        with_ablations: bool = True, progress: bool = True) -> dict:
+        config: RankingConfig = RankingConfig(), *, compare_losses: bool = False,
+        with_ablations: bool = False, progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines train-ranking``.
 
     Trains the ranker with ``config.loss`` and, with ``compare_losses``, one ranker per
     other loss on the same lists for the comparison (made on validation, end to end on
-    the held-out users; test numbers are reported only). Adds ``ranker/`` (the
+    the held-out users; test numbers are reported only) and, with ``with_ablations``, the
+    ablation rankers (``ablation_variants``), each paired with it on the same users. Adds ``ranker/`` (the
     ``config.loss`` ranker), the metrics (``metrics.json`` -> ``ranking``) and the config
     to the model directory in one atomic swap. Returns the ranking metrics.
     """

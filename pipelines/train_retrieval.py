@@ -358,9 +358,12 @@ def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str,
 
 
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
-        config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = True,
+        config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = False,
         with_ease: bool = True, progress: bool = True, input: str = "auto") -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
+
+    ``ablation``: also train the id-only two-tower and the one without the history, for
+    the report's comparison (``--ablations``; ``run --evidence``).
 
     With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
     one of them runs this alike and trains its share; only the chief evaluates and

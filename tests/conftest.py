@@ -134,14 +134,15 @@ def tiny_history_model(tiny_features, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_ranked(tiny_model, tiny_features, tmp_path_factory):
-    """A copy of the tiny model with a ranker added: (dir, ranking metrics)."""
+    """A copy of the tiny model with a ranker added, and its ablation rankers' metrics:
+    (dir, ranking metrics)."""
     from pipelines import train_ranking
     from pipelines.config import RankingConfig
 
     def train(model_dir):
         shutil.copytree(tiny_model[0], model_dir)
         return train_ranking.run(tiny_features, model_dir, RankingConfig(**TINY_RANKING),
-                                 compare_losses=False, progress=False)
+                                 with_ablations=True, progress=False)
 
     return _trained(tmp_path_factory, "tiny_ranked", train)
 

@@ -71,7 +71,7 @@ def test_data_a_model_cannot_learn_from_is_named(case, statement, args, phrases,
     db = _world(tmp_path, statement)
     _features(capsys, tmp_path, db, *args)
     code, _, err = _run(capsys, "train-retrieval", "--features", tmp_path / "f",
-                        "--model", tmp_path / "m", "--no-ablation")
+                        "--model", tmp_path / "m")
     _one_line_error(code, err, *phrases)
     assert not (tmp_path / "m").exists()
 
@@ -102,10 +102,10 @@ def test_no_scores_at_all(tmp_path, capsys):
     assert schema["dropped_features"]["average_score"] == "no values in the source"
     f, m = tmp_path / "f", tmp_path / "m"
     code, _, err = _run(capsys, "train-retrieval", "--features", f, "--model", m,
-                        "--max-epochs", "1", "--no-ablation")
+                        "--max-epochs", "1")
     assert code == 0, err
     code, _, err = _run(capsys, "train-ranking", "--features", f, "--model", m,
-                        "--ranking-epochs", "1", "--no-loss-comparison")
+                        "--ranking-epochs", "1")
     _one_line_error(code, err, "no scored entries", "complete without a ranker")
     code, out, err = _run(capsys, "evaluate", "--features", f, "--model", m)
     assert code == 0, err
@@ -128,8 +128,9 @@ def test_single_values_small_catalog_and_no_labelled_test_users(tmp_path, capsys
     assert {"format", "country", "format_share"} <= {f["name"] for f in schema["features"]}
     assert schema["counts"]["test"]["labels"] == 0
     f, m = tmp_path / "f", tmp_path / "m"
-    for stage, args in (("train-retrieval", ["--max-epochs", "1", "--no-ablation"]),
-                        ("train-ranking", ["--ranking-epochs", "1", "--no-loss-comparison"]),
+    # The ranking ablations too: with 80 titles, fewer than the candidates they switch.
+    for stage, args in (("train-retrieval", ["--max-epochs", "1"]),
+                        ("train-ranking", ["--ranking-epochs", "1", "--ranking-ablations"]),
                         ("evaluate", [])):
         code, out, err = _run(capsys, stage, "--features", f, "--model", m, *args)
         assert code == 0, err

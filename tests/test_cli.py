@@ -48,8 +48,7 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     db, out, model = tmp_path / "w.db", tmp_path / "features", tmp_path / "model"
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
-                     "--max-epochs", "2", "--no-ablation", "--batch-size", "128",
-                     "--ranking-epochs", "2", "--no-loss-comparison", "--no-ranking-ablations",
+                     "--max-epochs", "2", "--batch-size", "128", "--ranking-epochs", "2",
                      "--recommendations", str(tmp_path / "recs")])
     assert code == 0
     printed = capsys.readouterr().out
@@ -67,15 +66,33 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
 
 
+def test_comparisons_are_trained_only_when_asked_for():
+    """The comparisons (the two-tower's ablations, one ranker per loss, the ranking
+    ablations) triple the job's time: off by default, each on by its own flag, all on
+    with `run --evidence`."""
+    comparisons = ("ablations", "compare_losses", "ranking_ablations")
+
+    def asked(*argv):
+        args = cli.build_parser().parse_args(list(argv))
+        return {c for c in comparisons if cli._evidence(args, c)}
+
+    assert asked("run") == asked("train-retrieval") == asked("train-ranking") == set()
+    assert asked("run", "--evidence") == set(comparisons)
+    assert asked("train-retrieval", "--ablations") == {"ablations"}
+    assert asked("train-ranking", "--compare-losses", "--ranking-ablations") == {
+        "compare_losses", "ranking_ablations"}
+    with pytest.raises(SystemExit):   # the old opt-out flags are gone, not ignored
+        cli.build_parser().parse_args(["run", "--no-ablation"])
+
+
 def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
     from pipelines.config import EASE_SIGNALS
 
     db, out, model = tmp_path / "w.db", tmp_path / "features", tmp_path / "model"
     code = cli.main(["--quiet", "run", "--db", str(db), "--out", str(out), "--model", str(model),
                      "--users", "120", "--anime", "80", "--entries-per-user", "20",
-                     "--max-epochs", "1", "--no-ablation", "--no-ease", "--batch-size", "128",
-                     "--ranking-epochs", "1", "--no-loss-comparison",
-                     "--no-ranking-ablations"])
+                     "--max-epochs", "1", "--no-ease", "--batch-size", "128",
+                     "--ranking-epochs", "1"])
     assert code == 0
     assert not (model / "ease.npy").exists()
     metrics = json.loads((model / "metrics.json").read_text())
@@ -153,7 +170,7 @@ def test_every_option_explains_itself_and_shows_its_default():
             if not isinstance(action.help, str) or not re.sub(r"\(default: %\(default\)s\)", "", text).strip(" .;"):
                 lacking.append(flag)
                 continue
-            flag_only = action.nargs == 0   # --quiet, --no-ablation: on or off
+            flag_only = action.nargs == 0   # --quiet, --evidence: on or off
             if not (flag_only or action.required) and "default" not in text:
                 no_default.append(flag)
     assert not lacking, f"options without help: {lacking}"

@@ -187,7 +187,7 @@ def test_two_workers_train_the_model_one_worker_trains(tiny_features, tmp_path):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "pipelines", "--quiet", "train-retrieval",
                  "--features", str(tiny_features), "--model", str(tmp_path / f"model{index}"),
-                 "--max-epochs", str(EPOCHS), "--batch-size", str(BATCH), "--no-ablation"],
+                 "--max-epochs", str(EPOCHS), "--batch-size", str(BATCH)],
                 cwd=ROOT, env=env | {"TF_CONFIG": config}, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
         # One worker trained in this process while the two run: the seed spread.

@@ -135,6 +135,28 @@ def test_report_says_when_ease_was_skipped(report, tiny_features, monkeypatch):
     assert "| EASE |" not in text
 
 
+def test_report_names_the_comparisons_this_run_left_out(report):
+    """The tiny model was trained without the two-tower's ablations and with one loss,
+    but with the ranking ablations: the report names exactly the two left out, and says
+    nothing once every comparison is there."""
+    def line(metrics):
+        found = [x for x in evaluate.render(metrics).splitlines()
+                 if x.startswith("Comparisons not trained")]
+        assert len(found) <= 1
+        return found[0] if found else None
+
+    metrics = json.loads(json.dumps({k: v for k, v in report.items() if k != "report"}))
+    said = line(metrics)
+    assert "two-tower's ablations" in said and "`--compare-losses`" in said
+    assert "ranking ablations" not in said and "--evidence" in said
+    metrics["retrieval"]["ids_only"] = metrics["retrieval"]["curves"]["two-tower"]
+    losses = metrics["ranking"]["validation"]["losses"]
+    losses["mse"] = next(iter(losses.values()))
+    assert line(metrics) is None
+    metrics["ranking"]["ablations"] = None
+    assert "the ranking ablations (`--ranking-ablations`)" in line(metrics)
+
+
 def test_differences_are_paired_bootstraps_with_honest_verdicts(report):
     d = report["ranking"]["differences"]["ranked - retrieval_order"]["ndcg@10"]
     e2e = report["ranking"]["end_to_end"]

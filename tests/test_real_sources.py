@@ -44,10 +44,9 @@ def _stages(capsys, db: Path, tmp: Path, ablations: bool = False) -> dict:
     for stage, args in (
             ("features", ["--db", db, "--out", features]),
             ("train-retrieval", ["--features", features, "--model", model, "--max-epochs", "2",
-                                 "--batch-size", "128", "--no-ablation"]),
+                                 "--batch-size", "128"]),
             ("train-ranking", ["--features", features, "--model", model, "--ranking-epochs",
-                               "1", "--no-loss-comparison",
-                               *([] if ablations else ["--no-ranking-ablations"])]),
+                               "1", *(["--ranking-ablations"] if ablations else [])]),
             ("evaluate", ["--features", features, "--model", model])):
         code = main(["--quiet", stage, *map(str, args)])
         out = capsys.readouterr()
