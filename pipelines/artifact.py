@@ -143,13 +143,20 @@ def load_saved_model(path: Path):
 def export_saved_model(obj, path: Path, signatures: dict) -> None:
     """``tf.saved_model.save`` with the given signatures. Our Keras models have no
     get_config on purpose (they are restored as SavedModel functions, never rebuilt
-    from a config), so Keras's warning about it is kept out of the log."""
+    from a config), so Keras's warning about it is kept out of the log.
+
+    Only the signatures are traced: Keras would also trace every layer's call for
+    reviving the layers in Keras (``model.save(save_traces=False)`` turns that off; this
+    is its switch), which nothing here loads. The variables, lookup tables and signatures
+    are saved alike."""
     import tensorflow as tf
+    from tf_keras.src.saving.legacy.saved_model import utils as keras_saving
 
     level = tf.get_logger().level
     tf.get_logger().setLevel("ERROR")
     try:
-        tf.saved_model.save(obj, str(path), signatures=signatures)
+        with keras_saving.keras_option_scope(save_traces=False, in_tf_saved_model_scope=True):
+            tf.saved_model.save(obj, str(path), signatures=signatures)
     finally:
         tf.get_logger().setLevel(level)
 
