@@ -321,8 +321,9 @@ class AniListStandIn(LoopbackServer):
             rows = self._overlays.get(key)
         if rows is None:
             versions = self._versions[user_id].iloc[:shown]
-            empty = pd.DataFrame(columns=list(store.ENTRY_COLUMNS)).astype(versions.dtypes)
-            rows = synth.entries_as_of(empty if base is None else base, versions, now)
+            if base is None:  # a user with no list in the store yet
+                base = pd.DataFrame(columns=list(store.ENTRY_COLUMNS)).astype(versions.dtypes)
+            rows = synth.entries_as_of(base, versions, now)
             with self._lock:
                 self._overlays[key] = rows
         return rows
@@ -579,11 +580,12 @@ class AniListStandIn(LoopbackServer):
             return self._not_found()
         rows = self._rows(user_id, now)
         latest = [] if rows is None else [{"updatedAt": int(rows["updated_at"].max())}]
-        counts = {} if rows is None else rows["status"].astype(str).value_counts().to_dict()
+        statuses = ([] if rows is None else
+                    zip(*np.unique(rows["status"].to_numpy().astype(str), return_counts=True)))
         return 200, {"data": {
             "Page": {"mediaList": latest},
             "User": {"statistics": {"anime": {"statuses": [
-                {"status": s, "count": int(c)} for s, c in sorted(counts.items())]}}}}}
+                {"status": str(s), "count": int(c)} for s, c in statuses]}}}}}
 
     def _title(self, media_id, now):
         """The title's row if it exists at ``now`` (the store's, or a new one that has
