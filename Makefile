@@ -8,17 +8,17 @@ STAMP := $(VENV)/.installed
 .PHONY: run evidence test install clean bench
 
 # The main job, then three days of the daily loop over the synthetic world's next days
-# (through the real AniList client and the stand-in server of tests/).
+# (through the real AniList client and the stand-in server of tests/). RUN_ARGS: more
+# options of `python -m pipelines run`.
 run: $(STAMP)
-	$(PY) -m pipelines run
+	$(PY) -m pipelines run $(RUN_ARGS)
 	$(PY) -m tests.simulate_days --days 3 --quiet
 
 # The same job with every comparison the report's evidence rests on (the id-only and
 # history-less two-towers, one ranker per loss, the ablation rankers): the README's
 # tables with ablation or loss rows come from it. About 3x `make run`'s time.
-evidence: $(STAMP)
-	$(PY) -m pipelines run --evidence
-	$(PY) -m tests.simulate_days --days 3 --quiet
+evidence:
+	$(MAKE) run RUN_ARGS=--evidence
 
 # The suite on up to four processes (pytest-xdist; two on a two-core machine).
 test: $(STAMP)

@@ -491,9 +491,10 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
     Trains the ranker with ``config.loss`` and, with ``compare_losses``, one ranker per
     other loss on the same lists for the comparison (made on validation, end to end on
     the held-out users; test numbers are reported only) and, with ``with_ablations``, the
-    ablation rankers (``ablation_variants``), each paired with it on the same users. Adds ``ranker/`` (the
-    ``config.loss`` ranker), the metrics (``metrics.json`` -> ``ranking``) and the config
-    to the model directory in one atomic swap. Returns the ranking metrics.
+    ablation rankers (``ablation_variants``), each paired with it on the same users. Adds
+    ``ranker/`` (the ``config.loss`` ranker), the metrics (``metrics.json`` ->
+    ``ranking``) and the config to the model directory in one atomic swap. Returns the
+    ranking metrics.
     """
     model_dir = Path(model)
     tables = FeatureTables.load(features)
