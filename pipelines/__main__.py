@@ -18,6 +18,7 @@ from pipelines.errors import AnirankError, InputError
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
 DEFAULT_MODEL = "data/model"
+DEFAULT_WALK_FORWARD = "data/walk_forward"
 QUIET_HELP = "no progress bars (may come before or after the stage)"
 
 STAGES = """\
@@ -29,6 +30,9 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   train-ranking   feature tables + retrieval model -> listwise ranker, metrics (model dir)
   train-scores    feature tables + model dir -> score head (predicted_score), its RMSE/MAE
   evaluate        model dir + feature tables -> report (metrics.json, report.md, plots)
+  walk-forward    the test with every method on the same data: stage one refit with the
+                  chosen settings on the validation period too, the ranker over it, the
+                  report (the headline numbers)
   publish         model dir -> Hugging Face Hub model repo (model card, one commit)
   run             the whole job on the embedded default data: synth, features, retrieval,
                   ranking, score head, evaluation report
@@ -361,6 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ground truth of a synthetic world (default: <db>.truth.npz "
                                "beside the store the features came from, if present)")
 
+    walk = add_stage(
+        "walk-forward", help="the test with every method on the same data (the headline)",
+        description="The selection run's test compares methods on unequal data: the ranker "
+                    "learned from the validation period while the two-tower, EASE and the "
+                    "popularity baselines were fitted before it and queried with histories "
+                    "that end at its start. This refits stage one with the settings chosen on "
+                    "validation (the two-tower's epochs, EASE's lambda) on every entry before "
+                    "the test period, reorders its candidates with the selection run's "
+                    "ranker, and evaluates every method on the same test period: each fitted "
+                    "on, and queried with, the same entries. Writes <work>/features, "
+                    "<work>/model (with its full report) and the headline into "
+                    "<model>/metrics.json (walk_forward) and <model>/report/report.md.")
+    walk.add_argument("--db", default=DEFAULT_DB,
+                      help=f"raw store the features came from (default: {DEFAULT_DB})")
+    walk.add_argument("--features", default=DEFAULT_FEATURES,
+                      help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
+    walk.add_argument("--model", default=DEFAULT_MODEL,
+                      help=f"the selection run's model directory (default: {DEFAULT_MODEL})")
+    walk.add_argument("--work", default=DEFAULT_WALK_FORWARD,
+                      help="where the walk-forward tables and refit model go, each replaced "
+                           "atomically (default: %(default)s)")
+
     publish = add_stage(
         "publish", help="model dir -> Hugging Face Hub model repo",
         description="Writes the model card (README.md) into the model directory and uploads "
@@ -444,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(run)
     _add_ranking_args(run)
     _add_score_args(run)
+    run.add_argument("--walk-forward", default=DEFAULT_WALK_FORWARD, dest="work",
+                     help="where the walk-forward test's tables and refit model go "
+                          "(default: %(default)s)")
     run.add_argument("--evidence", action="store_true",
                      help="also train every comparison the report's evidence rests on: "
                           "--ablations, --compare-losses and --ranking-ablations (about 3x "
@@ -540,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate.run(args.model, source, getattr(args, "report", None),
                                   getattr(args, "truth", None), progress=progress)
             print(evaluate.format_summary(report))
+        if args.stage in ("walk-forward", "run"):
+            from pipelines import walk_forward
+
+            source = args.out if args.stage == "run" else args.features
+            walked = walk_forward.run(args.db, source, args.model, args.work, progress=progress)
+            print(walk_forward.format_summary(walked))
         if args.stage == "run":
             import shutil
 

@@ -112,6 +112,12 @@ class FeatureConfig(_JsonConfig):
       history_half_life_days: a history title's weight halves with every this many days
         between it and the user's newest title (lists without times: no decay).
       seed: seed of the random split used where entry times are missing.
+      fold_validation: the walk-forward evaluation's tables (``pipelines/walk_forward.py``):
+        the validation period joins training, so every method is fitted on, and queried
+        with, entries before ``T + h`` and tested on ``[T + h, T + 2h)`` (the same test
+        period as the tables without it); lists split at random put their validation
+        part in train. There is no validation split: settings come from the tables
+        without it.
     """
 
     protocol: str = "as_of"
@@ -131,6 +137,7 @@ class FeatureConfig(_JsonConfig):
     history_length: int = 50
     history_half_life_days: float = 365.0
     seed: int = 0
+    fold_validation: bool = False
 
     def __post_init__(self):
         if self.history_length < 0:

@@ -222,6 +222,27 @@ def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) 
     return section
 
 
+def _methods_data(tables: FeatureTables, metrics: dict, saved: dict) -> dict:
+    """What each compared method was fitted on and what its test queries' histories
+    cover (``features.covered``), and whether every method saw the same entries
+    (``same_data``). The oracles know the generator: not compared, not listed. Stage one
+    (two-tower, EASE) says what its training stage recorded; the popularity orders are
+    counted here from the tables' training split; the ranked pipeline is fitted on its
+    ranker's lists as well as on its stage one."""
+    train = feature_tables.covered(tables.schema, "train")
+    stage_one = (saved.get("retrieval") or {}).get("fitted_on") or train
+    methods = {name: {"fitted_on": stage_one if name in ("two-tower", "EASE") else train,
+                      "history": train}
+               for name in metrics["retrieval"]["curves"] if name != "oracle"}
+    if metrics.get("ranking"):
+        ranker = (saved.get("ranking") or {}).get("fitted_on") or "not recorded"
+        methods["ranked"] = {"fitted_on": ranker if ranker == stage_one
+                             else f"{stage_one} (stage one); {ranker} (ranker)",
+                             "history": train}
+    return {"methods": methods,
+            "same_data": len({(m["fitted_on"], m["history"]) for m in methods.values()}) == 1}
+
+
 def _score(ranker, tables: FeatureTables, lists: protocol.Lists) -> np.ndarray:
     return artifact.score_lists(ranker, tables.user_raw, tables.anime_raw, lists.user_rows,
                                 lists.anime_rows, lists.signals)
@@ -487,6 +508,55 @@ def _comparison_lines(metrics: dict) -> list[str]:
             "CIs, for about three times the time.", ""]
 
 
+def _data_lines(metrics: dict) -> list[str]:
+    """The data each compared method saw (``_methods_data``), and what follows from it."""
+    data = metrics["data"]
+    if not data.get("methods"):   # a report from before the data table
+        return []
+    lines = ["## What each method saw", "", "| method | fitted on | test queries' history |",
+             "|---|---|---|"]
+    lines += [f"| {name} | {m['fitted_on']} | {m['history']} |"
+              for name, m in data["methods"].items()]
+    if data["same_data"]:
+        lines += ["", "Every compared method is fitted on, and queried with, the same entries."]
+    else:
+        lines += ["", "**Not a same-data comparison:** the rows above saw different entries, "
+                  "so a method that saw more can win by it. The walk-forward report (`python "
+                  "-m pipelines walk-forward`; `run` makes it) refits them all on the same "
+                  "entries; its numbers are the headline."]
+    wf = metrics.get("walk_forward")
+    if wf:
+        lines += ["", *walk_forward_lines(wf)]
+    return lines + [""]
+
+
+def walk_forward_lines(wf: dict) -> list[str]:
+    """The walk-forward headline (``walk_forward``'s evaluation): NDCG@10 of every order
+    on the same test users, ranked - EASE with its paired CI."""
+    lines = ["### Walk-forward test (the headline)", "",
+             f"Test split: {wf['protocol']['test_split']}.", ""]
+    k = wf.get("ranking")
+    r = wf["retrieval"]["curves"]
+    rows = [(name, {"recall@100": c["recall@100"], "ndcg@10": c["ndcg@10"]})
+            for name, c in r.items()]
+    lines.append(table(rows, [("Recall@100", "recall@100"), ("NDCG@10", "ndcg@10")],
+                       label="over the whole catalog"))
+    if k:
+        e = k["end_to_end"]
+        lines += ["", table([(n.replace("_", " "), m) for n, m in e.items() if isinstance(m, dict)],
+                            [("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10")],
+                            label=f"end to end over {e['candidates']}, {e['users']:,} users")]
+        d = (k.get("differences") or {}).get("ranked - EASE")
+        if d:
+            n = d["ndcg@10"]
+            verdict = ("within noise of" if not n["significant"] else
+                       "ahead of" if n["difference"] > 0 else "BEHIND")
+            lines += ["", f"The served pipeline (ranked) is {verdict} EASE refit on the same "
+                      f"entries: NDCG@10 {interval(n, ', 95% CI ')} (paired bootstrap over "
+                      f"{n['users']:,} users)."]
+    return lines
+
+
 def render(metrics: dict) -> str:
     """report.md, from the metrics dict alone (so its numbers are metrics.json's)."""
     r = metrics["retrieval"]
@@ -507,7 +577,7 @@ def render(metrics: dict) -> str:
                 "the score the user would give each title without noise. They are the "
                 "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}),
-             *_comparison_lines(metrics), "## Retrieval", "",
+             *_comparison_lines(metrics), *_data_lines(metrics), "## Retrieval", "",
              table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"]),
                     ("two-tower, without history (training stage)", r.get("without_history"))],
                    [(f"R@{k}", f"recall@{k}") for k in CURVE_KS]
@@ -617,11 +687,13 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     metrics["retrieval"], per_user = _retrieval_section(tables, retrieval, truth_data, saved)
     metrics["ranking"], pairs = _ranking_section(tables, retrieval, truth_data, saved, per_user)
     metrics["scores"] = _scores_section(tables, model_dir, saved, truth_data)
+    metrics["data"].update(_methods_data(tables, metrics, saved))
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     def write_report(directory: Path) -> None:
         _plots(metrics, pairs, directory)
-        (directory / "report.md").write_text(render(metrics))  # last: a report.md means complete
+        # last: a report.md means complete (with the model's walk-forward headline, if any)
+        (directory / "report.md").write_text(render({**metrics, "walk_forward": saved.get("walk_forward")}))
 
     if out is None:
         with artifact.update(model_dir) as tmp:

@@ -292,6 +292,10 @@ def _plan_split(scan: _TimeScan, config: FeatureConfig, blocks) -> _SplitPlan:
         return _linear_quantile(n, q, order_statistic)
 
     as_of, horizon = _cutoff(first, last, quantile, config)
+    if config.fold_validation:   # walk-forward: train before T + h, test [T + h, T + 2h)
+        return _SplitPlan(random_users, {"as_of": as_of + horizon, "horizon": horizon,
+                                         "validation_horizon": 0, "last": last,
+                                         "selection_as_of": as_of})
     return _SplitPlan(random_users, {"as_of": as_of, "horizon": horizon, "last": last})
 
 
@@ -326,11 +330,14 @@ def _split_block(frame: pd.DataFrame, plan: _SplitPlan, config: FeatureConfig) -
     frame = frame.iloc[order].reset_index(drop=True)
     key, user, random_order = key[order], user[order], random_order[order]
     split = _per_user_split(key, user, config)
+    if config.fold_validation:   # a random list's validation part joins its training part
+        split[split == 1] = 0
     if plan.cutoff:
         as_of, horizon = plan.cutoff["as_of"], plan.cutoff["horizon"]
+        validation = plan.cutoff.get("validation_horizon", horizon)
         # Periods counted from the cutoff: 0 train, 1 validation, 2 test, -1 (NULL) after.
-        by_time = ((key >= as_of).astype(np.int8) + (key >= as_of + horizon)
-                   + (key >= as_of + 2 * horizon))
+        by_time = ((key >= as_of).astype(np.int8) + (key >= as_of + validation)
+                   + (key >= as_of + validation + horizon))
         by_time[by_time == 3] = -1
         split = np.where(random_order, split, by_time)
     frame["split"] = pd.Categorical.from_codes(split, categories=SPLITS)
@@ -406,10 +413,16 @@ def _split_protocol(config: FeatureConfig, cutoff: dict | None, left_out: dict,
            "left_out": left_out}
     if cutoff:
         as_of, horizon = cutoff["as_of"], cutoff["horizon"]
+        validation = cutoff.get("validation_horizon", horizon)
         out.update(as_of=as_of, horizon_days=horizon / _DAY, last_entry=cutoff["last"],
                    periods={"train": [None, _date(as_of)],
-                            "validation": [_date(as_of), _date(as_of + horizon)],
-                            "test": [_date(as_of + horizon), _date(as_of + 2 * horizon)]})
+                            "validation": [_date(as_of), _date(as_of + validation)],
+                            "test": [_date(as_of + validation),
+                                     _date(as_of + validation + horizon)]})
+        if config.fold_validation:
+            out.update(fold_validation=True, selection_as_of=cutoff["selection_as_of"])
+    elif config.fold_validation:
+        out["fold_validation"] = True
     return out
 
 
@@ -423,10 +436,17 @@ def describe_split(schema: dict) -> str:
     if split.get("protocol") == "as_of":
         periods = split["periods"]
         left = split.get("left_out", {})
-        text = (f"as of {periods['validation'][0]} (one time cutoff for everyone): the "
-                f"model sees entries before it; validation is {periods['validation'][0]} to "
-                f"{periods['validation'][1]}, test {periods['test'][0]} to "
-                f"{periods['test'][1]} ({split['horizon_days']:g} days each)")
+        if split.get("fold_validation"):
+            text = (f"walk-forward, as of {periods['test'][0]}: every method is fitted on "
+                    f"and queried with the entries before it (the selection run's training "
+                    f"and validation periods, from its cutoff {_date(split['selection_as_of'])}), "
+                    f"test {periods['test'][0]} to {periods['test'][1]} "
+                    f"({split['horizon_days']:g} days)")
+        else:
+            text = (f"as of {periods['validation'][0]} (one time cutoff for everyone): the "
+                    f"model sees entries before it; validation is {periods['validation'][0]} "
+                    f"to {periods['validation'][1]}, test {periods['test'][0]} to "
+                    f"{periods['test'][1]} ({split['horizon_days']:g} days each)")
         dropped = [f"{n:,} {what}" for what, n in (
             ("entries after the test period", left.get("after_test", 0)),
             ("entries of users with nothing before the cutoff", left.get("new_users", 0)),
@@ -438,6 +458,12 @@ def describe_split(schema: dict) -> str:
                      f"times, a seeded random {share} of the list (a random sample, not the "
                      "newest part)")
         return text
+    if split.get("fold_validation"):
+        share = f"{split['test_fraction']:.0%}"
+        return (f"walk-forward: each list's training and validation parts are fitted on and "
+                f"queried with, a seeded random {share} of it (the selection run's test "
+                "part) is the test" + ("" if split["method"] == "random" else
+                                       "; timed lists: their last part by time"))
     if split["method"] == "time":
         return f"the last {share} of each user's list by time"
     if split["method"] == "random":
@@ -448,6 +474,22 @@ def describe_split(schema: dict) -> str:
             f"{split['users'] - split['random_split_users']:,} users; for the "
             f"{split['random_split_users']:,} users without usable entry times, a seeded "
             f"random {share} of the list (a random sample, not the newest part)")
+
+
+def covered(schema: dict, through: str = "train") -> str:
+    """The entries a method fitted on the ``through`` split of these tables saw, in words
+    ("entries before 2026-08-24"): ``"train"``, or ``"validation"`` for the training and
+    validation periods (a ranker fitted on validation lists). The report's data table
+    compares methods by it: two rows with the same words saw the same entries."""
+    split = schema.get("split") or {}
+    folded = split.get("fold_validation") or through == "validation"
+    parts = "training and validation parts" if folded else "training part"
+    if split.get("protocol") == "as_of":
+        text = f"entries before {split['periods'][through][1]}"
+        if split.get("method") == "mixed":
+            text += f"; lists without times: their {parts}"
+        return text
+    return f"each list's {parts}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -901,10 +943,12 @@ def _bar(progress: bool, desc: str, total: int | None = None):
 
 
 def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
-            config: FeatureConfig, spill, rows, *, progress: bool = False):
+            config: FeatureConfig, spill, rows, *, progress: bool = False,
+            inputs: dict | None = None):
     """The feature computation over ``raw_blocks`` (an iterable of entry frames, each
     holding whole users, ``store.ENTRY_COLUMNS``), keeping what pass 1 reads in
-    ``spill`` and handing each block's interactions to ``rows.add``.
+    ``spill`` and handing each block's interactions to ``rows.add``. ``inputs``
+    (``model_inputs``): the vocabularies, dropped features and widths to keep.
 
     Returns:
       ``(users, user_vectors, anime, schema)``.
@@ -970,6 +1014,9 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     if related is None:
         dropped.update({name: "no relations between the catalog's titles in the source"
                         for name in RELATION_SIGNALS})
+    if inputs is not None:   # another model's inputs: its vocabularies, not these titles'
+        vocab.update({k: v for k, v in inputs["vocab"].items() if k not in ID_VOCABS})
+        dropped = dict(inputs["dropped_features"])
     kept = tuple(dataclasses.replace(f, length=config.history_length) if f.kind == "history"
                  else f for f in FEATURES if f.name not in dropped)
 
@@ -1042,9 +1089,27 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
         **({"relations": related} if related else {}),
         # The media hashed are the catalog's (as of the cutoff, under one).
         "fingerprint": fingerprint.finish(media[trained] if plan.cutoff else media, relations),
+        # Fixed padded widths of the multi-valued features (``model_inputs``), else each
+        # reader takes the longest list of anime.parquet.
+        **({"multi_widths": inputs["multi_widths"]} if inputs is not None else {}),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     return users, user_vectors, anime, schema
+
+
+ID_VOCABS = ("user_id", "media_id")   # a table's own users and titles, whatever ``inputs``
+
+
+def model_inputs(model_config: dict) -> dict:
+    """What feature tables must keep so a saved model (its ``config.json``) reads them:
+    the vocabularies of its categorical, multi-valued and taste-vector features (not
+    the ids: new users and titles are out of its vocabulary), its dropped features and
+    the padded widths of its multi-valued inputs. The walk-forward tables are built
+    with the selection model's, so its ranker reads them."""
+    schema = model_config["feature_schema"]
+    return {"vocab": {k: v for k, v in schema["vocab"].items() if k not in ID_VOCABS},
+            "dropped_features": schema.get("dropped_features", {}),
+            "multi_widths": model_config["multi_widths"]}
 
 
 def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = FeatureConfig(),
@@ -1064,8 +1129,9 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
 
 def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "data/features",
         config: FeatureConfig = FeatureConfig(), *, progress: bool = True,
-        block_entries: int = store.ENTRY_BLOCK) -> dict:
+        block_entries: int = store.ENTRY_BLOCK, inputs: dict | None = None) -> dict:
     """Stage function behind ``python -m pipelines features``: store -> Parquet tables.
+    ``inputs`` (``model_inputs``): keep another model's vocabularies and widths.
 
     The entries stream through in blocks of about ``block_entries`` (whole users), so
     memory does not grow with their number; the tables are the same whatever the block
@@ -1088,7 +1154,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
             try:
                 users, user_vectors, anime, schema = _tables(
                     store.iter_entries(conn, block_entries), media, relations, config,
-                    spill, rows, progress=progress)
+                    spill, rows, progress=progress, inputs=inputs)
                 rows.close()
             finally:
                 spill.close()

@@ -21,14 +21,19 @@ from pipelines.features import RELATED_IDS, RELATED_TYPES, SCHEMA_FILE
 from towers.features import feature_specs, multi_widths, raw_features
 
 
-def load(directory: str | os.PathLike) -> dict:
-    """A feature directory as ``{"schema", "interactions", "users", "anime"}``."""
-    directory = Path(directory)
-    schema_path = directory / SCHEMA_FILE
+def load_schema(directory: str | os.PathLike) -> dict:
+    """A feature directory's ``schema.json`` alone, or a named error."""
+    schema_path = Path(directory) / SCHEMA_FILE
     if not schema_path.exists():
         raise InputError(f"{directory} is not a feature directory (no {SCHEMA_FILE}); "
                          "create one with `python -m pipelines features`.")
-    out = {"schema": json.loads(schema_path.read_text())}
+    return json.loads(schema_path.read_text())
+
+
+def load(directory: str | os.PathLike) -> dict:
+    """A feature directory as ``{"schema", "interactions", "users", "anime"}``."""
+    directory = Path(directory)
+    out = {"schema": load_schema(directory)}
     for name in ("interactions", "users", "anime"):
         out[name] = pd.read_parquet(directory / f"{name}.parquet")
     return out
@@ -86,7 +91,8 @@ class FeatureTables:
     def load(cls, directory: str | os.PathLike) -> "FeatureTables":
         tables = load(directory)
         schema, users, anime = tables["schema"], tables["users"], tables["anime"]
-        widths = multi_widths(anime, schema)
+        # Fixed by the tables (built for a saved model's inputs) or the longest list.
+        widths = schema.get("multi_widths") or multi_widths(anime, schema)
         inter = tables["interactions"]
         inter = inter.assign(
             user_row=pd.Index(users["user_id"]).get_indexer(inter["user_id"]),

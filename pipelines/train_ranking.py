@@ -50,6 +50,7 @@ from pipelines import artifact, fitting, protocol
 from pipelines.arrays import find_sorted
 from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RELATION_SIGNALS, RankingConfig
 from pipelines.errors import InputError
+from pipelines.features import covered
 from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, table
 from pipelines.candidates import Generator
 from pipelines.protocol import Candidates, Lists
@@ -512,6 +513,8 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
     losses = [config.loss] + ([l for l in LOSS_NAMES if l != config.loss] if compare_losses else [])
     metrics, rankers, records = fit_and_evaluate(tables, retrieval, config, losses,
                                                  progress=progress)
+    # What the ranker learned from (the report sets it beside the other methods' data).
+    metrics["fitted_on"] = covered(tables.schema, config.fit_split)
     if with_ablations:
         metrics["ablations"] = ablations(tables, retrieval, config, records[config.loss],
                                          progress=progress)

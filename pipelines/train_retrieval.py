@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from pipelines import artifact, baselines, distribution, fitting, protocol
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
+from pipelines.features import covered
 from pipelines.formatting import RETRIEVAL_COLUMNS, num, retrieval_rows, table
 from pipelines.tables import FeatureTables
 from towers.features import apply_in_blocks, feature_specs, input_signature
@@ -66,7 +67,8 @@ def check_trainable(tables: FeatureTables) -> None:
                              f"at least 2: {fix}.")
     config = tables.schema["config"]
     split_info = tables.schema.get("split") or {}
-    for split in ("validation", "test"):
+    # Walk-forward tables have no validation split: their settings come from elsewhere.
+    for split in ("test",) if split_info.get("fold_validation") else ("validation", "test"):
         if not tables.pairs(split).empty:
             continue
         why = (f"The {split} split has no interactions (statuses "
@@ -172,11 +174,29 @@ class _EarlyStopping(tf.keras.callbacks.Callback):
         self.bar.set_postfix(loss=f"{logs['loss']:.3f}", **{f"val_{metric}": f"{value:.4f}"})
 
 
+class _FixedEpochs(tf.keras.callbacks.Callback):
+    """A refit's epochs: the loss of each, no validation pass (``train(epochs=N)``)."""
+
+    def __init__(self, bar):
+        super().__init__()
+        self.bar, self.history = bar, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({"epoch": epoch + 1, "loss": float(logs["loss"])})
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+
 def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
           progress: bool = True, input: str = "memory",
-          cluster: distribution.Cluster = distribution.Cluster()) -> tuple[TwoTowerModel, dict]:
+          cluster: distribution.Cluster = distribution.Cluster(),
+          epochs: int | None = None) -> tuple[TwoTowerModel, dict]:
     """Fits a two-tower model with early stopping. Returns the model (best weights) and
     a training summary (history, best epoch, examples/s, the weights' digest).
+
+    ``epochs``: a refit (the walk-forward evaluation's): exactly this many epochs (the
+    number validation chose for the same config), no validation pass, the last
+    epoch's weights kept.
 
     ``input`` (``input_mode``): ``memory`` is the original pipeline, unchanged (the
     README's numbers); ``stream`` reads the pairs from shard files written to a
@@ -229,9 +249,9 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = TwoTowerModel(tables.schema, config)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    bar = tqdm(total=config.max_epochs, desc=f"retrieval ({config.features})", unit="epoch",
-               disable=not progress)
-    stopper = _EarlyStopping(tables, config, bar)
+    bar = tqdm(total=epochs or config.max_epochs, unit="epoch", disable=not progress,
+               desc=f"retrieval ({config.features}{', refit' if epochs else ''})")
+    stopper = _FixedEpochs(bar) if epochs else _EarlyStopping(tables, config, bar)
     start = time.perf_counter()
     fit_seconds = 0.0
 
@@ -244,15 +264,20 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
             fit_seconds += time.perf_counter() - self.t
 
     try:
-        model.fit(**fit_args, epochs=config.max_epochs, verbose=0, callbacks=[_Timer(), stopper])
+        model.fit(**fit_args, epochs=epochs or config.max_epochs, verbose=0,
+                  callbacks=[_Timer(), stopper])
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     bar.close()
-    stopper.stopping.restore(model)
+    if isinstance(stopper, _EarlyStopping):
+        stopper.stopping.restore(model)
+        best = stopper.stopping.best_epoch
+    else:
+        best = epochs
     epochs = len(stopper.history)
     return model, {
-        "history": stopper.history, "best_epoch": stopper.stopping.best_epoch,
+        "history": stopper.history, "best_epoch": best, "refit": isinstance(stopper, _FixedEpochs),
         "epochs": epochs, "train_pairs": n_pairs, "input": mode, "workers": cluster.size,
         "fit_seconds": fit_seconds,   # training only, without the validation passes
         "examples_per_second": round(n_pairs * epochs / fit_seconds, 1),
@@ -285,13 +310,15 @@ def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
     return {**protocol.rank_metrics(recent, tables, "test"), "days": baselines.RECENT_DAYS}
 
 
-def ease_metrics(tables: FeatureTables) -> tuple[dict | None, np.ndarray | None]:
-    """The same protocol for EASE, its lambda tuned on validation Recall@100, and its
-    weights (the model's second candidate generator); ``(None, None)`` above
-    ``baselines.MAX_EASE_TITLES`` titles. ``seconds``: the Gram matrix, the lambda sweep
-    and the test pass (cubic in the titles: ``bench/scale.py`` shows it apart)."""
+def ease_metrics(tables: FeatureTables,
+                 lam: float | None = None) -> tuple[dict | None, np.ndarray | None]:
+    """The same protocol for EASE, its lambda tuned on validation Recall@100 (or ``lam``,
+    chosen elsewhere: a refit), and its weights (the model's second candidate generator);
+    ``(None, None)`` above ``baselines.MAX_EASE_TITLES`` titles. ``seconds``: the Gram
+    matrix, the lambda sweep and the test pass (cubic in the titles: ``bench/scale.py``
+    shows it apart)."""
     start = time.perf_counter()
-    ease = baselines.fit_ease(tables)
+    ease = baselines.fit_ease(tables, lam=lam)
     if ease is None:
         return None, None
     return ({**protocol.rank_metrics(ease["scorer"], tables, "test"), "lambda": ease["lambda"],
@@ -359,11 +386,17 @@ def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str,
 
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = False,
-        with_ease: bool = True, progress: bool = True, input: str = "auto") -> dict:
+        with_ease: bool = True, progress: bool = True, input: str = "auto",
+        epochs: int | None = None, ease_lambda: float | None = None) -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
 
     ``ablation``: also train the id-only two-tower and the one without the history, for
     the report's comparison (``--ablations``; ``run --evidence``).
+
+    ``epochs`` and ``ease_lambda``: a refit with settings chosen elsewhere (the
+    walk-forward evaluation, ``pipelines/walk_forward.py``): the two-tower trained for
+    exactly ``epochs`` epochs and EASE with ``ease_lambda``, neither reading a
+    validation split.
 
     With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
     one of them runs this alike and trains its share; only the chief evaluates and
@@ -372,6 +405,9 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     Returns:
       The metrics written to ``<out>/metrics.json`` under ``retrieval``.
     """
+    if epochs is not None and ablation:
+        raise InputError("A refit (`epochs`) trains the model alone: its ablations stop "
+                         "early on a validation split; train them without `epochs`.")
     where = distribution.cluster()
     distribution.strategy(where)  # before any TensorFlow op (see there)
     features = Path(features)
@@ -379,13 +415,15 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     check_trainable(tables)
     if not where.is_chief:
         return worker_run(tables, config, where, ablation=ablation, input=input)
-    model, training = train(tables, config, progress=progress, input=input, cluster=where)
+    model, training = train(tables, config, progress=progress, input=input, cluster=where,
+                            epochs=epochs)
     per_user = {"two-tower": {}}
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
+               "fitted_on": covered(tables.schema, "train"),
                "config": config.to_dict(), "popularity": popularity_metrics(tables),
                "recent_popularity": recent_popularity_metrics(tables)}
     if with_ease:
-        metrics["ease"], ease = ease_metrics(tables)
+        metrics["ease"], ease = ease_metrics(tables, ease_lambda)
         if metrics["ease"] is None:
             metrics["ease_skipped"] = baselines.skip_reason(len(tables.anime))
     else:   # asked not to: the model has no second candidate generator

@@ -87,6 +87,61 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
     assert features.describe_split(schema).startswith(f"as of {t0} (one time cutoff")
 
 
+def test_walk_forward_tables_fold_validation_into_train_with_the_same_test_period():
+    # The fixture above, folded: T' = T + h = day 15; train < day 15, test [15, 20).
+    day = lambda d: 1_000 * DAY + d * DAY  # noqa: E731
+    t0 = pd.Timestamp(day(10), unit="s").strftime("%Y-%m-%d")
+    rows = pd.concat([
+        _entries(1, [day(1), day(9), day(10), day(14), day(15), day(19), day(20)],
+                 media=[1, 2, 3, 4, 5, 6, 7]),
+        _entries(2, [day(2), day(3), day(4), day(5), day(12), day(16)], media=[3, 4, 5, 6, 1, 9]),
+        _entries(3, [day(11), day(17)], media=[1, 2]),
+    ])
+    media = _media(list(range(1, 10)), genres=[["Action"]] * 8 + [["Drama", "Comedy"]])
+    selection = FeatureConfig(as_of=t0, horizon_days=5)
+    folded = FeatureConfig(as_of=t0, horizon_days=5, fold_validation=True)
+    split, cutoff = assign_split(rows, folded)
+    assert cutoff["as_of"] == day(15) and cutoff["validation_horizon"] == 0
+    got = split.set_index(["user_id", "media_id"])["split"].astype(object).to_dict()
+    assert {k for k, v in got.items() if v == "validation"} == set()
+    assert got[(1, 3)] == got[(1, 4)] == got[(2, 1)] == got[(3, 1)] == "train"  # [10, 15)
+    assert got[(1, 5)] == got[(1, 6)] == got[(3, 2)] == "test"
+    assert pd.isna(got[(1, 7)])
+    # User 3 (first entry day 11) and title 9's neighbours are known now; title 9 is
+    # first listed on day 16, in the test period: still new, left out.
+    inter, users, _, anime, schema = features.build(rows, media, folded)
+    assert users["user_id"].tolist() == [1, 2, 3]
+    assert set(zip(inter.loc[inter["split"] == "test", "user_id"],
+                   inter.loc[inter["split"] == "test", "media_id"])) == {(1, 5), (1, 6), (3, 2)}
+    assert schema["split"]["left_out"] == {"after_test": 1, "new_users": 0, "new_titles": 1}
+    assert schema["split"]["periods"]["test"] == _selection_periods(rows, media, selection)["test"]
+    assert features.covered(schema) == f"entries before {pd.Timestamp(day(15), unit='s'):%Y-%m-%d}"
+    assert features.describe_split(schema).startswith("walk-forward, as of")
+    # With another model's inputs, its vocabularies and widths are kept, not these titles'.
+    inputs = {"vocab": {"genres": ["Action", "Drama", "Comedy", "Romance"]},
+              "dropped_features": {}, "multi_widths": {"genres": 3, "tags": 1}}
+    _, vectors_k, _, schema_k = features._tables([rows], media, None, folded,
+                                                 features._MemorySpill(), features._FrameRows(),
+                                                 inputs=inputs)
+    assert schema_k["vocab"]["genres"] == ["Action", "Drama", "Comedy", "Romance"]
+    assert schema_k["multi_widths"] == {"genres": 3, "tags": 1}
+    assert vectors_k["genre_share"].shape[1] == vectors_k["genre_affinity"].shape[1] == 4
+
+
+def _selection_periods(rows, media, config):
+    return features.build(rows, media, config)[4]["split"]["periods"]
+
+
+def test_a_random_list_folds_its_validation_part_into_train():
+    rows = pd.concat([_entries(u, [None] * 50, media=list(range(50))) for u in range(10)])
+    a, _ = assign_split(rows, FeatureConfig(seed=3))
+    b, _ = assign_split(rows, FeatureConfig(seed=3, fold_validation=True))
+    merged = a.merge(b, on=["user_id", "media_id"], suffixes=("_a", "_b"))
+    assert (merged["split_b"] == merged["split_a"].astype(object).replace(
+        {"validation": "train"})).all()
+    assert (merged["split_b"] == "test").sum() == 50 and (merged["split_b"] == "train").sum() == 450
+
+
 def test_relations_reach_the_title_table_within_the_catalog():
     """Each title carries its relations to the other titles of the catalog as of the
     cutoff (a sequel first listed after it is not one), described in the schema; the

@@ -40,12 +40,12 @@ TENSORFLOW = ("tensorflow", "tensorflow_recommenders", "tf_keras", "keras", "sca
 STAGES = ("pipelines.features", "pipelines.baselines", "pipelines.train_retrieval",
           "pipelines.train_ranking", "pipelines.train_scores", "pipelines.evaluate",
           "pipelines.publish", "pipelines.__main__")
-# Only the CLI, and the retraining it runs from the daily loop, import the training
-# stages: nothing else runs them.
+# Only the CLI, the retraining it runs from the daily loop and the walk-forward test's
+# refit import the training stages: nothing else runs them.
 TRAINING_STAGES = ("pipelines.train_retrieval", "pipelines.train_ranking",
                    "pipelines.train_scores")
 CLI = "pipelines.__main__"
-RUNNERS = (CLI, "pipelines.retrain")
+RUNNERS = (CLI, "pipelines.retrain", "pipelines.walk_forward")
 
 
 # -- the project's modules -----------------------------------------------------------

@@ -1,0 +1,128 @@
+"""The walk-forward test: every compared method fitted on, and queried with, the same
+entries.
+
+    python -m pipelines walk-forward --db data/anirank.db --features data/features --model data/model
+
+The selection run (``features``, ``train-retrieval``, ``train-ranking``) chooses every
+setting on validation: the two-tower's epochs, EASE's lambda, the ranker and its
+settings, what is served. Its own test numbers compare methods on unequal data: the
+ranker learned from the validation period ``[T, T+h)``, while stage one (two-tower,
+EASE, popularity) was fitted before ``T`` and every test query's history ends at ``T``.
+
+Here, for the test, stage one is refit with the chosen settings on every entry before
+``T+h`` (feature tables with ``FeatureConfig.fold_validation``: the same test period
+``[T+h, T+2h)``, the validation period in training; the selection model's vocabularies,
+so its ranker reads them): the two-tower for the chosen number of epochs, EASE with the
+chosen lambda, popularity, title statistics, user features and histories. The ranker
+keeps its fit on the ``[T, T+h)`` lists of the stage one fitted before ``T`` (so its
+inputs look like serving's) and reorders the refit stage one's candidates. Every row of
+the report is then fitted on, and queried with, the entries before ``T+h``; the report's
+data table says so per row (``evaluate``: ``data.methods``). Lists without times: the
+same with each list's training and validation parts.
+
+    <work>/features/       the walk-forward feature tables
+    <work>/model/          the refit stage one with the selection run's ranker, and its
+                           full report (report/report.md, metrics.json["evaluation"])
+    <model>/metrics.json   ["walk_forward"]: the walk-forward evaluation (the headline)
+
+The score head is not refit here (it is compared on the selection run's test split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines import artifact, evaluate, features, train_retrieval
+from pipelines.config import FeatureConfig, RetrievalConfig
+from pipelines.errors import InputError
+from pipelines.formatting import interval
+from pipelines.tables import load_schema
+
+DEFAULT_WORK = "data/walk_forward"
+
+
+def feature_config(schema: dict) -> FeatureConfig:
+    """The walk-forward tables' config: the selection tables' (``schema``), their cutoff
+    and period pinned (so the test period is theirs), the validation period folded in."""
+    config = FeatureConfig.from_dict(schema["config"])
+    split = schema.get("split") or {}
+    if split.get("fold_validation"):
+        raise InputError("These feature tables are walk-forward tables already; pass the "
+                         "selection run's tables (`python -m pipelines features`).")
+    pinned = {}
+    if split.get("protocol") == "as_of":
+        pinned = {"as_of": pd.Timestamp(int(split["as_of"]), unit="s").isoformat(),
+                  "horizon_days": split["horizon_days"]}
+    return dataclasses.replace(config, fold_validation=True, **pinned)
+
+
+def run(db: str | os.PathLike = "data/anirank.db", features_dir: str | os.PathLike = "data/features",
+        model: str | os.PathLike = "data/model", work: str | os.PathLike = DEFAULT_WORK, *,
+        progress: bool = True) -> dict:
+    """Stage function behind ``python -m pipelines walk-forward``: the walk-forward
+    tables and refit into ``work``, the evaluation of every method on them, and its
+    summary into ``<model>/metrics.json["walk_forward"]`` (one atomic swap). Returns
+    the walk-forward evaluation metrics (``report``: its report directory)."""
+    start = time.perf_counter()
+    model_dir, work = Path(model), Path(work)
+    config = artifact.read_json(model_dir, artifact.CONFIG)
+    saved = artifact.read_json(model_dir, artifact.METRICS)
+    schema = load_schema(features_dir)
+    if config.get("data_fingerprint") != schema["fingerprint"]:
+        raise InputError(f"The model in {model_dir} was trained on other data than "
+                         f"{features_dir}; pass the feature tables it was trained on.")
+    retrieval = saved.get("retrieval") or {}
+    if "training" not in retrieval:
+        raise InputError(f"{model_dir}/metrics.json has no retrieval training record; "
+                         "retrain the model (`python -m pipelines train-retrieval`).")
+    features.run(db, work / "features", feature_config(schema), progress=progress,
+                 inputs=features.model_inputs(config))
+    ease = retrieval.get("ease")
+    refit = work / "model"
+    train_retrieval.run(work / "features", refit, RetrievalConfig.from_dict(config["retrieval"]),
+                        epochs=retrieval["training"]["best_epoch"],
+                        ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
+                        progress=progress, input="memory")
+    if config.get("ranking") and (model_dir / "ranker").exists():
+        # The ranker as the selection run fitted and chose it, over the refit stage one.
+        with artifact.update(refit) as tmp:
+            shutil.copytree(model_dir / "ranker", tmp / "ranker")
+            refit_config = artifact.read_json(tmp, artifact.CONFIG)
+            refit_config.update({k: config[k] for k in ("ranking", "serving") if k in config})
+            artifact.write_json(tmp, artifact.CONFIG, refit_config)
+            refit_metrics = artifact.read_json(tmp, artifact.METRICS)
+            refit_metrics["ranking"] = saved.get("ranking") or {}
+            artifact.write_json(tmp, artifact.METRICS, refit_metrics)
+    metrics = evaluate.run(refit, work / "features", progress=progress)
+    with artifact.update(model_dir) as tmp:
+        all_metrics = artifact.read_json(tmp, artifact.METRICS)
+        summary = {k: v for k, v in metrics.items() if k != "report"}
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        all_metrics["walk_forward"] = summary
+        artifact.write_json(tmp, artifact.METRICS, all_metrics)
+        if "evaluation" in all_metrics and (tmp / "report" / "report.md").exists():
+            # The selection report, with the walk-forward headline beside its data table.
+            (tmp / "report" / "report.md").write_text(
+                evaluate.render({**all_metrics["evaluation"], "walk_forward": summary}))
+    return metrics
+
+
+def format_summary(metrics: dict) -> str:
+    """The walk-forward headline for the command line."""
+    data = metrics["data"]
+    lines = [f"walk-forward test: {metrics['protocol']['test_split']}",
+             "every compared method " + ("fitted on and queried with the same entries: "
+                                         + next(iter(data["methods"].values()))["fitted_on"]
+                                         if data["same_data"] else
+                                         "NOT on the same entries (the report's data table)")]
+    ranked = ((metrics.get("ranking") or {}).get("differences") or {}).get("ranked - EASE")
+    if ranked:
+        lines.append(f"ranked - EASE (refit), NDCG@10: {interval(ranked['ndcg@10'])}")
+    lines.append(evaluate.format_summary(metrics))
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The walk-forward test (pipelines/walk_forward.py): every compared method fitted on, and
+queried with, the same entries, on the selection run's test period."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipelines import evaluate, walk_forward
+from pipelines.errors import InputError
+from pipelines.tables import FeatureTables
+
+
+@pytest.fixture(scope="module")
+def walked(tiny_db, tiny_features, tiny_ranked, tmp_path_factory):
+    """The tiny ranked model's selection report (standalone) and its walk-forward run."""
+    root = tmp_path_factory.mktemp("walk")
+    model = root / "model"
+    shutil.copytree(tiny_ranked[0], model)
+    selection = evaluate.run(model, tiny_features, root / "selection_report", progress=False)
+    metrics = walk_forward.run(tiny_db, tiny_features, model, root / "work", progress=False)
+    return {"model": model, "work": root / "work", "selection": selection, "walked": metrics}
+
+
+def test_the_selection_report_says_its_methods_saw_different_entries(walked, tiny_features):
+    data = walked["selection"]["data"]
+    split = FeatureTables.load(tiny_features).schema["split"]
+    before_t = f"entries before {split['periods']['train'][1]}"
+    ranker = f"entries before {split['periods']['validation'][1]}"
+    assert data["same_data"] is False
+    for name in ("two-tower", "EASE", "most popular"):
+        assert data["methods"][name] == {"fitted_on": before_t, "history": before_t}
+    # The ranker learned from the validation period: later than every other row.
+    assert data["methods"]["ranked"]["fitted_on"] == f"{before_t} (stage one); {ranker} (ranker)"
+
+
+def test_every_walk_forward_method_is_fitted_on_and_queried_with_the_same_entries(walked,
+                                                                                   tiny_features):
+    data = walked["walked"]["data"]
+    selection = FeatureTables.load(tiny_features)
+    t_plus_h = selection.schema["split"]["periods"]["validation"][1]
+    assert data["same_data"] is True
+    expected = {"fitted_on": f"entries before {t_plus_h}", "history": f"entries before {t_plus_h}"}
+    assert set(data["methods"]) >= {"two-tower", "EASE", "most popular", "ranked"}
+    assert all(m == expected for m in data["methods"].values()), data["methods"]
+
+
+def test_the_refit_sees_the_validation_period_and_tests_on_the_same_period(walked, tiny_features):
+    selection = FeatureTables.load(tiny_features)
+    refit = FeatureTables.load(walked["work"] / "features")
+    assert refit.schema["split"]["periods"]["test"] == selection.schema["split"]["periods"]["test"]
+    assert refit.pairs("validation").empty
+
+    def ids(tables, split):
+        inter = tables.interactions
+        part = inter[(inter["split"] == split) & inter["is_interaction"]]
+        return set(zip(part["user_id"], part["media_id"]))
+
+    # Everything the selection run trained or validated on is training data here, and the
+    # test entries are the selection test's (plus those of users and titles new since T).
+    assert ids(refit, "train") >= ids(selection, "train") | ids(selection, "validation")
+    assert ids(refit, "test") >= ids(selection, "test")
+    saved = json.loads((walked["work"] / "model" / "metrics.json").read_text())["retrieval"]
+    chosen = json.loads((walked["model"] / "metrics.json").read_text())["retrieval"]
+    # Refit with the settings validation chose: the best epoch's count, EASE's lambda.
+    assert saved["training"]["epochs"] == chosen["training"]["best_epoch"]
+    assert saved["training"]["refit"] is True and "validation_recall@100" not in saved["training"]["history"][0]
+    assert saved["ease"]["lambda"] == chosen["ease"]["lambda"]
+    assert saved["training"]["train_pairs"] == len(refit.pairs("train"))
+    # The test queries' histories run through T + h: users' training titles grew.
+    grown = refit.users.set_index("user_id")["n_train"].reindex(selection.users["user_id"])
+    assert (grown.to_numpy() >= selection.users["n_train"].to_numpy()).all()
+    assert (grown.to_numpy() > selection.users["n_train"].to_numpy()).any()
+
+
+def test_the_headline_is_in_the_models_metrics_and_report(walked):
+    metrics = json.loads((walked["model"] / "metrics.json").read_text())
+    wf = metrics["walk_forward"]
+    assert wf["data"]["same_data"] is True
+    d = wf["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
+    e2e = wf["ranking"]["end_to_end"]
+    assert np.isfinite(d["difference"]) and d["ci"][0] <= d["difference"] <= d["ci"][1]
+    assert e2e["ranked"]["ndcg@10"] == pytest.approx(
+        d["difference"] + wf["retrieval"]["curves"]["EASE"]["ndcg@10"], abs=1e-9)
+    text = walk_forward.format_summary(walked["walked"])
+    assert "fitted on and queried with the same entries" in text and "ranked - EASE (refit)" in text
+    report = (walked["work"] / "model" / "report" / "report.md").read_text()
+    assert "Every compared method is fitted on, and queried with, the same entries." in report
+
+
+def test_walk_forward_tables_are_refused_as_the_selection_tables(walked):
+    with pytest.raises(InputError, match="walk-forward tables already"):
+        walk_forward.run(None, walked["work"] / "features", walked["work"] / "model",
+                         walked["work"] / "again", progress=False)
