@@ -142,3 +142,49 @@ def test_paired_bootstrap_by_construction():
     assert protocol.paired_bootstrap(a, b)["users"] == 1990
     assert protocol.paired_bootstrap(a, b) == protocol.paired_bootstrap(a, b)
     assert protocol.paired_bootstrap([1.0], [0.0])["difference"] is None
+
+
+def test_identical_systems_are_never_significant_and_a_constant_gain_always_is():
+    a = np.random.default_rng(2).random(500)
+    same = protocol.paired_bootstrap(a, a.copy())
+    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0]
+    assert same["significant"] is False          # an interval [0, 0] holds 0
+    gain = protocol.paired_bootstrap(a + 0.25, a)
+    assert gain["ci"] == [pytest.approx(0.25), pytest.approx(0.25)] and gain["significant"]
+    # Two users are enough for an interval; one is not.
+    assert protocol.paired_bootstrap([1.0, 0.0], [0.0, 0.0])["difference"] == 0.5
+    assert protocol.paired_bootstrap([1.0, np.nan], [0.0, 0.0])["ci"] == [None, None]
+
+
+def test_mean_ci_is_the_bootstrap_interval_of_the_mean_by_hand():
+    # Half zeros, half ones: mean 0.5, standard error sqrt(0.25 / 100) = 0.05, so the 95%
+    # interval is about 0.5 -/+ 1.96 x 0.05 = [0.402, 0.598] (an 80% one: [0.436, 0.564]).
+    values = np.r_[np.zeros(50), np.ones(50)]
+    lo, hi = protocol.mean_ci(values)
+    assert 0.38 < lo < 0.42 and 0.58 < hi < 0.62
+    assert protocol.mean_ci(values, level=0.8)[0] == pytest.approx(0.436, abs=0.02)
+    # NaN (a user with nothing to score) is left out, not propagated.
+    assert protocol.mean_ci(np.r_[values, [np.nan] * 5]) == [lo, hi]
+    # Seeded: the same interval every time; two values are enough, one is not.
+    assert protocol.mean_ci(values) == [lo, hi]
+    two = protocol.mean_ci([1.0, 3.0])
+    assert two[0] is not None and 1.0 <= two[0] <= two[1] <= 3.0
+    assert protocol.mean_ci([1.0, np.nan]) == [None, None]
+
+
+def test_the_short_history_group_is_users_with_fewer_than_ten_training_entries():
+    # Two users, one test title each; the scorer ranks title 0 first and title 1 second
+    # for everyone, so NDCG@10 is 1 for user 0 and 1 / log2(3) for user 1. User 0 has 9
+    # training entries (short), user 1 has 10 (not).
+    assert protocol.SHORT_HISTORY == 10
+    inter = pd.DataFrame({"user_row": [0, 1], "anime_row": [0, 1], "split": ["test", "test"],
+                          "is_interaction": [True, True]})
+    tables = FeatureTables(schema={}, users=pd.DataFrame({"n_train": [9, 10]}),
+                           anime=pd.DataFrame({"media_id": range(5)}), user_raw={},
+                           anime_raw={}, widths={}, interactions=inter)
+    scores = np.array([5, 4, 3, 2, 1], np.float32)
+    m = protocol.rank_metrics(lambda rows: np.tile(scores, (len(rows), 1)), tables, "test")
+    assert m["users"] == 2 and m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+    assert m["short_history"]["users"] == 1
+    assert m["short_history"]["ndcg@10"] == pytest.approx(1.0)
+    assert m["short_history"]["recall@10"] == pytest.approx(1.0)
