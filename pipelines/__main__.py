@@ -33,9 +33,11 @@ stages (data flows top to bottom; each reads what the one before it wrote):
   walk-forward    the test with every method on the same data: stage one refit with the
                   chosen settings on the validation period too, the ranker over it, the
                   report (the headline numbers)
+  release         the served model refit on every entry with the chosen settings (the
+                  ranker on the newest period), replacing the model directory
   publish         model dir -> Hugging Face Hub model repo (model card, one commit)
   run             the whole job on the embedded default data: synth, features, retrieval,
-                  ranking, score head, evaluation report
+                  ranking, score head, evaluation report, walk-forward test, release
   daily           one day of the daily loop: refresh the tracked users, score what they
                   did that day against yesterday's predictions, keep it, serve tomorrow
 
@@ -387,6 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the walk-forward tables and refit model go, each replaced "
                            "atomically (default: %(default)s)")
 
+    rel = add_stage(
+        "release", help="the served model: refit on every entry (knows today)",
+        description="After walk-forward: refits stage one on every entry of the store with "
+                    "the settings the selection run chose (the two-tower's epochs, EASE's "
+                    "lambda), the ranker on the newest period's lists over the walk-forward "
+                    "stage one, and the score head on every score, then replaces the model "
+                    "directory with it in one swap (the model it replaces is kept in "
+                    "<work>/selection). config.json trained_through is the newest entry time "
+                    "it learned from; its report and metrics are the walk-forward test's.")
+    rel.add_argument("--db", default=DEFAULT_DB,
+                     help=f"raw store the features came from (default: {DEFAULT_DB})")
+    rel.add_argument("--features", default=DEFAULT_FEATURES,
+                     help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
+    rel.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"the selection run's model directory, replaced (default: {DEFAULT_MODEL})")
+    rel.add_argument("--work", default=DEFAULT_WALK_FORWARD,
+                     help="the walk-forward run's directory (default: %(default)s)")
+
     publish = add_stage(
         "publish", help="model dir -> Hugging Face Hub model repo",
         description="Writes the model card (README.md) into the model directory and uploads "
@@ -575,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
             source = args.out if args.stage == "run" else args.features
             walked = walk_forward.run(args.db, source, args.model, args.work, progress=progress)
             print(walk_forward.format_summary(walked))
+        if args.stage in ("release", "run"):
+            from pipelines import walk_forward
+
+            source = args.out if args.stage == "run" else args.features
+            released = walk_forward.release(args.db, source, args.model, args.work,
+                                            progress=progress)
+            print(walk_forward.format_release(released))
         if args.stage == "run":
             import shutil
 

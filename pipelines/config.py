@@ -118,6 +118,10 @@ class FeatureConfig(_JsonConfig):
         period as the tables without it); lists split at random put their validation
         part in train. There is no validation split: settings come from the tables
         without it.
+      final: the served model's tables (``walk_forward.release``): every entry is
+        training data, validation and test periods (or parts, for lists split at
+        random) included; no validation or test split. The cutoff and period are the
+        selection tables', kept for the record.
     """
 
     protocol: str = "as_of"
@@ -138,6 +142,7 @@ class FeatureConfig(_JsonConfig):
     history_half_life_days: float = 365.0
     seed: int = 0
     fold_validation: bool = False
+    final: bool = False
 
     def __post_init__(self):
         if self.history_length < 0:

@@ -527,6 +527,11 @@ def _data_lines(metrics: dict) -> list[str]:
     wf = metrics.get("walk_forward")
     if wf:
         lines += ["", *walk_forward_lines(wf)]
+    served = metrics.get("release")
+    if served:
+        lines += ["", f"The served model is refit with these settings on every entry, the "
+                  f"newest at {served['trained_through']} (`metrics.json` `release`): the "
+                  "numbers in this report are those of the same recipe on earlier cuts."]
     return lines + [""]
 
 

@@ -292,6 +292,10 @@ def _plan_split(scan: _TimeScan, config: FeatureConfig, blocks) -> _SplitPlan:
         return _linear_quantile(n, q, order_statistic)
 
     as_of, horizon = _cutoff(first, last, quantile, config)
+    if config.final:   # the served model: every entry trains
+        return _SplitPlan(random_users, {"as_of": last + 1, "horizon": horizon,
+                                         "validation_horizon": 0, "last": last,
+                                         "selection_as_of": as_of})
     if config.fold_validation:   # walk-forward: train before T + h, test [T + h, T + 2h)
         return _SplitPlan(random_users, {"as_of": as_of + horizon, "horizon": horizon,
                                          "validation_horizon": 0, "last": last,
@@ -330,7 +334,9 @@ def _split_block(frame: pd.DataFrame, plan: _SplitPlan, config: FeatureConfig) -
     frame = frame.iloc[order].reset_index(drop=True)
     key, user, random_order = key[order], user[order], random_order[order]
     split = _per_user_split(key, user, config)
-    if config.fold_validation:   # a random list's validation part joins its training part
+    if config.final:   # a random list is all training
+        split[:] = 0
+    elif config.fold_validation:   # a random list's validation part joins its training part
         split[split == 1] = 0
     if plan.cutoff:
         as_of, horizon = plan.cutoff["as_of"], plan.cutoff["horizon"]
@@ -419,8 +425,10 @@ def _split_protocol(config: FeatureConfig, cutoff: dict | None, left_out: dict,
                             "validation": [_date(as_of), _date(as_of + validation)],
                             "test": [_date(as_of + validation),
                                      _date(as_of + validation + horizon)]})
-        if config.fold_validation:
-            out.update(fold_validation=True, selection_as_of=cutoff["selection_as_of"])
+        if config.fold_validation or config.final:
+            out.update(selection_as_of=cutoff["selection_as_of"])
+    if config.final:
+        out["final"] = True
     elif config.fold_validation:
         out["fold_validation"] = True
     return out
@@ -433,6 +441,10 @@ def describe_split(schema: dict) -> str:
         "random_split_users": schema["counts"].get("random_split_users", 0),
         "users": schema["counts"]["users"], "test_fraction": schema["config"]["test_fraction"]}
     share = f"{split['test_fraction']:.0%}"
+    if split.get("final"):
+        return ("the served model's tables: every entry is training data"
+                + (f", the newest at {_date(split['last_entry'])}" if "last_entry" in split
+                   else "") + "; nothing is held out")
     if split.get("protocol") == "as_of":
         periods = split["periods"]
         left = split.get("left_out", {})
@@ -482,8 +494,12 @@ def covered(schema: dict, through: str = "train") -> str:
     validation periods (a ranker fitted on validation lists). The report's data table
     compares methods by it: two rows with the same words saw the same entries."""
     split = schema.get("split") or {}
+    if split.get("final"):
+        return ("every entry" if split.get("protocol") == "as_of"
+                else "every entry of each list")
     folded = split.get("fold_validation") or through == "validation"
-    parts = "training and validation parts" if folded else "training part"
+    parts = ("parts" if through == "test" else
+             "training and validation parts" if folded else "training part")
     if split.get("protocol") == "as_of":
         text = f"entries before {split['periods'][through][1]}"
         if split.get("method") == "mixed":

@@ -57,7 +57,8 @@ def feature_config(served: dict, newest: int) -> FeatureConfig | None:
     forward: the cutoff by the time from the served model's newest entry to ``newest``
     (unix seconds), in days rounded up; the period lengths stay. None when the store has
     nothing newer (a retrain would see the same data)."""
-    schema = served["feature_schema"]
+    # A released model (refit on every entry) keeps its selection tables' split: move that.
+    schema = served.get("selection") or served["feature_schema"]
     config = FeatureConfig.from_dict(schema["config"])
     split = schema.get("split") or {}
     if "as_of" not in split:  # random splits have no periods to move: take it as it is

@@ -270,20 +270,23 @@ E2E_METRICS = ("ndcg@10", "recall@10", "mrr")
 
 
 def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
-              config: RankingConfig) -> tuple[Lists, Lists, Candidates]:
+              config: RankingConfig, split: str | None = None) -> tuple[Lists, Lists, Candidates]:
     """The lists the ranker fits on, the lists of the held-out users (early stopping) and
     the candidates per user for the validation period (training titles excluded).
 
     The held-out users are drawn from the users of the fit split by a generator of their
     own (from ``config.seed``), so they are the same users whatever the list settings
     (negatives per list, lists per user, loss), and settings trained in separate runs
-    compare paired, on the same users (``bench/ranker_settings.py``)."""
+    compare paired, on the same users (``bench/ranker_settings.py``).
+
+    ``split``: lists and candidates of another split (``refit``: the newest period)."""
     # Negatives come from what serving would show: the candidates outside the user's
     # training entries (entries of the fit split itself are dropped in build_lists).
     generate = retrieval.ranker_generator(config)
-    candidates = retrieval.candidates(tables, "validation", generate)
+    candidates = retrieval.candidates(tables, split or "validation", generate)
     rng = np.random.default_rng(config.seed)
-    lists = build_lists(tables, retrieval, candidates, config.fit_split, config, rng, generate)
+    lists = build_lists(tables, retrieval, candidates, split or config.fit_split, config, rng,
+                        generate)
     train_lists, held_lists = split_users(lists, config.holdout_users,
                                           np.random.default_rng([config.seed, 1]))
     # A list with nothing relevant teaches nothing (a user whose only watched titles in
@@ -291,6 +294,23 @@ def fit_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
     # as fitting or held out, so the held-out users are all the others.
     train_lists = train_lists.take(train_lists.relevance.max(axis=1, initial=0.0) > 0)
     return train_lists, held_lists, candidates
+
+
+def refit(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, config: RankingConfig,
+          epochs: int, *, split: str = "test", progress: bool = True) -> tuple[RankingModel, dict]:
+    """The served model's ranker (``walk_forward.release``): ``config``, chosen on validation
+    by the selection run, fitted on the lists of ``split`` (the newest period of
+    ``tables``) over the candidates of ``retrieval``, a stage one fitted before that
+    period, so its inputs look like serving's; at most ``epochs`` epochs (the selection
+    ranker's best), stopped early on its held-out users' lists as the selection ranker was."""
+    train_lists, held_lists, _ = fit_lists(tables, retrieval, config, split)
+    if not len(train_lists) or not len(held_lists):
+        raise InputError(f"The {split} period has no lists to fit the served model's ranker "
+                         "on (no scored or watched entry there that retrieval could rank).")
+    model, training = train(tables, train_lists, held_lists,
+                            dataclasses.replace(config, max_epochs=max(1, epochs)),
+                            progress=progress)
+    return model, {**training, "split": split, "fitted_on": covered(tables.schema, "test")}
 
 
 def validation_end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -67,8 +68,11 @@ def check_trainable(tables: FeatureTables) -> None:
                              f"at least 2: {fix}.")
     config = tables.schema["config"]
     split_info = tables.schema.get("split") or {}
-    # Walk-forward tables have no validation split: their settings come from elsewhere.
-    for split in ("test",) if split_info.get("fold_validation") else ("validation", "test"):
+    # Walk-forward tables have no validation split, the served model's none at all: their
+    # settings come from elsewhere.
+    held_out = (() if split_info.get("final") else ("test",) if split_info.get("fold_validation")
+                else ("validation", "test"))
+    for split in held_out:
         if not tables.pairs(split).empty:
             continue
         why = (f"The {split} split has no interactions (statuses "
@@ -363,7 +367,19 @@ def save_artifact(out: Path, model: TwoTowerModel, tables: FeatureTables, featur
         artifact.write_json(tmp, artifact.CONFIG, {
             "feature_schema": artifact.published_schema(schema), "multi_widths": tables.widths,
             "retrieval": config.to_dict(), "index": dataclasses.asdict(IndexConfig()),
-            "versions": artifact.versions(), "data_fingerprint": schema["fingerprint"]})
+            "versions": artifact.versions(), "data_fingerprint": schema["fingerprint"],
+            "trained_through": trained_through(tables)})
+
+
+def trained_through(tables: FeatureTables) -> str | None:
+    """The newest entry time the model learned from (its training split's), ISO 8601 in
+    UTC; None for a source without entry times."""
+    inter = tables.interactions
+    times = inter.loc[inter["split"] == "train", "time"]
+    newest = times.max() if len(times) else None
+    if newest is None or pd.isna(newest):
+        return None
+    return pd.Timestamp(int(newest), unit="s", tz="UTC").isoformat()
 
 
 def uses_history(tables: FeatureTables, config: RetrievalConfig) -> bool:
@@ -417,6 +433,17 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
         return worker_run(tables, config, where, ablation=ablation, input=input)
     model, training = train(tables, config, progress=progress, input=input, cluster=where,
                             epochs=epochs)
+    if (tables.schema.get("split") or {}).get("final"):
+        # The served model's refit: nothing is held out, so there is nothing to measure.
+        metrics = {"training": training, "fitted_on": covered(tables.schema, "train"),
+                   "config": config.to_dict(), "ease": None}
+        ease = None
+        if with_ease:
+            fitted = baselines.fit_ease(tables, lam=ease_lambda)
+            if fitted is not None:
+                metrics["ease"], ease = {"lambda": fitted["lambda"]}, fitted["weights"]
+        save_artifact(Path(out), model, tables, features, metrics, config, ease)
+        return metrics
     per_user = {"two-tower": {}}
     metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
                "fitted_on": covered(tables.schema, "train"),

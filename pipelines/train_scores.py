@@ -146,9 +146,13 @@ def _rmse(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean((prediction - target) ** 2))) if len(target) else float("nan")
 
 
-def train(tables: FeatureTables, config: ScoreConfig, *,
-          progress: bool = True) -> tuple[ScoreModel, dict]:
-    """Fits the head on the training scores with early stopping on validation RMSE."""
+def train(tables: FeatureTables, config: ScoreConfig, *, progress: bool = True,
+          epochs: int | None = None, bias_lambda: float | None = None) -> tuple[ScoreModel, dict]:
+    """Fits the head on the training scores with early stopping on validation RMSE.
+
+    ``epochs`` and ``bias_lambda``: a refit with the settings the selection run chose
+    (the served model's, ``walk_forward.release``): exactly ``epochs`` epochs (0: the
+    ridge biases alone), the biases' lambda given, no validation read."""
     tf.keras.utils.set_random_seed(config.seed)
     u, a, y = baselines.scored_entries(tables, "train")
     vu, va, vy = baselines.scored_entries(tables, "validation")
@@ -156,6 +160,8 @@ def train(tables: FeatureTables, config: ScoreConfig, *,
         raise InputError("The training split has no scored entries (statuses "
                          f"{', '.join(tables.schema['config']['label_statuses'])} with a score): "
                          "there is nothing to learn a score from.")
+    if epochs is not None:
+        return _refit(tables, config, u, a, y, epochs, bias_lambda, progress)
     lam, biases, _ = baselines.ridge_biases(tables, config.bias_lambdas)
     constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
     model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
@@ -185,6 +191,30 @@ def train(tables: FeatureTables, config: ScoreConfig, *,
                    "epochs": len(history) - 1, "train_entries": int(len(y)),
                    "bias_lambda": lam, "fit_seconds": round(fit_seconds, 1),
                    "entries_per_second": round(len(y) * (len(history) - 1) / max(fit_seconds, 1e-9))}
+
+
+def _refit(tables: FeatureTables, config: ScoreConfig, u, a, y, epochs: int,
+           bias_lambda: float | None, progress: bool) -> tuple[ScoreModel, dict]:
+    """``train``'s refit: fixed lambda and epochs, the last epoch's weights kept."""
+    lam, biases, _ = baselines.ridge_biases(
+        tables, (bias_lambda,) if bias_lambda is not None else config.bias_lambdas[:1])
+    constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
+    model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
+                       factor_l2=config.factor_l2 / len(y))
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    inputs = held_out_inputs(tables, u, a, y) if config.held_out_features else None
+    ds = dataset(constants, u, a, y, config.batch_size, config.seed, inputs)
+    history, fit_seconds = [], 0.0
+    for epoch in tqdm(range(1, epochs + 1), desc="score head (refit)", unit="epoch",
+                      disable=not progress):
+        tick = time.perf_counter()
+        logs = model.fit(ds, epochs=1, verbose=0).history
+        fit_seconds += time.perf_counter() - tick
+        history.append({"epoch": epoch, "loss": float(logs["loss"][0])})
+    return model, {"history": history, "best_epoch": epochs, "epochs": epochs, "refit": True,
+                   "train_entries": int(len(y)), "bias_lambda": lam,
+                   "fit_seconds": round(fit_seconds, 1),
+                   "entries_per_second": round(len(y) * epochs / max(fit_seconds, 1e-9))}
 
 
 def evaluate(tables: FeatureTables, model: ScoreModel, config: ScoreConfig) -> dict:

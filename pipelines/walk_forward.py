@@ -38,11 +38,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import artifact, evaluate, features, train_retrieval
-from pipelines.config import FeatureConfig, RetrievalConfig
+from pipelines import artifact, atomic, evaluate, features, train_retrieval
+from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig
 from pipelines.errors import InputError
 from pipelines.formatting import interval
-from pipelines.tables import load_schema
+from pipelines.tables import FeatureTables, load_schema
 
 DEFAULT_WORK = "data/walk_forward"
 
@@ -111,6 +111,112 @@ def run(db: str | os.PathLike = "data/anirank.db", features_dir: str | os.PathLi
             (tmp / "report" / "report.md").write_text(
                 evaluate.render({**all_metrics["evaluation"], "walk_forward": summary}))
     return metrics
+
+
+def release(db: str | os.PathLike = "data/anirank.db",
+            features_dir: str | os.PathLike = "data/features",
+            model: str | os.PathLike = "data/model", work: str | os.PathLike = DEFAULT_WORK, *,
+            progress: bool = True) -> dict:
+    """Stage function behind ``python -m pipelines release`` (the last step of ``run``,
+    after ``run`` above): the served model refit on every entry with the settings the
+    selection run chose, so it knows today.
+
+    - stage one on every entry (feature tables with ``FeatureConfig.final``, the selection
+      model's vocabularies): the two-tower for the chosen epoch count, EASE with its lambda;
+    - the ranker on the newest period ``[T+h, T+2h)``: its lists come from the
+      walk-forward stage one (fitted before that period, so the inputs look like
+      serving's), its settings and epochs the selection run's;
+    - the score head on every score, for the chosen epochs and biases' lambda.
+
+    ``model`` is replaced in one swap by the refit model, which carries the selection
+    run's metrics and report (its numbers are those of the walk-forward test) and
+    ``metrics.json["release"]``; ``config.json["trained_through"]`` is the newest entry
+    time it learned from, ``config.json["selection"]`` the selection tables' split (the
+    daily loop's retrain moves it forward). The model it replaces is kept as
+    ``<work>/selection``. Returns the release summary."""
+    from pipelines import train_ranking, train_scores
+
+    start = time.perf_counter()
+    model_dir, work = Path(model), Path(work)
+    config = artifact.read_json(model_dir, artifact.CONFIG)
+    saved = artifact.read_json(model_dir, artifact.METRICS)
+    schema = load_schema(features_dir)
+    if config.get("data_fingerprint") != schema["fingerprint"]:
+        raise InputError(f"The model in {model_dir} was trained on other data than "
+                         f"{features_dir}; pass the feature tables it was trained on.")
+    if "walk_forward" not in saved or not (work / "model" / artifact.CONFIG).exists():
+        raise InputError(f"{model_dir} has no walk-forward run in {work}: run `python -m "
+                         "pipelines walk-forward` first (its stage one makes the lists the "
+                         "served ranker learns from).")
+    final_features, refit = work / "final" / "features", work / "final" / "model"
+    features.run(db, final_features,
+                 dataclasses.replace(feature_config(schema), fold_validation=False, final=True),
+                 progress=progress, inputs=features.model_inputs(config))
+    retrieval = saved["retrieval"]
+    ease = retrieval.get("ease")
+    summary = {"retrieval": train_retrieval.run(
+        final_features, refit, RetrievalConfig.from_dict(config["retrieval"]),
+        epochs=retrieval["training"]["best_epoch"], ease_lambda=ease["lambda"] if ease else None,
+        with_ease=ease is not None, progress=progress, input="memory")}
+    if config.get("ranking") and (model_dir / "ranker").exists():
+        ranking_config = RankingConfig.from_dict(config["ranking"])
+        chosen = saved["ranking"]["losses"][ranking_config.loss]["training"]
+        newest = FeatureTables.load(work / "features")
+        stage_one = artifact.RetrievalArtifact(work / "model").for_tables(newest)
+        ranker, summary["ranking"] = train_ranking.refit(newest, stage_one, ranking_config,
+                                                         chosen["best_epoch"], progress=progress)
+        with artifact.update(refit) as tmp:
+            train_ranking.export_ranker(ranker.ranker, newest, stage_one.widths, tmp / "ranker")
+            _copy_keys(config, tmp, ("ranking", "serving"))
+    if config.get("scores") and (model_dir / "scorer").exists():
+        chosen = saved["scores"]["training"]
+        tables = FeatureTables.load(final_features)
+        head, summary["scores"] = train_scores.train(
+            tables, ScoreConfig.from_dict(config["scores"]), epochs=chosen["best_epoch"],
+            bias_lambda=chosen["bias_lambda"], progress=progress)
+        with artifact.update(refit) as tmp:
+            train_scores.export_scorer(head, tables, tables.widths, tmp / "scorer")
+            _copy_keys(config, tmp, ("scores",))
+    with artifact.update(refit) as tmp:
+        served = artifact.read_json(tmp, artifact.CONFIG)
+        served["selection"] = {"config": schema["config"], "split": schema["split"]}
+        artifact.write_json(tmp, artifact.CONFIG, served)
+        summary.update(trained_through=served["trained_through"],
+                       seconds=round(time.perf_counter() - start, 1))
+        artifact.write_json(tmp, artifact.METRICS, {**saved, "release": summary})
+        if (model_dir / "report").exists():
+            shutil.copytree(model_dir / "report", tmp / "report", dirs_exist_ok=True)
+            if "evaluation" in saved:
+                (tmp / "report" / "report.md").write_text(evaluate.render({
+                    **saved["evaluation"], "walk_forward": saved["walk_forward"],
+                    "release": summary}))
+    with atomic.directory(work / "selection") as tmp:   # the model it replaces, kept
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    with atomic.directory(model_dir) as tmp:
+        shutil.copytree(refit, tmp, dirs_exist_ok=True)
+    shutil.rmtree(refit)
+    return summary
+
+
+def _copy_keys(config: dict, directory: Path, keys) -> None:
+    """The selection model's ``config.json`` entries ``keys`` into ``directory``'s."""
+    target = artifact.read_json(directory, artifact.CONFIG)
+    target.update({k: config[k] for k in keys if k in config})
+    artifact.write_json(directory, artifact.CONFIG, target)
+
+
+def format_release(summary: dict) -> str:
+    """The release's lines for the command line."""
+    parts = [f"two-tower {summary['retrieval']['training']['epochs']} epochs"]
+    if "ranking" in summary:
+        r = summary["ranking"]
+        parts.append(f"ranker {r['epochs']} epochs on {r['train_lists']:,} lists of the newest "
+                     "period")
+    if "scores" in summary:
+        parts.append(f"score head {summary['scores']['epochs']} epochs on "
+                     f"{summary['scores']['train_entries']:,} scores")
+    return (f"served model refit on every entry through {summary['trained_through']}: "
+            + ", ".join(parts) + f" ({summary['seconds']} s)")
 
 
 def format_summary(metrics: dict) -> str:

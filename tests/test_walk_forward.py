@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines import evaluate, walk_forward
@@ -13,12 +14,13 @@ from pipelines.tables import FeatureTables
 
 
 @pytest.fixture(scope="module")
-def walked(tiny_db, tiny_features, tiny_ranked, tmp_path_factory):
-    """The tiny ranked model's selection report (standalone) and its walk-forward run."""
+def walked(tiny_db, tiny_features, tiny_scored, tmp_path_factory):
+    """The tiny model's (ranker, score head) selection report (standalone) and its
+    walk-forward run."""
     root = tmp_path_factory.mktemp("walk")
     model = root / "model"
-    shutil.copytree(tiny_ranked[0], model)
-    selection = evaluate.run(model, tiny_features, root / "selection_report", progress=False)
+    shutil.copytree(tiny_scored[0], model)
+    selection = evaluate.run(model, tiny_features, progress=False)   # into model/report
     metrics = walk_forward.run(tiny_db, tiny_features, model, root / "work", progress=False)
     return {"model": model, "work": root / "work", "selection": selection, "walked": metrics}
 
@@ -93,3 +95,55 @@ def test_walk_forward_tables_are_refused_as_the_selection_tables(walked):
     with pytest.raises(InputError, match="walk-forward tables already"):
         walk_forward.run(None, walked["work"] / "features", walked["work"] / "model",
                          walked["work"] / "again", progress=False)
+
+
+@pytest.fixture(scope="module")
+def released(walked, tiny_db, tiny_features):
+    """The served model after ``release`` (the walk-forward run's model directory)."""
+    summary = walk_forward.release(tiny_db, tiny_features, walked["model"], walked["work"],
+                                   progress=False)
+    return {**walked, "summary": summary}
+
+
+def test_the_released_model_learned_from_every_entry_and_knows_todays_users(released,
+                                                                           tiny_db,
+                                                                           tiny_features):
+    from pipelines import retrain, store
+    from serving import Recommender
+
+    model, work = released["model"], released["work"]
+    config = json.loads((model / "config.json").read_text())
+    conn = store.connect(tiny_db, readonly=True)
+    try:
+        newest = store.newest_entry_time(conn, ("updated_at", "completed_at", "created_at"))
+        entries = store.read_entries(conn)
+    finally:
+        conn.close()
+    assert config["trained_through"] == pd.Timestamp(newest, unit="s", tz="UTC").isoformat()
+    selection = FeatureTables.load(tiny_features)
+    final = FeatureTables.load(work / "final" / "features")
+    assert final.pairs("validation").empty and final.pairs("test").empty
+    # Every user with an entry of a listed title is served, also those whose first entry
+    # came after the selection cutoff; each knows their newest titles.
+    served = Recommender.from_pretrained(str(model))
+    assert set(final.users["user_id"]) > set(selection.users["user_id"])
+    newcomer = sorted(set(final.users["user_id"]) - set(selection.users["user_id"]))[0]
+    assert served.known([newcomer]).all()
+    top = served.recommend([newcomer], k=10)
+    theirs = set(entries.loc[entries["user_id"] == newcomer, "media_id"])
+    assert len(top) == 10 and not set(top["anime_id"]) & theirs   # their whole list is seen
+    # The ranker learned from the newest period's lists, over the walk-forward stage one.
+    metrics = json.loads((model / "metrics.json").read_text())
+    end = selection.schema["split"]["periods"]["test"][1]
+    assert metrics["release"]["ranking"]["fitted_on"] == f"entries before {end}"
+    assert metrics["release"]["scores"]["refit"] is True
+    assert metrics["walk_forward"]["data"]["same_data"] is True   # the recipe's numbers kept
+    assert (model / "ranker").exists() and (model / "scorer").exists()
+    assert served.scorer is not None and served.serving == config["serving"]
+    # The model it replaced is kept; the daily loop's retrain moves the selection cutoff.
+    kept = json.loads((work / "selection" / "config.json").read_text())
+    assert kept["data_fingerprint"] == selection.schema["fingerprint"]
+    moved = retrain.feature_config(config, newest + 3 * 86_400)
+    assert moved.final is False and moved.fold_validation is False
+    assert pd.Timestamp(moved.as_of) > pd.Timestamp(selection.schema["split"]["as_of"], unit="s")
+    assert "newest at" in (model / "report" / "report.md").read_text()
