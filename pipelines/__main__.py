@@ -18,8 +18,10 @@ from pipelines.errors import AnirankError, InputError
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
 DEFAULT_MODEL = "data/model"
-DEFAULT_WALK_FORWARD = "data/walk_forward"
 QUIET_HELP = "no progress bars (may come before or after the stage)"
+COLD_HELP = ("refit the two-tower from scratch for the selection run's best epoch count "
+             "(default: warm, from the model one period earlier, for a few epochs: "
+             "bench/warm_refit.py shows it matches on validation)")
 
 STAGES = """\
 stages (data flows top to bottom; each reads what the one before it wrote):
@@ -385,9 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
     walk.add_argument("--model", default=DEFAULT_MODEL,
                       help=f"the selection run's model directory (default: {DEFAULT_MODEL})")
-    walk.add_argument("--work", default=DEFAULT_WALK_FORWARD,
+    walk.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
+    walk.add_argument("--work", default=None,
                       help="where the walk-forward tables and refit model go, each replaced "
-                           "atomically (default: %(default)s)")
+                           "atomically (default: walk_forward/ beside --model)")
 
     rel = add_stage(
         "release", help="the served model: refit on every entry (knows today)",
@@ -404,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
     rel.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"the selection run's model directory, replaced (default: {DEFAULT_MODEL})")
-    rel.add_argument("--work", default=DEFAULT_WALK_FORWARD,
-                     help="the walk-forward run's directory (default: %(default)s)")
+    rel.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
+    rel.add_argument("--work", default=None,
+                     help="the walk-forward run's directory (default: walk_forward/ beside "
+                          "--model)")
 
     publish = add_stage(
         "publish", help="model dir -> Hugging Face Hub model repo",
@@ -490,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(run)
     _add_ranking_args(run)
     _add_score_args(run)
-    run.add_argument("--walk-forward", default=DEFAULT_WALK_FORWARD, dest="work",
-                     help="where the walk-forward test's tables and refit model go "
-                          "(default: %(default)s)")
+    run.add_argument("--walk-forward", default=None, dest="work",
+                     help="where the walk-forward test's tables and refit models go "
+                          "(default: walk_forward/ beside --model)")
+    run.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
     run.add_argument("--evidence", action="store_true",
                      help="also train every comparison the report's evidence rests on: "
                           "--ablations, --compare-losses and --ranking-ablations (about 3x "
@@ -593,14 +599,17 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines import walk_forward
 
             source = args.out if args.stage == "run" else args.features
-            walked = walk_forward.run(args.db, source, args.model, args.work, progress=progress)
+            warm = None if args.cold_refit else walk_forward.WARM_EPOCHS
+            walked = walk_forward.run(args.db, source, args.model, args.work, warm_epochs=warm,
+                                      progress=progress)
             print(walk_forward.format_summary(walked))
         if args.stage in ("release", "run"):
             from pipelines import walk_forward
 
             source = args.out if args.stage == "run" else args.features
-            released = walk_forward.release(args.db, source, args.model, args.work,
-                                            progress=progress)
+            released = walk_forward.release(
+                args.db, source, args.model, args.work, progress=progress,
+                warm_epochs=None if args.cold_refit else walk_forward.WARM_EPOCHS)
             print(walk_forward.format_release(released))
         if args.stage == "run":
             import shutil

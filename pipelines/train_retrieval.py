@@ -191,16 +191,57 @@ class _FixedEpochs(tf.keras.callbacks.Callback):
         self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
 
 
+def warm_start(model: TwoTowerModel, tables: FeatureTables, previous: Path) -> dict:
+    """Initialises ``model`` (built on ``tables``) from the towers of the model directory
+    ``previous`` (a refit's warm start, ``train(warm_from=...)``): every weight of the
+    same name and shape is copied; an id embedding's rows are copied by id (row 0, the
+    out-of-vocabulary one, too), so users and titles new to ``tables`` keep their fresh
+    initial rows. Returns what was copied: ``{"weights", "ids": {name: [known, new]}}``."""
+    old_config = artifact.read_json(previous, artifact.CONFIG)
+    old_vocab = old_config["feature_schema"]["vocab"]
+    old = {}
+    for tower in ("query_tower", "candidate_tower"):
+        saved = artifact.load_saved_model(previous / tower)
+        old.update({v.name: v.numpy() for v in saved.signatures["serving_default"].variables})
+    embed(model.query_tower, tables.user_raw, np.arange(min(2, len(tables.users))))  # builds
+    embed(model.candidate_tower, tables.anime_raw, np.arange(min(2, len(tables.anime))))
+    ids = {f"{s['name']}_embedding/embeddings:0": s["vocab"] for s in tables.schema["features"]
+           if s["kind"] == "id"}
+    copied, mapped = 0, {}
+    for var in model.variables:
+        value = old.get(var.name)
+        if value is None:
+            continue
+        vocab = next((v for suffix, v in ids.items() if var.name.endswith(suffix)), None)
+        if vocab is not None:
+            new_ids = np.asarray(tables.schema["vocab"][vocab], np.int64)
+            old_ids = np.asarray(old_vocab[vocab], np.int64)
+            order = np.argsort(old_ids)
+            at = np.searchsorted(old_ids[order], new_ids).clip(0, max(len(old_ids) - 1, 0))
+            known = (old_ids[order][at] == new_ids if len(old_ids)
+                     else np.zeros(len(new_ids), bool))
+            weights = var.numpy()
+            weights[0] = value[0]
+            weights[1 + np.flatnonzero(known)] = value[1 + order[at[known]]]
+            var.assign(weights)
+            mapped[vocab] = [int(known.sum()), int((~known).sum())]
+        elif tuple(var.shape) == value.shape:
+            var.assign(value)
+            copied += 1
+    return {"weights": copied, "ids": mapped}
+
+
 def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
           progress: bool = True, input: str = "memory",
           cluster: distribution.Cluster = distribution.Cluster(),
-          epochs: int | None = None) -> tuple[TwoTowerModel, dict]:
+          epochs: int | None = None, warm_from: Path | None = None) -> tuple[TwoTowerModel, dict]:
     """Fits a two-tower model with early stopping. Returns the model (best weights) and
     a training summary (history, best epoch, examples/s, the weights' digest).
 
     ``epochs``: a refit (the walk-forward evaluation's): exactly this many epochs (the
     number validation chose for the same config), no validation pass, the last
-    epoch's weights kept.
+    epoch's weights kept. ``warm_from``: start from the towers of that model directory
+    (``warm_start``) instead of a fresh initialisation.
 
     ``input`` (``input_mode``): ``memory`` is the original pipeline, unchanged (the
     README's numbers); ``stream`` reads the pairs from shard files written to a
@@ -253,6 +294,7 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = TwoTowerModel(tables.schema, config)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    warm = None if warm_from is None else warm_start(model, tables, Path(warm_from))
     bar = tqdm(total=epochs or config.max_epochs, unit="epoch", disable=not progress,
                desc=f"retrieval ({config.features}{', refit' if epochs else ''})")
     stopper = _FixedEpochs(bar) if epochs else _EarlyStopping(tables, config, bar)
@@ -282,6 +324,7 @@ def train(tables: FeatureTables, config: RetrievalConfig = RetrievalConfig(), *,
     epochs = len(stopper.history)
     return model, {
         "history": stopper.history, "best_epoch": best, "refit": isinstance(stopper, _FixedEpochs),
+        **({"warm_start": {"from": str(warm_from), **warm}} if warm is not None else {}),
         "epochs": epochs, "train_pairs": n_pairs, "input": mode, "workers": cluster.size,
         "fit_seconds": fit_seconds,   # training only, without the validation passes
         "examples_per_second": round(n_pairs * epochs / fit_seconds, 1),
@@ -403,7 +446,8 @@ def ablations(tables: FeatureTables, config: RetrievalConfig) -> list[tuple[str,
 def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = "data/model",
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = False,
         with_ease: bool = True, progress: bool = True, input: str = "auto",
-        epochs: int | None = None, ease_lambda: float | None = None) -> dict:
+        epochs: int | None = None, ease_lambda: float | None = None,
+        warm_from: str | os.PathLike | None = None) -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
 
     ``ablation``: also train the id-only two-tower and the one without the history, for
@@ -412,7 +456,8 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     ``epochs`` and ``ease_lambda``: a refit with settings chosen elsewhere (the
     walk-forward evaluation, ``pipelines/walk_forward.py``): the two-tower trained for
     exactly ``epochs`` epochs and EASE with ``ease_lambda``, neither reading a
-    validation split.
+    validation split; ``warm_from``: the two-tower starts from that model directory's
+    towers (``warm_start``).
 
     With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
     one of them runs this alike and trains its share; only the chief evaluates and
@@ -432,9 +477,10 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     if not where.is_chief:
         return worker_run(tables, config, where, ablation=ablation, input=input)
     model, training = train(tables, config, progress=progress, input=input, cluster=where,
-                            epochs=epochs)
-    if (tables.schema.get("split") or {}).get("final"):
-        # The served model's refit: nothing is held out, so there is nothing to measure.
+                            epochs=epochs, warm_from=warm_from)
+    if epochs is not None:
+        # A refit (walk-forward, release): measured by the evaluation stage, if anything
+        # is held out (the release's tables hold nothing out).
         metrics = {"training": training, "fitted_on": covered(tables.schema, "train"),
                    "config": config.to_dict(), "ease": None}
         ease = None
@@ -442,6 +488,10 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
             fitted = baselines.fit_ease(tables, lam=ease_lambda)
             if fitted is not None:
                 metrics["ease"], ease = {"lambda": fitted["lambda"]}, fitted["weights"]
+            else:
+                metrics["ease_skipped"] = baselines.skip_reason(len(tables.anime))
+        else:
+            metrics["ease_skipped"] = "turned off (--no-ease)"
         save_artifact(Path(out), model, tables, features, metrics, config, ease)
         return metrics
     per_user = {"two-tower": {}}

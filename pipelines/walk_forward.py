@@ -1,7 +1,8 @@
 """The walk-forward test: every compared method fitted on, and queried with, the same
 entries.
 
-    python -m pipelines walk-forward --db data/anirank.db --features data/features --model data/model
+    python -m pipelines walk-forward --db data/anirank.db --features data/features \
+        --model data/model
 
 The selection run (``features``, ``train-retrieval``, ``train-ranking``) chooses every
 setting on validation: the two-tower's epochs, EASE's lambda, the ranker and its
@@ -12,8 +13,10 @@ EASE, popularity) was fitted before ``T`` and every test query's history ends at
 Here, for the test, stage one is refit with the chosen settings on every entry before
 ``T+h`` (feature tables with ``FeatureConfig.fold_validation``: the same test period
 ``[T+h, T+2h)``, the validation period in training; the selection model's vocabularies,
-so its ranker reads them): the two-tower for the chosen number of epochs, EASE with the
-chosen lambda, popularity, title statistics, user features and histories. The ranker
+so its ranker reads them): the two-tower (warm from the selection model for
+``WARM_EPOCHS`` epochs, which ``bench/warm_refit.py`` shows matches a cold refit on
+validation, or cold for the chosen epoch count), EASE with the chosen lambda,
+popularity, title statistics, user features and histories. The ranker
 keeps its fit on the ``[T, T+h)`` lists of the stage one fitted before ``T`` (so its
 inputs look like serving's) and reorders the refit stage one's candidates. Every row of
 the report is then fitted on, and queried with, the entries before ``T+h``; the report's
@@ -44,7 +47,11 @@ from pipelines.errors import InputError
 from pipelines.formatting import interval
 from pipelines.tables import FeatureTables, load_schema
 
-DEFAULT_WORK = "data/walk_forward"
+WORK = "walk_forward"   # the work directory's name, beside the model directory by default
+# A refit of the two-tower starts from the model fitted one period earlier and trains this
+# many epochs: on validation it matches a cold refit for the chosen epoch count
+# (``bench/warm_refit.py``; docs/benchmarks.md), at a fraction of its time. None: cold.
+WARM_EPOCHS = 6
 
 
 def feature_config(schema: dict) -> FeatureConfig:
@@ -62,15 +69,27 @@ def feature_config(schema: dict) -> FeatureConfig:
     return dataclasses.replace(config, fold_validation=True, **pinned)
 
 
-def run(db: str | os.PathLike = "data/anirank.db", features_dir: str | os.PathLike = "data/features",
-        model: str | os.PathLike = "data/model", work: str | os.PathLike = DEFAULT_WORK, *,
-        progress: bool = True) -> dict:
+def _refit_epochs(retrieval: dict, warm_epochs: int | None) -> int:
+    """The two-tower refit's epochs: ``warm_epochs`` from the earlier model's weights, or
+    (None) a cold refit for the selection run's best epoch count."""
+    return retrieval["training"]["best_epoch"] if warm_epochs is None else warm_epochs
+
+
+def run(db: str | os.PathLike = "data/anirank.db",
+        features_dir: str | os.PathLike = "data/features",
+        model: str | os.PathLike = "data/model", work: str | os.PathLike | None = None, *,
+        warm_epochs: int | None = WARM_EPOCHS, progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines walk-forward``: the walk-forward
     tables and refit into ``work``, the evaluation of every method on them, and its
     summary into ``<model>/metrics.json["walk_forward"]`` (one atomic swap). Returns
-    the walk-forward evaluation metrics (``report``: its report directory)."""
+    the walk-forward evaluation metrics (``report``: its report directory).
+
+    ``warm_epochs``: the two-tower refit starts from ``model``'s towers and trains this
+    many epochs (``WARM_EPOCHS``); None: from scratch, for the selection run's best
+    epoch count."""
     start = time.perf_counter()
-    model_dir, work = Path(model), Path(work)
+    model_dir = Path(model)
+    work = Path(work) if work is not None else model_dir.parent / WORK
     config = artifact.read_json(model_dir, artifact.CONFIG)
     saved = artifact.read_json(model_dir, artifact.METRICS)
     schema = load_schema(features_dir)
@@ -86,7 +105,8 @@ def run(db: str | os.PathLike = "data/anirank.db", features_dir: str | os.PathLi
     ease = retrieval.get("ease")
     refit = work / "model"
     train_retrieval.run(work / "features", refit, RetrievalConfig.from_dict(config["retrieval"]),
-                        epochs=retrieval["training"]["best_epoch"],
+                        epochs=_refit_epochs(retrieval, warm_epochs),
+                        warm_from=None if warm_epochs is None else model_dir,
                         ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
                         progress=progress, input="memory")
     if config.get("ranking") and (model_dir / "ranker").exists():
@@ -115,14 +135,15 @@ def run(db: str | os.PathLike = "data/anirank.db", features_dir: str | os.PathLi
 
 def release(db: str | os.PathLike = "data/anirank.db",
             features_dir: str | os.PathLike = "data/features",
-            model: str | os.PathLike = "data/model", work: str | os.PathLike = DEFAULT_WORK, *,
-            progress: bool = True) -> dict:
+            model: str | os.PathLike = "data/model", work: str | os.PathLike | None = None, *,
+            warm_epochs: int | None = WARM_EPOCHS, progress: bool = True) -> dict:
     """Stage function behind ``python -m pipelines release`` (the last step of ``run``,
     after ``run`` above): the served model refit on every entry with the settings the
     selection run chose, so it knows today.
 
     - stage one on every entry (feature tables with ``FeatureConfig.final``, the selection
-      model's vocabularies): the two-tower for the chosen epoch count, EASE with its lambda;
+      model's vocabularies): the two-tower warm from the walk-forward one
+      (``WARM_EPOCHS``) or cold for the chosen epoch count, EASE with its lambda;
     - the ranker on the newest period ``[T+h, T+2h)``: its lists come from the
       walk-forward stage one (fitted before that period, so the inputs look like
       serving's), its settings and epochs the selection run's;
@@ -133,11 +154,13 @@ def release(db: str | os.PathLike = "data/anirank.db",
     ``metrics.json["release"]``; ``config.json["trained_through"]`` is the newest entry
     time it learned from, ``config.json["selection"]`` the selection tables' split (the
     daily loop's retrain moves it forward). The model it replaces is kept as
-    ``<work>/selection``. Returns the release summary."""
+    ``<work>/selection``. ``warm_epochs``: as in ``run``; the two-tower starts from the
+    walk-forward one. Returns the release summary."""
     from pipelines import train_ranking, train_scores
 
     start = time.perf_counter()
-    model_dir, work = Path(model), Path(work)
+    model_dir = Path(model)
+    work = Path(work) if work is not None else model_dir.parent / WORK
     config = artifact.read_json(model_dir, artifact.CONFIG)
     saved = artifact.read_json(model_dir, artifact.METRICS)
     schema = load_schema(features_dir)
@@ -156,8 +179,10 @@ def release(db: str | os.PathLike = "data/anirank.db",
     ease = retrieval.get("ease")
     summary = {"retrieval": train_retrieval.run(
         final_features, refit, RetrievalConfig.from_dict(config["retrieval"]),
-        epochs=retrieval["training"]["best_epoch"], ease_lambda=ease["lambda"] if ease else None,
-        with_ease=ease is not None, progress=progress, input="memory")}
+        epochs=_refit_epochs(retrieval, warm_epochs),
+        warm_from=None if warm_epochs is None else work / "model",
+        ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
+        progress=progress, input="memory")}
     if config.get("ranking") and (model_dir / "ranker").exists():
         ranking_config = RankingConfig.from_dict(config["ranking"])
         chosen = saved["ranking"]["losses"][ranking_config.loss]["training"]

@@ -59,11 +59,18 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     assert (model / "report" / "report.md").exists()
     assert {p.name for p in model.iterdir()} >= {"config.json", "ranker", "query_tower", "index"}
     tables = load(out)
-    # The model's users: those with an entry before the as-of cutoff, of the world's 120.
+    # The selection model's users: those with an entry before the as-of cutoff, of the
+    # world's 120; the served model (the release, refit on every entry) has them all.
     users = tables["users"]["user_id"].nunique()
     assert 100 < users <= 120
-    assert f"recommendations for {users} users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
+    assert "ranked - EASE (refit), NDCG@10" in printed and "served model refit on every" in printed
+    served = load(tmp_path / "walk_forward" / "final" / "features")["users"]["user_id"].nunique()
+    assert users <= served <= 120
+    assert f"recommendations for {served} users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
+    config = json.loads((model / "config.json").read_text())
+    assert config["trained_through"] and config["selection"]["split"]["as_of"]
+    assert (tmp_path / "walk_forward" / "selection" / "config.json").exists()
 
 
 def test_comparisons_are_trained_only_when_asked_for():

@@ -65,8 +65,11 @@ def test_the_refit_sees_the_validation_period_and_tests_on_the_same_period(walke
     assert ids(refit, "test") >= ids(selection, "test")
     saved = json.loads((walked["work"] / "model" / "metrics.json").read_text())["retrieval"]
     chosen = json.loads((walked["model"] / "metrics.json").read_text())["retrieval"]
-    # Refit with the settings validation chose: the best epoch's count, EASE's lambda.
-    assert saved["training"]["epochs"] == chosen["training"]["best_epoch"]
+    # Refit with the settings validation chose: warm from the selection model for
+    # WARM_EPOCHS epochs (bench/warm_refit.py), EASE's lambda.
+    assert saved["training"]["epochs"] == walk_forward.WARM_EPOCHS
+    assert saved["training"]["warm_start"]["ids"]["user_id"] == [
+        len(selection.users), len(refit.users) - len(selection.users)]
     assert saved["training"]["refit"] is True and "validation_recall@100" not in saved["training"]["history"][0]
     assert saved["ease"]["lambda"] == chosen["ease"]["lambda"]
     assert saved["training"]["train_pairs"] == len(refit.pairs("train"))
@@ -147,3 +150,40 @@ def test_the_released_model_learned_from_every_entry_and_knows_todays_users(rele
     assert moved.final is False and moved.fold_validation is False
     assert pd.Timestamp(moved.as_of) > pd.Timestamp(selection.schema["split"]["as_of"], unit="s")
     assert "newest at" in (model / "report" / "report.md").read_text()
+
+
+def test_a_warm_start_copies_each_known_ids_row_and_every_other_weight(walked, tiny_scored):
+    import tensorflow as tf
+
+    from pipelines import artifact, train_retrieval
+    from pipelines.config import RetrievalConfig
+    from towers.model import TwoTowerModel
+
+    model_dir = tiny_scored[0]   # the selection model (walked["model"] may be released by now)
+    tables = FeatureTables.load(walked["work"] / "features")
+    config = RetrievalConfig.from_dict(artifact.read_json(model_dir, "config.json")["retrieval"])
+    old_vocab = artifact.read_json(model_dir, "config.json")["feature_schema"]["vocab"]
+    towers = [artifact.load_saved_model(model_dir / t) for t in ("query_tower", "candidate_tower")]
+    old = {v.name: v.numpy() for t in towers for v in t.signatures["serving_default"].variables}
+    model = TwoTowerModel(tables.schema, config)
+    info = train_retrieval.warm_start(model, tables, model_dir)
+    new = {v.name: v.numpy() for v in model.variables}
+    newcomers = 0
+    for vocab in ("user_id", "media_id"):
+        name = next(n for n in new if n.endswith(f"{vocab}_embedding/embeddings:0"))
+        new_ids, old_ids = tables.schema["vocab"][vocab], old_vocab[vocab]
+        for uid in (old_ids[0], old_ids[-1]):   # the same id's row, wherever it moved
+            np.testing.assert_array_equal(new[name][1 + new_ids.index(uid)],
+                                          old[name][1 + old_ids.index(uid)])
+        np.testing.assert_array_equal(new[name][0], old[name][0])   # out of vocabulary
+        fresh = [u for u in new_ids if u not in set(old_ids)]
+        for uid in fresh[:3]:   # ids new since the earlier model: fresh rows, not copies
+            row = new[name][1 + new_ids.index(uid)]
+            assert not any(np.array_equal(row, r) for r in old[name])
+        assert info["ids"][vocab] == [len(new_ids) - len(fresh), len(fresh)]
+        newcomers += len(fresh)
+    assert newcomers > 0
+    np.testing.assert_array_equal(new["query_tower/hidden_0/kernel:0"],
+                                  old["query_tower/hidden_0/kernel:0"])
+    assert info["weights"] == len(model.variables) - 2   # all but the two id tables
+    tf.keras.backend.clear_session()
