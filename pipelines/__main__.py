@@ -184,6 +184,19 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
 
 
+def _add_refit_args(parser: argparse.ArgumentParser, model_help: str, work_help: str) -> None:
+    """The options of the stages that refit the selection run's model (walk-forward,
+    release)."""
+    parser.add_argument("--db", default=DEFAULT_DB,
+                        help=f"raw store the features came from (default: {DEFAULT_DB})")
+    parser.add_argument("--features", default=DEFAULT_FEATURES,
+                        help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{model_help} (default: {DEFAULT_MODEL})")
+    parser.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
+    parser.add_argument("--work", default=None, help=work_help)
+
+
 def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(
         features="ids" if args.ids_only else "all", history=not args.no_history,
@@ -381,16 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "on, and queried with, the same entries. Writes <work>/features, "
                     "<work>/model (with its full report) and the headline into "
                     "<model>/metrics.json (walk_forward) and <model>/report/report.md.")
-    walk.add_argument("--db", default=DEFAULT_DB,
-                      help=f"raw store the features came from (default: {DEFAULT_DB})")
-    walk.add_argument("--features", default=DEFAULT_FEATURES,
-                      help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
-    walk.add_argument("--model", default=DEFAULT_MODEL,
-                      help=f"the selection run's model directory (default: {DEFAULT_MODEL})")
-    walk.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
-    walk.add_argument("--work", default=None,
-                      help="where the walk-forward tables and refit model go, each replaced "
-                           "atomically (default: walk_forward/ beside --model)")
+    _add_refit_args(walk, "the selection run's model directory",
+                    "where the walk-forward tables and refit model go, each replaced "
+                    "atomically (default: walk_forward/ beside --model)")
 
     rel = add_stage(
         "release", help="the served model: refit on every entry (knows today)",
@@ -401,16 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory with it in one swap (the model it replaces is kept in "
                     "<work>/selection). config.json trained_through is the newest entry time "
                     "it learned from; its report and metrics are the walk-forward test's.")
-    rel.add_argument("--db", default=DEFAULT_DB,
-                     help=f"raw store the features came from (default: {DEFAULT_DB})")
-    rel.add_argument("--features", default=DEFAULT_FEATURES,
-                     help=f"the selection run's feature tables (default: {DEFAULT_FEATURES})")
-    rel.add_argument("--model", default=DEFAULT_MODEL,
-                     help=f"the selection run's model directory, replaced (default: {DEFAULT_MODEL})")
-    rel.add_argument("--cold-refit", action="store_true", help=COLD_HELP)
-    rel.add_argument("--work", default=None,
-                     help="the walk-forward run's directory (default: walk_forward/ beside "
-                          "--model)")
+    _add_refit_args(rel, "the selection run's model directory, replaced",
+                    "the walk-forward run's directory (default: walk_forward/ beside --model)")
 
     publish = add_stage(
         "publish", help="model dir -> Hugging Face Hub model repo",

@@ -162,13 +162,7 @@ def train(tables: FeatureTables, config: ScoreConfig, *, progress: bool = True,
                          "there is nothing to learn a score from.")
     if epochs is not None:
         return _refit(tables, config, u, a, y, epochs, bias_lambda, progress)
-    lam, biases, _ = baselines.ridge_biases(tables, config.bias_lambdas)
-    constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
-    model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
-                       factor_l2=config.factor_l2 / len(y))
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    inputs = held_out_inputs(tables, u, a, y) if config.held_out_features else None
-    ds = dataset(constants, u, a, y, config.batch_size, config.seed, inputs)
+    lam, model, constants, ds = _head(tables, config, u, a, y, config.bias_lambdas)
     stopping = fitting.EarlyStopping(config.patience)
     # Epoch 0 is the untrained head (the ridge biases): training has to beat it.
     start_rmse = _rmse(predict(model, constants, vu, va), vy)
@@ -193,17 +187,25 @@ def train(tables: FeatureTables, config: ScoreConfig, *, progress: bool = True,
                    "entries_per_second": round(len(y) * (len(history) - 1) / max(fit_seconds, 1e-9))}
 
 
-def _refit(tables: FeatureTables, config: ScoreConfig, u, a, y, epochs: int,
-           bias_lambda: float | None, progress: bool) -> tuple[ScoreModel, dict]:
-    """``train``'s refit: fixed lambda and epochs, the last epoch's weights kept."""
-    lam, biases, _ = baselines.ridge_biases(
-        tables, (bias_lambda,) if bias_lambda is not None else config.bias_lambdas[:1])
+def _head(tables: FeatureTables, config: ScoreConfig, u, a, y, lambdas):
+    """``(lambda, the compiled head from the ridge biases of lambda, the raw-feature
+    constants, the training dataset)``: the biases' lambda the best of ``lambdas`` by
+    validation RMSE (the only one, for a refit)."""
+    lam, biases, _ = baselines.ridge_biases(tables, lambdas)
     constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
     model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
                        factor_l2=config.factor_l2 / len(y))
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     inputs = held_out_inputs(tables, u, a, y) if config.held_out_features else None
-    ds = dataset(constants, u, a, y, config.batch_size, config.seed, inputs)
+    return lam, model, constants, dataset(constants, u, a, y, config.batch_size, config.seed,
+                                          inputs)
+
+
+def _refit(tables: FeatureTables, config: ScoreConfig, u, a, y, epochs: int,
+           bias_lambda: float | None, progress: bool) -> tuple[ScoreModel, dict]:
+    """``train``'s refit: fixed lambda and epochs, the last epoch's weights kept."""
+    lam, model, _, ds = _head(tables, config, u, a, y, (bias_lambda,) if bias_lambda is not None
+                              else config.bias_lambdas[:1])
     history, fit_seconds = [], 0.0
     for epoch in tqdm(range(1, epochs + 1), desc="score head (refit)", unit="epoch",
                       disable=not progress):

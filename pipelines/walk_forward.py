@@ -69,6 +69,20 @@ def feature_config(schema: dict) -> FeatureConfig:
     return dataclasses.replace(config, fold_validation=True, **pinned)
 
 
+def _selection(model, features_dir, work) -> tuple[Path, Path, dict, dict, dict]:
+    """``(model dir, work dir, config.json, metrics.json, the tables' schema)`` of the
+    selection run, checked to belong together."""
+    model_dir = Path(model)
+    work = Path(work) if work is not None else model_dir.parent / WORK
+    config = artifact.read_json(model_dir, artifact.CONFIG)
+    saved = artifact.read_json(model_dir, artifact.METRICS)
+    schema = load_schema(features_dir)
+    if config.get("data_fingerprint") != schema["fingerprint"]:
+        raise InputError(f"The model in {model_dir} was trained on other data than "
+                         f"{features_dir}; pass the feature tables it was trained on.")
+    return model_dir, work, config, saved, schema
+
+
 def _refit_epochs(retrieval: dict, warm_epochs: int | None) -> int:
     """The two-tower refit's epochs: ``warm_epochs`` from the earlier model's weights, or
     (None) a cold refit for the selection run's best epoch count."""
@@ -88,14 +102,7 @@ def run(db: str | os.PathLike = "data/anirank.db",
     many epochs (``WARM_EPOCHS``); None: from scratch, for the selection run's best
     epoch count."""
     start = time.perf_counter()
-    model_dir = Path(model)
-    work = Path(work) if work is not None else model_dir.parent / WORK
-    config = artifact.read_json(model_dir, artifact.CONFIG)
-    saved = artifact.read_json(model_dir, artifact.METRICS)
-    schema = load_schema(features_dir)
-    if config.get("data_fingerprint") != schema["fingerprint"]:
-        raise InputError(f"The model in {model_dir} was trained on other data than "
-                         f"{features_dir}; pass the feature tables it was trained on.")
+    model_dir, work, config, saved, schema = _selection(model, features_dir, work)
     retrieval = saved.get("retrieval") or {}
     if "training" not in retrieval:
         raise InputError(f"{model_dir}/metrics.json has no retrieval training record; "
@@ -159,14 +166,7 @@ def release(db: str | os.PathLike = "data/anirank.db",
     from pipelines import train_ranking, train_scores
 
     start = time.perf_counter()
-    model_dir = Path(model)
-    work = Path(work) if work is not None else model_dir.parent / WORK
-    config = artifact.read_json(model_dir, artifact.CONFIG)
-    saved = artifact.read_json(model_dir, artifact.METRICS)
-    schema = load_schema(features_dir)
-    if config.get("data_fingerprint") != schema["fingerprint"]:
-        raise InputError(f"The model in {model_dir} was trained on other data than "
-                         f"{features_dir}; pass the feature tables it was trained on.")
+    model_dir, work, config, saved, schema = _selection(model, features_dir, work)
     if "walk_forward" not in saved or not (work / "model" / artifact.CONFIG).exists():
         raise InputError(f"{model_dir} has no walk-forward run in {work}: run `python -m "
                          "pipelines walk-forward` first (its stage one makes the lists the "

@@ -52,10 +52,8 @@ PER_USER = FeatureConfig(protocol="per_user")
 DAY = 86_400
 
 
-def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows():
-    # Cutoff T = day 10, periods of 5 days: train < T, validation [T, T+5d), test
-    # [T+5d, T+10d), later entries left out; also left out: validation/test entries of
-    # a user with nothing before T (user 3) and of a title no one listed before T (m9).
+def _as_of_fixture():
+    """``(day(d) -> unix seconds, the cutoff T = day 10 as a date, three users' entries)``."""
     day = lambda d: 1_000 * DAY + d * DAY  # noqa: E731
     t0 = pd.Timestamp(day(10), unit="s").strftime("%Y-%m-%d")
     rows = pd.concat([
@@ -64,6 +62,14 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
         _entries(2, [day(2), day(3), day(4), day(5), day(12), day(16)], media=[3, 4, 5, 6, 1, 9]),
         _entries(3, [day(11), day(17)], media=[1, 2]),
     ])
+    return day, t0, rows
+
+
+def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows():
+    # Cutoff T = day 10, periods of 5 days: train < T, validation [T, T+5d), test
+    # [T+5d, T+10d), later entries left out; also left out: validation/test entries of
+    # a user with nothing before T (user 3) and of a title no one listed before T (m9).
+    day, t0, rows = _as_of_fixture()
     media = _media(list(range(1, 10)))
     config = FeatureConfig(as_of=t0, horizon_days=5)
     split, cutoff = assign_split(rows, config)
@@ -89,14 +95,7 @@ def test_as_of_split_is_exact_and_leaves_out_what_no_model_at_the_cutoff_knows()
 
 def test_walk_forward_tables_fold_validation_into_train_with_the_same_test_period():
     # The fixture above, folded: T' = T + h = day 15; train < day 15, test [15, 20).
-    day = lambda d: 1_000 * DAY + d * DAY  # noqa: E731
-    t0 = pd.Timestamp(day(10), unit="s").strftime("%Y-%m-%d")
-    rows = pd.concat([
-        _entries(1, [day(1), day(9), day(10), day(14), day(15), day(19), day(20)],
-                 media=[1, 2, 3, 4, 5, 6, 7]),
-        _entries(2, [day(2), day(3), day(4), day(5), day(12), day(16)], media=[3, 4, 5, 6, 1, 9]),
-        _entries(3, [day(11), day(17)], media=[1, 2]),
-    ])
+    day, t0, rows = _as_of_fixture()
     media = _media(list(range(1, 10)), genres=[["Action"]] * 8 + [["Drama", "Comedy"]])
     selection = FeatureConfig(as_of=t0, horizon_days=5)
     folded = FeatureConfig(as_of=t0, horizon_days=5, fold_validation=True)
