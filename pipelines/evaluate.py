@@ -222,6 +222,17 @@ def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) 
     return section
 
 
+def _favourites_note(schema: dict) -> str | None:
+    """What the favourites feature may still know of later times (issue 32, item 8), or
+    None where it is not used or no cutoff is claimed."""
+    used = any(f["name"] == "favourites" for f in schema.get("features", []))
+    if not used or (schema.get("split") or {}).get("protocol") != "as_of":
+        return None
+    return ("Favourites count only entries listed before the cutoff, but a source does not "
+            "date a favourite: one marked after the cutoff on an earlier entry still counts, "
+            "the one title statistic that can carry later information.")
+
+
 def _methods_data(tables: FeatureTables, metrics: dict, saved: dict) -> dict:
     """What each compared method was fitted on and what its test queries' histories
     cover (``features.covered``), and whether every method saw the same entries
@@ -574,7 +585,9 @@ def render(metrics: dict) -> str:
                 "entries, never read from the source's snapshot columns."
                 if metrics["protocol"].get("title_statistics") == "training entries" else
                 "Title popularity, favourites and mean score are the source's snapshot "
-                "columns (feature tables from before anirank counted them): optimistic."), "",
+                "columns (feature tables from before anirank counted them): optimistic.")
+             + (f" {metrics['protocol']['favourites']}"
+                if metrics["protocol"].get("favourites") else ""), "",
              f"Data: {(metrics['data'].get('source') or {}).get('description', 'not recorded')}."
              + (" The oracle rows know the generator: for retrieval, each user's true odds of "
                 "adding each title (its exposure, the user's true taste, cohort and seasonal "
@@ -682,6 +695,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
                      "excluded": "every entry of the user before the test period",
                      "title_statistics": ("training entries" if "protocol" in (
                          tables.schema.get("split") or {}) else "source snapshot"),
+                     "favourites": _favourites_note(tables.schema),
                      "relevant": "the user's test interactions ("
                                  + ", ".join(config["interaction_statuses"]) + ")",
                      "retrieval_oracle": "the generator's log-odds of adding: exposure, true taste, cohort and seasonal terms",

@@ -172,3 +172,14 @@ def test_differences_are_paired_bootstraps_with_honest_verdicts(report):
     verdict = "significant" if d["significant"] else "not significant"
     assert (f"| ranked - retrieval order | ndcg@10 | {d['difference']:+.4f} | "
             f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] | {verdict} |") in text
+
+
+def test_the_report_says_what_undated_favourites_may_still_know(report):
+    from pipelines.evaluate import _favourites_note
+
+    text = (Path(report["report"]) / "report.md").read_text()
+    assert "a source does not date a favourite" in text
+    schema = {"features": [{"name": "favourites"}], "split": {"protocol": "as_of"}}
+    assert _favourites_note(schema) is not None
+    assert _favourites_note({**schema, "split": {"method": "random"}}) is None   # no cutoff
+    assert _favourites_note({**schema, "features": []}) is None   # a source without them
