@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "learned from the validation period while the two-tower, EASE and the "
                     "popularity baselines were fitted before it and queried with histories "
                     "that end at its start. This refits stage one with the settings chosen on "
-                    "validation (the two-tower's epochs, EASE's lambda) on every entry before "
+                    "validation (the two-tower warm from it, EASE's lambda) on every entry before "
                     "the test period, reorders its candidates with the selection run's "
                     "ranker, and evaluates every method on the same test period: each fitted "
                     "on, and queried with, the same entries. Writes <work>/features, "
@@ -401,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     rel = add_stage(
         "release", help="the served model: refit on every entry (knows today)",
         description="After walk-forward: refits stage one on every entry of the store with "
-                    "the settings the selection run chose (the two-tower's epochs, EASE's "
-                    "lambda), the ranker on the newest period's lists over the walk-forward "
+                    "the settings the selection run chose (the two-tower warm from the "
+                    "walk-forward one, EASE's lambda), the ranker on the newest period's lists over the walk-forward "
                     "stage one, and the score head on every score, then replaces the model "
                     "directory with it in one swap (the model it replaces is kept in "
                     "<work>/selection). config.json trained_through is the newest entry time "
