@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import _env  # noqa: E402,F401
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines import features, protocol, train_retrieval  # noqa: E402
+from pipelines import artifact, features, protocol, train_retrieval  # noqa: E402
 from pipelines.config import FeatureConfig, RetrievalConfig  # noqa: E402
 from pipelines.formatting import interval  # noqa: E402
 from pipelines.tables import FeatureTables, load_schema  # noqa: E402
@@ -68,8 +69,6 @@ def main() -> None:
         train_retrieval.run(work / "earlier", work / "earlier_model", retrieval, progress=True,
                             input="memory")
         print(f"earlier model (cutoff T - h): {time.perf_counter() - tick:.0f} s")
-        from pipelines import artifact
-
         inputs = features.model_inputs(artifact.read_json(work / "earlier_model", artifact.CONFIG))
         pinned = dataclasses.replace(config, as_of=pd.Timestamp(as_of, unit="s").isoformat(),
                                      horizon_days=h / 86_400)
@@ -86,8 +85,9 @@ def main() -> None:
                                             warm_from=work / "earlier_model")
             seconds[f"warm {k}"] = (k, time.perf_counter() - tick)
             per_user[f"warm {k}"] = validation(warm, tables)
-    print(f"\nvalidation [T, T+h), {int(sum(1 for v in per_user['cold']['recall@100'] if v == v)):,} "
-          "users; cold = early-stopped (best epoch chosen on this validation)")
+    users = int(np.isfinite(per_user["cold"]["recall@100"]).sum())
+    print(f"\nvalidation [T, T+h), {users:,} users; cold = early-stopped (best epoch chosen "
+          "on this validation)")
     print(f"{'model':10} {'epochs':>6} {'seconds':>8} {'R@100':>8} {'N@10':>8}  "
           "warm - cold R@100 (95% CI)        warm - cold N@10 (95% CI)")
     passing = {}

@@ -387,9 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The selection run's test compares methods on unequal data: the ranker "
                     "learned from the validation period while the two-tower, EASE and the "
                     "popularity baselines were fitted before it and queried with histories "
-                    "that end at its start. This refits stage one with the settings chosen on "
-                    "validation (the two-tower warm from it, EASE's lambda) on every entry before "
-                    "the test period, reorders its candidates with the selection run's "
+                    "that end at its start. This refits stage one with the settings chosen "
+                    "on validation (the two-tower warm from it, EASE's lambda) on every entry "
+                    "before the test period, reorders its candidates with the selection run's "
                     "ranker, and evaluates every method on the same test period: each fitted "
                     "on, and queried with, the same entries. Writes <work>/features, "
                     "<work>/model (with its full report) and the headline into "
@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "release", help="the served model: refit on every entry (knows today)",
         description="After walk-forward: refits stage one on every entry of the store with "
                     "the settings the selection run chose (the two-tower warm from the "
-                    "walk-forward one, EASE's lambda), the ranker on the newest period's lists over the walk-forward "
-                    "stage one, and the score head on every score, then replaces the model "
+                    "walk-forward one, EASE's lambda), the ranker on the newest period's "
+                    "lists over the walk-forward stage one, and the score head on every score, then replaces the model "
                     "directory with it in one swap (the model it replaces is kept in "
                     "<work>/selection). config.json trained_through is the newest entry time "
                     "it learned from; its report and metrics are the walk-forward test's.")
@@ -593,22 +593,19 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate.run(args.model, source, getattr(args, "report", None),
                                   getattr(args, "truth", None), progress=progress)
             print(evaluate.format_summary(report))
-        if args.stage in ("walk-forward", "run"):
+        if args.stage in ("walk-forward", "release", "run"):
             from pipelines import walk_forward
 
             source = args.out if args.stage == "run" else args.features
             warm = None if args.cold_refit else walk_forward.WARM_EPOCHS
-            walked = walk_forward.run(args.db, source, args.model, args.work, warm_epochs=warm,
-                                      progress=progress)
-            print(walk_forward.format_summary(walked))
-        if args.stage in ("release", "run"):
-            from pipelines import walk_forward
-
-            source = args.out if args.stage == "run" else args.features
-            released = walk_forward.release(
-                args.db, source, args.model, args.work, progress=progress,
-                warm_epochs=None if args.cold_refit else walk_forward.WARM_EPOCHS)
-            print(walk_forward.format_release(released))
+            if args.stage != "release":
+                walked = walk_forward.run(args.db, source, args.model, args.work,
+                                          warm_epochs=warm, progress=progress)
+                print(walk_forward.format_summary(walked))
+            if args.stage != "walk-forward":
+                released = walk_forward.release(args.db, source, args.model, args.work,
+                                                warm_epochs=warm, progress=progress)
+                print(walk_forward.format_release(released))
         if args.stage == "run":
             import shutil
 

@@ -712,7 +712,8 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     def write_report(directory: Path) -> None:
         _plots(metrics, pairs, directory)
         # last: a report.md means complete (with the model's walk-forward headline, if any)
-        (directory / "report.md").write_text(render({**metrics, "walk_forward": saved.get("walk_forward")}))
+        (directory / "report.md").write_text(
+            render({**metrics, "walk_forward": saved.get("walk_forward")}))
 
     if out is None:
         with artifact.update(model_dir) as tmp:

@@ -292,12 +292,11 @@ def _plan_split(scan: _TimeScan, config: FeatureConfig, blocks) -> _SplitPlan:
         return _linear_quantile(n, q, order_statistic)
 
     as_of, horizon = _cutoff(first, last, quantile, config)
-    if config.final:   # the served model: every entry trains
-        return _SplitPlan(random_users, {"as_of": last + 1, "horizon": horizon,
-                                         "validation_horizon": 0, "last": last,
-                                         "selection_as_of": as_of})
-    if config.fold_validation:   # walk-forward: train before T + h, test [T + h, T + 2h)
-        return _SplitPlan(random_users, {"as_of": as_of + horizon, "horizon": horizon,
+    if config.final or config.fold_validation:
+        # No validation period: train before T + h and test [T + h, T + 2h) (walk-forward),
+        # or every entry in train (the served model's tables).
+        start = last + 1 if config.final else as_of + horizon
+        return _SplitPlan(random_users, {"as_of": start, "horizon": horizon,
                                          "validation_horizon": 0, "last": last,
                                          "selection_as_of": as_of})
     return _SplitPlan(random_users, {"as_of": as_of, "horizon": horizon, "last": last})
@@ -471,7 +470,6 @@ def describe_split(schema: dict) -> str:
                      "newest part)")
         return text
     if split.get("fold_validation"):
-        share = f"{split['test_fraction']:.0%}"
         return (f"walk-forward: each list's training and validation parts are fitted on and "
                 f"queried with, a seeded random {share} of it (the selection run's test "
                 "part) is the test" + ("" if split["method"] == "random" else

@@ -310,7 +310,7 @@ def refit(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, config: 
     model, training = train(tables, train_lists, held_lists,
                             dataclasses.replace(config, max_epochs=max(1, epochs)),
                             progress=progress)
-    return model, {**training, "split": split, "fitted_on": covered(tables.schema, "test")}
+    return model, {**training, "split": split, "fitted_on": covered(tables.schema, split)}
 
 
 def validation_end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,

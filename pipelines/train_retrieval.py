@@ -41,6 +41,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from pipelines import artifact, baselines, distribution, fitting, protocol
+from pipelines.arrays import find_sorted
 from pipelines.config import RetrievalConfig
 from pipelines.errors import InputError
 from pipelines.features import covered
@@ -214,12 +215,10 @@ def warm_start(model: TwoTowerModel, tables: FeatureTables, previous: Path) -> d
             continue
         vocab = next((v for suffix, v in ids.items() if var.name.endswith(suffix)), None)
         if vocab is not None:
-            new_ids = np.asarray(tables.schema["vocab"][vocab], np.int64)
             old_ids = np.asarray(old_vocab[vocab], np.int64)
             order = np.argsort(old_ids)
-            at = np.searchsorted(old_ids[order], new_ids).clip(0, max(len(old_ids) - 1, 0))
-            known = (old_ids[order][at] == new_ids if len(old_ids)
-                     else np.zeros(len(new_ids), bool))
+            at, known = find_sorted(old_ids[order], np.asarray(tables.schema["vocab"][vocab],
+                                                               np.int64))
             weights = var.numpy()
             weights[0] = value[0]
             weights[1 + np.flatnonzero(known)] = value[1 + order[at[known]]]
@@ -357,17 +356,20 @@ def recent_popularity_metrics(tables: FeatureTables) -> dict | None:
     return {**protocol.rank_metrics(recent, tables, "test"), "days": baselines.RECENT_DAYS}
 
 
-def ease_metrics(tables: FeatureTables,
-                 lam: float | None = None) -> tuple[dict | None, np.ndarray | None]:
+def ease_metrics(tables: FeatureTables, lam: float | None = None,
+                 measure: bool = True) -> tuple[dict | None, np.ndarray | None]:
     """The same protocol for EASE, its lambda tuned on validation Recall@100 (or ``lam``,
     chosen elsewhere: a refit), and its weights (the model's second candidate generator);
     ``(None, None)`` above ``baselines.MAX_EASE_TITLES`` titles. ``seconds``: the Gram
     matrix, the lambda sweep and the test pass (cubic in the titles: ``bench/scale.py``
-    shows it apart)."""
+    shows it apart). ``measure=False`` (a refit, measured by the evaluation stage):
+    ``{"lambda"}`` alone, no test pass."""
     start = time.perf_counter()
     ease = baselines.fit_ease(tables, lam=lam)
     if ease is None:
         return None, None
+    if not measure:
+        return {"lambda": ease["lambda"]}, ease["weights"]
     return ({**protocol.rank_metrics(ease["scorer"], tables, "test"), "lambda": ease["lambda"],
              "validation_recall@100": {str(k): v for k, v in ease["validation_recall@100"].items()},
              "seconds": round(time.perf_counter() - start, 1)},
@@ -478,34 +480,26 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
         return worker_run(tables, config, where, ablation=ablation, input=input)
     model, training = train(tables, config, progress=progress, input=input, cluster=where,
                             epochs=epochs, warm_from=warm_from)
-    if epochs is not None:
-        # A refit (walk-forward, release): measured by the evaluation stage, if anything
-        # is held out (the release's tables hold nothing out).
-        metrics = {"training": training, "fitted_on": covered(tables.schema, "train"),
-                   "config": config.to_dict(), "ease": None}
-        ease = None
-        if with_ease:
-            fitted = baselines.fit_ease(tables, lam=ease_lambda)
-            if fitted is not None:
-                metrics["ease"], ease = {"lambda": fitted["lambda"]}, fitted["weights"]
-            else:
-                metrics["ease_skipped"] = baselines.skip_reason(len(tables.anime))
-        else:
-            metrics["ease_skipped"] = "turned off (--no-ease)"
-        save_artifact(Path(out), model, tables, features, metrics, config, ease)
-        return metrics
+    # A refit (walk-forward, release) is measured by the evaluation stage, if anything is
+    # held out (the release's tables hold nothing out).
+    refit = epochs is not None
     per_user = {"two-tower": {}}
-    metrics = {"model": evaluate(model, tables, per_user["two-tower"]), "training": training,
-               "fitted_on": covered(tables.schema, "train"),
-               "config": config.to_dict(), "popularity": popularity_metrics(tables),
-               "recent_popularity": recent_popularity_metrics(tables)}
+    metrics = {"training": training, "fitted_on": covered(tables.schema, "train"),
+               "config": config.to_dict()}
+    if not refit:
+        metrics.update(model=evaluate(model, tables, per_user["two-tower"]),
+                       popularity=popularity_metrics(tables),
+                       recent_popularity=recent_popularity_metrics(tables))
     if with_ease:
-        metrics["ease"], ease = ease_metrics(tables, ease_lambda)
+        metrics["ease"], ease = ease_metrics(tables, ease_lambda, measure=not refit)
         if metrics["ease"] is None:
             metrics["ease_skipped"] = baselines.skip_reason(len(tables.anime))
     else:   # asked not to: the model has no second candidate generator
         metrics["ease"], ease = None, None
         metrics["ease_skipped"] = "turned off (--no-ease)"
+    if refit:
+        save_artifact(Path(out), model, tables, features, metrics, config, ease)
+        return metrics
     if ablation:
         # The ablations are trained like the model and not saved: the report reads their
         # paired differences on the same test users.

@@ -83,10 +83,20 @@ def _selection(model, features_dir, work) -> tuple[Path, Path, dict, dict, dict]
     return model_dir, work, config, saved, schema
 
 
-def _refit_epochs(retrieval: dict, warm_epochs: int | None) -> int:
-    """The two-tower refit's epochs: ``warm_epochs`` from the earlier model's weights, or
-    (None) a cold refit for the selection run's best epoch count."""
-    return retrieval["training"]["best_epoch"] if warm_epochs is None else warm_epochs
+def _refit_stage_one(features_dir: Path, out: Path, config: dict, retrieval: dict,
+                     warm_epochs: int | None, earlier: Path, progress: bool) -> dict:
+    """Stage one refit into ``out`` on ``features_dir`` with the selection run's settings
+    (``config.json``, ``retrieval`` its metrics): the two-tower warm from the model in
+    ``earlier`` for ``warm_epochs`` epochs, or (None) cold for the selection run's best
+    epoch count; EASE with its lambda, or none where the selection run had none. Returns
+    the refit's retrieval metrics."""
+    ease = retrieval.get("ease")
+    return train_retrieval.run(
+        features_dir, out, RetrievalConfig.from_dict(config["retrieval"]),
+        epochs=retrieval["training"]["best_epoch"] if warm_epochs is None else warm_epochs,
+        warm_from=None if warm_epochs is None else earlier,
+        ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
+        progress=progress, input="memory")
 
 
 def run(db: str | os.PathLike = "data/anirank.db",
@@ -109,20 +119,14 @@ def run(db: str | os.PathLike = "data/anirank.db",
                          "retrain the model (`python -m pipelines train-retrieval`).")
     features.run(db, work / "features", feature_config(schema), progress=progress,
                  inputs=features.model_inputs(config))
-    ease = retrieval.get("ease")
     refit = work / "model"
-    train_retrieval.run(work / "features", refit, RetrievalConfig.from_dict(config["retrieval"]),
-                        epochs=_refit_epochs(retrieval, warm_epochs),
-                        warm_from=None if warm_epochs is None else model_dir,
-                        ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
-                        progress=progress, input="memory")
+    _refit_stage_one(work / "features", refit, config, retrieval, warm_epochs, model_dir,
+                     progress)
     if config.get("ranking") and (model_dir / "ranker").exists():
         # The ranker as the selection run fitted and chose it, over the refit stage one.
         with artifact.update(refit) as tmp:
             shutil.copytree(model_dir / "ranker", tmp / "ranker")
-            refit_config = artifact.read_json(tmp, artifact.CONFIG)
-            refit_config.update({k: config[k] for k in ("ranking", "serving") if k in config})
-            artifact.write_json(tmp, artifact.CONFIG, refit_config)
+            _copy_keys(config, tmp, ("ranking", "serving"))
             refit_metrics = artifact.read_json(tmp, artifact.METRICS)
             refit_metrics["ranking"] = saved.get("ranking") or {}
             artifact.write_json(tmp, artifact.METRICS, refit_metrics)
@@ -175,14 +179,8 @@ def release(db: str | os.PathLike = "data/anirank.db",
     features.run(db, final_features,
                  dataclasses.replace(feature_config(schema), fold_validation=False, final=True),
                  progress=progress, inputs=features.model_inputs(config))
-    retrieval = saved["retrieval"]
-    ease = retrieval.get("ease")
-    summary = {"retrieval": train_retrieval.run(
-        final_features, refit, RetrievalConfig.from_dict(config["retrieval"]),
-        epochs=_refit_epochs(retrieval, warm_epochs),
-        warm_from=None if warm_epochs is None else work / "model",
-        ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
-        progress=progress, input="memory")}
+    summary = {"retrieval": _refit_stage_one(final_features, refit, config, saved["retrieval"],
+                                             warm_epochs, work / "model", progress)}
     if config.get("ranking") and (model_dir / "ranker").exists():
         ranking_config = RankingConfig.from_dict(config["ranking"])
         chosen = saved["ranking"]["losses"][ranking_config.loss]["training"]
