@@ -36,6 +36,9 @@ CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
 E2E_KS = (1, 2, 3, 5, 10, 20)
 BUCKETS = ((1, 9), (10, 49), (50, 199), (200, None))
 RECENT = f"most popular, last {baselines.RECENT_DAYS} days"
+IALS = "iALS"
+# The baselines every model row is compared with (paired CIs), strongest kind first.
+BASELINES = ("EASE", IALS, RECENT, "most popular")
 HEAD = "score head"   # the score head's row in the score table (as the score stage names it)
 SCORE_ORACLE = "oracle (true expected score)"
 
@@ -87,6 +90,11 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
         weights = baselines.fit_ease(tables, lam=ease)["weights"]
     if weights is not None:
         scorers["EASE"] = baselines.ease_scorer(tables, weights)
+    # iALS with the settings the training stage chose on validation, refit here on the
+    # same training entries (seeded: the factors the training stage measured).
+    ials = (saved.get("retrieval", {}).get("ials") or {}).get("settings")
+    if ials is not None:
+        scorers[IALS] = baselines.fit_ials(tables, settings=ials)["scorer"]
     recent = baselines.recent_popularity_scorer(tables)
     if recent is not None:
         scorers[RECENT] = recent
@@ -115,12 +123,12 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     return ({
         "curves": curves, "by_activity": by_activity,
         "differences": {
-            **protocol.differences(users, "two-tower",
-                                   [n for n in ("EASE", RECENT, "most popular") if n in users],
+            **protocol.differences(users, "two-tower", [n for n in BASELINES if n in users],
                                    ("recall@100", "ndcg@10")),
             # the ablations are not saved: their paired differences come from training
             **(saved.get("retrieval", {}).get("differences") or {})},
         "ease": None if weights is None else {"lambda": ease},
+        "ials": None if ials is None else {"settings": ials},
         "ease_skipped": saved.get("retrieval", {}).get("ease_skipped"),
         **{key: None if m is None else {
             k: m[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")}
@@ -177,9 +185,9 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                "differences": {
                    **protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
                                           ("ndcg@10", "recall@10", "mrr")),
-                   # EASE's own top 10 over the whole catalog, on the same test users
+                   # the baselines' own top 10 over the whole catalog, on the same test users
                    **protocol.differences({**per_user, **retrieval_per_user}, "ranked",
-                                          [n for n in ("EASE",) if n in retrieval_per_user],
+                                          [n for n in BASELINES if n in retrieval_per_user],
                                           ("ndcg@10", "recall@10"))},
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
     if expected is not None:
@@ -562,14 +570,25 @@ def walk_forward_lines(wf: dict) -> list[str]:
         lines += ["", table([(n.replace("_", " "), m) for n, m in e.items() if isinstance(m, dict)],
                             [("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10")],
                             label=f"end to end over {e['candidates']}, {e['users']:,} users")]
-        d = (k.get("differences") or {}).get("ranked - EASE")
-        if d:
-            n = d["ndcg@10"]
-            verdict = ("within noise of" if not n["significant"] else
-                       "ahead of" if n["difference"] > 0 else "BEHIND")
-            lines += ["", f"The served pipeline (ranked) is {verdict} EASE refit on the same "
-                      f"entries: NDCG@10 {interval(n, ', 95% CI ')} (paired bootstrap over "
-                      f"{n['users']:,} users)."]
+        lines += ["", *baseline_verdicts(k.get("differences") or {})]
+    return lines
+
+
+def baseline_verdicts(differences: dict) -> list[str]:
+    """One line per baseline of ``BASELINES`` the ranked order was paired with
+    (``ranking.differences``): ahead of, within noise of or BEHIND it, NDCG@10 with its
+    paired CI."""
+    lines = []
+    for name in BASELINES:
+        d = differences.get(f"ranked - {name}")
+        if not d:
+            continue
+        n = d["ndcg@10"]
+        verdict = ("within noise of" if not n["significant"] else
+                   "ahead of" if n["difference"] > 0 else "BEHIND")
+        lines.append(f"- The served pipeline (ranked) is {verdict} {name} on the same entries: "
+                     f"NDCG@10 {interval(n, ', 95% CI ')} (paired bootstrap over "
+                     f"{n['users']:,} users).")
     return lines
 
 
@@ -612,6 +631,11 @@ def render(metrics: dict) -> str:
     else:
         lines += ["", "EASE: skipped: " + (r.get("ease_skipped") or baselines.skip_reason(
             metrics["data"]["counts"]["anime"])) + "."]
+    if r.get("ials"):
+        lines += ["", "iALS: implicit-feedback matrix factorisation (the `implicit` library) "
+                  "on the training split, " + ", ".join(
+                      f"{k} {v:g}" for k, v in r["ials"]["settings"].items())
+                  + " (picked by validation Recall@100)."]
     f = r["factorized"]
     lines += ["", "Factorized top-K accuracy (TFRS's metric: all titles, nothing excluded): "
               + ", ".join(f"@{k[4:]} {num(v)}" for k, v in f.items()) + ".", "",

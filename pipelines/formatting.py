@@ -58,9 +58,11 @@ def table(rows, columns, markdown: bool = True, label: str = "") -> str:
 
 def retrieval_rows(metrics: dict) -> list:
     """``(name, metrics)`` of the retrieval table: model, ablation and baselines."""
-    ease, recent = metrics.get("ease"), metrics.get("recent_popularity")
+    ease, recent, ials = metrics.get("ease"), metrics.get("recent_popularity"), metrics.get("ials")
     return [("two-tower", metrics["model"]), ("two-tower, ids only", metrics.get("ids_only")),
             ("two-tower, without history", metrics.get("without_history")),
             ("most popular", metrics["popularity"]),
             (f"most popular, last {recent['days']} days" if recent else "", recent),
-            (f"EASE (lambda {ease['lambda']:g})" if ease else "EASE", ease)]
+            (f"EASE (lambda {ease['lambda']:g})" if ease else "EASE", ease),
+            ("iALS (" + ", ".join(f"{k} {v:g}" for k, v in ials["settings"].items()) + ")"
+             if ials else "iALS", ials if ials and "recall@100" in ials else None)]

@@ -376,6 +376,22 @@ def ease_metrics(tables: FeatureTables, lam: float | None = None,
             ease["weights"])
 
 
+def ials_metrics(tables: FeatureTables, settings: dict | None = None,
+                 measure: bool = True) -> dict:
+    """The same protocol for iALS (``baselines.fit_ials``), its settings tuned on validation
+    Recall@100 (or ``settings``, chosen elsewhere: a refit, which records them alone and
+    leaves the measuring to the evaluation stage). iALS is a baseline, not saved: the
+    evaluation stage refits it with these settings (seeded, so the same factors)."""
+    start = time.perf_counter()
+    if not measure:
+        return {"settings": dict(settings), "iterations": baselines.IALS_ITERATIONS}
+    ials = baselines.fit_ials(tables, settings=settings)
+    return {**protocol.rank_metrics(ials["scorer"], tables, "test"),
+            "settings": ials["settings"], "iterations": ials["iterations"],
+            "validation_recall@100": ials["validation_recall@100"],
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def export_tower(tower: tf.keras.Model, signature: dict, path: Path) -> None:
     """SavedModel with a ``serving_default`` signature: raw feature dict -> embedding."""
 
@@ -449,16 +465,16 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
         config: RetrievalConfig = RetrievalConfig(), *, ablation: bool = False,
         with_ease: bool = True, progress: bool = True, input: str = "auto",
         epochs: int | None = None, ease_lambda: float | None = None,
-        warm_from: str | os.PathLike | None = None) -> dict:
+        ials: dict | None = None, warm_from: str | os.PathLike | None = None) -> dict:
     """Stage function behind ``python -m pipelines train-retrieval``.
 
     ``ablation``: also train the id-only two-tower and the one without the history, for
     the report's comparison (``--ablations``; ``run --evidence``).
 
-    ``epochs`` and ``ease_lambda``: a refit with settings chosen elsewhere (the
+    ``epochs``, ``ease_lambda`` and ``ials``: a refit with settings chosen elsewhere (the
     walk-forward evaluation, ``pipelines/walk_forward.py``): the two-tower trained for
-    exactly ``epochs`` epochs and EASE with ``ease_lambda``, neither reading a
-    validation split; ``warm_from``: the two-tower starts from that model directory's
+    exactly ``epochs`` epochs, EASE with ``ease_lambda`` and the iALS baseline's settings
+    recorded for the evaluation stage (None: no iALS), none reading a validation split; ``warm_from``: the two-tower starts from that model directory's
     towers (``warm_start``).
 
     With ``TF_CONFIG`` naming several processes (``pipelines/distribution.py``) every
@@ -497,6 +513,8 @@ def run(features: str | os.PathLike = "data/features", out: str | os.PathLike = 
     else:   # asked not to: the model has no second candidate generator
         metrics["ease"], ease = None, None
         metrics["ease_skipped"] = "turned off (--no-ease)"
+    if not refit or ials is not None:
+        metrics["ials"] = ials_metrics(tables, ials, measure=not refit)
     if refit:
         save_artifact(Path(out), model, tables, features, metrics, config, ease)
         return metrics

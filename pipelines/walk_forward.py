@@ -88,15 +88,15 @@ def _refit_stage_one(features_dir: Path, out: Path, config: dict, retrieval: dic
     """Stage one refit into ``out`` on ``features_dir`` with the selection run's settings
     (``config.json``, ``retrieval`` its metrics): the two-tower warm from the model in
     ``earlier`` for ``warm_epochs`` epochs, or (None) cold for the selection run's best
-    epoch count; EASE with its lambda, or none where the selection run had none. Returns
-    the refit's retrieval metrics."""
+    epoch count; EASE with its lambda, or none where the selection run had none; the iALS
+    baseline's settings for the evaluation stage. Returns the refit's retrieval metrics."""
     ease = retrieval.get("ease")
     return train_retrieval.run(
         features_dir, out, RetrievalConfig.from_dict(config["retrieval"]),
         epochs=retrieval["training"]["best_epoch"] if warm_epochs is None else warm_epochs,
         warm_from=None if warm_epochs is None else earlier,
         ease_lambda=ease["lambda"] if ease else None, with_ease=ease is not None,
-        progress=progress, input="memory")
+        ials=(retrieval.get("ials") or {}).get("settings"), progress=progress, input="memory")
 
 
 def run(db: str | os.PathLike = "data/anirank.db",
@@ -250,8 +250,10 @@ def format_summary(metrics: dict) -> str:
                                          + next(iter(data["methods"].values()))["fitted_on"]
                                          if data["same_data"] else
                                          "NOT on the same entries (the report's data table)")]
-    ranked = ((metrics.get("ranking") or {}).get("differences") or {}).get("ranked - EASE")
-    if ranked:
-        lines.append(f"ranked - EASE (refit), NDCG@10: {interval(ranked['ndcg@10'])}")
+    differences = (metrics.get("ranking") or {}).get("differences") or {}
+    for name in ("EASE", evaluate.IALS):
+        ranked = differences.get(f"ranked - {name}")
+        if ranked:
+            lines.append(f"ranked - {name} (refit), NDCG@10: {interval(ranked['ndcg@10'])}")
     lines.append(evaluate.format_summary(metrics))
     return "\n".join(lines)

@@ -83,3 +83,47 @@ def test_score_baselines_on_the_tiny_world(tiny_features):
     u, a, y = baselines.scored_entries(tables, "test")
     train = baselines.scored_entries(tables, "train")[2]
     assert rows["global mean"]["mae"] == pytest.approx(np.mean(np.abs(train.mean() - y)))
+
+
+def test_ials_solves_its_normal_equations(tiny_features):
+    # iALS minimises sum_ui c_ui (p_ui - x_u.y_i)^2 + lambda (|X|^2 + |Y|^2) with p the
+    # binary training matrix and c_ui = alpha where p_ui = 1, else 1 (implicit's form).
+    # Each sweep ends with the titles, so the returned title factors solve, for every
+    # title i and the returned user factors X:
+    # (X'X + (alpha - 1) X' diag(p_i) X + lambda I) y_i = alpha X' p_i.
+    data = FeatureTables.load(tiny_features)
+    lam, alpha = 1.0, 10.0
+    users, titles = baselines.ials_factors(data, factors=8, regularization=lam, alpha=alpha,
+                                           iterations=30)
+    train = data.pairs("train")
+    p = np.zeros((len(data.users), len(data.anime)))
+    p[train["user_row"], train["anime_row"]] = 1.0
+    x = users.astype(np.float64)
+    active = p.sum(axis=1) > 0
+    np.testing.assert_array_equal(x[~active], 0.0)   # no training entry: a zero row
+    x = x[active]
+    p = p[active]
+    xtx = x.T @ x
+    worst = 0.0
+    for i in np.flatnonzero(p.sum(axis=0) > 0)[:40]:
+        lhs = (xtx + (alpha - 1) * (x.T * p[:, i]) @ x + lam * np.eye(8)) @ titles[i]
+        rhs = alpha * x.T @ p[:, i]
+        worst = max(worst, np.abs(lhs - rhs).max() / np.abs(rhs).max())
+    assert worst < 0.005   # the confidence 1 + alpha instead of alpha: 0.07
+
+
+def test_ials_is_seeded_tuned_on_validation_and_beats_popularity(tiny_features):
+    data = FeatureTables.load(tiny_features)
+    grid = {"factors": (8, 16), "regularization": (1.0,), "alpha": (1.0, 10.0)}
+    fitted = baselines.fit_ials(data, grid)
+    tried = fitted["validation_recall@100"]
+    assert [{k: t[k] for k in grid} for t in tried] == baselines.ials_settings(grid)
+    best = max(tried, key=lambda t: t["recall@100"])
+    assert fitted["settings"] == {k: best[k] for k in grid}
+    # The same settings refit give the same factors (seeded), so the same scores.
+    again = baselines.fit_ials(data, settings=fitted["settings"])
+    rows = np.arange(len(data.users))
+    np.testing.assert_array_equal(fitted["scorer"](rows), again["scorer"](rows))
+    ials = rank_metrics(fitted["scorer"], data, "test")["recall@100"]
+    popular = rank_metrics(baselines.popularity_scorer(data), data, "test")["recall@100"]
+    assert ials > popular + 0.02, (ials, popular)

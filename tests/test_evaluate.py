@@ -33,6 +33,10 @@ def test_report_files_and_agreement_with_training(report, tiny_ranked):
     assert report["retrieval"]["ease"]["lambda"] == saved["retrieval"]["ease"]["lambda"]
     assert report["retrieval"]["curves"]["EASE"]["recall@100"] == pytest.approx(
         saved["retrieval"]["ease"]["recall@100"], abs=1e-9)
+    # iALS refit here with the settings chosen at training time (seeded): the same numbers.
+    assert report["retrieval"]["ials"]["settings"] == saved["retrieval"]["ials"]["settings"]
+    assert report["retrieval"]["curves"]["iALS"]["ndcg@10"] == pytest.approx(
+        saved["retrieval"]["ials"]["ndcg@10"], abs=1e-6)
     text = (Path(out) / "report.md").read_text()
     d = report["retrieval"]["differences"]["two-tower - EASE"]["recall@100"]
     verdict = ("is within noise of" if not d["significant"] else
@@ -44,9 +48,11 @@ def test_report_files_and_agreement_with_training(report, tiny_ranked):
     curve = report["retrieval"]["curves"]["two-tower"]
     for m in ("ndcg@10", "recall@10"):
         assert report["ranking"]["end_to_end"]["retrieval_order"][m] == pytest.approx(curve[m])
-    vs_ease = report["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
-    assert vs_ease["difference"] == pytest.approx(
-        report["ranking"]["end_to_end"]["ranked"]["ndcg@10"] - report["retrieval"]["curves"]["EASE"]["ndcg@10"])
+    for baseline in ("EASE", "iALS", "most popular"):
+        vs = report["ranking"]["differences"][f"ranked - {baseline}"]["ndcg@10"]
+        assert vs["difference"] == pytest.approx(
+            report["ranking"]["end_to_end"]["ranked"]["ndcg@10"]
+            - report["retrieval"]["curves"][baseline]["ndcg@10"])
     e2e, e2e_saved = report["ranking"]["end_to_end"], saved["ranking"]["end_to_end"]
     assert e2e["ranked"]["ndcg@10"] == pytest.approx(e2e_saved["ranked"]["ndcg@10"], abs=1e-6)
     assert e2e["retrieval_order"]["mrr"] == pytest.approx(e2e_saved["retrieval_order"]["mrr"])

@@ -31,7 +31,7 @@ def test_the_selection_report_says_its_methods_saw_different_entries(walked, tin
     before_t = f"entries before {split['periods']['train'][1]}"
     ranker = f"entries before {split['periods']['validation'][1]}"
     assert data["same_data"] is False
-    for name in ("two-tower", "EASE", "most popular"):
+    for name in ("two-tower", "EASE", "iALS", "most popular"):
         assert data["methods"][name] == {"fitted_on": before_t, "history": before_t}
     # The ranker learned from the validation period: later than every other row.
     assert data["methods"]["ranked"]["fitted_on"] == f"{before_t} (stage one); {ranker} (ranker)"
@@ -44,7 +44,7 @@ def test_every_walk_forward_method_is_fitted_on_and_queried_with_the_same_entrie
     t_plus_h = selection.schema["split"]["periods"]["validation"][1]
     assert data["same_data"] is True
     expected = {"fitted_on": f"entries before {t_plus_h}", "history": f"entries before {t_plus_h}"}
-    assert set(data["methods"]) >= {"two-tower", "EASE", "most popular", "ranked"}
+    assert set(data["methods"]) >= {"two-tower", "EASE", "iALS", "most popular", "ranked"}
     assert all(m == expected for m in data["methods"].values()), data["methods"]
 
 
@@ -90,8 +90,17 @@ def test_the_headline_is_in_the_models_metrics_and_report(walked):
         d["difference"] + wf["retrieval"]["curves"]["EASE"]["ndcg@10"], abs=1e-9)
     text = walk_forward.format_summary(walked["walked"])
     assert "fitted on and queried with the same entries" in text and "ranked - EASE (refit)" in text
+    assert "ranked - iALS (refit)" in text
+    # iALS refit on the walk-forward entries with the selection run's settings.
+    assert wf["retrieval"]["ials"]["settings"] == metrics["retrieval"]["ials"]["settings"]
     report = (walked["work"] / "model" / "report" / "report.md").read_text()
     assert "Every compared method is fitted on, and queried with, the same entries." in report
+    # The selection report carries the headline: the ranked order against every baseline.
+    selection_report = (walked["model"] / "report" / "report.md").read_text()
+    verdicts = evaluate.baseline_verdicts(wf["ranking"]["differences"])
+    assert [name for name, line in zip(evaluate.BASELINES, verdicts)
+            if f" {name} on the same entries: NDCG@10 " in line] == list(evaluate.BASELINES)
+    assert all(line in selection_report for line in verdicts)
 
 
 def test_walk_forward_tables_are_refused_as_the_selection_tables(walked):
