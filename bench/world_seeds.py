@@ -5,9 +5,10 @@ deviation over them. The synthetic world is ours, so one seed cannot be the judg
     .venv/bin/python bench/world_seeds.py data/model /tmp/s1/model /tmp/s2/model
 
 Each model's numbers are read from its ``metrics.json["walk_forward"]`` (every method
-fitted on and queried with the same entries): NDCG@10 of the ranked pipeline end to end,
-of EASE, the two-tower and recent popularity over the whole catalog, and ranked - EASE
-with its paired bootstrap CI over that world's users.
+fitted on and queried with the same entries): NDCG@10 of the ranked pipeline and of the
+linear blend of its signals end to end, of EASE, iALS, the two-tower and recent
+popularity over the whole catalog, and ranked - EASE with its paired bootstrap CI over
+that world's users. A model from before iALS or the blend shows "nan" there.
 """
 
 import argparse
@@ -29,8 +30,10 @@ def headline(model: Path) -> dict:
     curves, e2e = wf["retrieval"]["curves"], wf["ranking"]["end_to_end"]
     d = wf["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
     source = (wf["data"].get("source") or {}).get("description", str(model))
-    return {"world": source, "ranked": e2e["ranked"]["ndcg@10"], "EASE": curves["EASE"]["ndcg@10"],
-            "two-tower": curves["two-tower"]["ndcg@10"],
+    nan = {"ndcg@10": float("nan")}
+    return {"world": source, "ranked": e2e["ranked"]["ndcg@10"],
+            "blend": e2e.get("blend", nan)["ndcg@10"], "EASE": curves["EASE"]["ndcg@10"],
+            "iALS": curves.get("iALS", nan)["ndcg@10"], "two-tower": curves["two-tower"]["ndcg@10"],
             "recent popularity": curves.get(RECENT, {}).get("ndcg@10", float("nan")),
             "ranked - EASE": d["difference"], "ci": d["ci"], "users": d["users"],
             "same data": wf["data"]["same_data"]}
@@ -40,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="model directories, one per world")
     rows = [headline(m) for m in parser.parse_args().models]
-    columns = ("ranked", "EASE", "two-tower", "recent popularity", "ranked - EASE")
+    columns = ("ranked", "blend", "EASE", "iALS", "two-tower", "recent popularity", "ranked - EASE")
     print("| world | " + " | ".join(columns) + " | 95% CI | users | same data |")
     print("|---" * (len(columns) + 4) + "|")
     for r in rows:

@@ -272,11 +272,16 @@ class RetrievalArtifact:
                                      [exclude[u] for u in user_rows], anime_rows).signals
 
 
+# What each served order is, in words (``config.json["serving"]["order"]``).
+ORDER_NAMES = {"ranked": "the ranker", "blend": "the linear blend of the candidates' signals",
+               "ease": "EASE's order", "retrieval": "retrieval order"}
+
+
 def served_order(config: dict) -> dict:
-    """What the model serves: ``{"order": "ranked" | "retrieval", "why": str}`` from
-    ``config.json``. The ranking stage writes it: the ranker is served only where it
-    beat the retrieval order on validation; models from before it serve the ranker
-    when they have one."""
+    """What the model serves: ``{"order": one of ORDER_NAMES, "why": str}`` from
+    ``config.json``. The ranking stage writes it (``train_ranking.serving_decision``):
+    the ranker or the blend only where it beat the better of EASE's and retrieval order
+    on validation; models from before it serve the ranker when they have one."""
     if "serving" in config:
         return config["serving"]
     if config.get("ranking"):

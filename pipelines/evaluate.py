@@ -28,8 +28,10 @@ from pipelines import artifact, atomic, baselines, protocol, synth
 from pipelines import features as feature_tables
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
-from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, num, table
+from pipelines.formatting import (END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval,
+                                  num, table)
 from pipelines.tables import FeatureTables
+from ranking import blend as linear_blend
 from towers.index import ann_benchmark
 
 CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
@@ -39,6 +41,8 @@ RECENT = f"most popular, last {baselines.RECENT_DAYS} days"
 IALS = "iALS"
 # The baselines every model row is compared with (paired CIs), strongest kind first.
 BASELINES = ("EASE", IALS, RECENT, "most popular")
+# The simpler orders of the ranker's own candidates it is weighed against (end to end).
+REORDERERS = {"blend": "the linear blend of its signals", "ease_order": "EASE's order"}
 HEAD = "score head"   # the score head's row in the score table (as the score stage names it)
 SCORE_ORACLE = "oracle (true expected score)"
 
@@ -165,9 +169,16 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         held["oracle (true expected score)"] = protocol.list_metrics(expected, lists)
         extra["oracle"] = _oracle_keys(truth, tables)[1]
     per_user = {}
-    e2e = protocol.end_to_end(tables, lambda t, l: _score(ranker, t, l),
-                              retrieval.candidates(tables, "test", generate),
-                              extra_orders=extra, ks=E2E_KS, per_user=per_user)
+    candidates = retrieval.candidates(tables, "test", generate)
+    # The simpler reorderers the serve decision weighed the ranker against (the blend
+    # fitted on the ranker's lists; EASE's order), on the same candidates.
+    blend = retrieval.config.get("blend")
+    simple = linear_blend.simple_orders(
+        counts, linear_blend.Blend.from_dict(blend) if blend else None,
+        with_ease="ease" in candidates.signals)
+    e2e = protocol.end_to_end(tables, lambda t, l: _score(ranker, t, l), candidates,
+                              extra_orders=extra, ks=E2E_KS, per_user=per_user,
+                              list_orders=simple)
     e2e["candidates"] = config.candidate_label
     losses = {name: {"ndcg": m["ndcg"], "ndcg@5": m["ndcg@5"]}
               for name, m in saved.get("ranking", {}).get("losses", {}).items()}
@@ -183,7 +194,8 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                "serving": artifact.served_order(retrieval.config),
                "held_out_users": len(lists), "end_to_end": e2e,
                "differences": {
-                   **protocol.differences(per_user, "ranked", ["retrieval_order", "popularity order"],
+                   **protocol.differences(per_user, "ranked",
+                                          [*simple, "retrieval_order", "popularity order"],
                                           ("ndcg@10", "recall@10", "mrr")),
                    # the baselines' own top 10 over the whole catalog, on the same test users
                    **protocol.differences({**per_user, **retrieval_per_user}, "ranked",
@@ -410,14 +422,16 @@ def _ranker_warnings(ranking: dict) -> list[str]:
 
 def _validation_lines(validation: dict | None) -> list[str]:
     """The table every ranker setting was chosen on: end to end on the validation period
-    of the users held out from fitting, per loss, beside retrieval and popularity order."""
+    of the users held out from fitting, per loss, beside the blend, EASE's, retrieval and
+    popularity order."""
     if not validation or not validation.get("losses"):
         return []
     losses = validation["losses"]
     first = next(iter(losses.values()))
     rows = [(f"ranked, {name.replace('_', ' ')}", m["ranked"]) for name, m in losses.items()]
-    rows += [("retrieval order", first["retrieval_order"]),
-             ("popularity order", first["popularity_order"])]
+    rows += [(ORDER_LABELS[name], first[name])
+             for name in ("blend", "ease_order", "retrieval_order", "popularity_order")
+             if name in first]
     lines = ["", f"### Chosen on validation: retrieve {validation['candidates']}, rank "
                  f"({validation['users']:,} validation users not used to fit the ranker)", "",
              table(rows, END_TO_END_COLUMNS, label="order"), ""]
@@ -575,18 +589,20 @@ def walk_forward_lines(wf: dict) -> list[str]:
 
 
 def baseline_verdicts(differences: dict) -> list[str]:
-    """One line per baseline of ``BASELINES`` the ranked order was paired with
-    (``ranking.differences``): ahead of, within noise of or BEHIND it, NDCG@10 with its
-    paired CI."""
+    """One line per baseline of ``BASELINES`` and per simpler reorderer of ``REORDERERS``
+    the ranked order was paired with (``ranking.differences``): ahead of, within noise of
+    or BEHIND it, NDCG@10 with its paired CI."""
     lines = []
-    for name in BASELINES:
+    rivals = {**{name: f"{name} on the same entries" for name in BASELINES},
+              **{order: f"{label} of the same candidates" for order, label in REORDERERS.items()}}
+    for name, label in rivals.items():
         d = differences.get(f"ranked - {name}")
         if not d:
             continue
         n = d["ndcg@10"]
         verdict = ("within noise of" if not n["significant"] else
                    "ahead of" if n["difference"] > 0 else "BEHIND")
-        lines.append(f"- The served pipeline (ranked) is {verdict} {name} on the same entries: "
+        lines.append(f"- The ranked pipeline is {verdict} {label}: "
                      f"NDCG@10 {interval(n, ', 95% CI ')} (paired bootstrap over "
                      f"{n['users']:,} users).")
     return lines
@@ -665,12 +681,12 @@ def render(metrics: dict) -> str:
         lines += ["", *_ranker_warnings(k)]
         lines += _validation_lines(k.get("validation"))
         serving = k.get("serving") or {"order": "ranked", "why": "not recorded"}
-        lines += ["", f"**Served order: {'the ranker' if serving['order'] == 'ranked' else 'retrieval order'}** "
+        lines += ["", f"**Served order: {artifact.ORDER_NAMES[serving['order']]}** "
                       f"({serving['why']})."
                   + ("" if serving["order"] == "ranked" else
-                     " `Recommender` and the batch job serve the retrieval order; the ranker "
-                     "is kept in the model directory and scored below for the record "
-                     "(`Recommender.from_pretrained(..., use_ranker=True)` serves it).")]
+                     f" `Recommender` and the batch job serve {artifact.ORDER_NAMES[serving['order']]}; "
+                     "the ranker is kept in the model directory and scored below for the "
+                     "record (`Recommender.from_pretrained(..., use_ranker=True)` serves it).")]
         e = k["end_to_end"]
         lines += ["", f"### End to end: retrieve {e['candidates']}, rank ({e['users']:,} test users)", "",
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],

@@ -66,3 +66,8 @@ def retrieval_rows(metrics: dict) -> list:
             (f"EASE (lambda {ease['lambda']:g})" if ease else "EASE", ease),
             ("iALS (" + ", ".join(f"{k} {v:g}" for k, v in ials["settings"].items()) + ")"
              if ials else "iALS", ials if ials and "recall@100" in ials else None)]
+
+
+# The orders of the candidates compared end to end, as the tables name them.
+ORDER_LABELS = {"ranked": "ranked", "blend": "blend of the signals", "ease_order": "EASE order",
+                "retrieval_order": "retrieval order", "popularity_order": "popularity order"}

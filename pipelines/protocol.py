@@ -218,17 +218,20 @@ def baseline_list_metrics(tables: FeatureTables, lists: Lists) -> dict:
 
 
 def end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,
-               extra_orders: dict | None = None, ks=(10,), per_user: dict | None = None) -> dict:
+               extra_orders: dict | None = None, ks=(10,), per_user: dict | None = None,
+               list_orders: dict | None = None) -> dict:
     """Reorder each test user's ``candidates`` (one row per user row; titles seen before
     the test period already left out; -1 = padding; the first columns in retrieval order)
     with ``score_lists(tables, lists) -> [n, C]``, and score the ranked order and the
     retrieval order (the candidates' own order) against the user's test interactions.
 
     ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
-    (the report adds popularity and the oracle). ``per_user``: a dict that receives
+    (the report adds popularity and the oracle); ``list_orders``: ``{name:
+    fn(tables, lists) -> [n, C]}``, orders that read the candidates' signals as the
+    ranker does (the blend, EASE's order). ``per_user``: a dict that receives
     ``{order name: {metric: [users]}}`` (for paired comparisons)."""
-    return end_to_end_on(tables, "test", score_lists, candidates,
-                         extra_orders=extra_orders, ks=ks, per_user=per_user)
+    return end_to_end_on(tables, "test", score_lists, candidates, extra_orders=extra_orders,
+                         ks=ks, per_user=per_user, list_orders=list_orders)
 
 
 def end_to_end_users(tables: FeatureTables, split: str,
@@ -242,7 +245,7 @@ def end_to_end_users(tables: FeatureTables, split: str,
 def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Candidates,
                   user_rows: np.ndarray | None = None,
                   extra_orders: dict | None = None, ks=(10,),
-                  per_user: dict | None = None) -> dict:
+                  per_user: dict | None = None, list_orders: dict | None = None) -> dict:
     """:func:`end_to_end` on any ``split`` and, given ``user_rows``, only those users
     (e.g. the validation users held out from fitting a ranker): ``candidates`` must
     leave out what each user had before ``split``; the orders are scored against the
@@ -258,6 +261,8 @@ def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Ca
     ks = sorted(set(ks) | {10, num_candidates})
     orders = {"ranked": score_lists(tables, lists),
               "retrieval_order": -np.arange(num_candidates)[None, :].repeat(len(users), 0)}
+    for name, fn in (list_orders or {}).items():
+        orders[name] = fn(tables, lists)
     for name, fn in (extra_orders or {}).items():
         orders[name] = fn(users, cand)
     out = {"users": int(len(users)), "candidates": num_candidates}

@@ -176,14 +176,17 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
         "The towers are TensorFlow SavedModels whose `serving_default` signature takes raw "
         "features by name; with TensorFlow and huggingface_hub alone (no anirank), this "
         "embeds the catalog and one user and takes the user's top 10 titles by dot product, "
-        "the retrieval stage's answer" + (" (the ranker then reorders the candidates):"
-                                          if served["order"] == "ranked" else
-                                          ", which is also what this model serves:"), "",
+        "the retrieval stage's answer" + (", which is also what this model serves:"
+                                          if served["order"] == "retrieval" else
+                                          f" ({artifact.ORDER_NAMES[served['order']]} then "
+                                          "reorders the candidates):"), "",
         "```python", TOWERS_SNIPPET.format(repo_id=repo_id, user_id=user).rstrip(), "```", "",
         "## What it serves", "",
         (f"The ranker's order of the candidates ({_candidates(config)}; each with its "
          "two-tower and EASE scores and ranks)" if served["order"] == "ranked" else
-         "The retrieval order (the ranker is kept in the repo but not served)")
+         f"{artifact.ORDER_NAMES[served['order']][0].upper()}"
+         f"{artifact.ORDER_NAMES[served['order']][1:]} of the candidates (the ranker is kept "
+         "in the repo but not served)")
         + f": {served['why']}. `from_pretrained(..., use_ranker=True)` or `False` overrides it.", "",
         "## Training data", "",
         f"Trained on {source['description']}. Test split: {describe_split(schema)}; titles "

@@ -51,10 +51,11 @@ from pipelines.arrays import find_sorted
 from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RELATION_SIGNALS, RankingConfig
 from pipelines.errors import InputError
 from pipelines.features import covered
-from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, interval, table
+from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval, table
 from pipelines.candidates import Generator
 from pipelines.protocol import Candidates, Lists
 from pipelines.tables import FeatureTables
+from ranking import blend as linear_blend
 from ranking.metrics import list_ndcg
 from ranking.model import RankingModel
 from towers.features import feature_specs, input_signature, raw_names
@@ -302,7 +303,8 @@ def refit(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, config: 
     by the selection run, fitted on the lists of ``split`` (the newest period of
     ``tables``) over the candidates of ``retrieval``, a stage one fitted before that
     period, so its inputs look like serving's; at most ``epochs`` epochs (the selection
-    ranker's best), stopped early on its held-out users' lists as the selection ranker was."""
+    ranker's best), stopped early on its held-out users' lists as the selection ranker was.
+    The blend is refit on the same lists (``training["blend"]``)."""
     train_lists, held_lists, _ = fit_lists(tables, retrieval, config, split)
     if not len(train_lists) or not len(held_lists):
         raise InputError(f"The {split} period has no lists to fit the served model's ranker "
@@ -310,25 +312,43 @@ def refit(tables: FeatureTables, retrieval: artifact.RetrievalArtifact, config: 
     model, training = train(tables, train_lists, held_lists,
                             dataclasses.replace(config, max_epochs=max(1, epochs)),
                             progress=progress)
-    return model, {**training, "split": split, "fitted_on": covered(tables.schema, split)}
+    return model, {**training, "split": split, "fitted_on": covered(tables.schema, split),
+                   "blend": fit_blend(tables, train_lists, config).to_dict()}
+
+
+def fit_blend(tables: FeatureTables, lists: Lists, config: RankingConfig) -> linear_blend.Blend:
+    """The linear blend (``ranking/blend.py``) of the candidate signals the ranker reads
+    and the title's training count, fitted on ``lists`` (the ranker's own)."""
+    counts = tables.train_counts()
+    names = tuple(s for s in config.signals if s in lists.signals) + (linear_blend.POPULARITY,)
+    return linear_blend.fit(lists.signals, counts[np.maximum(lists.anime_rows, 0)],
+                            lists.relevance, lists.mask, names)
 
 
 def validation_end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,
-                          held_users: np.ndarray, per_user: dict | None = None) -> dict:
+                          held_users: np.ndarray, per_user: dict | None = None,
+                          blend: linear_blend.Blend | None = None) -> dict:
     """End to end on the validation period of ``held_users`` only (the users held out
     from fitting the ranker): their retrieved top titles (training titles excluded, as
-    serving would), in ranked, retrieval and popularity order, scored against their
-    validation interactions, with paired bootstrap 95% CIs of ranked against the other
-    two orders. ``per_user`` receives the per-user values of each order."""
+    serving would), in ranked, retrieval and popularity order and, given ``blend`` (or
+    candidates with EASE's score), the blend's and EASE's order, scored against their
+    validation interactions, with paired bootstrap 95% CIs of ranked against every
+    other order and of the blend against the fixed ones. ``per_user`` receives the
+    per-user values of each order."""
     counts = tables.train_counts()
     per_user = {} if per_user is None else per_user
+    orders = linear_blend.simple_orders(counts, blend, with_ease="ease" in candidates.signals)
     out = protocol.end_to_end_on(
         tables, "validation", score_lists, candidates, user_rows=held_users,
         extra_orders={"popularity_order": lambda users, cand:
                       counts[np.maximum(cand, 0)].astype(np.float64)},
-        per_user=per_user)
-    out["differences"] = protocol.differences(per_user, "ranked",
-                                              ["retrieval_order", "popularity_order"], E2E_METRICS)
+        per_user=per_user, list_orders=orders)
+    fixed = [o for o in FIXED_ORDERS if o in per_user]
+    out["differences"] = protocol.differences(
+        per_user, "ranked", [o for o in ("blend", *fixed, "popularity_order") if o in per_user],
+        E2E_METRICS)
+    if "blend" in per_user:
+        out["differences"].update(protocol.differences(per_user, "blend", fixed, E2E_METRICS))
     return out
 
 
@@ -385,6 +405,9 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                   "users": int(len(protocol.end_to_end_users(tables, "validation", held_users))),
                   "candidates": config.candidate_label, "choice_metric": CHOICE_METRIC,
                   "losses": {}}
+    # The linear blend of the same signals on the same lists: what the ranker must beat.
+    blend = fit_blend(tables, train_lists, config)
+    metrics["blend"] = blend.to_dict()
     rankers, records = {}, {}
     for loss in losses:
         cfg = dataclasses.replace(config, loss=loss)
@@ -393,7 +416,7 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         records[loss] = {"validation": {}}
         validation["losses"][loss] = validation_end_to_end(
             tables, lambda t, lists, r=trained.ranker: predict(r, t, lists), candidates,
-            held_users, records[loss]["validation"])
+            held_users, records[loss]["validation"], blend)
         metrics["losses"][loss] = {"training": training}
     validation["loss_choice"] = choose(records)
     validation["serving"] = serving_decision(validation, config.loss)
@@ -490,18 +513,37 @@ def feasible(config: RankingConfig, retrieval: artifact.RetrievalArtifact) -> Ra
     return config
 
 
+# What a model may serve (``config.json["serving"]["order"]``), by its name in the
+# validation tables: the orders a learned reorderer is weighed against first.
+SERVED = {"ranked": "ranked", "blend": "blend", "ease_order": "ease",
+          "retrieval_order": "retrieval"}
+LEARNED_ORDERS = ("ranked", "blend")
+FIXED_ORDERS = ("ease_order", "retrieval_order")
+
+
 def serving_decision(validation: dict, loss: str) -> dict:
-    """``{"order": "ranked" | "retrieval", "why"}``: the saved (``loss``) ranker is served
-    only where it beats the retrieval order it reorders on the validation end to end
-    (NDCG@10, held-out users) with a 95% CI above 0; otherwise the model serves
-    retrieval order, which is at least as good there."""
-    d = validation["losses"][loss]["differences"]["ranked - retrieval_order"][CHOICE_METRIC]
-    shown = (f"validation {CHOICE_METRIC} ranked - retrieval order "
+    """``{"order": "ranked" | "blend" | "ease" | "retrieval", "why"}`` from the validation
+    end to end of the held-out users (NDCG@10, the saved ``loss`` ranker's table): the
+    best learned order (the ranker or the blend, by mean) is served only where it beats
+    the best fixed order (EASE's or retrieval's, by mean) with a 95% CI above 0;
+    otherwise that fixed order, which is at least as good there. Validation tables from
+    before the blend hold the ranker and retrieval order alone, and decide alike."""
+    table = validation["losses"][loss]
+
+    def best(names):
+        present = [n for n in names if isinstance(table.get(n), dict)]
+        return max(present, key=lambda n: np.nan_to_num(table[n][CHOICE_METRIC], nan=-np.inf))
+
+    learned, fixed = best(LEARNED_ORDERS), best(FIXED_ORDERS)
+    d = table["differences"][f"{learned} - {fixed}"][CHOICE_METRIC]
+    shown = (f"validation {CHOICE_METRIC} {ORDER_LABELS[learned]} - {ORDER_LABELS[fixed]} "
              + (interval(d) if d["difference"] is not None
                 else "unmeasured (fewer than 2 users)"))
     if d["difference"] is not None and d["significant"] and d["difference"] > 0:
-        return {"order": "ranked", "why": shown}
-    return {"order": "retrieval", "why": f"the ranker does not beat retrieval order: {shown}"}
+        return {"order": SERVED[learned], "why": shown}
+    return {"order": SERVED[fixed],
+            "why": f"the {'ranker' if learned == 'ranked' else 'blend'} does not beat "
+                   f"{ORDER_LABELS[fixed]}: {shown}"}
 
 
 def run(features: str | os.PathLike = "data/features", model: str | os.PathLike = "data/model",
@@ -546,6 +588,7 @@ def run(features: str | os.PathLike = "data/features", model: str | os.PathLike 
         config_json = artifact.read_json(tmp, artifact.CONFIG)
         config_json["ranking"] = config.to_dict()
         config_json["serving"] = metrics["validation"]["serving"]
+        config_json["blend"] = metrics["blend"]
         artifact.write_json(tmp, artifact.CONFIG, config_json)
     return metrics
 
@@ -563,7 +606,9 @@ def format_validation(validation: dict) -> str:
     losses = validation["losses"]
     first = next(iter(losses.values()))
     rows = [(f"ranked, {name}", m["ranked"]) for name, m in losses.items()]
-    rows += [(name.replace("_", " "), first[name]) for name in ("retrieval_order", "popularity_order")]
+    rows += [(ORDER_LABELS[name], first[name])
+             for name in ("blend", "ease_order", "retrieval_order", "popularity_order")
+             if name in first]
     lines = [table(rows, END_TO_END_COLUMNS, markdown=False,
                    label=f"validation (held-out users): end to end over {validation['candidates']} "
                          f"({first['users']:,} users not used to fit)")]
@@ -583,8 +628,7 @@ def format_metrics(metrics: dict) -> str:
     made), then test (reporting only)."""
     lines = [format_validation(metrics["validation"])]
     serving = metrics["validation"]["serving"]
-    lines.append(f"serves: {'the ranker' if serving['order'] == 'ranked' else 'retrieval order'} "
-                 f"({serving['why']})")
+    lines.append(f"serves: {artifact.ORDER_NAMES[serving['order']]} ({serving['why']})")
     saved = metrics["config"]["loss"]
     chosen = metrics["validation"]["loss_choice"]["chosen"]
     if chosen != saved:

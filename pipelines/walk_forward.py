@@ -126,7 +126,7 @@ def run(db: str | os.PathLike = "data/anirank.db",
         # The ranker as the selection run fitted and chose it, over the refit stage one.
         with artifact.update(refit) as tmp:
             shutil.copytree(model_dir / "ranker", tmp / "ranker")
-            _copy_keys(config, tmp, ("ranking", "serving"))
+            _copy_keys(config, tmp, ("ranking", "serving", "blend"))
             refit_metrics = artifact.read_json(tmp, artifact.METRICS)
             refit_metrics["ranking"] = saved.get("ranking") or {}
             artifact.write_json(tmp, artifact.METRICS, refit_metrics)
@@ -157,7 +157,8 @@ def release(db: str | os.PathLike = "data/anirank.db",
       (``WARM_EPOCHS``) or cold for the chosen epoch count, EASE with its lambda;
     - the ranker on the newest period ``[T+h, T+2h)``: its lists come from the
       walk-forward stage one (fitted before that period, so the inputs look like
-      serving's), its settings and epochs the selection run's;
+      serving's), its settings and epochs the selection run's; the blend of its signals
+      refit on the same lists;
     - the score head on every score, for the chosen epochs and biases' lambda.
 
     ``model`` is replaced in one swap by the refit model, which carries the selection
@@ -191,6 +192,9 @@ def release(db: str | os.PathLike = "data/anirank.db",
         with artifact.update(refit) as tmp:
             train_ranking.export_ranker(ranker.ranker, newest, stage_one.widths, tmp / "ranker")
             _copy_keys(config, tmp, ("ranking", "serving"))
+            served = artifact.read_json(tmp, artifact.CONFIG)
+            served["blend"] = summary["ranking"]["blend"]   # refit on the same lists
+            artifact.write_json(tmp, artifact.CONFIG, served)
     if config.get("scores") and (model_dir / "scorer").exists():
         chosen = saved["scores"]["training"]
         tables = FeatureTables.load(final_features)

@@ -219,7 +219,7 @@ def finish(job: Job, written: int, seconds: float, **extra) -> dict:
                "parts": job.n_parts, "parts_written": written,
                "parts_skipped": job.n_parts - written,
                "invalid_rows": job.invalid[:20], "invalid_row_count": len(job.invalid),
-               "order": job.rec.serving["order"],   # ranked, or retrieval (see Recommender.serving)
+               "order": job.rec.serving["order"],   # artifact.ORDER_NAMES (see Recommender.serving)
                **extra, "seconds": round(seconds, 2)}
     atomic.write_text(job.out / DONE, json.dumps(summary, indent=2))
     return summary

@@ -11,15 +11,17 @@
 
 Two stages, batched: the query tower embeds the users, the candidate index returns the
 top ``candidates`` titles each has not seen (and that pass the filters), the ranker
-reorders them, and the best ``k`` come back as one DataFrame. The ranker is served only
-where the ranking stage found it beats retrieval order on validation (``rec.serving``
-says which order and why; ``use_ranker=True`` forces it).
+reorders them, and the best ``k`` come back as one DataFrame. The ranking stage decides
+on validation which order is served (``rec.serving`` says which and why): the ranker, or
+the linear blend of the candidates' signals, only where it beats the better of EASE's
+and retrieval order; else that one. ``use_ranker=True`` forces the ranker, False
+retrieval order.
 
 Every public call checks its arguments and raises :class:`InputError` naming the
 argument, the value received and what is allowed. ``k`` and ``candidates`` are capped
 at the catalog size (``len(rec.anime)``): asking for more returns at most every allowed
-title. ``score`` is the model's score (the ranker's, or the retrieval score when the
-model serves retrieval order; higher is better, comparable within one model only), and NaN where
+title. ``score`` is the model's score (the served order's: the ranker's, the blend's,
+EASE's or the retrieval score; higher is better, comparable within one model only), and NaN where
 titles come from the popularity fallback. ``predicted_score`` is the score head's
 estimate of the POINT_100 score the user would give the title (``scorer/``, written by
 ``python -m pipelines train-scores``; in [1, 100]); NaN on popularity rows and for a
@@ -44,6 +46,7 @@ from pipelines.candidates import Generator
 from pipelines.config import SIGNALS, FeatureConfig, RankingConfig, parse_time
 from pipelines.errors import InputError
 from pipelines.features import user_features
+from ranking.blend import POPULARITY, Blend
 from towers.features import apply_in_blocks, feature_specs, raw_features
 
 OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
@@ -249,7 +252,7 @@ class Recommender:
         if use_ranker is not None:
             self.serving = {"order": "ranked" if use_ranker else "retrieval",
                             "why": f"use_ranker={use_ranker} was passed"}
-        saved_ranker, self.ranker = ((None, None) if self.serving["order"] == "retrieval"
+        saved_ranker, self.ranker = ((None, None) if self.serving["order"] != "ranked"
                                      else artifact.load_ranker(self.directory))
         if saved_ranker is not None:
             self._saved["ranker"] = saved_ranker
@@ -276,7 +279,15 @@ class Recommender:
         # them, and the titles' relations where it reads the franchise signal.
         self._ease, self._ease_candidates, self._signals = None, 0, ("similarity",)
         self._relations = None
-        if self.ranker is not None and self.ranking_config is not None:
+        # The blend (a weighted sum of the candidates' signals) where the model serves it.
+        self._blend = None
+        if self.serving["order"] == "blend":
+            if "blend" not in self.config:
+                raise InputError(f"{self.directory}/config.json serves the blend but has no "
+                                 "`blend` weights; the model is corrupt.")
+            self._blend = Blend.from_dict(self.config["blend"])
+        reorders = self.ranker is not None or self.serving["order"] in ("blend", "ease")
+        if reorders and self.ranking_config is not None:
             generator = r.ranker_generator(self.ranking_config)
             if generator.needs_history and self._history is None:
                 raise InputError(f"{self.directory}/seen.parquet has no `history` column, which "
@@ -289,6 +300,13 @@ class Recommender:
                                  "between titles in its schema); the model is corrupt.")
             self._ease, self._ease_candidates = generator.ease_weights, generator.k_ease
             self._signals, self._relations = generator.signals, generator.relations
+            needed = {"ease": ("ease",), "blend": self._blend.names if self._blend else ()}
+            missing = sorted(set(needed.get(self.serving["order"], ())) - set(self._signals)
+                             - {POPULARITY})
+            if missing:
+                raise InputError(f"The model serves {self.serving['order']} order, which reads "
+                                 f"the candidate signals {missing} that this model directory "
+                                 "cannot compute; the model is corrupt.")
         self._popularity = self.anime["train_count"].to_numpy(dtype=float)
 
     @classmethod
@@ -340,7 +358,12 @@ class Recommender:
 
     def _rank(self, user_raw: dict, cand_rows: np.ndarray, signals: dict,
               batch_size: int = 512) -> np.ndarray:
-        """Ranker scores ``[n, C]`` (the retrieval score if the model serves retrieval order)."""
+        """Scores ``[n, C]`` of the served order (``self.serving``): the ranker's, the
+        blend's, EASE's or the retrieval score."""
+        if self._blend is not None:
+            return self._blend.score(signals, self._popularity[np.maximum(cand_rows, 0)])
+        if self.serving["order"] == "ease":
+            return signals["ease"]
         if self.ranker is None:
             return signals["similarity"]
         if self._encoded is not None:

@@ -269,7 +269,7 @@ def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tin
     config = json.loads((model_dir / "config.json").read_text())
     default = Recommender.from_pretrained(str(model_dir))
     assert default.serving == config["serving"]
-    assert (default.ranker is None) == (config["serving"]["order"] == "retrieval")
+    assert (default.ranker is None) == (config["serving"]["order"] != "ranked")
     plain = Recommender.from_pretrained(str(model_dir), use_ranker=False)
     ranked = Recommender.from_pretrained(str(model_dir), use_ranker=True)
     assert plain.ranker is None and ranked.ranker is not None
@@ -288,6 +288,63 @@ def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tin
         assert recs["anime_id"].tolist() == plain.anime["media_id"].iloc[allowed].tolist()
         np.testing.assert_allclose(recs["score"], scores[allowed], rtol=1e-5, atol=1e-6)
     assert not ranked.recommend(users, k=10)["anime_id"].equals(got["anime_id"])
+
+
+def _serving(model_dir, tmp_path, name, order, blend=None):
+    """A copy of ``model_dir`` whose config.json serves ``order`` (and ``blend``)."""
+    copy = tmp_path / name
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["serving"] = {"order": order, "why": "set by the test"}
+    if blend is not None:
+        config["blend"] = blend
+    (copy / "config.json").write_text(json.dumps(config))
+    return Recommender.from_pretrained(str(copy))
+
+
+def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
+    model_dir = tiny_ranked[0]
+    ease = _serving(model_dir, tmp_path, "ease", "ease")
+    assert ease.ranker is None and ease.serving["order"] == "ease"
+    users = ease.users["user_id"].to_numpy()[:25]
+    got = ease.recommend(users, k=10)
+    # EASE's order: each user's unseen titles by x_u B over the whole catalog (its top 10
+    # are among the candidates: EASE adds its own), score = that product.
+    weights = np.load(model_dir / "ease.npy")
+    for user, recs in got.groupby("user_id", sort=False):
+        row = ease._user_row.get_loc(user)
+        x = np.zeros(len(ease.anime), np.float32)
+        x[ease._history[row]] = 1.0
+        scores = x @ weights
+        seen = set(ease._seen[row])
+        allowed = [i for i in np.argsort(-scores, kind="stable")
+                   if ease.anime["media_id"].iloc[i] not in seen
+                   and not ease.anime["is_adult"].fillna(0).iloc[i] > 0][:10]
+        assert recs["anime_id"].tolist() == ease.anime["media_id"].iloc[allowed].tolist()
+        np.testing.assert_allclose(recs["score"], scores[allowed], rtol=1e-4, atol=1e-5)
+    # A blend that weighs one signal alone serves that signal's order: the similarity
+    # alone is retrieval order, EASE's score alone EASE's order.
+    config = json.loads((model_dir / "config.json").read_text())
+    names = config["blend"]["names"]
+    assert names[-1] == "log_popularity" and {"similarity", "ease"} <= set(names)
+
+    def only(signal):
+        return {"names": names, "mean": [0.0] * len(names), "scale": [1.0] * len(names),
+                "weights": [float(n == signal) for n in names]}
+
+    plain = Recommender.from_pretrained(str(model_dir), use_ranker=False)
+    for signal, expected in (("similarity", plain.recommend(users, k=10)), ("ease", got)):
+        blended = _serving(model_dir, tmp_path, f"blend-{signal}", "blend", only(signal))
+        assert blended.ranker is None and blended._blend is not None
+        out = blended.recommend(users, k=10)
+        assert out["anime_id"].tolist() == expected["anime_id"].tolist(), signal
+    with pytest.raises(InputError, match="no `blend` weights"):
+        broken = tmp_path / "broken"
+        shutil.copytree(model_dir, broken)
+        config["serving"] = {"order": "blend", "why": "test"}
+        del config["blend"]
+        (broken / "config.json").write_text(json.dumps(config))
+        Recommender.from_pretrained(str(broken))
 
 
 def test_catalog_encoded_once_scores_like_the_raw_ranker(tiny_ranked):

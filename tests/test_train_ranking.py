@@ -340,16 +340,34 @@ def test_losses_are_compared_on_validation(tiny_lists):
 
 
 def test_the_ranker_is_served_only_where_it_beats_retrieval_order_on_validation(stage):
-    def decision(difference, lo, hi):
-        d = {"difference": difference, "ci": [lo, hi], "significant": lo > 0 or hi < 0}
-        validation = {"losses": {"approx_ndcg": {"differences": {
-            "ranked - retrieval_order": {"ndcg@10": d}}}}}
-        return trk.serving_decision(validation, "approx_ndcg")
+    def ci(difference, lo, hi):
+        return {"ndcg@10": {"difference": difference, "ci": [lo, hi],
+                            "significant": lo > 0 or hi < 0}}
 
-    assert decision(+0.03, +0.01, +0.05)["order"] == "ranked"
-    assert decision(+0.03, -0.01, +0.07)["order"] == "retrieval"    # inside the noise
-    assert decision(-0.03, -0.05, -0.01)["order"] == "retrieval"
-    assert "does not beat retrieval order" in decision(-0.03, -0.05, -0.01)["why"]
+    def decision(means: dict, differences: dict):
+        table = {order: {"ndcg@10": mean} for order, mean in means.items()}
+        table["differences"] = {pair: ci(*d) for pair, d in differences.items()}
+        return trk.serving_decision({"losses": {"approx_ndcg": table}}, "approx_ndcg")
+
+    # A table from before the blend: the ranker against retrieval order alone.
+    old = {"ranked": 0.33, "retrieval_order": 0.30}
+    assert decision(old, {"ranked - retrieval_order": (+0.03, +0.01, +0.05)})["order"] == "ranked"
+    inside = decision(old, {"ranked - retrieval_order": (+0.03, -0.01, +0.07)})
+    assert inside["order"] == "retrieval" and "does not beat retrieval order" in inside["why"]
+    # Each learned order (best by mean) is weighed against the better fixed one (EASE's
+    # here), never against the weaker retrieval order.
+    four = {"ranked": 0.34, "blend": 0.32, "ease_order": 0.33, "retrieval_order": 0.30}
+    pairs = {"ranked - ease_order": (+0.01, +0.002, +0.02),
+             "blend - ease_order": (-0.01, -0.02, -0.002),
+             "ranked - retrieval_order": (+0.04, +0.02, +0.06)}
+    assert decision(four, pairs)["order"] == "ranked"
+    pairs["ranked - ease_order"] = (+0.01, -0.002, +0.02)   # inside the noise: EASE's order
+    tied = decision(four, pairs)
+    assert tied["order"] == "ease" and "the ranker does not beat EASE order" in tied["why"]
+    # The blend above the ranker by mean, and outside the noise against EASE: the blend.
+    four["blend"] = 0.35
+    pairs["blend - ease_order"] = (+0.02, +0.01, +0.03)
+    assert decision(four, pairs)["order"] == "blend"
     # The stage wrote its decision into config.json, where serving reads it.
     model_dir, metrics = stage
     config = json.loads((model_dir / "config.json").read_text())
