@@ -135,7 +135,10 @@ def fit_ease(tables: FeatureTables, lambdas=LAMBDAS, lam: float | None = None) -
 
 
 # iALS: factors x regularisation x alpha (confidence weight), a fixed number of sweeps.
-IALS_GRID = {"factors": (32, 64, 128), "regularization": (1.0, 10.0, 100.0), "alpha": (3.0, 10.0, 30.0)}
+# Centred on the default world's validation optimum (factors 256, regularisation 100,
+# alpha 30); 512 factors added +0.0012 validation Recall@100 there at 2.8x the time.
+IALS_GRID = {"factors": (64, 128, 256), "regularization": (30.0, 100.0, 300.0),
+             "alpha": (10.0, 30.0, 100.0)}
 IALS_ITERATIONS = 15
 IALS_SEED = 0
 
