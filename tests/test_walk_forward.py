@@ -133,6 +133,10 @@ def test_the_released_model_learned_from_every_entry_and_knows_todays_users(rele
     finally:
         conn.close()
     assert config["trained_through"] == pd.Timestamp(newest, unit="s", tz="UTC").isoformat()
+    # The blend is refit on the release ranker's lists (the newest period), not copied.
+    chosen = json.loads((work / "selection" / "config.json").read_text())
+    assert config["blend"] == released["summary"]["ranking"]["blend"] != chosen["blend"]
+    assert config["serving"] == chosen["serving"]
     selection = FeatureTables.load(tiny_features)
     final = FeatureTables.load(work / "final" / "features")
     assert final.pairs("validation").empty and final.pairs("test").empty
