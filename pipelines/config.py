@@ -279,8 +279,8 @@ class RankingConfig(_JsonConfig):
         titles the retrieval model never trained on, so the similarity feature means the
         same at training as at serving (on ``train`` lists retrieval has memorised the
         positives and the ranker learns to over-trust it).
-      holdout_users: share of the fit split's users held out for early stopping (and
-        the validation end to end every setting is chosen on).
+      holdout_users: share of the fit split's users held out: half of them for early
+        stopping, half for the validation end to end every setting is chosen on.
       hidden: the scoring MLP's layer sizes.
       id_dim, category_dim: embedding sizes (as the towers').
       batch_size: lists per batch. learning_rate: Adam.

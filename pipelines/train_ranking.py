@@ -13,16 +13,19 @@ The lists come from the *validation* period by default (``fit_split``): titles t
 retrieval model never trained on, so the retrieval score the ranker takes as a feature
 means at training what it means at serving. (Built from training titles, the positives
 carry the inflated scores of titles retrieval memorised, and the ranker learns to
-over-trust retrieval.) A seeded 20% of those users are held out: their lists stop
-training early on NDCG@10, and they are the users every choice is made on (the same
-users whatever the list settings).
+over-trust retrieval.) A seeded 20% of those users are held out (the same users whatever
+the list settings), in two seeded halves (``stopping_and_selection``): the lists of one
+stop training early on NDCG@10; the other is where every choice is made, so no user
+both stops a ranker and judges it.
 
-Validation (held-out users), where the loss, negatives per list and epochs are chosen:
-  - end to end: each held-out user's top-``num_candidates`` retrieved titles (training
-    titles excluded, as serving would), in ranked, retrieval and popularity order,
-    scored by NDCG@10 / Recall@10 / MRR against their validation interactions, with
-    paired bootstrap 95% CIs; losses are compared there (``choose``; the saved ranker is
-    still ``config.loss``: a different choice is reported, not applied).
+Validation (the selection half), where the loss, the served order and the list settings
+are chosen:
+  - end to end: each selection user's top-``num_candidates`` retrieved titles (training
+    titles excluded, as serving would), in ranked, blend, EASE's, retrieval and
+    popularity order, scored by NDCG@10 / Recall@10 / MRR against their validation
+    interactions, with paired bootstrap 95% CIs; losses are compared there (``choose``;
+    the saved ranker is still ``config.loss``: a different choice is reported, not
+    applied), and the served order decided (``serving_decision``).
     ``bench/ranker_settings.py`` chooses negatives per list the same way.
 
 Test, computed once after every choice and reported only:
@@ -152,6 +155,20 @@ def split_users(lists: Lists, fraction: float, rng: np.random.Generator) -> tupl
     held = rng.choice(users, max(1, int(round(fraction * len(users)))), replace=False)
     mask = np.isin(lists.user_rows, held)
     return lists.take(~mask), lists.take(mask)
+
+
+def stopping_and_selection(held_lists: Lists, seed: int) -> tuple[Lists, np.ndarray]:
+    """The held-out users in two seeded halves: the lists of the stopping half stop every
+    ranker early; the selection half (returned as user rows) is where every choice is
+    made (the loss, the served order), so no user both stops a ranker and judges it.
+    The halves depend on the held-out users and ``seed`` alone, as the held-out users do."""
+    users = np.unique(held_lists.user_rows)
+    if len(users) < 2:
+        raise InputError(f"{len(users)} user(s) held out from fitting the ranker; it needs at "
+                         "least 2 (one to stop early on, one to choose on): import more users "
+                         "or raise `holdout_users`.")
+    stopping = np.random.default_rng([seed, 2]).choice(users, len(users) // 2, replace=False)
+    return held_lists.take(np.isin(held_lists.user_rows, stopping)), np.setdiff1d(users, stopping)
 
 
 def dataset(tables: FeatureTables, lists: Lists, batch_size: int, shuffle_seed: int | None = None,
@@ -393,16 +410,20 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     Returns ``(metrics, rankers {loss: RankingModel}, records)``; ``records`` holds the
     per-user values ``{loss: {"validation": {order: {metric: [users]}}, "test_lists":
     [lists]}}`` for paired comparisons across calls (the same held-out users every time)."""
-    train_lists, validation_lists, candidates = fit_lists(tables, retrieval, config)
-    fit_users, held_users = np.unique(train_lists.user_rows), np.unique(validation_lists.user_rows)
+    train_lists, held_lists, candidates = fit_lists(tables, retrieval, config)
+    validation_lists, selection_users = stopping_and_selection(held_lists, config.seed)
+    fit_users, held_users = np.unique(train_lists.user_rows), np.unique(held_lists.user_rows)
     metrics = {"config": config.to_dict(),
                "lists": {"train": len(train_lists), "validation": len(validation_lists)},
                "losses": {}}
-    validation = {"note": "end to end on the validation period of the users held out from "
-                          "fitting the ranker: every choice (loss, negatives per list, "
-                          "epochs) is made here",
+    validation = {"note": "end to end on the validation period of the selection half of the "
+                          "users held out from fitting the ranker (the other half stops it "
+                          "early): every choice (loss, served order, list settings) is made here",
                   "fit_users": int(len(fit_users)), "held_out_users": int(len(held_users)),
-                  "users": int(len(protocol.end_to_end_users(tables, "validation", held_users))),
+                  "stopping_users": int(len(np.unique(validation_lists.user_rows))),
+                  "selection_users": int(len(selection_users)),
+                  "users": int(len(protocol.end_to_end_users(tables, "validation",
+                                                             selection_users))),
                   "candidates": config.candidate_label, "choice_metric": CHOICE_METRIC,
                   "losses": {}}
     # The linear blend of the same signals on the same lists: what the ranker must beat.
@@ -416,7 +437,7 @@ def fit_and_evaluate(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         records[loss] = {"validation": {}}
         validation["losses"][loss] = validation_end_to_end(
             tables, lambda t, lists, r=trained.ranker: predict(r, t, lists), candidates,
-            held_users, records[loss]["validation"], blend)
+            selection_users, records[loss]["validation"], blend)
         metrics["losses"][loss] = {"training": training}
     validation["loss_choice"] = choose(records)
     validation["serving"] = serving_decision(validation, config.loss)
@@ -611,7 +632,7 @@ def format_validation(validation: dict) -> str:
              if name in first]
     lines = [table(rows, END_TO_END_COLUMNS, markdown=False,
                    label=f"validation (held-out users): end to end over {validation['candidates']} "
-                         f"({first['users']:,} users not used to fit)")]
+                         f"({first['users']:,} users neither fitted on nor stopped on)")]
     for name, m in losses.items():
         for pair, d in m["differences"].items():
             lines.append(f"  {pair.replace('_', ' ')} ({name}), NDCG@10: {_difference(d['ndcg@10'])}")

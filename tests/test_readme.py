@@ -1,12 +1,15 @@
 """The README's examples run as written: every ```python block, in order, in one
 namespace, against a model trained (briefly) on the default synthetic world, the world
 `make run` trains ``data/model`` on (conftest's ``default_model``). tests/test_package.py
-runs the same blocks from an installed wheel, outside the checkout."""
+runs the same blocks from an installed wheel, outside the checkout. The README's
+generated tables are those docs/numbers.py writes from the named run in docs/numbers.json."""
 
 import re
 import textwrap
 import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,35 @@ def test_readme_python_blocks_run_on_the_default_model(default_model, monkeypatc
     assert "Empty DataFrame" not in printed, "an example printed an empty result"
     if "rec" in namespace:  # the serving example printed its three recommendation tables
         assert printed.count("rank") >= 3
+
+
+def _numbers_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_numbers", ROOT / "docs" / "numbers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_numbers_are_the_named_runs():
+    import json
+
+    numbers = _numbers_module()
+    text = (ROOT / "README.md").read_text()
+    snapshot = json.loads((ROOT / "docs" / "numbers.json").read_text())
+    blocks = {m["name"]: m["body"] for m in numbers.BLOCK.finditer(text)}
+    assert set(blocks) == set(numbers.BLOCKS), "every generated table is in the README once"
+    assert numbers.render(text, snapshot) == text, (
+        "README.md's generated numbers differ from docs/numbers.json: run "
+        "`.venv/bin/python docs/numbers.py` (or refresh both from a run with --metrics)")
+    # The check has teeth: one digit changed by hand in a generated table is caught, and
+    # the walk-forward table carries the snapshot's own ranked - EASE interval.
+    body = blocks["walk-forward"]
+    d = snapshot["walk_forward"]["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
+    assert f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]" in body
+    digit = next(i for i, c in enumerate(body) if c.isdigit())
+    edited = text.replace(body, body[:digit] + str((int(body[digit]) + 1) % 10) + body[digit + 1:])
+    assert numbers.render(edited, snapshot) == text != edited
+    with pytest.raises(ValueError, match="`typo`"):
+        numbers.render("<!-- numbers: typo -->\n<!-- /numbers -->", snapshot)

@@ -211,13 +211,21 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
     expected = np.intersect1d(held, np.unique(val.loc[val["is_interaction"], "user_row"]))
     assert np.array_equal(users, expected) and not np.isin(users, fit).any()
     assert out["users"] == len(expected) > 10
+    # The held-out users in two halves: one stops the rankers early, the other chooses.
+    stopping, selection = trk.stopping_and_selection(held_lists, CONFIG.seed)
+    stop_users = np.unique(stopping.user_rows)
+    assert not np.intersect1d(stop_users, selection).size
+    assert np.array_equal(np.union1d(stop_users, selection), held)
+    assert abs(len(stop_users) - len(selection)) <= 1
+    chosen_on = np.intersect1d(selection, expected)
     for m in ("ndcg@10", "recall@10", "mrr"):
         assert out["ranked"][m] == pytest.approx(out["retrieval_order"][m])
         assert out["differences"]["ranked - retrieval_order"][m]["difference"] == pytest.approx(0.0)
     # The stage recorded the same split of users.
     v = stage[1]["validation"]
-    assert (v["fit_users"], v["held_out_users"], v["users"]) == (len(fit), len(held), len(expected))
-    assert v["losses"][CONFIG.loss]["users"] == len(expected)
+    assert (v["fit_users"], v["held_out_users"], v["users"]) == (len(fit), len(held), len(chosen_on))
+    assert (v["stopping_users"], v["selection_users"]) == (len(stop_users), len(selection))
+    assert v["losses"][CONFIG.loss]["users"] == len(chosen_on)
     # The held-out users do not depend on the list settings (runs with different
     # settings compare paired), and are still disjoint from the fitting users.
     paired = [dataclasses.replace(CONFIG, **settings) for settings in

@@ -1,0 +1,175 @@
+"""The README's headline numbers, generated from one named run, never typed.
+
+    .venv/bin/python docs/numbers.py --metrics data/model/metrics.json \\
+        --run "make run, default world (seed 0), 2026-12-07"      # refresh both files
+    .venv/bin/python docs/numbers.py --check                       # exit 1 if they disagree
+
+``--metrics`` keeps the parts of a run's ``metrics.json`` the README quotes (the selection
+run's evaluation, the walk-forward test, the release) in ``docs/numbers.json``, with the
+run's name, and rewrites every generated block of README.md from it. A generated block
+is the text between ``<!-- numbers: NAME -->`` and ``<!-- /numbers -->``; ``BLOCKS``
+says how each NAME is written. ``tests/test_readme.py`` fails when a block differs from
+what ``docs/numbers.json`` gives, so a number edited by hand, or a run's numbers pasted
+into one table but not another, is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipelines.evaluate import RECENT, baseline_verdicts  # noqa: E402
+from pipelines.formatting import ORDER_LABELS, interval  # noqa: E402
+
+README = ROOT / "README.md"
+NUMBERS = ROOT / "docs" / "numbers.json"
+BLOCK = re.compile(r"(<!-- numbers: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
+
+
+def _keep(section: dict) -> dict:
+    """The parts of an evaluation the README quotes: retrieval curves, the end to end
+    table, the paired differences, the validation table of the chosen loss and the serve
+    decision, the held-out lists, what each method saw, the test split."""
+    ranking = section.get("ranking") or {}
+    validation = ranking.get("validation") or {}
+    chosen = (validation.get("loss_choice") or {}).get("chosen")
+    return {
+        "protocol": {"test_split": section["protocol"]["test_split"]},
+        "data": {"same_data": section["data"].get("same_data")},
+        "retrieval": {"curves": {name: {k: c[k] for k in ("recall@100", "ndcg@10")}
+                                 for name, c in section["retrieval"]["curves"].items()},
+                      "ials": section["retrieval"].get("ials")},
+        "ranking": {
+            "end_to_end": ranking.get("end_to_end"),
+            "differences": {pair: {"ndcg@10": d["ndcg@10"]}
+                            for pair, d in (ranking.get("differences") or {}).items()},
+            "held_out_lists": ranking.get("held_out_lists"),
+            "validation": {"users": validation.get("users"), "loss": chosen,
+                           "table": (validation.get("losses") or {}).get(chosen),
+                           "serving": validation.get("serving")}}}
+
+
+def snapshot(metrics: dict, run: str) -> dict:
+    """``docs/numbers.json`` from a run's ``metrics.json`` and the run's name."""
+    return {"run": run, "selection": _keep(metrics["evaluation"]),
+            "walk_forward": _keep(metrics["walk_forward"]),
+            "release": {k: metrics["release"][k] for k in ("trained_through", "seconds")}}
+
+
+def _n(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def walk_forward(numbers: dict) -> str:
+    """The selection run's test beside the walk-forward test: NDCG@10 of every compared
+    order and baseline, ranked - EASE with its CI, then the walk-forward verdicts."""
+    columns = [("ranked", "e2e", "ranked"), ("blend", "e2e", "blend"),
+               ("EASE's order of the same candidates", "e2e", "ease_order"),
+               ("EASE", "curve", "EASE"), ("iALS", "curve", "iALS"),
+               ("two-tower", "curve", "two-tower"), (RECENT, "curve", RECENT)]
+    lines = ["| test | " + " | ".join(c[0] for c in columns) + " | ranked - EASE (95% CI) | users |",
+             "|---" * (len(columns) + 3) + "|"]
+    for label, key in (("selection run (unequal data)", "selection"),
+                       ("walk-forward (same data)", "walk_forward")):
+        section = numbers[key]
+        e2e, curves = section["ranking"]["end_to_end"], section["retrieval"]["curves"]
+        values = [(e2e if kind == "e2e" else curves).get(name, {}).get("ndcg@10")
+                  for _, kind, name in columns]
+        d = section["ranking"]["differences"]["ranked - EASE"]["ndcg@10"]
+        lines.append(f"| {label} | " + " | ".join(_n(v) for v in values)
+                     + f" | {interval(d)} | {d['users']:,} |")
+    wf = numbers["walk_forward"]
+    lines += ["", f"On the same data ({wf['protocol']['test_split']}):", "",
+              *baseline_verdicts(wf["ranking"]["differences"])]
+    return "\n".join(lines) + "\n"
+
+
+def headroom(numbers: dict) -> str:
+    """The selection run's model, EASE, recent popularity and the oracle on retrieval,
+    end to end and the held-out lists."""
+    s = numbers["selection"]
+    curves, e2e = s["retrieval"]["curves"], s["ranking"]["end_to_end"]
+    held = s["ranking"]["held_out_lists"]
+    ranker = next(v for k, v in held.items() if k.startswith("ranker"))
+    oracle = held.get("oracle (true expected score)", {})
+    return "\n".join([
+        "| | model | EASE | recent popularity | oracle |", "|---|---|---|---|---|",
+        f"| retrieval Recall@100 | {_n(curves['two-tower']['recall@100'])} (two-tower) | "
+        f"{_n(curves['EASE']['recall@100'])} | {_n(curves[RECENT]['recall@100'])} | "
+        f"{_n(curves['oracle']['recall@100'])} |",
+        f"| end-to-end NDCG@10 | {_n(e2e['ranked']['ndcg@10'])} (ranked) | "
+        f"{_n(curves['EASE']['ndcg@10'])} (its own top 10) | - | "
+        f"{_n(e2e['oracle']['ndcg@10'])} (oracle order of the same candidates) |",
+        f"| held-out list NDCG | {_n(ranker['ndcg'])} (ranker) | - | - | "
+        f"{_n(oracle.get('ndcg'))} (true expected score) |"]) + "\n"
+
+
+def serve_decision(numbers: dict) -> str:
+    """The validation table the served order was decided on, and the decision."""
+    v = numbers["selection"]["ranking"]["validation"]
+    table = v["table"]
+    rows = [(ORDER_LABELS[name], table[name]) for name in ORDER_LABELS if name in table]
+    lines = [f"| order (validation, {v['users']:,} held-out users, ranker {v['loss']}) "
+             "| NDCG@10 | Recall@10 | MRR |", "|---|---|---|---|"]
+    lines += [f"| {label} | {_n(m['ndcg@10'])} | {_n(m['recall@10'])} | {_n(m['mrr'])} |"
+              for label, m in rows]
+    pairs = [f"{pair.replace('_', ' ')} {interval(d['ndcg@10'])}"
+             for pair, d in table["differences"].items() if "popularity" not in pair]
+    lines += ["", "Paired over the same users, NDCG@10: " + "; ".join(pairs) + ".",
+              f"**Served: {v['serving']['order']}** ({v['serving']['why']})."]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision}
+
+
+def render(text: str, numbers: dict) -> str:
+    """``text`` with every generated block rewritten from ``numbers``; a block of an
+    unknown name is an error (a typo would otherwise go unchecked)."""
+    def block(match):
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"README.md has a generated block `{name}` that docs/numbers.py "
+                             f"does not know; known: {', '.join(BLOCKS)}.")
+        return match[1] + BLOCKS[name](numbers) + match[4]
+    return BLOCK.sub(block, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", type=Path, help="a run's metrics.json: refresh "
+                        "docs/numbers.json from it (needs --run)")
+    parser.add_argument("--run", help="the run's name, e.g. 'make run, default world (seed 0), "
+                        "2026-12-07'")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that README.md's generated blocks match docs/numbers.json")
+    args = parser.parse_args()
+    if args.metrics:
+        if not args.run:
+            parser.error("--metrics needs --run (the name the README cites)")
+        numbers = snapshot(json.loads(args.metrics.read_text()), args.run)
+        NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    numbers = json.loads(NUMBERS.read_text())
+    text = README.read_text()
+    new = render(text, numbers)
+    if args.check:
+        if new != text:
+            print("error: README.md's generated numbers differ from docs/numbers.json: run "
+                  "`.venv/bin/python docs/numbers.py` to rewrite them", file=sys.stderr)
+            return 1
+        print(f"README.md's {len(BLOCK.findall(text))} generated blocks match docs/numbers.json")
+        return 0
+    README.write_text(new)
+    print(f"README.md: {len(BLOCK.findall(text))} generated blocks from {numbers['run']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
