@@ -2,7 +2,7 @@
 namespace, against a model trained (briefly) on the default synthetic world, the world
 `make run` trains ``data/model`` on (conftest's ``default_model``). tests/test_package.py
 runs the same blocks from an installed wheel, outside the checkout. The README's
-generated tables are those docs/numbers.py writes from the named run in docs/numbers.json."""
+generated tables are those docs/readme_numbers.py writes from the named run in docs/readme_numbers.json."""
 
 import re
 import textwrap
@@ -42,7 +42,7 @@ def test_readme_python_blocks_run_on_the_default_model(default_model, monkeypatc
 def _numbers_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("docs_numbers", ROOT / "docs" / "numbers.py")
+    spec = importlib.util.spec_from_file_location("docs_numbers", ROOT / "docs" / "readme_numbers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,12 +53,12 @@ def test_readme_numbers_are_the_named_runs():
 
     numbers = _numbers_module()
     text = (ROOT / "README.md").read_text()
-    snapshot = json.loads((ROOT / "docs" / "numbers.json").read_text())
+    snapshot = json.loads((ROOT / "docs" / "readme_numbers.json").read_text())
     blocks = {m["name"]: m["body"] for m in numbers.BLOCK.finditer(text)}
     assert set(blocks) == set(numbers.BLOCKS), "every generated table is in the README once"
     assert numbers.render(text, snapshot) == text, (
-        "README.md's generated numbers differ from docs/numbers.json: run "
-        "`.venv/bin/python docs/numbers.py` (or refresh both from a run with --metrics)")
+        "README.md's generated numbers differ from docs/readme_numbers.json: run "
+        "`.venv/bin/python docs/readme_numbers.py` (or refresh both from a run with --metrics)")
     # The check has teeth: one digit changed by hand in a generated table is caught, and
     # the walk-forward table carries the snapshot's own ranked - EASE interval.
     body = blocks["walk-forward"]

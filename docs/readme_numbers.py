@@ -1,15 +1,15 @@
 """The README's headline numbers, generated from one named run, never typed.
 
-    .venv/bin/python docs/numbers.py --metrics data/model/metrics.json \\
+    .venv/bin/python docs/readme_numbers.py --metrics data/model/metrics.json \\
         --run "make run, default world (seed 0), 2026-12-07"      # refresh both files
-    .venv/bin/python docs/numbers.py --check                       # exit 1 if they disagree
+    .venv/bin/python docs/readme_numbers.py --check                       # exit 1 if they disagree
 
 ``--metrics`` keeps the parts of a run's ``metrics.json`` the README quotes (the selection
-run's evaluation, the walk-forward test, the release) in ``docs/numbers.json``, with the
+run's evaluation, the walk-forward test, the release) in ``docs/readme_numbers.json``, with the
 run's name, and rewrites every generated block of README.md from it. A generated block
 is the text between ``<!-- numbers: NAME -->`` and ``<!-- /numbers -->``; ``BLOCKS``
 says how each NAME is written. ``tests/test_readme.py`` fails when a block differs from
-what ``docs/numbers.json`` gives, so a number edited by hand, or a run's numbers pasted
+what ``docs/readme_numbers.json`` gives, so a number edited by hand, or a run's numbers pasted
 into one table but not another, is caught.
 """
 
@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pipelines.artifact import ORDER_NAMES  # noqa: E402
 from pipelines.evaluate import RECENT, baseline_verdicts  # noqa: E402
 from pipelines.formatting import ORDER_LABELS, interval  # noqa: E402
 
 README = ROOT / "README.md"
-NUMBERS = ROOT / "docs" / "numbers.json"
+NUMBERS = ROOT / "docs" / "readme_numbers.json"
 BLOCK = re.compile(r"(<!-- numbers: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 
 
@@ -57,7 +58,7 @@ def _keep(section: dict) -> dict:
 
 
 def snapshot(metrics: dict, run: str) -> dict:
-    """``docs/numbers.json`` from a run's ``metrics.json`` and the run's name."""
+    """``docs/readme_numbers.json`` from a run's ``metrics.json`` and the run's name."""
     return {"run": run, "selection": _keep(metrics["evaluation"]),
             "walk_forward": _keep(metrics["walk_forward"]),
             "release": {k: metrics["release"][k] for k in ("trained_through", "seconds")}}
@@ -116,14 +117,14 @@ def serve_decision(numbers: dict) -> str:
     v = numbers["selection"]["ranking"]["validation"]
     table = v["table"]
     rows = [(ORDER_LABELS[name], table[name]) for name in ORDER_LABELS if name in table]
-    lines = [f"| order (validation, {v['users']:,} held-out users, ranker {v['loss']}) "
+    lines = [f"| order (validation, {v['users']:,} selection users, ranker {v['loss']}) "
              "| NDCG@10 | Recall@10 | MRR |", "|---|---|---|---|"]
     lines += [f"| {label} | {_n(m['ndcg@10'])} | {_n(m['recall@10'])} | {_n(m['mrr'])} |"
               for label, m in rows]
     pairs = [f"{pair.replace('_', ' ')} {interval(d['ndcg@10'])}"
              for pair, d in table["differences"].items() if "popularity" not in pair]
     lines += ["", "Paired over the same users, NDCG@10: " + "; ".join(pairs) + ".",
-              f"**Served: {v['serving']['order']}** ({v['serving']['why']})."]
+              f"**Served: {ORDER_NAMES[v['serving']['order']]}** ({v['serving']['why']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -136,7 +137,7 @@ def render(text: str, numbers: dict) -> str:
     def block(match):
         name = match["name"]
         if name not in BLOCKS:
-            raise ValueError(f"README.md has a generated block `{name}` that docs/numbers.py "
+            raise ValueError(f"README.md has a generated block `{name}` that docs/readme_numbers.py "
                              f"does not know; known: {', '.join(BLOCKS)}.")
         return match[1] + BLOCKS[name](numbers) + match[4]
     return BLOCK.sub(block, text)
@@ -145,11 +146,11 @@ def render(text: str, numbers: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics", type=Path, help="a run's metrics.json: refresh "
-                        "docs/numbers.json from it (needs --run)")
+                        "docs/readme_numbers.json from it (needs --run)")
     parser.add_argument("--run", help="the run's name, e.g. 'make run, default world (seed 0), "
                         "2026-12-07'")
     parser.add_argument("--check", action="store_true",
-                        help="only check that README.md's generated blocks match docs/numbers.json")
+                        help="only check that README.md's generated blocks match docs/readme_numbers.json")
     args = parser.parse_args()
     if args.metrics:
         if not args.run:
@@ -161,10 +162,10 @@ def main() -> int:
     new = render(text, numbers)
     if args.check:
         if new != text:
-            print("error: README.md's generated numbers differ from docs/numbers.json: run "
-                  "`.venv/bin/python docs/numbers.py` to rewrite them", file=sys.stderr)
+            print("error: README.md's generated numbers differ from docs/readme_numbers.json: run "
+                  "`.venv/bin/python docs/readme_numbers.py` to rewrite them", file=sys.stderr)
             return 1
-        print(f"README.md's {len(BLOCK.findall(text))} generated blocks match docs/numbers.json")
+        print(f"README.md's {len(BLOCK.findall(text))} generated blocks match docs/readme_numbers.json")
         return 0
     README.write_text(new)
     print(f"README.md: {len(BLOCK.findall(text))} generated blocks from {numbers['run']}")
