@@ -213,7 +213,8 @@ def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) 
     model with a score head (``scorer/``), of the saved head on the same entries, with
     paired bootstrap CIs of its squared error against the baseline the score stage
     compared it with (the best by validation RMSE). On a synthetic world, also the
-    generator's noise-free score (the ceiling, not a competitor)."""
+    generator's noise-free score (a reference, not a competitor: the score noise is all it
+    leaves out, so for scores it is a ceiling)."""
     trained = saved.get("scores") or {}
     lambdas = (trained.get("config") or {}).get("bias_lambdas") or baselines.BIAS_LAMBDAS
     _, scorer = artifact.load_scorer(model_dir)
@@ -502,15 +503,18 @@ def _score_lines(sc: dict | None) -> list[str]:
              table(list(sc["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
                    label="predictor"), ""]
     for pair, d in (sc.get("differences") or {}).items():
+        # Per user first: one user's entries are not independent draws, so the interval
+        # that resamples users is the honest one; per entry (narrower) is for the record.
         per_entry, per_user = d["per_entry"], d["per_user"]
-        verdict = ("within noise" if not per_entry["significant"] else
-                   "the head is better" if per_entry["difference"] < 0 else "the head is WORSE")
+        verdict = ("within noise" if not per_user["significant"] else
+                   "the head is better" if per_user["difference"] < 0 else "the head is WORSE")
         lines += [f"{pair}, squared error on the same test entries (paired bootstrap, "
-                  f"{per_entry['draws']:,} draws, {per_entry['level']:.0%} CI; negative = the "
-                  f"head is better): per entry {interval(per_entry)} ({per_entry['users']:,} "
-                  f"entries: {verdict}); per user {interval(per_user)} ({per_user['users']:,} "
-                  f"users, each user's mean difference"
-                  + ("" if per_user["significant"] else ", not significant") + ").", ""]
+                  f"{per_user['draws']:,} draws, {per_user['level']:.0%} CI; negative = the "
+                  f"head is better): per user {interval(per_user)} ({per_user['users']:,} "
+                  f"users resampled, each user's mean difference: {verdict}); per entry "
+                  f"{interval(per_entry)} ({per_entry['users']:,} entries resampled as if "
+                  "independent, which they are not: narrower"
+                  + ("" if per_entry["significant"] else ", not significant") + ").", ""]
     validation, training = sc.get("validation"), sc.get("training")
     if head and validation and all(validation.values()):
         (a, ma), (b, mb) = validation.items()
@@ -627,8 +631,11 @@ def render(metrics: dict) -> str:
              + (" The oracle rows know the generator: for retrieval, each user's true odds of "
                 "adding each title (its exposure, the user's true taste, cohort and seasonal "
                 "pull; not the franchise steps); for ranking, "
-                "the score the user would give each title without noise. They are the "
-                "ceiling, not a competitor." if metrics["data"].get("oracle") else ""), "",
+                "the score the user would give each title without noise. They are a "
+                "reference, not a competitor, and not a ceiling: the retrieval oracle knows "
+                "neither the franchise steps nor when a user adds a title, which the models "
+                "learn from the lists, so a model can pass it (on equal data the ranked "
+                "pipeline comes close)." if metrics["data"].get("oracle") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}),
              *_comparison_lines(metrics), *_data_lines(metrics), "## Retrieval", "",
              table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"]),

@@ -313,8 +313,8 @@ def format_metrics(metrics: dict) -> str:
         lines.append(table(list(m["predictors"].items()), [("RMSE", "rmse"), ("MAE", "mae")],
                            markdown=False, label=f"{split}: {m['entries']:,} scored entries"))
         for pair, d in m["differences"].items():
-            lines.append(f"  {pair}, squared error: per entry {interval(d['per_entry'])}, "
-                         f"per user {interval(d['per_user'])}")
+            lines.append(f"  {pair}, squared error: per user {interval(d['per_user'])} "
+                         f"(users resampled), per entry {interval(d['per_entry'])}")
     t = metrics["training"]
     lines.append(f"training: {t['train_entries']:,} scores, {t['epochs']} epochs (best "
                  f"{t['best_epoch']} on validation RMSE; 0 = the ridge biases), "
