@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines.artifact import ORDER_NAMES  # noqa: E402
-from pipelines.evaluate import RECENT, baseline_verdicts  # noqa: E402
-from pipelines.formatting import ORDER_LABELS, interval  # noqa: E402
+from pipelines.artifact import ORDER_NAMES
+from pipelines.evaluate import RECENT, baseline_verdicts
+from pipelines.formatting import ORDER_LABELS, interval
 
 README = ROOT / "README.md"
 NUMBERS = ROOT / "docs" / "readme_numbers.json"
-BLOCK = re.compile(r"(<!-- numbers: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
+BLOCK = re.compile(r"(<!-- numbers: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.DOTALL)
 
 
 def _keep(section: dict) -> dict:

@@ -46,7 +46,7 @@ class Blend:
                 "weights": list(self.weights)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Blend":
+    def from_dict(cls, data: dict) -> Blend:
         return cls(*(tuple(data[k]) for k in ("names", "mean", "scale", "weights")))
 
 
@@ -78,7 +78,7 @@ def fit(signals: dict, popularity: np.ndarray, relevance: np.ndarray, mask: np.n
     """The blend of ``names`` fitted on padded lists (``signals`` ``{name: [n, L]}``,
     training counts ``popularity``, graded ``relevance`` and ``mask`` ``[n, L]``); lists
     with no relevant title teach nothing and are left out."""
-    from scipy.optimize import minimize   # imported where used: scipy's load
+    from scipy.optimize import minimize  # imported where used: scipy's load
 
     names = tuple(names)
     if not names:
