@@ -35,6 +35,7 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -187,13 +188,30 @@ def train(tables: FeatureTables, config: ScoreConfig, *, progress: bool = True,
                    "entries_per_second": round(len(y) * (len(history) - 1) / max(fit_seconds, 1e-9))}
 
 
+def vocabulary_order(tables: FeatureTables, biases: tuple) -> tuple:
+    """``(mu, b_user, b_title)`` from rows of ``tables.users`` / ``tables.anime`` (as
+    ``baselines.ridge_biases`` gives them) to the schema's id vocabularies (as the head's
+    embeddings hold them), 0 for an id the tables lack. The two differ under a random
+    split: a catalog title listed only in the held-out parts of lists is a table row but
+    not in the vocabulary of ids seen in training."""
+    mu, b_user, b_title = biases
+
+    def reorder(values: np.ndarray, ids: pd.Series, vocab) -> np.ndarray:
+        position = pd.Index(ids.to_numpy()).get_indexer(np.asarray(vocab))
+        return np.where(position >= 0, values[np.maximum(position, 0)], 0.0)
+
+    vocab = tables.schema["vocab"]
+    return (mu, reorder(b_user, tables.users["user_id"], vocab["user_id"]),
+            reorder(b_title, tables.anime["media_id"], vocab["media_id"]))
+
+
 def _head(tables: FeatureTables, config: ScoreConfig, u, a, y, lambdas):
     """``(lambda, the compiled head from the ridge biases of lambda, the raw-feature
     constants, the training dataset)``: the biases' lambda the best of ``lambdas`` by
     validation RMSE (the only one, for a refit)."""
     lam, biases, _ = baselines.ridge_biases(tables, lambdas)
     constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
-    model = ScoreModel(tables.schema, config, biases, bias_l2=lam / len(y),
+    model = ScoreModel(tables.schema, config, vocabulary_order(tables, biases), bias_l2=lam / len(y),
                        factor_l2=config.factor_l2 / len(y))
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     inputs = held_out_inputs(tables, u, a, y) if config.held_out_features else None

@@ -275,3 +275,33 @@ def test_model_card_mentions_the_score_head(tiny_scored, tiny_ranked):
     assert "`predicted_score`" in text and "rec.predict_scores([" in text
     assert f"| score head | {head['rmse']:.4f} | {head['mae']:.4f} |" in text
     assert "predicted_score" not in publish.model_card(tiny_ranked[0], "tester/anime")
+
+
+def test_a_random_split_with_titles_missing_from_the_vocabulary_starts_at_the_biases(
+        tiny_db, tmp_path):
+    # Under a random split a catalog title listed only in held-out parts of lists is a
+    # table row but not in the vocabulary of ids seen in training, so the rows of the
+    # ridge biases and the head's embeddings differ (issue 33: train-scores crashed on a
+    # real dump in the 2017 shape). The head must still start at the biases, id by id.
+    from pipelines import features
+    from pipelines.config import FeatureConfig
+
+    features.run(tiny_db, tmp_path / "features", FeatureConfig(protocol="per_user"),
+                 progress=False)
+    tables = FeatureTables.load(tmp_path / "features")
+    vocab = set(tables.schema["vocab"]["media_id"])
+    outside = ~tables.anime["media_id"].isin(vocab).to_numpy()
+    assert outside.any() and len(vocab) < len(tables.anime)
+    lam, biases, rmse = baselines.ridge_biases(tables)
+    mu, b_user, b_title = biases
+    # A title without a training score has a ridge bias of exactly 0 (sum 0 / (0 + lambda)).
+    assert (b_title[outside] == 0.0).all()
+    model = ScoreModel(tables.schema, ScoreConfig(), ts.vocabulary_order(tables, biases))
+    u, a, y = baselines.scored_entries(tables, "validation")
+    constants = (fitting.constants(tables.user_raw), fitting.constants(tables.anime_raw))
+    expected = np.clip(mu + b_user[u] + b_title[a], 1, 100)
+    np.testing.assert_allclose(ts.predict(model, constants, u, a), expected, atol=1e-3)
+    # The stage trains there, and its epoch 0 (the untrained head) is the biases' RMSE.
+    _, training = ts.train(tables, ScoreConfig(max_epochs=1), progress=False)
+    assert training["history"][0]["validation_rmse"] == pytest.approx(
+        float(np.sqrt(np.mean((expected - y) ** 2))), abs=1e-3)
