@@ -51,6 +51,7 @@ def _keep(section: dict) -> dict:
             "end_to_end": ranking.get("end_to_end"),
             "differences": {pair: {"ndcg@10": d["ndcg@10"]}
                             for pair, d in (ranking.get("differences") or {}).items()},
+            "served": ranking.get("served", "ranked"),
             "held_out_lists": ranking.get("held_out_lists"),
             "validation": {"users": validation.get("users"), "loss": chosen,
                            "table": (validation.get("losses") or {}).get(chosen),
@@ -88,7 +89,7 @@ def walk_forward(numbers: dict) -> str:
                      + f" | {interval(d)} | {d['users']:,} |")
     wf = numbers["walk_forward"]
     lines += ["", f"On the same data ({wf['protocol']['test_split']}):", "",
-              *baseline_verdicts(wf["ranking"]["differences"])]
+              *baseline_verdicts(wf["ranking"]["differences"], wf["ranking"].get("served", "ranked"))]
     return "\n".join(lines) + "\n"
 
 

@@ -272,9 +272,12 @@ class RetrievalArtifact:
                                      [exclude[u] for u in user_rows], anime_rows).signals
 
 
-# What each served order is, in words (``config.json["serving"]["order"]``).
+# What each served order is, in words (``config.json["serving"]["order"]``), and its
+# name in the end-to-end tables (``protocol.end_to_end``'s orders).
 ORDER_NAMES = {"ranked": "the ranker", "blend": "the linear blend of the candidates' signals",
                "ease": "EASE's order", "retrieval": "retrieval order"}
+ORDER_KEYS = {"ranked": "ranked", "blend": "blend", "ease": "ease_order",
+              "retrieval": "retrieval_order"}
 
 
 def served_order(config: dict) -> dict:

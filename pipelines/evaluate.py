@@ -202,6 +202,15 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                                           [n for n in BASELINES if n in retrieval_per_user],
                                           ("ndcg@10", "recall@10"))},
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
+    # The order the model serves, when it is not the ranker, against the same baselines:
+    # the headline is about what people get.
+    served = artifact.ORDER_KEYS[section["serving"]["order"]]
+    section["served"] = served
+    if served != "ranked" and served in per_user:
+        rivals = [n for n in (*BASELINES, "ranked", *REORDERERS, "retrieval_order")
+                  if n != served and n in {**per_user, **retrieval_per_user}]
+        section["differences"].update(protocol.differences(
+            {**per_user, **retrieval_per_user}, served, rivals, ("ndcg@10", "recall@10")))
     if expected is not None:
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
             pairs["ranker"], pairs["true_expected"])
@@ -588,27 +597,30 @@ def walk_forward_lines(wf: dict) -> list[str]:
         lines += ["", table([(n.replace("_", " "), m) for n, m in e.items() if isinstance(m, dict)],
                             [("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10")],
                             label=f"end to end over {e['candidates']}, {e['users']:,} users")]
-        lines += ["", *baseline_verdicts(k.get("differences") or {})]
+        lines += ["", *baseline_verdicts(k.get("differences") or {}, k.get("served", "ranked"))]
     return lines
 
 
-def baseline_verdicts(differences: dict) -> list[str]:
-    """One line per baseline of ``BASELINES`` and per simpler reorderer of ``REORDERERS``
-    the ranked order was paired with (``ranking.differences``): ahead of, within noise of
-    or BEHIND it, NDCG@10 with its paired CI."""
+def baseline_verdicts(differences: dict, served: str = "ranked") -> list[str]:
+    """One line per baseline of ``BASELINES`` and per other order of the same candidates
+    (``REORDERERS``, the ranker) the served order (``served``, its end-to-end name) was
+    paired with (``ranking.differences``): ahead of, within noise of or BEHIND it,
+    NDCG@10 with its paired CI."""
     lines = []
     rivals = {**{name: f"{name} on the same entries" for name in BASELINES},
-              **{order: f"{label} of the same candidates" for order, label in REORDERERS.items()}}
+              **{order: f"{label} of the same candidates"
+                 for order, label in {**REORDERERS, "ranked": "the ranker's order"}.items()}}
+    who = ("The ranked pipeline" if served == "ranked" else
+           f"The served order ({ORDER_LABELS.get(served, served)})")
     for name, label in rivals.items():
-        d = differences.get(f"ranked - {name}")
+        d = differences.get(f"{served} - {name}")
         if not d:
             continue
         n = d["ndcg@10"]
         verdict = ("within noise of" if not n["significant"] else
                    "ahead of" if n["difference"] > 0 else "BEHIND")
-        lines.append(f"- The ranked pipeline is {verdict} {label}: "
-                     f"NDCG@10 {interval(n, ', 95% CI ')} (paired bootstrap over "
-                     f"{n['users']:,} users).")
+        lines.append(f"- {who} is {verdict} {label}: NDCG@10 {interval(n, ', 95% CI ')} "
+                     f"(paired bootstrap over {n['users']:,} users).")
     return lines
 
 

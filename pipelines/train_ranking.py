@@ -536,8 +536,7 @@ def feasible(config: RankingConfig, retrieval: artifact.RetrievalArtifact) -> Ra
 
 # What a model may serve (``config.json["serving"]["order"]``), by its name in the
 # validation tables: the orders a learned reorderer is weighed against first.
-SERVED = {"ranked": "ranked", "blend": "blend", "ease_order": "ease",
-          "retrieval_order": "retrieval"}
+SERVED = {key: order for order, key in artifact.ORDER_KEYS.items()}
 LEARNED_ORDERS = ("ranked", "blend")
 FIXED_ORDERS = ("ease_order", "retrieval_order")
 

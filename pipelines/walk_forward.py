@@ -254,10 +254,12 @@ def format_summary(metrics: dict) -> str:
                                          + next(iter(data["methods"].values()))["fitted_on"]
                                          if data["same_data"] else
                                          "NOT on the same entries (the report's data table)")]
-    differences = (metrics.get("ranking") or {}).get("differences") or {}
+    ranking = metrics.get("ranking") or {}
+    differences, served = ranking.get("differences") or {}, ranking.get("served", "ranked")
     for name in ("EASE", evaluate.IALS):
-        ranked = differences.get(f"ranked - {name}")
-        if ranked:
-            lines.append(f"ranked - {name} (refit), NDCG@10: {interval(ranked['ndcg@10'])}")
+        d = differences.get(f"{served} - {name}")
+        if d:
+            lines.append(f"{served.replace('_', ' ')} - {name} (refit), NDCG@10: "
+                         f"{interval(d['ndcg@10'])}")
     lines.append(evaluate.format_summary(metrics))
     return "\n".join(lines)

@@ -189,3 +189,44 @@ def test_the_report_says_what_undated_favourites_may_still_know(report):
     assert _favourites_note(schema) is not None
     assert _favourites_note({**schema, "split": {"method": "random"}}) is None   # no cutoff
     assert _favourites_note({**schema, "features": []}) is None   # a source without them
+
+
+def test_the_headline_judges_the_order_the_model_serves(tiny_ranked, tiny_features, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_ranked[0], model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["serving"] = {"order": "blend", "why": "set by the test"}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    out = evaluate.run(model_dir, tiny_features, tmp_path / "report", progress=False)
+    k = out["ranking"]
+    assert k["served"] == "blend"
+    e2e, curves = k["end_to_end"], out["retrieval"]["curves"]
+    # The served order against every baseline and against the ranker, on the same users.
+    for rival, value in (("EASE", curves["EASE"]["ndcg@10"]), ("iALS", curves["iALS"]["ndcg@10"]),
+                         ("ranked", e2e["ranked"]["ndcg@10"])):
+        d = k["differences"][f"blend - {rival}"]["ndcg@10"]
+        assert d["difference"] == pytest.approx(e2e["blend"]["ndcg@10"] - value)
+    lines = evaluate.baseline_verdicts(k["differences"], "blend")
+    assert lines[0].startswith("- The served order (blend of the signals) is ")
+    assert " EASE on the same entries: NDCG@10 " in lines[0]
+    assert any("the ranker's order of the same candidates" in line for line in lines)
+
+
+def test_baseline_verdicts_say_ahead_within_noise_or_behind():
+    def d(difference, lo, hi):
+        return {"ndcg@10": {"difference": difference, "ci": [lo, hi], "users": 50,
+                            "significant": lo > 0 or hi < 0}}
+
+    lines = evaluate.baseline_verdicts({"ranked - EASE": d(0.02, 0.01, 0.03),
+                                        "ranked - iALS": d(0.01, -0.01, 0.03),
+                                        "ranked - blend": d(-0.02, -0.03, -0.01),
+                                        "blend - EASE": d(0.5, 0.4, 0.6)})
+    assert lines == [
+        "- The ranked pipeline is ahead of EASE on the same entries: NDCG@10 +0.0200, "
+        "95% CI [+0.0100, +0.0300] (paired bootstrap over 50 users).",
+        "- The ranked pipeline is within noise of iALS on the same entries: NDCG@10 +0.0100, "
+        "95% CI [-0.0100, +0.0300] (paired bootstrap over 50 users).",
+        "- The ranked pipeline is BEHIND the linear blend of its signals of the same "
+        "candidates: NDCG@10 -0.0200, 95% CI [-0.0300, -0.0100] (paired bootstrap over 50 users)."]

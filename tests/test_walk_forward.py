@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import evaluate, walk_forward
+from pipelines import artifact, evaluate, walk_forward
 from pipelines.errors import InputError
 from pipelines.tables import FeatureTables
 
@@ -88,19 +88,27 @@ def test_the_headline_is_in_the_models_metrics_and_report(walked):
     assert np.isfinite(d["difference"]) and d["ci"][0] <= d["difference"] <= d["ci"][1]
     assert e2e["ranked"]["ndcg@10"] == pytest.approx(
         d["difference"] + wf["retrieval"]["curves"]["EASE"]["ndcg@10"], abs=1e-9)
+    # The headline judges what the model serves (the tiny model's own decision).
+    served = wf["ranking"]["served"]
+    assert served == artifact.ORDER_KEYS[json.loads(
+        (walked["model"] / "config.json").read_text())["serving"]["order"]]
     text = walk_forward.format_summary(walked["walked"])
-    assert "fitted on and queried with the same entries" in text and "ranked - EASE (refit)" in text
-    assert "ranked - iALS (refit)" in text
+    label = served.replace("_", " ")
+    assert "fitted on and queried with the same entries" in text
+    assert f"{label} - EASE (refit)" in text and f"{label} - iALS (refit)" in text
     # iALS refit on the walk-forward entries with the selection run's settings.
     assert wf["retrieval"]["ials"]["settings"] == metrics["retrieval"]["ials"]["settings"]
     report = (walked["work"] / "model" / "report" / "report.md").read_text()
     assert "Every compared method is fitted on, and queried with, the same entries." in report
-    # The selection report carries the headline: the ranked order against every baseline.
+    # The selection report carries the headline: the served order against every baseline
+    # and every other order of the same candidates.
     selection_report = (walked["model"] / "report" / "report.md").read_text()
-    verdicts = evaluate.baseline_verdicts(wf["ranking"]["differences"])
-    names = [*evaluate.BASELINES, *evaluate.REORDERERS.values()]
-    assert len(verdicts) == len(names)
-    assert all(name in line for name, line in zip(names, verdicts))
+    verdicts = evaluate.baseline_verdicts(wf["ranking"]["differences"], served)
+    rivals = [*evaluate.BASELINES, *(label for key, label in
+                                     [*evaluate.REORDERERS.items(), ("ranked", "ranker's order")]
+                                     if key != served)]
+    assert len(verdicts) == len(rivals)
+    assert all(name in line for name, line in zip(rivals, verdicts))
     assert all(line in selection_report for line in verdicts)
 
 
