@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import __main__ as cli
+from pipelines import artifact
 from pipelines.tables import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,10 @@ def test_run_builds_a_world_its_features_and_a_model(tmp_path, capsys):
     users = tables["users"]["user_id"].nunique()
     assert 100 < users <= 120
     assert tables["schema"]["counts"]["entries"] == len(tables["interactions"])
-    assert "ranked - EASE (refit), NDCG@10" in printed and "served model refit on every" in printed
+    # The walk-forward headline judges the order the model serves (decided on validation).
+    order = json.loads((model / "config.json").read_text())["serving"]["order"]
+    headline = artifact.ORDER_KEYS[order].replace("_", " ")
+    assert f"{headline} - EASE (refit), NDCG@10" in printed and "served model refit on every" in printed
     served = load(tmp_path / "walk_forward" / "final" / "features")["users"]["user_id"].nunique()
     assert users <= served <= 120
     assert f"recommendations for {served} users" in printed and (tmp_path / "recs" / "_SUCCESS").exists()
