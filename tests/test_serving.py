@@ -264,6 +264,21 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
         batch.run(str(retrained), "all", first, k=5, chunk_size=500, progress=False)
 
 
+def _assert_top_of(rec, got, scores_of, **tolerance):
+    """Each user's rows of ``got`` are their top 10 by ``scores_of(user row)`` over the whole
+    catalog, leaving out what they have seen and adult titles, scored with those scores."""
+    adult = rec.anime["is_adult"].fillna(0).to_numpy() > 0
+    media = rec.anime["media_id"].to_numpy()
+    for user, recs in got.groupby("user_id", sort=False):
+        row = rec._user_row.get_loc(user)
+        scores = scores_of(row)
+        seen = set(rec._seen[row])
+        allowed = [i for i in np.argsort(-scores, kind="stable")
+                   if media[i] not in seen and not adult[i]][:10]
+        assert recs["anime_id"].tolist() == media[allowed].tolist()
+        np.testing.assert_allclose(recs["score"], scores[allowed], **tolerance)
+
+
 def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tiny_ranked):
     model_dir = tiny_ranked[0]
     config = json.loads((model_dir / "config.json").read_text())
@@ -278,15 +293,7 @@ def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tin
     # Retrieval order: each user's unseen titles by query . candidate, score = that dot.
     queries = plain.retrieval.embed_users(plain._user_raw)
     embeddings = plain.retrieval.candidate_embeddings
-    for u, (user, recs) in enumerate(got.groupby("user_id", sort=False)):
-        row = plain._user_row.get_loc(user)
-        scores = queries[row] @ embeddings.T
-        seen = set(plain._seen[row])
-        allowed = [i for i in np.argsort(-scores, kind="stable")
-                   if plain.anime["media_id"].iloc[i] not in seen
-                   and not plain.anime["is_adult"].fillna(0).iloc[i] > 0][:10]
-        assert recs["anime_id"].tolist() == plain.anime["media_id"].iloc[allowed].tolist()
-        np.testing.assert_allclose(recs["score"], scores[allowed], rtol=1e-5, atol=1e-6)
+    _assert_top_of(plain, got, lambda row: queries[row] @ embeddings.T, rtol=1e-5, atol=1e-6)
     assert not ranked.recommend(users, k=10)["anime_id"].equals(got["anime_id"])
 
 
@@ -311,17 +318,13 @@ def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
     # EASE's order: each user's unseen titles by x_u B over the whole catalog (its top 10
     # are among the candidates: EASE adds its own), score = that product.
     weights = np.load(model_dir / "ease.npy")
-    for user, recs in got.groupby("user_id", sort=False):
-        row = ease._user_row.get_loc(user)
+
+    def ease_scores(row):
         x = np.zeros(len(ease.anime), np.float32)
         x[ease._history[row]] = 1.0
-        scores = x @ weights
-        seen = set(ease._seen[row])
-        allowed = [i for i in np.argsort(-scores, kind="stable")
-                   if ease.anime["media_id"].iloc[i] not in seen
-                   and not ease.anime["is_adult"].fillna(0).iloc[i] > 0][:10]
-        assert recs["anime_id"].tolist() == ease.anime["media_id"].iloc[allowed].tolist()
-        np.testing.assert_allclose(recs["score"], scores[allowed], rtol=1e-4, atol=1e-5)
+        return x @ weights
+
+    _assert_top_of(ease, got, ease_scores, rtol=1e-4, atol=1e-5)
     # A blend that weighs one signal alone serves that signal's order: the similarity
     # alone is retrieval order, EASE's score alone EASE's order.
     config = json.loads((model_dir / "config.json").read_text())
