@@ -29,7 +29,7 @@ from pipelines import features as feature_tables
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.formatting import (END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval,
-                                  num, table)
+                                  num, other_order_rows, table)
 from pipelines.tables import FeatureTables
 from ranking import blend as linear_blend
 from towers.index import ann_benchmark
@@ -187,6 +187,8 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     pairs = {"ranker": scores[mask], "score": actual[mask]}
     if expected is not None:
         pairs["true_expected"] = expected[mask]
+    # Every order end to end and every scorer over the catalog, on the same test users.
+    everyone = {**per_user, **retrieval_per_user}
     section = {"config": config.to_dict(), "held_out_lists": held, "losses_at_training": losses,
                # the numbers every ranker setting was chosen on (the training stage's)
                "validation": saved.get("ranking", {}).get("validation"),
@@ -198,7 +200,7 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
                                           [*simple, "retrieval_order", "popularity order"],
                                           ("ndcg@10", "recall@10", "mrr")),
                    # the baselines' own top 10 over the whole catalog, on the same test users
-                   **protocol.differences({**per_user, **retrieval_per_user}, "ranked",
+                   **protocol.differences(everyone, "ranked",
                                           [n for n in BASELINES if n in retrieval_per_user],
                                           ("ndcg@10", "recall@10"))},
                "score_correlation": {"ranker_vs_score": _correlation(pairs["ranker"], pairs["score"])}}
@@ -208,9 +210,9 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
     section["served"] = served
     if served != "ranked" and served in per_user:
         rivals = [n for n in (*BASELINES, "ranked", *REORDERERS, "retrieval_order")
-                  if n != served and n in {**per_user, **retrieval_per_user}]
+                  if n != served and n in everyone]
         section["differences"].update(protocol.differences(
-            {**per_user, **retrieval_per_user}, served, rivals, ("ndcg@10", "recall@10")))
+            everyone, served, rivals, ("ndcg@10", "recall@10")))
     if expected is not None:
         section["score_correlation"]["ranker_vs_true_expected"] = _correlation(
             pairs["ranker"], pairs["true_expected"])
@@ -439,9 +441,7 @@ def _validation_lines(validation: dict | None) -> list[str]:
     losses = validation["losses"]
     first = next(iter(losses.values()))
     rows = [(f"ranked, {name.replace('_', ' ')}", m["ranked"]) for name, m in losses.items()]
-    rows += [(ORDER_LABELS[name], first[name])
-             for name in ("blend", "ease_order", "retrieval_order", "popularity_order")
-             if name in first]
+    rows += other_order_rows(first)
     lines = ["", f"### Chosen on validation: retrieve {validation['candidates']}, rank "
                  f"({validation['users']:,} validation users not used to fit the ranker)", "",
              table(rows, END_TO_END_COLUMNS, label="order"), ""]

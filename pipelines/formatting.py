@@ -71,3 +71,10 @@ def retrieval_rows(metrics: dict) -> list:
 # The orders of the candidates compared end to end, as the tables name them.
 ORDER_LABELS = {"ranked": "ranked", "blend": "blend of the signals", "ease_order": "EASE order",
                 "retrieval_order": "retrieval order", "popularity_order": "popularity order"}
+
+
+def other_order_rows(table: dict) -> list:
+    """``(label, metrics)`` of every order but the ranker's that an end-to-end table
+    holds, in ``ORDER_LABELS``' order (the rows beside the ranker's in a validation table)."""
+    return [(label, table[name]) for name, label in ORDER_LABELS.items()
+            if name != "ranked" and name in table]

@@ -54,7 +54,8 @@ from pipelines.arrays import find_sorted
 from pipelines.config import EASE_SIGNALS, LOSS_NAMES, RELATION_SIGNALS, RankingConfig
 from pipelines.errors import InputError
 from pipelines.features import covered
-from pipelines.formatting import END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval, table
+from pipelines.formatting import (END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval,
+                                  other_order_rows, table)
 from pipelines.candidates import Generator
 from pipelines.protocol import Candidates, Lists
 from pipelines.tables import FeatureTables
@@ -626,9 +627,7 @@ def format_validation(validation: dict) -> str:
     losses = validation["losses"]
     first = next(iter(losses.values()))
     rows = [(f"ranked, {name}", m["ranked"]) for name, m in losses.items()]
-    rows += [(ORDER_LABELS[name], first[name])
-             for name in ("blend", "ease_order", "retrieval_order", "popularity_order")
-             if name in first]
+    rows += other_order_rows(first)
     lines = [table(rows, END_TO_END_COLUMNS, markdown=False,
                    label=f"validation (held-out users): end to end over {validation['candidates']} "
                          f"({first['users']:,} users neither fitted on nor stopped on)")]

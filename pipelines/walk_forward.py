@@ -191,10 +191,9 @@ def release(db: str | os.PathLike = "data/anirank.db",
                                                          chosen["best_epoch"], progress=progress)
         with artifact.update(refit) as tmp:
             train_ranking.export_ranker(ranker.ranker, newest, stage_one.widths, tmp / "ranker")
-            _copy_keys(config, tmp, ("ranking", "serving"))
-            served = artifact.read_json(tmp, artifact.CONFIG)
-            served["blend"] = summary["ranking"]["blend"]   # refit on the same lists
-            artifact.write_json(tmp, artifact.CONFIG, served)
+            # The selection run's choices; the blend refit on the same lists as the ranker.
+            _copy_keys({**config, "blend": summary["ranking"]["blend"]}, tmp,
+                       ("ranking", "serving", "blend"))
     if config.get("scores") and (model_dir / "scorer").exists():
         chosen = saved["scores"]["training"]
         tables = FeatureTables.load(final_features)
