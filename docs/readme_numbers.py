@@ -2,6 +2,8 @@
 
     .venv/bin/python docs/readme_numbers.py --metrics data/model/metrics.json \\
         --run "make run, default world (seed 0), 2026-12-07"      # refresh both files
+    .venv/bin/python docs/readme_numbers.py --daily data/daily/monitoring/metrics.json \\
+        --daily-run "make run's three days, 2026-12-07"                # the daily loop's table
     .venv/bin/python docs/readme_numbers.py --check                       # exit 1 if they disagree
 
 ``--metrics`` keeps the parts of a run's ``metrics.json`` the README quotes (the selection
@@ -129,7 +131,46 @@ def serve_decision(numbers: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision}
+def keep_daily(monitoring: dict) -> dict:
+    """The parts of a daily job's ``monitoring/metrics.json`` the README quotes, per day."""
+    def scores(day, name):
+        return {k: day["scores"][name][k] for k in ("mae", "rmse")}
+
+    return {d: {"outcomes": day["outcomes"], "scored_known": day["scored_known"],
+                "unknown_title_share": day["unknown_title_share"],
+                "new_titles": day["new_titles"], "hits": day["hits"],
+                "scores": {n: scores(day, n) for n in ("model", "user_mean", "title_mean")}}
+            for d, day in sorted(monitoring["days"].items())}
+
+
+def daily(numbers: dict) -> str:
+    """The daily loop's days: outcomes, score errors beside the baselines, hit rates of
+    the new titles beside recent popularity; the better of each pair in bold."""
+    def pair(a: float, b: float, fmt: str, low: bool) -> str:
+        better = (a < b) if low else (a > b)
+        x, y = format(a, fmt), format(b, fmt)
+        return f"**{x}** / {y}" if better else (f"{x} / **{y}**" if a != b else f"{x} / {y}")
+
+    lines = ["| day | outcomes | scored (known titles) | on titles the model lacks | MAE: model "
+             "/ user mean / title mean | RMSE: model / user mean | new titles | hit@10: model / "
+             "recent popularity | hit@100: model / recent popularity |", "|---" * 9 + "|"]
+    for d, day in numbers["daily"]["days"].items():
+        s, h = day["scores"], day["hits"]
+        lines.append(
+            f"| {d} | {day['outcomes']:,} | {day['scored_known']:,} | "
+            f"{day['unknown_title_share']:.1%} | "
+            f"{pair(s['model']['mae'], s['user_mean']['mae'], '.2f', True)} / "
+            f"{s['title_mean']['mae']:.2f} | "
+            f"{pair(s['model']['rmse'], s['user_mean']['rmse'], '.2f', True)} | "
+            f"{day['new_titles']:,} | "
+            + " | ".join(pair(h['model'][k], h['recent_popularity'][k], '.3f', False)
+                         for k in ("hit@10", "hit@100")) + " |")
+    lines += ["", f"({numbers['daily']['run']}, `data/daily/monitoring/metrics.json`.)"]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision,
+          "daily": daily}
 
 
 def render(text: str, numbers: dict) -> str:
@@ -150,13 +191,28 @@ def main() -> int:
                         "docs/readme_numbers.json from it (needs --run)")
     parser.add_argument("--run", help="the run's name, e.g. 'make run, default world (seed 0), "
                         "2026-12-07'")
+    parser.add_argument("--daily", type=Path,
+                        help="a daily job's monitoring/metrics.json: refresh the daily block's "
+                             "numbers from it (needs --daily-run)")
+    parser.add_argument("--daily-run", help="that daily job's name, e.g. 'make run's three "
+                        "days, 2026-12-07'")
     parser.add_argument("--check", action="store_true",
                         help="only check that README.md's generated blocks match docs/readme_numbers.json")
     args = parser.parse_args()
     if args.metrics:
         if not args.run:
             parser.error("--metrics needs --run (the name the README cites)")
+        daily_numbers = json.loads(NUMBERS.read_text()).get("daily") if NUMBERS.exists() else None
         numbers = snapshot(json.loads(args.metrics.read_text()), args.run)
+        if daily_numbers:
+            numbers["daily"] = daily_numbers
+        NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    if args.daily:
+        if not args.daily_run:
+            parser.error("--daily needs --daily-run (the name the README cites)")
+        numbers = json.loads(NUMBERS.read_text())
+        numbers["daily"] = {"run": args.daily_run,
+                            "days": keep_daily(json.loads(args.daily.read_text()))}
         NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     numbers = json.loads(NUMBERS.read_text())
     text = README.read_text()

@@ -16,7 +16,8 @@ One run for day ``D`` (UTC):
    shown. Only changes after the first run's start count (``SINCE``): the loop scores
    what it saw happen.
 3. **Predictions**, from the model that was current before D (``--model``, pinned with
-   ``--revision`` for a Hub repo): the score head's predicted score of every outcome,
+   ``--revision`` for a Hub repo), reading each user's list as the day before's served
+   lists did (saved beside them, see 6): the score head's predicted score of every outcome,
    and where each new title stood in the list served the day before (``served_rank``;
    the lists are this module's own output for D-1, see 6). Beside them, computed from
    the store as it stood before D, the baselines a reviewer expects: the user's mean
@@ -33,9 +34,13 @@ One run for day ``D`` (UTC):
    transaction per day: a rerun replaces the day exactly, and a run killed before the
    commit leaves the previous state.
 6. **Served**: each tracked user's top ``k`` (default 100) for D+1 from the same model,
-   leaving out everything on their list by the end of D (so a day replayed on a store
-   that already holds later days serves what it would have served then), written atomically to
-   ``<out>/served/<revision>/<D>.parquet``. When D-1's list is missing (the first run),
+   from their list by the end of D (``Recommender.with_lists``: features, history and
+   seen titles rebuilt from it, not frozen at training, so a tracked user the model was
+   not trained on is served by the model too; users with no list get the popularity
+   list) and leaving out everything on it (so a day replayed on a store that already
+   holds later days serves what it would have served then), written atomically to
+   ``<out>/served/<revision>/<D>.parquet``, and the lists it read to
+   ``<D>.lists.parquet`` beside it. When D-1's list is missing (the first run),
    it is built before the refresh, from the store as it stood then.
 
 Then ``pipelines.monitoring`` rewrites ``<out>/monitoring/`` from every day the store
@@ -54,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import atomic, monitoring, store
+from pipelines.features import LIST_COLUMNS, LIST_TIMES
 from pipelines.errors import InputError
 
 DAY = 86_400
@@ -127,6 +133,15 @@ def list_before(entries: pd.DataFrame, start: int) -> pd.DataFrame:
     latest state only)."""
     created = entries["created_at"].astype("Float64").to_numpy(dtype=float, na_value=-np.inf)
     return entries[created < start]
+
+
+def known_at(entries: pd.DataFrame, at: int, since: int | None = None) -> pd.DataFrame:
+    """The entries whose values the store held before ``at``: not updated since, or by
+    ``since`` (the loop saw them before it began: ``SINCE``); an entry without a time
+    counts as known. What the model reads of a list as of ``at``, so a day replayed on a
+    store that holds later days reads no later score."""
+    updated = entries["updated_at"].astype("Float64").to_numpy(dtype=float, na_value=-np.inf)
+    return entries[(updated < at) | (updated <= (-np.inf if since is None else since))]
 
 
 def lists_of(entries: pd.DataFrame) -> dict:
@@ -272,35 +287,57 @@ def served_path(out: Path, revision: str, day: dt.date) -> Path:
     return out / "served" / revision / f"{day.isoformat()}.parquet"
 
 
-def serve(rec, users: np.ndarray, entries: pd.DataFrame, path: Path, k: int) -> dict:
-    """Each user's top ``k`` without anything on their list in ``entries``, to ``path``
-    (atomically). Users the model does not know get the popularity list."""
-    own = lists_of(entries)
-    known = rec.known(users)
+def lists_path(out: Path, revision: str, day: dt.date) -> Path:
+    """The lists the day's served lists were made from (the next day's predictions
+    read them)."""
+    return out / "served" / revision / f"{day.isoformat()}.lists.parquet"
+
+
+def serve(rec, users: np.ndarray, entries: pd.DataFrame, at: int, since: int, out: Path,
+          revision: str, day: dt.date, k: int) -> dict:
+    """Each user's top ``k`` as of ``at`` (the end of ``day``), from their list as the
+    store knew it then (``known_at``, with ``since``: features, history and seen titles rebuilt by
+    ``Recommender.with_lists``), leaving out everything on it (``list_before``); users
+    with no list at all get the popularity list. Written atomically to ``served_path``,
+    and the lists read to ``lists_path`` (first: a served list is never without them)."""
+    listed = list_before(entries, at)
+    lists = known_at(listed, at, since)[[*LIST_COLUMNS, *LIST_TIMES]].reset_index(drop=True)
+    current = rec.with_lists(lists)
+    own = lists_of(listed)
+    known = current.known(users)
     frames = []
     if known.any():
         ids = users[known]
         exclude = [own.get(u, np.zeros(0, np.int64)) for u in ids]
-        frames.append(rec.recommend(ids, k=k, exclude=exclude).assign(source="model"))
+        frames.append(current.recommend(ids, k=k, exclude=exclude).assign(source="model"))
     if (~known).any():
         frames.append(rec.popular(users[~known], k).assign(source="popularity"))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    path = served_path(out, revision, day)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.file(lists_path(out, revision, day)) as tmp:
+        lists.to_parquet(tmp, index=False)
     with atomic.file(path) as tmp:
         frame.to_parquet(tmp, index=False)
-    return {"path": str(path), "users": int(len(users)), "rows": int(len(frame))}
+    return {"path": str(path), "users": int(len(users)), "rows": int(len(frame)),
+            "model_users": int(known.sum())}
 
 
 def predict(rec, outcomes: pd.DataFrame, entries: pd.DataFrame, start: int,
-            served: pd.DataFrame | None) -> tuple[pd.DataFrame, float]:
-    """The prediction rows of ``outcomes`` (same order) and the global mean score."""
+            served: pd.DataFrame | None, lists: pd.DataFrame | None = None
+            ) -> tuple[pd.DataFrame, float]:
+    """The prediction rows of ``outcomes`` (same order) and the global mean score.
+    ``lists``: the users' lists before the day (the day before's ``lists_path``), which
+    the score head reads; None: the lists the model was trained on."""
     user_mean, title_mean, global_mean = score_baselines(entries, start)
     predicted = np.full(len(outcomes), np.nan)
-    ok = rec.known(outcomes["user_id"].to_numpy()) & np.isin(
+    # The score head reads each user's list as the day before's served lists did.
+    current = rec if lists is None else rec.with_lists(lists)
+    ok = current.known(outcomes["user_id"].to_numpy()) & np.isin(
         outcomes["media_id"].to_numpy(), rec.anime["media_id"].to_numpy())
     if rec.scorer is not None and ok.any():
-        predicted[ok] = rec.predict_scores(outcomes["user_id"].to_numpy()[ok],
-                                           outcomes["media_id"].to_numpy()[ok])
+        predicted[ok] = current.predict_scores(outcomes["user_id"].to_numpy()[ok],
+                                               outcomes["media_id"].to_numpy()[ok])
     served_rank = np.full(len(outcomes), np.nan)
     if served is not None and len(served):
         lookup = served.set_index(["user_id", "anime_id"])["rank"]
@@ -362,8 +399,8 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         if not yesterday.exists():
             # The list D-1 would have served.
             tick = time.perf_counter()
-            summary["served_yesterday"] = serve(rec, tracked, list_before(before, start),
-                                                yesterday, k)
+            summary["served_yesterday"] = serve(rec, tracked, before, start, since, out, rev,
+                                                day - dt.timedelta(days=1), k)
             seconds["serve_yesterday"] = time.perf_counter() - tick
         if refresh:
             if endpoint is None:
@@ -387,7 +424,9 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         entries = _tracked(everyone, tracked)
         outcomes = select_outcomes(entries, start, end, since)
         served = pd.read_parquet(yesterday)
-        predictions, global_mean = predict(rec, outcomes, everyone, start, served)
+        listed = lists_path(out, rev, day - dt.timedelta(days=1))
+        predictions, global_mean = predict(rec, outcomes, everyone, start, served,
+                                           pd.read_parquet(listed) if listed.exists() else None)
         metrics = day_metrics(outcomes, predictions, global_mean, served=True)
         media = store.read_media(conn)
         metrics["drift"] = monitoring.drift(rec, outcomes, entries, start,
@@ -395,8 +434,7 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         store.replace_day(conn, rev, day.isoformat(), outcomes, predictions, metrics)
         seconds["outcomes_and_predictions"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        summary["served"] = serve(rec, tracked, list_before(entries, end),
-                                  served_path(out, rev, day), k)
+        summary["served"] = serve(rec, tracked, entries, end, since, out, rev, day, k)
         seconds["serve"] = time.perf_counter() - tick
         tick = time.perf_counter()
         summary["monitoring"] = monitoring.write(

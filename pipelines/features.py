@@ -890,6 +890,24 @@ class _FrameRows:
         return pd.concat(self.parts, ignore_index=True)
 
 
+# What a user's list is to serving (``list_entries``, ``Recommender.with_lists``): the
+# columns it needs, and the times it reads when they are there.
+LIST_COLUMNS = ("user_id", "media_id", "status", "score")
+LIST_TIMES = ("created_at", "updated_at", "completed_at")
+
+
+def list_entries(entries: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """Entries with the store's columns as the feature stage reads a training list, for
+    :func:`user_features`: with ``time`` (the first of ``config.time_columns`` set;
+    left out when ``entries`` has none of them) and the ``is_interaction`` and
+    ``is_label`` flags. Serving rebuilds a user's features from their current list
+    with it."""
+    if any(column in entries for column in config.time_columns):
+        present = [c for c in config.time_columns if c in entries]
+        entries = _with_time(entries, dataclasses.replace(config, time_columns=tuple(present)))
+    return _flags(entries, config)
+
+
 def _flags(frame: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     """``is_interaction`` (watched: a positive of retrieval) and ``is_label`` (a scored
     entry: a ranking label) of each entry."""

@@ -316,7 +316,10 @@ def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple]:
     return zip(*lists)
 
 
-_REAL_COLUMNS = {"mean_score", "std_score", "log_exposure"}
+# The REAL columns of the tables above: every other float column is an integer one that
+# pandas widened to hold NaN. (tests/test_store.py checks this against the schema.)
+_REAL_COLUMNS = {"mean_score", "std_score", "log_exposure", "predicted_score", "user_mean",
+                 "title_mean"}
 
 
 def _upsert(conn: sqlite3.Connection, table: str, key: Sequence[str],

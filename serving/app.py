@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
-from serving.batch import revision_of  # noqa: E402
+from serving.batch import read_lists, revision_of  # noqa: E402
 from serving.lists import (AniListUnavailable, ListLookup, TooManyLookups,  # noqa: E402
                            UnknownUser)
 from serving.recommender import Filters, Recommender  # noqa: E402
@@ -684,9 +684,12 @@ def page_recommend(form: dict, service: Service, client: str) -> dict:
 # -- the command line ----------------------------------------------------------------------
 
 def build_service(model: str, revision: str | None, endpoint: str | None, rate: float,
-                  per_client: float, ttl: float) -> Service:
-    """Loads the model (once) and sets up the AniList lookups."""
+                  per_client: float, ttl: float, db: str | None = None) -> Service:
+    """Loads the model (once; serving the users of the raw store at ``db`` from their
+    lists there, when given) and sets up the AniList lookups."""
     rec = Recommender.from_pretrained(model, revision)
+    if db is not None:
+        rec = rec.with_lists(read_lists(db))
     name = revision_of(rec, revision)
     lists = ListLookup(endpoint or data_query.ENDPOINT, rate=rate, per_client=per_client, ttl=ttl)
     service = Service(rec, name, lists)
@@ -730,6 +733,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--cache-ttl", type=float, default=600.0,
                         help="seconds a fetched list is reused (default: %(default)s)")
+    parser.add_argument("--db",
+                        help="serve user_id requests from each user's list in this raw store "
+                             "as it is at start (features rebuilt; the store's users the "
+                             "model was not trained on are served too) (default: the lists "
+                             "the model was trained on)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_args(argv)
     if args.lookups_per_minute <= 0 or args.cache_ttl < 0 or args.anilist_rate < 0:
@@ -741,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         service = build_service(args.model, args.revision, args.anilist_endpoint,
-                                args.anilist_rate, args.lookups_per_minute, args.cache_ttl)
+                                args.anilist_rate, args.lookups_per_minute, args.cache_ttl,
+                                args.db)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

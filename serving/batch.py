@@ -96,6 +96,33 @@ def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]
     return values[ok].astype(np.int64).to_numpy(), invalid
 
 
+def read_lists(db: str | os.PathLike) -> pd.DataFrame:
+    """Every list in the raw store at ``db`` (``store.read_entries``), for
+    :meth:`Recommender.with_lists`."""
+    from pipelines import store
+
+    conn = store.connect(db, readonly=True)
+    try:
+        return store.read_entries(conn)
+    finally:
+        conn.close()
+
+
+def load(model: str, revision: str | None, db: str | os.PathLike | None) -> Recommender:
+    """The job's model, serving the lists of the store at ``db`` when given (what every
+    runner's workers load)."""
+    rec = Recommender.from_pretrained(model, revision)
+    return rec if db is None else rec.with_lists(read_lists(db))
+
+
+def lists_digest(db: str | os.PathLike) -> str:
+    """Content hash of the store's lists: a job rerun on a store that changed is another
+    job."""
+    lists = read_lists(db)
+    return hashlib.sha256(pd.util.hash_pandas_object(lists, index=False).to_numpy().tobytes()
+                          ).hexdigest()
+
+
 def model_digest(rec: Recommender) -> str:
     """Content hash of what decides the output: config, candidate embeddings, ranker
     and score head weights. A retrained model at the same path is a different job."""
@@ -124,6 +151,7 @@ class Job:
     ids: np.ndarray     # unique user ids, in input order
     invalid: list       # (row, value) of the input rows that are not user ids
     manifest: dict
+    db: str | None = None  # the store whose lists the users are served from
 
     @property
     def parts(self) -> list[Path]:
@@ -139,19 +167,23 @@ class Job:
 
 
 def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: int | None,
-         chunk_size: int, revision: str | None, filters: Filters | None) -> Job:
-    """Loads the model, checks the options (an error before anything is written), reads
-    the users, then claims ``out`` for the job: writes its manifest, or checks that the
-    one there is the same job's, and removes a killed run's unfinished parts."""
+         chunk_size: int, revision: str | None, filters: Filters | None,
+         db: str | os.PathLike | None = None) -> Job:
+    """Loads the model (serving the lists of the store at ``db`` when given), checks the
+    options (an error before anything is written), reads the users, then claims ``out``
+    for the job: writes its manifest, or checks that the one there is the same job's,
+    and removes a killed run's unfinished parts."""
     out = Path(out)
     chunk_size = _int_arg("chunk_size", chunk_size, 1)
-    rec = Recommender.from_pretrained(model, revision)
+    rec = load(model, revision, db)
     k, candidates = rec._check_k(k, candidates)
     filters = Filters() if filters is None else filters
     rec._allowed(filters)  # bad filters fail here, before anything is written
     given, invalid = read_users(users, rec)
     ids = pd.unique(given)  # a user listed twice gets one set of rows
     manifest = {"model": str(model), "revision": revision, "model_sha256": model_digest(rec),
+                "db": None if db is None else str(db),
+                "lists_sha256": None if db is None else lists_digest(db),
                 "k": k, "candidates": candidates,
                 "chunk_size": chunk_size, "filters": repr(filters),
                 "users_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
@@ -165,7 +197,8 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
         atomic.write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
     for stale in out.glob(".part-*.tmp"):  # a killed run's unfinished part
         stale.unlink(missing_ok=True)
-    return Job(rec, out, k, candidates, filters, chunk_size, len(given), ids, invalid, manifest)
+    return Job(rec, out, k, candidates, filters, chunk_size, len(given), ids, invalid, manifest,
+               None if db is None else str(db))
 
 
 def chunk_frame(rec: Recommender, chunk: np.ndarray, k: int, candidates: int,
@@ -235,7 +268,7 @@ def revision_of(rec: Recommender, revision: str | None) -> str:
 def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommendations", *,
         k: int = 10, candidates: int | None = None, chunk_size: int = 2048,
         revision: str | None = None, filters: Filters | None = None,
-        progress: bool = True, runner: str | None = None,
+        db: str | os.PathLike | None = None, progress: bool = True, runner: str | None = None,
         beam_options: list[str] | tuple[str, ...] = ()) -> dict:
     """Stage function behind ``python -m serving.batch``. Returns the summary that is
     also written to ``_SUCCESS`` (see the module docstring).
@@ -246,6 +279,8 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
     (``DirectRunner``, ``PortableRunner``, ``FlinkRunner``, ...) runs them as a Beam
     pipeline (:mod:`serving.beam`, with ``beam_options`` passed to it), writing the same
     parts. Either can finish what the other started: the manifest does not name it.
+    ``db``: a raw store whose lists the users are served from
+    (:meth:`Recommender.with_lists`); None: the lists the model was trained on.
     """
     start = time.perf_counter()
     if runner is not None:
@@ -255,7 +290,7 @@ def run(model: str, users: str = "all", out: str | os.PathLike = "data/recommend
     elif beam_options:
         raise InputError(f"Beam pipeline options {list(beam_options)!r} need a --runner.")
     job = plan(model, users, out, k=k, candidates=candidates, chunk_size=chunk_size,
-               revision=revision, filters=filters)
+               revision=revision, filters=filters, db=db)
     if runner is not None:
         written, loads = beam.run_parts(job, model, revision, options)
         return finish(job, written, time.perf_counter() - start, runner=runner,
@@ -287,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", default="all",
                         help="'all' (every user the model knows), or a CSV/Parquet/text file "
                              "of user ids (default: %(default)s)")
+    parser.add_argument("--db",
+                        help="serve each user from their current list in this raw store "
+                             "(features, history and seen titles rebuilt from it; users of "
+                             "the store the model was not trained on are served by the model "
+                             "too, and --users all includes them) (default: the lists the "
+                             "model was trained on)")
     parser.add_argument("--out", default="data/recommendations", help="output directory (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user (default: %(default)s)")
     parser.add_argument("--candidates", type=int,
@@ -319,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                           max_popularity=args.max_popularity, exclude_adult=not args.allow_adult)
         summary = run(args.model, args.users, args.out, k=args.k, candidates=args.candidates,
                       chunk_size=args.chunk_size, revision=args.revision, filters=filters,
-                      progress=not args.quiet, runner=args.runner, beam_options=beam_options)
+                      db=args.db, progress=not args.quiet, runner=args.runner,
+                      beam_options=beam_options)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

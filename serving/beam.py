@@ -49,7 +49,7 @@ except ImportError as err:
                      "pip install -r requirements-scale.txt "
                      f"(importing apache_beam failed: {err}).") from None
 
-from serving.batch import Job, chunk_frame, write_part  # noqa: E402
+from serving.batch import Job, chunk_frame, load, write_part  # noqa: E402
 from serving.recommender import Recommender  # noqa: E402
 
 COUNTERS = "serving.beam"   # namespace of the pipeline's counters
@@ -85,10 +85,11 @@ class WriteParts(beam.DoFn):
 
     def __init__(self, job: Job, model: str, revision: str | None):
         self._shared = Shared()
-        self._model, self._revision = model, revision
+        self._model, self._revision, self._db = model, revision, job.db
         # With the model's content hash: a worker process that still holds a model
         # loaded from the same path before it was retrained loads the new one.
-        self._tag = f"{model}@{revision}:{job.manifest['model_sha256']}"
+        self._tag = (f"{model}@{revision}:{job.manifest['model_sha256']}"
+                     f":{job.manifest['lists_sha256']}")
         self._options = (job.k, job.candidates, job.filters)
         self._out = str(job.out)
         self._loads = beam.metrics.Metrics.counter(COUNTERS, "model_loads")
@@ -96,7 +97,7 @@ class WriteParts(beam.DoFn):
 
     def _load(self) -> _Loaded:
         self._loads.inc()
-        return _Loaded(Recommender.from_pretrained(self._model, self._revision))
+        return _Loaded(load(self._model, self._revision, self._db))
 
     def process(self, element):
         if self._loaded is None:

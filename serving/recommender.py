@@ -31,6 +31,7 @@ any (user, title) pairs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -43,9 +44,9 @@ import tensorflow as tf
 
 from pipelines import artifact
 from pipelines.candidates import Generator
-from pipelines.config import SIGNALS, FeatureConfig, RankingConfig, parse_time
+from pipelines.config import SIGNALS, STATUSES, FeatureConfig, RankingConfig, parse_time
 from pipelines.errors import InputError
-from pipelines.features import user_features
+from pipelines.features import LIST_COLUMNS, list_entries, user_features
 from ranking.blend import POPULARITY, Blend
 from towers.features import apply_in_blocks, feature_specs, raw_features
 
@@ -99,6 +100,48 @@ def _ids_arg(name: str, values) -> np.ndarray:
         raise InputError(f"`{name}` must be a list or array of integer ids. Received "
                          f"{len(bad)} value(s) that are not: {bad[:5]!r}.")
     return np.asarray(items, dtype=np.int64)
+
+
+def _lists_arg(entries) -> pd.DataFrame:
+    """``entries`` checked as lists for :meth:`Recommender.with_lists`: a DataFrame with
+    ``LIST_COLUMNS``, integer ids, known statuses, scores from 0 to 100; else an
+    InputError naming the column and a bad value."""
+    if not isinstance(entries, pd.DataFrame):
+        raise InputError(f"`entries` must be a pandas DataFrame with the columns "
+                         f"{list(LIST_COLUMNS)} (e.g. store.read_entries(conn)). Received: "
+                         f"{type(entries).__name__}.")
+    missing = [c for c in LIST_COLUMNS if c not in entries]
+    if missing:
+        raise InputError(f"`entries` lacks the columns {missing}; it needs {list(LIST_COLUMNS)} "
+                         "(and, optionally, updated_at, completed_at, created_at).")
+    for column in ("user_id", "media_id"):
+        values = entries[column]
+        if values.isna().any() or not pd.api.types.is_integer_dtype(values.dtype):
+            raise InputError(f"`entries[{column!r}]` must hold integer ids with no missing "
+                             f"value. Received dtype {values.dtype}, e.g. "
+                             f"{values[values.isna()].head(1).tolist() or values.head(1).tolist()}.")
+    bad = ~entries["status"].astype(str).isin(STATUSES)
+    if bad.any():
+        raise InputError(f"`entries['status']` must be one of {list(STATUSES)}. Received "
+                         f"{int(bad.sum())} other values, e.g. "
+                         f"{entries['status'][bad].iloc[0]!r}.")
+    score = pd.to_numeric(entries["score"], errors="coerce")
+    bad = score.isna() | (score < 0) | (score > 100)
+    if bad.any():
+        raise InputError(f"`entries['score']` must be a POINT_100 score from 0 to 100 (0 = not "
+                         f"scored). Received {int(bad.sum())} other values, e.g. "
+                         f"{entries['score'][bad].iloc[0]!r}.")
+    return entries.assign(score=score.to_numpy(np.float64))
+
+
+def _group(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """Per id of ``ids`` (sorted, unique), the ``values`` whose key is that id (int64
+    arrays, in the given order; empty for an id without any)."""
+    order = np.argsort(keys, kind="stable")
+    starts = np.searchsorted(keys[order], ids, side="left")
+    stops = np.searchsorted(keys[order], ids, side="right")
+    values = values[order].astype(np.int64)
+    return [values[a:b] for a, b in zip(starts, stops)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -620,6 +663,62 @@ class Recommender:
         result = result.drop(columns="user_id")
         result.attrs["unknown"] = unknown
         return result
+
+    def with_lists(self, entries: pd.DataFrame) -> "Recommender":
+        """This model serving the users of ``entries`` from these lists instead of the
+        lists it was trained on: e.g. the raw store's current lists, refreshed after
+        training (``store.read_entries``).
+
+        Each user's features, history (the query tower's, EASE's and the franchise
+        signal's input) and seen titles are rebuilt from their entries by the feature
+        stage's own code (:func:`pipelines.features.user_features`), as the feature
+        stage built them at training; nothing is retrained. Users of ``entries`` the model
+        was not trained on become known users. The model itself is shared, not copied.
+
+        Args:
+          entries: a DataFrame with the store's columns ``user_id``, ``media_id``,
+            ``status`` (AniList's list statuses), ``score`` (POINT_100, 0 = none) and,
+            optionally, the entry times ``updated_at``, ``completed_at``, ``created_at``
+            (unix seconds; the history decays with age as at training). Entries of titles
+            outside this model's catalog count as seen only (the model cannot read
+            them); a user none of whose entries is in the catalog keeps the list the model
+            was trained on.
+
+        Returns:
+          A :class:`Recommender` (this one is unchanged).
+
+        Raises:
+          InputError: ``entries`` is not such a DataFrame (the column or value named).
+        """
+        entries = _lists_arg(entries)
+        fresh = copy.copy(self)
+        if entries.empty:
+            return fresh
+        config = FeatureConfig.from_dict(self.schema["config"])
+        catalog = self._anime_row.get_indexer(entries["media_id"].to_numpy()) >= 0
+        train = list_entries(entries[catalog], config)
+        if train.empty:
+            return fresh
+        users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
+                                       self.schema["stats"]["global_mean_score"])
+        users = users.assign(**{n: list(v) for n, v in vectors.items()})[self.users.columns]
+        raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
+        # Per fresh user (users' order: sorted ids), the whole list and the watched
+        # titles of the catalog.
+        ids = users["user_id"].to_numpy(np.int64)
+        seen = _group(entries["user_id"].to_numpy(np.int64),
+                      entries["media_id"].to_numpy(np.int64), ids)
+        watched = train["is_interaction"].to_numpy(bool)
+        history = _group(train["user_id"].to_numpy(np.int64)[watched],
+                         self._anime_row.get_indexer(train["media_id"].to_numpy()[watched]), ids)
+        kept = np.flatnonzero(~np.isin(self.users["user_id"].to_numpy(np.int64), ids))
+        fresh.users = pd.concat([self.users.iloc[kept], users], ignore_index=True)
+        fresh._user_row = pd.Index(fresh.users["user_id"])
+        fresh._user_raw = {k: np.concatenate([v[kept], raw[k]]) for k, v in self._user_raw.items()}
+        fresh._seen = [self._seen[r] for r in kept] + seen
+        if self._history is not None:
+            fresh._history = [self._history[r] for r in kept] + history
+        return fresh
 
     def _history_features(self, media: list, scores: list, times: list) -> dict:
         """Raw user features (one row) of someone whose training list is these watched

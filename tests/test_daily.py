@@ -64,6 +64,18 @@ def test_outcomes_of_a_day_by_kind():
     assert set(zip(later["user_id"], later["media_id"])) == {(1, 11), (3, 16)}
 
 
+def test_the_lists_known_at_a_time():
+    """What the model reads of a list as of the day's start: entries not updated since, or
+    updated by the loop's start (``since``: it saw them before it began); an entry without
+    a time counts as known."""
+    untimed = _entries([(4, 19, "COMPLETED", 60, None, None, None)])
+    frame = pd.concat([FIXTURE, untimed], ignore_index=True)
+    pairs = lambda f: set(zip(f["user_id"], f["media_id"]))  # noqa: E731
+    assert pairs(daily.known_at(frame, START)) == {(1, 13), (4, 19)}
+    assert pairs(daily.known_at(frame, START, since=START + 2 * H)) == {(1, 13), (2, 10), (4, 19)}
+    assert pairs(daily.known_at(frame, END + 1)) == pairs(frame)
+
+
 def test_score_baselines_use_only_scores_given_before_the_day():
     user_mean, title_mean, global_mean = daily.score_baselines(FIXTURE, START)
     # Before D: only (1, 13) = 70 (others were updated on D or later).

@@ -107,6 +107,51 @@ def test_the_model_predicts_the_days_better_than_the_baselines(loop):
     assert len(new) > 10 and model_hits > popular_hits
 
 
+def test_each_day_is_served_and_predicted_from_the_current_lists(loop, tiny_db, tiny_scored):
+    """The lists saved beside day D's served list are the tracked users' lists in the
+    world at D's end (D's outcomes included); day D+1's predicted scores are the score head
+    reading those lists, not the lists the model was trained on; D's served list is the
+    model serving those lists."""
+    from serving import Recommender
+
+    out, summaries, db = loop
+    rec = Recommender.from_pretrained(str(tiny_scored[0]))
+    rev = summaries[0]["revision"]
+    tables = _tables(db, rev)
+    future = synth.read_future(tiny_db)
+    conn = store.connect(tiny_db, readonly=True)
+    crawled = store.read_entries(conn)
+    conn.close()
+    moved = 0
+    for d, (first, second) in enumerate(zip(summaries, summaries[1:]), 1):
+        day = daily.parse_day(first["day"])
+        lists = pd.read_parquet(daily.lists_path(out, rev, day))
+        # The loop's day is [start, end); the world's (after, until]: the lists before end.
+        truth = future.entries_as_of(crawled, daily.day_bounds(day)[1] - 1)
+        truth = truth[truth["user_id"].isin(rec.users["user_id"])]
+        assert (sorted(zip(lists["user_id"], lists["media_id"], lists["status"], lists["score"]))
+                == sorted(zip(truth["user_id"], truth["media_id"], truth["status"].astype(str),
+                              truth["score"])))
+        outcomes = tables["outcomes"][tables["outcomes"]["day"] == first["day"]]
+        assert set(zip(outcomes["user_id"], outcomes["media_id"])) <= set(
+            zip(lists["user_id"], lists["media_id"]))
+        preds = tables["predictions"][tables["predictions"]["day"] == second["day"]]
+        preds = preds[preds["predicted_score"].notna()]
+        u, m = preds["user_id"].to_numpy(), preds["media_id"].to_numpy()
+        current = rec.with_lists(lists)
+        # (the store keeps whole points)
+        np.testing.assert_allclose(preds["predicted_score"], current.predict_scores(u, m),
+                                   atol=0.5 + 1e-3)
+        moved += int((np.abs(rec.predict_scores(u, m) - current.predict_scores(u, m)) > 1).sum())
+        served = pd.read_parquet(daily.served_path(out, rev, day))
+        some = served["user_id"].unique()[:20]
+        own = daily.lists_of(lists)
+        again = current.recommend(some, k=daily.DEFAULT_K, exclude=[own[x] for x in some])
+        assert (served[served["user_id"].isin(some)]["anime_id"].tolist()
+                == again["anime_id"].tolist())
+    assert moved > 10, "the lists the days read moved the score head's predictions"
+
+
 def test_monitoring_report_holds_every_day(loop):
     out, summaries, db = loop
     report = (out / "monitoring" / "report.md").read_text()

@@ -263,3 +263,26 @@ def test_an_empty_store_gives_no_blocks(tmp_path):
     conn = store.connect(tmp_path / "empty.db")
     assert list(store.iter_entries(conn, 5)) == []
     conn.close()
+
+
+def test_real_columns_keep_their_fractions(tmp_path):
+    """The store's REAL columns are exactly the ones written as floats (any other float
+    column is an integer one pandas widened for NaN), and a day's predicted scores and
+    baselines come back with their fractions."""
+    conn = store.connect(tmp_path / "s.db")
+    store.create_future_tables(conn)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    declared = {row[1] for t in tables for row in conn.execute(f"PRAGMA table_info({t})")
+                if row[2] == "REAL"}
+    assert declared == store._REAL_COLUMNS
+    predictions = pd.DataFrame({"user_id": [1, 2], "media_id": [10, 10],
+                                "predicted_score": [96.98, np.nan], "served_rank": [3, np.nan],
+                                "popularity_rank": [np.nan, 7], "user_mean": [71.25, 60.5],
+                                "title_mean": [np.nan, 80.75]})
+    outcomes = pd.DataFrame(columns=[c for c in store.DAILY_OUTCOME_COLUMNS if c != "day"])
+    store.replace_day(conn, "rev", "2026-11-01", outcomes, predictions, {})
+    back = store.read_daily(conn, "predictions", "rev")
+    np.testing.assert_allclose(back["predicted_score"].astype(float), [96.98, np.nan])
+    np.testing.assert_allclose(back["user_mean"].astype(float), [71.25, 60.5])
+    np.testing.assert_allclose(back["title_mean"].astype(float), [np.nan, 80.75])
+    assert back["served_rank"].tolist()[0] == 3
