@@ -4,6 +4,8 @@
         --run "make run, default world (seed 0), 2026-12-07"      # refresh both files
     .venv/bin/python docs/readme_numbers.py --daily data/daily/monitoring/metrics.json \\
         --daily-run "make run's three days, 2026-12-07"                # the daily loop's table
+    .venv/bin/python docs/readme_numbers.py --seeds data/model /tmp/s1/model /tmp/s2/model \\
+        --seeds-run "run --seed S on worlds 0-2, 2026-12-07"           # the worlds' table
     .venv/bin/python docs/readme_numbers.py --check                       # exit 1 if they disagree
 
 ``--metrics`` keeps the parts of a run's ``metrics.json`` the README quotes (the selection
@@ -169,8 +171,60 @@ def daily(numbers: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SEED_PAIRS = ("ranked - EASE", "ranked - blend", "ranked - iALS")
+
+
+def keep_seeds(models: list[Path]) -> list[dict]:
+    """Per model directory (one world each), the walk-forward parts ``_keep`` keeps and
+    the world's seed."""
+    out = []
+    for model in models:
+        wf = _keep(json.loads((model / "metrics.json").read_text())["walk_forward"])
+        source = json.loads((model / "metrics.json").read_text())["walk_forward"]["data"]
+        e2e, curves = wf["ranking"]["end_to_end"], wf["retrieval"]["curves"]
+        out.append({
+            "seed": (source.get("source") or {}).get("seed"),
+            "ranking": {"end_to_end": {k: {"ndcg@10": e2e[k]["ndcg@10"]} for k in ("ranked", "blend")},
+                        "differences": {p: wf["ranking"]["differences"][p] for p in SEED_PAIRS}},
+            "retrieval": {"curves": {k: {"ndcg@10": curves[k]["ndcg@10"]}
+                                     for k in ("EASE", "iALS", "two-tower", RECENT)}}})
+    return out
+
+
+def seeds(numbers: dict) -> str:
+    """The walk-forward headline per world and its mean ± sd over the worlds."""
+    import numpy as np
+
+    columns = [("ranked", "e2e", "ranked"), ("blend", "e2e", "blend"), ("EASE", "curve", "EASE"),
+               ("iALS", "curve", "iALS"), ("two-tower", "curve", "two-tower"),
+               (RECENT, "curve", RECENT)]
+    pairs = SEED_PAIRS
+    lines = ["| world | " + " | ".join(c[0] for c in columns) + " | ranked - EASE (95% CI) | "
+             "ranked - blend | ranked - iALS | users |", "|---" * (len(columns) + 5) + "|"]
+    table = {c[0]: [] for c in columns} | {p: [] for p in pairs}
+    for world in numbers["seeds"]["worlds"]:
+        e2e, curves = world["ranking"]["end_to_end"], world["retrieval"]["curves"]
+        values = [(e2e if kind == "e2e" else curves)[name]["ndcg@10"] for _, kind, name in columns]
+        diffs = [world["ranking"]["differences"][p]["ndcg@10"] for p in pairs]
+        for (label, _, _), v in zip(columns, values):
+            table[label].append(v)
+        for p, d in zip(pairs, diffs):
+            table[p].append(d["difference"])
+        lines.append(f"| seed {world['seed']} | " + " | ".join(_n(v) for v in values) + " | "
+                     + " | ".join(interval(d) for d in diffs) + f" | {diffs[0]['users']:,} |")
+
+    def spread(values: list, sign: str = "") -> str:
+        a = np.array(values)
+        return f"{a.mean():{sign}.4f} ± {a.std(ddof=1) if len(a) > 1 else 0:.4f}"
+
+    lines.append("| mean ± sd | " + " | ".join(spread(table[c[0]]) for c in columns) + " | "
+                 + " | ".join(spread(table[p], "+") for p in pairs) + " | |")
+    lines += ["", f"({numbers['seeds']['run']}.)"]
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision,
-          "daily": daily}
+          "daily": daily, "seeds": seeds}
 
 
 def render(text: str, numbers: dict) -> str:
@@ -196,16 +250,19 @@ def main() -> int:
                              "numbers from it (needs --daily-run)")
     parser.add_argument("--daily-run", help="that daily job's name, e.g. 'make run's three "
                         "days, 2026-12-07'")
+    parser.add_argument("--seeds", type=Path, nargs="+",
+                        help="model directories of `run --seed S` on several worlds: refresh "
+                             "the seeds block from their metrics.json (needs --seeds-run)")
+    parser.add_argument("--seeds-run", help="those runs' name")
     parser.add_argument("--check", action="store_true",
                         help="only check that README.md's generated blocks match docs/readme_numbers.json")
     args = parser.parse_args()
     if args.metrics:
         if not args.run:
             parser.error("--metrics needs --run (the name the README cites)")
-        daily_numbers = json.loads(NUMBERS.read_text()).get("daily") if NUMBERS.exists() else None
+        kept = json.loads(NUMBERS.read_text()) if NUMBERS.exists() else {}
         numbers = snapshot(json.loads(args.metrics.read_text()), args.run)
-        if daily_numbers:
-            numbers["daily"] = daily_numbers
+        numbers.update({k: kept[k] for k in ("daily", "seeds") if k in kept})
         NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     if args.daily:
         if not args.daily_run:
@@ -213,6 +270,12 @@ def main() -> int:
         numbers = json.loads(NUMBERS.read_text())
         numbers["daily"] = {"run": args.daily_run,
                             "days": keep_daily(json.loads(args.daily.read_text()))}
+        NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    if args.seeds:
+        if not args.seeds_run:
+            parser.error("--seeds needs --seeds-run (the name the README cites)")
+        numbers = json.loads(NUMBERS.read_text())
+        numbers["seeds"] = {"run": args.seeds_run, "worlds": keep_seeds(args.seeds)}
         NUMBERS.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     numbers = json.loads(NUMBERS.read_text())
     text = README.read_text()

@@ -8,7 +8,9 @@ Output directory (written to a temporary directory, then renamed into place):
                           with the history as two list columns (title ids, weights)
     anime.parquet         one row per title: metadata from the media table, and popularity,
                           favourites, average score and interaction count counted from the
-                          *training split only*; the candidate table serving needs; with
+                          *training split only*, and its entries in the 7 and 30 days
+                          before the cutoff (``recent_7d``, ``recent_30d``: what is
+                          watched now; none without a cutoff); the candidate table serving needs; with
                           the titles' relations where the source has them (``related_ids``,
                           ``related_types``: sequels, prequels, side stories, ...)
     schema.json           FeatureConfig, feature specs, vocabularies, numeric statistics
@@ -90,6 +92,11 @@ class FeatureSpec:
 
 # The one list of model inputs. towers/ and ranking/ build their layers from it (via the
 # copy saved in schema.json), so a feature is added here and nowhere else.
+# A title's entries in the last this many days before the cutoff: how much it is watched
+# now (``recent_7d``, ``recent_30d``), as of the query time of the lists the ranker learns
+# from, of the walk-forward test's and of the release's.
+RECENT_WINDOWS = (7, 30)
+RECENT_FEATURES = tuple(f"recent_{days}d" for days in RECENT_WINDOWS)
 FEATURES = (
     FeatureSpec("user_id", "user", "id", vocab="user_id"),
     FeatureSpec("n_train", "user", "numeric", transform="log1p"),
@@ -119,6 +126,7 @@ FEATURES = (
     FeatureSpec("favourites", "anime", "numeric", transform="log1p"),
     FeatureSpec("average_score", "anime", "numeric"),
     FeatureSpec("train_count", "anime", "numeric", transform="log1p"),
+    *(FeatureSpec(name, "anime", "numeric", transform="log1p") for name in RECENT_FEATURES),
     FeatureSpec("is_adult", "anime", "numeric"),
 )
 
@@ -563,6 +571,11 @@ def _anime_table(media: pd.DataFrame, counted: "_TitleCounts", config: FeatureCo
         anime["average_score"] = np.where(scored > 0, counted.score_sum[rows].astype("float64")
                                           / scored.astype("float64"), np.nan)
     anime["train_count"] = counted.interactions[rows].astype("float64")
+    # What people are watching now: entries in the last days before the cutoff (the
+    # query time of the lists the ranker learns from, and of the release's "now"). None
+    # without a cutoff: the features are then dropped by name.
+    for days, name in zip(RECENT_WINDOWS, RECENT_FEATURES):
+        anime[name] = np.nan if counted.recent is None else counted.recent[days][rows].astype("float64")
     return anime.reset_index(drop=True)
 
 
@@ -719,7 +732,9 @@ def _dropped_features(trained_titles: pd.DataFrame, vocab: dict, config: Feature
             dropped[spec.name] = f"no {spec.vocab} values in the source"
         elif (spec.kind == "numeric" and spec.entity == "anime"
               and trained_titles[spec.name].isna().all()):
-            dropped[spec.name] = "no values in the source"
+            dropped[spec.name] = ("no time cutoff to count the days back from (a random or "
+                                  "per-user split)" if spec.name in RECENT_FEATURES
+                                  else "no values in the source")
     return dropped
 
 
@@ -925,17 +940,26 @@ class _TitleCounts:
     mean score's sum and count. All integers, so the sums do not depend on the order
     the blocks come in."""
 
-    def __init__(self, media_ids: pd.Series):
+    def __init__(self, media_ids: pd.Series, as_of: int | None = None):
         self.index = pd.Index(media_ids)
         zeros = lambda: np.zeros(len(self.index), np.int64)  # noqa: E731
         self.entries, self.favourites, self.interactions = zeros(), zeros(), zeros()
         self.score_sum, self.scored = zeros(), zeros()
         self.any_favourite = False
+        # Entries of each title in the last days before the cutoff (``RECENT_WINDOWS``),
+        # timed lists only; None without a cutoff (no "now" to count back from).
+        self.as_of = as_of
+        self.recent = None if as_of is None else {days: zeros() for days in RECENT_WINDOWS}
 
     def add(self, train: pd.DataFrame) -> None:
         at = self.index.get_indexer(train["media_id"])
         n = len(self.index)
         count = lambda mask: np.bincount(at[mask], minlength=n).astype(np.int64)  # noqa: E731
+        if self.recent is not None:
+            when = train["time"].to_numpy("float64", na_value=np.nan)
+            timed = ~train["random_split"].to_numpy(bool) & ~np.isnan(when)
+            for days, counts in self.recent.items():
+                counts += count(timed & (when >= self.as_of - days * _DAY) & (when < self.as_of))
         favourite = train["is_favourite"].fillna(False).astype(bool).to_numpy()
         score = train["score"].to_numpy().astype(np.int64)
         self.entries += np.bincount(at, minlength=n)
@@ -1013,7 +1037,7 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     timings["read"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    counted = _TitleCounts(media["media_id"])
+    counted = _TitleCounts(media["media_id"], plan.cutoff and plan.cutoff["as_of"])
     with _bar(progress, "features 2/3: splitting", n_known) as bar:
         for block in spill.blocks():
             frame = _split_block(block, plan, config)

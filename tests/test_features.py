@@ -127,6 +127,29 @@ def test_walk_forward_tables_fold_validation_into_train_with_the_same_test_perio
     assert vectors_k["genre_share"].shape[1] == vectors_k["genre_affinity"].shape[1] == 4
 
 
+def test_titles_count_their_entries_in_the_days_before_the_cutoff():
+    """recent_7d / recent_30d: a title's training entries in [T - 7d, T) and [T - 30d, T),
+    by hand on the fixture above, for T = day 10 and for the folded T' = day 15; with no
+    cutoff (the per-user split) there is no "now" to count back from: dropped by name."""
+    day, t0, rows = _as_of_fixture()
+    media = _media(list(range(1, 10)))
+    _, _, _, anime, schema = features.build(rows, media, FeatureConfig(as_of=t0, horizon_days=5))
+    counts = anime.set_index("media_id")[["recent_7d", "recent_30d"]]
+    # Training entries: m1 day 1, m2 day 9 (user 1); m3-m6 days 2-5 (user 2).
+    assert counts["recent_7d"].to_dict() == {1: 0, 2: 1, 3: 0, 4: 1, 5: 1, 6: 1}
+    assert counts["recent_30d"].to_dict() == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1}
+    assert schema["stats"]["anime"]["recent_7d"]["mean"] > 0
+    folded = FeatureConfig(as_of=t0, horizon_days=5, fold_validation=True)
+    _, _, _, anime, _ = features.build(rows, media, folded)
+    # Also m3 day 10, m4 day 14 (user 1), m1 day 12 (user 2), m1 day 11 (user 3).
+    assert anime.set_index("media_id")["recent_7d"].to_dict() == {
+        1: 2, 2: 1, 3: 1, 4: 1, 5: 0, 6: 0}
+    _, _, _, anime, schema = features.build(rows, media, PER_USER)
+    assert anime["recent_7d"].isna().all()
+    assert schema["dropped_features"]["recent_7d"].startswith("no time cutoff")
+    assert set(features.RECENT_FEATURES) <= set(schema["dropped_features"])
+
+
 def _selection_periods(rows, media, config):
     return features.build(rows, media, config)[4]["split"]["periods"]
 

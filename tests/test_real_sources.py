@@ -19,7 +19,7 @@ import tensorflow as tf
 from huggingface_hub import ModelCard
 
 import data_query as dq
-from pipelines import publish, synth
+from pipelines import features, publish, synth
 from pipelines.__main__ import main
 from serving import Recommender, batch
 from tests.anilist_server import AniListStandIn
@@ -28,8 +28,9 @@ from towers.features import feature_specs, raw_names
 FIXTURES = Path(__file__).parent / "fixtures"
 # Neither dump has these (favourites: no list entry is marked favourite; the title
 # snapshot column is never read; franchise: the ranker's signal from the relations
-# between titles, which neither dump records).
-NEVER_IN_KAGGLE = {"country", "tags", "favourites", "franchise"}
+# between titles, which neither dump records; the recent-activity counts: no entry
+# times, so a random split and no cutoff to count back from).
+NEVER_IN_KAGGLE = {"country", "tags", "favourites", "franchise", *features.RECENT_FEATURES}
 NOT_IN_2017 = NEVER_IN_KAGGLE | {"studio", "source", "season", "season_year", "duration"}
 RANDOM_SPLIT = "a seeded random 10% of each user's list"
 TIME_SPLIT = "as of "  # one time cutoff for everyone
