@@ -45,7 +45,13 @@ def _keep(section: dict) -> dict:
     ranking = section.get("ranking") or {}
     validation = ranking.get("validation") or {}
     chosen = (validation.get("loss_choice") or {}).get("chosen")
+    scores = section.get("scores") or {}
     return {
+        "scores": {"entries": scores.get("entries"), "best_baseline": scores.get("best_baseline"),
+                   "predictors": {n: {k: p[k] for k in ("rmse", "mae")}
+                                  for n, p in (scores.get("predictors") or {}).items()},
+                   "differences": {pair: {"per_user": d["per_user"]}
+                                   for pair, d in (scores.get("differences") or {}).items()}},
         "protocol": {"test_split": section["protocol"]["test_split"]},
         "data": {"same_data": section["data"].get("same_data")},
         "retrieval": {"curves": {name: {k: c[k] for k in ("recall@100", "ndcg@10")}
@@ -168,6 +174,19 @@ def daily(numbers: dict) -> str:
             + " | ".join(pair(h['model'][k], h['recent_popularity'][k], '.3f', False)
                          for k in ("hit@10", "hit@100")) + " |")
     lines += ["", f"({numbers['daily']['run']}, `data/daily/monitoring/metrics.json`.)"]
+    return "\n".join(lines) + "\n"
+
+
+def walk_forward_scores(numbers: dict) -> str:
+    """The score head against the score baselines on the walk-forward test's scores, every
+    one fitted on the scores before T + h; the head's per-user CI against the best."""
+    sc = numbers["walk_forward"]["scores"]
+    lines = [f"| predictor (walk-forward, {sc['entries']:,} test scores) | RMSE | MAE |",
+             "|---|---|---|"]
+    lines += [f"| {name} | {p['rmse']:.2f} | {p['mae']:.2f} |" for name, p in sc["predictors"].items()]
+    lines += [""] + [f"{pair}, squared error per user (paired bootstrap over "
+                     f"{d['per_user']['users']:,} users): {interval(d['per_user'])}."
+                     for pair, d in sc["differences"].items()]
     return "\n".join(lines) + "\n"
 
 

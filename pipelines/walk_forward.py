@@ -24,11 +24,13 @@ data table says so per row (``evaluate``: ``data.methods``). Lists without times
 same with each list's training and validation parts.
 
     <work>/features/       the walk-forward feature tables
-    <work>/model/          the refit stage one with the selection run's ranker, and its
-                           full report (report/report.md, metrics.json["evaluation"])
+    <work>/model/          the refit stage one and score head with the selection run's
+                           ranker, and its full report (report/report.md, metrics.json["evaluation"])
     <model>/metrics.json   ["walk_forward"]: the walk-forward evaluation (the headline)
 
-The score head is not refit here (it is compared on the selection run's test split).
+The score head is refit too (the chosen epochs and biases' lambda, on the scores
+before ``T+h``), so it meets the score baselines, fitted on the same scores, on the same
+test entries.
 """
 
 from __future__ import annotations
@@ -130,6 +132,12 @@ def run(db: str | os.PathLike = "data/anirank.db",
             refit_metrics = artifact.read_json(tmp, artifact.METRICS)
             refit_metrics["ranking"] = saved.get("ranking") or {}
             artifact.write_json(tmp, artifact.METRICS, refit_metrics)
+    scores = _refit_scores(config, saved, model_dir, work / "features", refit, progress)
+    if scores:
+        with artifact.update(refit) as tmp:   # what the selection run chose, and the refit
+            refit_metrics = artifact.read_json(tmp, artifact.METRICS)
+            refit_metrics["scores"] = {**saved["scores"], "refit": scores}
+            artifact.write_json(tmp, artifact.METRICS, refit_metrics)
     metrics = evaluate.run(refit, work / "features", progress=progress)
     with artifact.update(model_dir) as tmp:
         all_metrics = artifact.read_json(tmp, artifact.METRICS)
@@ -168,7 +176,7 @@ def release(db: str | os.PathLike = "data/anirank.db",
     daily loop's retrain moves it forward). The model it replaces is kept as
     ``<work>/selection``. ``warm_epochs``: as in ``run``; the two-tower starts from the
     walk-forward one. Returns the release summary."""
-    from pipelines import train_ranking, train_scores
+    from pipelines import train_ranking
 
     start = time.perf_counter()
     model_dir, work, config, saved, schema = _selection(model, features_dir, work)
@@ -194,15 +202,9 @@ def release(db: str | os.PathLike = "data/anirank.db",
             # The selection run's choices; the blend refit on the same lists as the ranker.
             _copy_keys({**config, "blend": summary["ranking"]["blend"]}, tmp,
                        ("ranking", "serving", "blend"))
-    if config.get("scores") and (model_dir / "scorer").exists():
-        chosen = saved["scores"]["training"]
-        tables = FeatureTables.load(final_features)
-        head, summary["scores"] = train_scores.train(
-            tables, ScoreConfig.from_dict(config["scores"]), epochs=chosen["best_epoch"],
-            bias_lambda=chosen["bias_lambda"], progress=progress)
-        with artifact.update(refit) as tmp:
-            train_scores.export_scorer(head, tables, tables.widths, tmp / "scorer")
-            _copy_keys(config, tmp, ("scores",))
+    scores = _refit_scores(config, saved, model_dir, final_features, refit, progress)
+    if scores:
+        summary["scores"] = scores
     with artifact.update(refit) as tmp:
         served = artifact.read_json(tmp, artifact.CONFIG)
         served["selection"] = {"config": schema["config"], "split": schema["split"]}
@@ -221,6 +223,26 @@ def release(db: str | os.PathLike = "data/anirank.db",
     with atomic.directory(model_dir) as tmp:
         shutil.copytree(refit, tmp, dirs_exist_ok=True)
     shutil.rmtree(refit)
+    return summary
+
+
+def _refit_scores(config: dict, saved: dict, model_dir: Path, features_dir: Path, refit: Path,
+                  progress: bool) -> dict | None:
+    """The score head refit into ``refit`` on ``features_dir``'s training scores with the
+    selection run's choices (its best epoch count and biases' lambda; no validation
+    read), where the selection model has one. Returns the refit's summary, else None."""
+    from pipelines import train_scores
+
+    if not config.get("scores") or not (model_dir / "scorer").exists():
+        return None
+    chosen = saved["scores"]["training"]
+    tables = FeatureTables.load(features_dir)
+    head, summary = train_scores.train(
+        tables, ScoreConfig.from_dict(config["scores"]), epochs=chosen["best_epoch"],
+        bias_lambda=chosen["bias_lambda"], progress=progress)
+    with artifact.update(refit) as tmp:
+        train_scores.export_scorer(head, tables, tables.widths, tmp / "scorer")
+        _copy_keys(config, tmp, ("scores",))
     return summary
 
 
@@ -260,5 +282,7 @@ def format_summary(metrics: dict) -> str:
         if d:
             lines.append(f"{served.replace('_', ' ')} - {name} (refit), NDCG@10: "
                          f"{interval(d['ndcg@10'])}")
+    for pair, d in ((metrics.get("scores") or {}).get("differences") or {}).items():
+        lines.append(f"{pair} (refit), squared error per user: {interval(d['per_user'])}")
     lines.append(evaluate.format_summary(metrics))
     return "\n".join(lines)

@@ -112,6 +112,29 @@ def test_the_headline_is_in_the_models_metrics_and_report(walked):
     assert all(line in selection_report for line in verdicts)
 
 
+def test_the_score_head_is_refit_and_compared_on_the_same_scores(walked):
+    """The walk-forward test refits the score head on the scores before T + h with the
+    selection run's epochs and lambda, and reports it beside the score baselines fitted
+    on the same scores, on the same test entries, with its per-user CI."""
+    wf = json.loads((walked["model"] / "metrics.json").read_text())["walk_forward"]
+    chosen = json.loads((walked["model"] / "metrics.json").read_text())["scores"]["training"]
+    assert (walked["work"] / "model" / "scorer").exists()
+    scores = wf["scores"]
+    head = evaluate.HEAD
+    assert head in scores["predictors"] and scores["best_baseline"] in scores["predictors"]
+    d = scores["differences"][f"{head} - {scores['best_baseline']}"]["per_user"]
+    assert d["ci"][0] <= d["difference"] <= d["ci"][1] and d["users"] > 10
+    refit = FeatureTables.load(walked["work"] / "features")
+    assert scores["entries"] == int((refit.interactions["split"].eq("test")
+                                     & refit.interactions["is_label"]).sum())
+    assert f"{head} - {scores['best_baseline']} (refit), squared error per user" in \
+        walk_forward.format_summary(walked["walked"])
+    refit_run = json.loads((walked["work"] / "model" / "metrics.json").read_text())["scores"]["refit"]
+    assert refit_run["refit"] is True and refit_run["epochs"] == chosen["best_epoch"]
+    assert refit_run["train_entries"] == int((refit.interactions["split"].eq("train")
+                                              & refit.interactions["is_label"]).sum())
+
+
 def test_walk_forward_tables_are_refused_as_the_selection_tables(walked):
     with pytest.raises(InputError, match="walk-forward tables already"):
         walk_forward.run(None, walked["work"] / "features", walked["work"] / "model",
