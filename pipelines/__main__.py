@@ -11,7 +11,7 @@ import json
 import sys
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
-from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, RELATION_SIGNALS,
+from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, RELATION_SIGNALS, TARGETS,
                               FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig)
 from pipelines.errors import AnirankError, InputError
 
@@ -76,6 +76,12 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
                             "and used tomorrow sees the data; per_user: the last fractions of "
                             "each user's own list by time. Lists without entry times are "
                             "split at random per user either way (default: %(default)s)")
+    group.add_argument("--targets", choices=TARGETS, default=defaults.targets,
+                       help="under a cutoff, which held-out entries are targets: changed = "
+                            "every entry last changed in the period (a title added before "
+                            "it and finished in it too); added = only titles added in the "
+                            "period, the others left out of its rankings as serving hides "
+                            "them (default: %(default)s)")
     group.add_argument("--as-of", metavar="DATE",
                        help="the cutoff T, an ISO date or datetime in UTC such as 2025-06-01 "
                             "(default: when 1 - validation - test fraction of the timed "
@@ -272,7 +278,8 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
 
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
-        protocol=args.protocol, as_of=args.as_of, horizon_days=args.horizon_days,
+        protocol=args.protocol, targets=args.targets, as_of=args.as_of,
+        horizon_days=args.horizon_days,
         validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
         min_entries_to_split=args.min_entries_to_split,
         interaction_statuses=tuple(s.strip().upper() for s in args.interaction_statuses.split(",")),

@@ -33,6 +33,8 @@ class _JsonConfig:
 
 
 PROTOCOLS = ("as_of", "per_user")
+# Which held-out entries are targets (FeatureConfig.targets).
+TARGETS = ("changed", "added")
 # What a ranker can read of each candidate besides its features (pipelines/candidates.py).
 SIGNALS = ("similarity", "ease", "similarity_rank", "ease_rank", "franchise")
 EASE_SIGNALS = ("ease", "ease_rank")
@@ -83,6 +85,12 @@ class FeatureConfig(_JsonConfig):
       as_of: the cutoff T as an ISO date or datetime in UTC (``"2025-06-01"``); None =
         the time by which ``1 - validation_fraction - test_fraction`` of the timed entries
         had happened, at midnight UTC.
+      targets: under a cutoff, which held-out entries are targets. ``"changed"``: every
+        entry whose newest change falls in the period, an entry added before it and
+        finished in it included, although serving hides it (it is on the list).
+        ``"added"``: only entries added in the period; the others are history the
+        period's rankings leave out, as serving does (``listed_before``; a score given
+        in the period stays a score label). Either way the split counts them.
       horizon_days: the length h of the validation and of the test period; None = half
         the time from T to the last entry (whole days), so the two periods cover the rest.
       validation_fraction: the share of entries held out for validation: where the
@@ -125,6 +133,7 @@ class FeatureConfig(_JsonConfig):
     """
 
     protocol: str = "as_of"
+    targets: str = "changed"
     as_of: str | None = None
     horizon_days: float | None = None
     validation_fraction: float = 0.1
@@ -154,6 +163,9 @@ class FeatureConfig(_JsonConfig):
         if self.protocol not in PROTOCOLS:
             raise InputError(f"`protocol` must be one of {list(PROTOCOLS)}. "
                              f"Received: {self.protocol!r}.")
+        if self.targets not in TARGETS:
+            raise InputError(f"`targets` must be one of {list(TARGETS)}. "
+                             f"Received: {self.targets!r}.")
         if self.as_of is not None:
             parse_time(self.as_of, "as_of")
         if self.horizon_days is not None and not self.horizon_days > 0:

@@ -472,6 +472,20 @@ def describe_split(schema: dict) -> str:
             ("entries of titles no one had listed before it", left.get("new_titles", 0))) if n]
         if dropped:
             text += "; left out: " + ", ".join(dropped)
+        listed, positives = split.get("listed_before", {}).get("test"), \
+            schema.get("counts", {}).get("test", {}).get("interactions")
+        if listed and positives is not None:
+            if schema["config"].get("targets") == "added":
+                text += (f"; targets are the titles added in the period: {listed:,} more "
+                         f"({listed / (listed + positives):.1%}) were on the user's list "
+                         "before it (added earlier, finished in it) and are left out of its "
+                         "rankings, as serving hides them")
+            else:
+                text += (f"; {listed:,} of the test period's {positives:,} positives "
+                         f"({listed / positives:.1%}) were on the user's list before it "
+                         "began (added earlier, finished in it): serving would hide them, "
+                         "but they count as targets here, for every method alike "
+                         "(`--targets added` leaves them out)")
         if split["method"] == "mixed":
             text += (f"; for the {split['random_split_users']:,} users without usable entry "
                      f"times, a seeded random {share} of the list (a random sample, not the "
@@ -785,9 +799,9 @@ def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Pa
 # the tables do not depend on the block size (tests check it byte for byte).
 
 INTERACTION_COLUMNS = ["user_id", "media_id", "time", "status", "score", "split",
-                       "is_interaction", "is_label"]
+                       "is_interaction", "is_label", "listed_before"]
 # What passes 2 and 3 read of an entry.
-_SPILLED = ["user_id", "media_id", "score", "status", "is_favourite", "time"]
+_SPILLED = ["user_id", "media_id", "score", "status", "is_favourite", "time", "created_at"]
 # Rows per row group of interactions.parquet: pyarrow's default, so the streamed file
 # is the one writing the whole table at once gives.
 ROW_GROUP_ROWS = 1024 * 1024
@@ -976,6 +990,22 @@ class _TitleCounts:
         return float(np.float64(self.score_sum.sum()) / np.float64(n)) if n else 0.0
 
 
+def _listed_before(frame: pd.DataFrame, cutoff: dict) -> np.ndarray:
+    """Per entry: a held-out entry of a timed list that was on the user's list before its
+    period began (created before it, placed in it by a later change: a title finished or
+    scored in the period). Serving hides it (it is on the list), so it is not a target:
+    the split keeps it as history to leave out of the period's rankings."""
+    created = frame["created_at"].to_numpy("float64", na_value=np.nan)
+    timed = ~frame["random_split"].to_numpy(bool)
+    split = frame["split"].to_numpy()
+    validation = cutoff.get("validation_horizon", cutoff["horizon"])
+    starts = {"validation": cutoff["as_of"], "test": cutoff["as_of"] + validation}
+    out = np.zeros(len(frame), bool)
+    for name, start in starts.items():
+        out |= timed & (split == name) & (created < start)
+    return out
+
+
 def _leave_out(frame: pd.DataFrame, cutoff: dict | None,
                titles: np.ndarray) -> tuple[pd.DataFrame, dict]:
     """Under a cutoff, drops what no model at the cutoff could be asked about: entries
@@ -1080,6 +1110,7 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     counts = {split: {"entries": 0, "interactions": 0, "labels": 0, "users": 0}
               for split in SPLITS}
     left_out = {"after_test": 0, "new_users": 0, "new_titles": 0} if plan.cutoff else {}
+    listed_before = {"validation": 0, "test": 0}
     n_entries = n_users = split_users = random_split_users = 0
     with _bar(progress, "features 3/3: users and interactions", n_known) as bar:
         for block in spill.blocks():
@@ -1088,6 +1119,16 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
             for reason, n in out.items():
                 left_out[reason] += n
             frame = _flags(frame, config)
+            listed = (_listed_before(frame, plan.cutoff) if plan.cutoff
+                      else np.zeros(len(frame), bool))
+            for name in listed_before:
+                listed_before[name] += int((listed & frame["is_interaction"].to_numpy()
+                                            & (frame["split"].to_numpy() == name)).sum())
+            # targets="added": on the list before its period, an entry is history serving
+            # hides, no target of retrieval or ranking (a score given in the period stays
+            # a score label); "changed" keeps it a target.
+            frame["listed_before"] = listed & (config.targets == "added")
+            frame["is_interaction"] &= ~frame["listed_before"]
             if categories is not None:
                 frame["status"] = pd.Categorical(frame["status"], categories=categories)
             rows.add(frame[INTERACTION_COLUMNS])
@@ -1129,6 +1170,8 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
               "entries_without_media": n_raw - n_known,
               "sparsity": 1.0 - n_entries / max(1, n_users * len(anime)), **counts}
     split = _split_protocol(config, plan.cutoff, left_out, split_users, random_split_users)
+    if plan.cutoff:
+        split["listed_before"] = listed_before
     counts["random_split_users"] = split["random_split_users"]
     schema = {
         "config": config.to_dict(),

@@ -35,10 +35,13 @@ BEFORE = {"validation": ("train",), "test": ("train", "validation")}
 
 
 def seen_before(tables: FeatureTables, split: str) -> pd.DataFrame:
-    """``(user_row, anime_row)`` of every entry (any status) users have before ``split``:
-    what a ranking for that split leaves out."""
+    """``(user_row, anime_row)`` of every entry (any status) users have before ``split``,
+    and of ``split``'s entries that were on the list before it began (``listed_before``):
+    what a ranking for that split leaves out, as serving would."""
     inter = tables.interactions
-    return inter.loc[inter["split"].isin(BEFORE[split]), ["user_row", "anime_row"]]
+    before = inter["split"].isin(BEFORE[split]) | (
+        (inter["split"] == split) & inter["listed_before"])
+    return inter.loc[before, ["user_row", "anime_row"]]
 
 
 def mean(values: np.ndarray) -> float:

@@ -87,6 +87,12 @@ class FeatureTables:
     widths: dict
     interactions: pd.DataFrame
 
+    def __post_init__(self):
+        # Interactions written before the split kept ``listed_before`` (and hand-built
+        # ones): no entry was on the list before its period.
+        if "listed_before" not in self.interactions:
+            self.interactions = self.interactions.assign(listed_before=False)
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "FeatureTables":
         tables = load(directory)

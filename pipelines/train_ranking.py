@@ -68,9 +68,11 @@ from towers.features import feature_specs, input_signature, raw_names
 def _relevance_lookup(tables: FeatureTables, split: str, config: RankingConfig):
     """(sorted keys user_row * n_anime + anime_row, graded relevance) of ``split``'s
     entries that count: scored labels grade by score; watched but unscored titles get
-    the site's mean training score; every other entry (e.g. PLANNING) is 0."""
+    the site's mean training score; every other entry (e.g. PLANNING), and an entry that
+    was on the list before the split's period (``listed_before``: history), is 0."""
     inter = tables.interactions
-    part = inter[(inter["split"] == split) & (inter["is_label"] | inter["is_interaction"])]
+    part = inter[(inter["split"] == split) & (inter["is_label"] | inter["is_interaction"])
+                 & ~inter["listed_before"]]
     score = np.where(part["is_label"], part["score"], tables.schema["stats"]["global_mean_score"])
     keys = part["user_row"].to_numpy(np.int64) * len(tables.anime) + part["anime_row"].to_numpy()
     order = np.argsort(keys)
@@ -120,7 +122,7 @@ def build_lists(tables: FeatureTables, retrieval: artifact.RetrievalArtifact,
 
     # Scored titles of the split that retrieval did not return, up to labelled_per_list.
     inter = tables.interactions
-    labelled = inter[(inter["split"] == split) & inter["is_label"]]
+    labelled = inter[(inter["split"] == split) & inter["is_label"] & ~inter["listed_before"]]
     l_user = labelled["user_row"].to_numpy(np.int64)
     l_anime = labelled["anime_row"].to_numpy(np.int64)
     extra = np.full((n, config.missed_per_list), -1, np.int64)

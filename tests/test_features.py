@@ -150,6 +150,43 @@ def test_titles_count_their_entries_in_the_days_before_the_cutoff():
     assert set(features.RECENT_FEATURES) <= set(schema["dropped_features"])
 
 
+def test_entries_already_on_the_list_before_their_period_are_history_not_targets():
+    """A held-out entry created before its period (on the list already, finished in the
+    period) is counted per period among its positives (a PLANNING one is not) and the
+    test split's sentence says the share; with ``targets="added"`` it is no positive
+    there but history its rankings leave out (``listed_before``), still a score label."""
+    day, t0, rows = _as_of_fixture()
+    rows = rows.reset_index(drop=True)
+    key = list(zip(rows["user_id"], rows["media_id"]))
+    # (1, 5) test, created day 2; (2, 1) validation, created day 5; (1, 6) test, created
+    # day 3 but only planned: not a positive.
+    for pair, created in (((1, 5), day(2)), ((2, 1), day(5)), ((1, 6), day(3))):
+        rows.loc[key.index(pair), "created_at"] = created
+    rows.loc[key.index((1, 6)), "status"] = "PLANNING"
+    changed = FeatureConfig(as_of=t0, horizon_days=5)   # the default: still targets
+    inter, _, _, _, schema = features.build(rows, _media(list(range(1, 10))), changed)
+    assert schema["split"]["listed_before"] == {"validation": 1, "test": 1}
+    assert not inter["listed_before"].any() and schema["counts"]["test"]["interactions"] == 1
+    assert ("1 of the test period's 1 positives (100.0%) were on the user's list before it "
+            "began") in features.describe_split(schema)
+    added = FeatureConfig(as_of=t0, horizon_days=5, targets="added")
+    inter, _, _, _, schema = features.build(rows, _media(list(range(1, 10))), added)
+    assert schema["split"]["listed_before"] == {"validation": 1, "test": 1}
+    flags = inter.set_index(["user_id", "media_id"])[["listed_before", "is_interaction",
+                                                       "is_label"]]
+    assert flags.loc[(1, 5)].tolist() == [True, False, True]      # history, still a score
+    assert flags.loc[(2, 1)].tolist() == [True, False, True]
+    assert flags.loc[(1, 6)].tolist() == [True, False, False]     # PLANNING: never a target
+    assert not flags.drop([(1, 5), (2, 1), (1, 6)])["listed_before"].any()
+    assert schema["counts"]["test"]["interactions"] == 0
+    assert ("targets are the titles added in the period: 1 more (100.0%) were on the "
+            "user's list before it") in features.describe_split(schema)
+    with pytest.raises(InputError, match="`targets` must be one of"):
+        FeatureConfig(targets="new")
+    _, _, _, _, untimed = features.build(rows, _media(list(range(1, 10))), PER_USER)
+    assert "listed_before" not in untimed["split"]
+
+
 def _selection_periods(rows, media, config):
     return features.build(rows, media, config)[4]["split"]["periods"]
 

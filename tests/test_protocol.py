@@ -78,9 +78,22 @@ def test_seen_before_is_every_earlier_entry(tiny_features):
     inter = tables.interactions
     for split, earlier in (("validation", {"train"}), ("test", {"train", "validation"})):
         seen = protocol.seen_before(tables, split)
-        want = inter[inter["split"].isin(earlier)]
+        want = inter[inter["split"].isin(earlier)
+                     | ((inter["split"] == split) & inter["listed_before"])]
         assert len(seen) == len(want)   # every status, not only interactions
         assert set(map(tuple, seen.to_numpy())) == set(map(tuple, want[["user_row", "anime_row"]].to_numpy()))
+
+
+def test_seen_before_leaves_out_what_was_listed_before_the_period():
+    """An entry of the split that was on the list before the period began
+    (``listed_before``) is left out of that split's rankings, as serving hides it; the
+    other entries of the split are not."""
+    tables = _tables([(0, 0, "train", False, 0), (0, 1, "test", True, 80),
+                      (0, 2, "test", True, 70), (1, 3, "validation", False, 0)], 2, 5)
+    tables.interactions["listed_before"] = [False, True, False, False]
+    pairs = lambda split: set(map(tuple, protocol.seen_before(tables, split).to_numpy()))  # noqa: E731
+    assert pairs("test") == {(0, 0), (0, 1), (1, 3)}
+    assert pairs("validation") == {(0, 0)}
 
 
 def test_held_out_lists_and_end_to_end_by_hand(tiny_features):

@@ -238,7 +238,8 @@ def test_validation_end_to_end_is_on_users_not_used_to_fit(stage, tiny_lists):
 
 def test_validation_end_to_end_by_hand(tiny_lists):
     """Retrieval and popularity order of the held-out users' candidates, recomputed
-    from the raw tables: brute-force top titles without the user's training entries,
+    from the raw tables: brute-force top titles without the user's training entries (and
+    the validation entries already on the list before the period: ``listed_before``),
     then EASE's top titles the two-tower did not return (EASE's scores from its saved
     weights and the user's training interactions), binary gains of their validation
     interactions."""
@@ -246,7 +247,9 @@ def test_validation_end_to_end_by_hand(tiny_lists):
     held = np.unique(held_lists.user_rows)
     out = trk.validation_end_to_end(tables, lambda t, l: -l.similarity, candidates, held)
     inter = tables.interactions
-    train = inter[inter["split"] == "train"].groupby("user_row")["anime_row"].agg(set)
+    train = inter[(inter["split"] == "train")
+                  | ((inter["split"] == "validation") & inter["listed_before"])
+                  ].groupby("user_row")["anime_row"].agg(set)
     val = inter[(inter["split"] == "validation") & inter["is_interaction"]]
     val = val.groupby("user_row")["anime_row"].agg(set)
     counts = np.bincount(inter.loc[(inter["split"] == "train") & inter["is_interaction"], "anime_row"],
