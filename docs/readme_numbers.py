@@ -243,7 +243,7 @@ def seeds(numbers: dict) -> str:
 
 
 BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision,
-          "daily": daily, "seeds": seeds}
+          "daily": daily, "seeds": seeds, "walk-forward-scores": walk_forward_scores}
 
 
 def render(text: str, numbers: dict) -> str:
