@@ -198,8 +198,8 @@ def keep_seeds(models: list[Path]) -> list[dict]:
     the world's seed."""
     out = []
     for model in models:
-        wf = _keep(json.loads((model / "metrics.json").read_text())["walk_forward"])
-        source = json.loads((model / "metrics.json").read_text())["walk_forward"]["data"]
+        walked = json.loads((model / "metrics.json").read_text())["walk_forward"]
+        wf, source = _keep(walked), walked["data"]
         e2e, curves = wf["ranking"]["end_to_end"], wf["retrieval"]["curves"]
         out.append({
             "seed": (source.get("source") or {}).get("seed"),

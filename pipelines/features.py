@@ -993,8 +993,8 @@ class _TitleCounts:
 def _listed_before(frame: pd.DataFrame, cutoff: dict) -> np.ndarray:
     """Per entry: a held-out entry of a timed list that was on the user's list before its
     period began (created before it, placed in it by a later change: a title finished or
-    scored in the period). Serving hides it (it is on the list), so it is not a target:
-    the split keeps it as history to leave out of the period's rankings."""
+    scored in the period). Serving hides it (it is on the list): counted always, and with
+    ``targets="added"`` kept as history the period's rankings leave out, not a target."""
     created = frame["created_at"].to_numpy("float64", na_value=np.nan)
     timed = ~frame["random_split"].to_numpy(bool)
     split = frame["split"].to_numpy()

@@ -109,16 +109,15 @@ def read_lists(db: str | os.PathLike) -> pd.DataFrame:
 
 
 def load(model: str, revision: str | None, db: str | os.PathLike | None) -> Recommender:
-    """The job's model, serving the lists of the store at ``db`` when given (what every
-    runner's workers load)."""
+    """The job's model, serving the lists of the store at ``db`` when given: what a Beam
+    worker loads (``plan`` does the same with the lists it also hashes)."""
     rec = Recommender.from_pretrained(model, revision)
     return rec if db is None else rec.with_lists(read_lists(db))
 
 
-def lists_digest(db: str | os.PathLike) -> str:
-    """Content hash of the store's lists: a job rerun on a store that changed is another
-    job."""
-    lists = read_lists(db)
+def lists_digest(lists: pd.DataFrame) -> str:
+    """Content hash of a store's lists (``read_lists``): a job rerun on a store that
+    changed is another job."""
     return hashlib.sha256(pd.util.hash_pandas_object(lists, index=False).to_numpy().tobytes()
                           ).hexdigest()
 
@@ -175,7 +174,10 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
     and removes a killed run's unfinished parts."""
     out = Path(out)
     chunk_size = _int_arg("chunk_size", chunk_size, 1)
-    rec = load(model, revision, db)
+    rec = Recommender.from_pretrained(model, revision)
+    lists = None if db is None else read_lists(db)   # read once: served and hashed
+    if lists is not None:
+        rec = rec.with_lists(lists)
     k, candidates = rec._check_k(k, candidates)
     filters = Filters() if filters is None else filters
     rec._allowed(filters)  # bad filters fail here, before anything is written
@@ -183,7 +185,7 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
     ids = pd.unique(given)  # a user listed twice gets one set of rows
     manifest = {"model": str(model), "revision": revision, "model_sha256": model_digest(rec),
                 "db": None if db is None else str(db),
-                "lists_sha256": None if db is None else lists_digest(db),
+                "lists_sha256": None if lists is None else lists_digest(lists),
                 "k": k, "candidates": candidates,
                 "chunk_size": chunk_size, "filters": repr(filters),
                 "users_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}

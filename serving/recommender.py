@@ -272,19 +272,16 @@ class Recommender:
         self._user_row = pd.Index(self.users["user_id"])
         self._anime_row = pd.Index(self.anime["media_id"])
         rows = self._user_row.get_indexer(seen["user_id"])
-        order = np.argsort(rows, kind="stable")
-        order = order[rows[order] >= 0]
-        bounds = np.searchsorted(rows[order], np.arange(len(self.users) + 1))
+        everyone = np.arange(len(self.users))
         # Per user row, the ids of the titles they have seen (one int64 array each).
-        self._seen = np.split(seen["media_id"].to_numpy(np.int64)[order], bounds[1:-1])
+        self._seen = _group(rows, seen["media_id"].to_numpy(np.int64), everyone)
         # Per user row, the title rows of their training interactions: EASE's input and
         # the franchise signal's.
         self._history = None
         if "history" in seen:
-            titles = np.split(self._anime_row.get_indexer(seen["media_id"].to_numpy()[order]),
-                              bounds[1:-1])
-            flags = np.split(seen["history"].to_numpy(bool)[order], bounds[1:-1])
-            self._history = [t[f & (t >= 0)].astype(np.int64) for t, f in zip(titles, flags)]
+            titles = self._anime_row.get_indexer(seen["media_id"].to_numpy())
+            ok = seen["history"].to_numpy(bool) & (titles >= 0)
+            self._history = _group(rows[ok], titles[ok], everyone)
         self._user_raw = raw_features(self.users, feature_specs(self.schema, "user"), self.widths)
         self._anime_raw = raw_features(self.anime, feature_specs(self.schema, "anime"), self.widths)
         self._saved = dict(r.saved)
@@ -699,9 +696,7 @@ class Recommender:
         train = list_entries(entries[catalog], config)
         if train.empty:
             return fresh
-        users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
-                                       self.schema["stats"]["global_mean_score"])
-        users = users.assign(**{n: list(v) for n, v in vectors.items()})[self.users.columns]
+        users = self._user_table(train, config)[self.users.columns]
         raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
         # Per fresh user (users' order: sorted ids), the whole list and the watched
         # titles of the catalog.
@@ -720,17 +715,22 @@ class Recommender:
             fresh._history = [self._history[r] for r in kept] + history
         return fresh
 
+    def _user_table(self, train: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+        """Rows of the users table (``users.parquet``'s columns, the taste vectors as list
+        columns) of users whose training entries are ``train``, built by the feature
+        stage's own ``user_features``."""
+        users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
+                                       self.schema["stats"]["global_mean_score"])
+        return users.assign(**{n: list(v) for n, v in vectors.items()})
+
     def _history_features(self, media: list, scores: list, times: list) -> dict:
         """Raw user features (one row) of someone whose training list is these watched
         titles, built as the feature stage builds a known user's."""
         train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
                               "time": pd.array(times, dtype="Int64"),
                               "status": "COMPLETED", "is_interaction": True})
-        config = FeatureConfig.from_dict(self.schema["config"])
-        users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
-                                       self.schema["stats"]["global_mean_score"])
-        return raw_features(users.assign(**{n: list(v) for n, v in vectors.items()}),
-                            feature_specs(self.schema, "user"), self.widths)
+        users = self._user_table(train, FeatureConfig.from_dict(self.schema["config"]))
+        return raw_features(users, feature_specs(self.schema, "user"), self.widths)
 
     def predict_scores(self, user_ids, anime_ids) -> np.ndarray:
         """The score head's predicted POINT_100 score of each (user, title) pair.
