@@ -56,7 +56,8 @@ def _keep(section: dict) -> dict:
         "data": {"same_data": section["data"].get("same_data")},
         "retrieval": {"curves": {name: {k: c[k] for k in ("recall@100", "ndcg@10")}
                                  for name, c in section["retrieval"]["curves"].items()},
-                      "ials": section["retrieval"].get("ials")},
+                      "ials": section["retrieval"].get("ials"),
+                      "new_titles": section["retrieval"].get("new_titles")},
         "ranking": {
             "end_to_end": ranking.get("end_to_end"),
             "differences": {pair: {"ndcg@10": d["ndcg@10"]}
@@ -190,6 +191,31 @@ def walk_forward_scores(numbers: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def new_titles(numbers: dict) -> str:
+    """The walk-forward test's new-title slice (``protocol.new_title_slice``): the shelf's
+    hit@10 of the two-tower beside the period's popularity and random order, and known
+    and new titles ranked together."""
+    n = numbers["walk_forward"]["retrieval"].get("new_titles")
+    if not n:
+        return "(The run has no new-title slice: feature tables from before it was kept.)\n"
+    hit, c, d = n[f"hit@{n['k']}"], n["catalog"], n["differences"]
+    top = c["k"]
+    return "\n".join([
+        f"| walk-forward test | shelf hit@{n['k']} | two-tower - it (95% CI) |", "|---|---|---|",
+        f"| two-tower, from metadata alone | {_n(hit['two-tower'])} | |",
+        f"| the period's popularity (counts the period itself) | {_n(hit['period popularity'])} | "
+        f"{interval(d['two-tower - period popularity'])} |",
+        f"| random order | {_n(hit['random'])} | {interval(d['two-tower - random'])} |",
+        "",
+        f"{n['titles']:,} titles first listed in the test period, {n['interactions']:,} "
+        f"interactions of {n['users']:,} known users. Ranked together with the known titles "
+        f"({c['users']:,} test users): Recall@{top} {_n(c[f'recall@{top}'])} and NDCG@10 "
+        f"{_n(c['ndcg@10'])} of all their test interactions; a new title of theirs among the "
+        f"{top} candidates for {c[f'new_hit@{top}']:.1%} of the users with one; new titles "
+        f"are {c['new_share']:.1%} of the candidates.",
+        "", f"({numbers['run']}.)"]) + "\n"
+
+
 SEED_PAIRS = ("ranked - EASE", "ranked - blend", "ranked - iALS")
 
 
@@ -243,7 +269,8 @@ def seeds(numbers: dict) -> str:
 
 
 BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision,
-          "daily": daily, "seeds": seeds, "walk-forward-scores": walk_forward_scores}
+          "daily": daily, "seeds": seeds, "walk-forward-scores": walk_forward_scores,
+          "new-titles": new_titles}
 
 
 def render(text: str, numbers: dict) -> str:

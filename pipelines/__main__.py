@@ -166,6 +166,11 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
                        help="softmax temperature over cosine scores (default: %(default)s)")
     group.add_argument("--no-logq", action="store_true",
                        help="turn off the sampling-bias (logQ) correction of in-batch negatives")
+    group.add_argument("--cold-start-dropout", type=float, default=d.cold_start_dropout,
+                       help="share of training pairs whose title the candidate tower sees as "
+                            "a new title (id unknown, nothing counted), so titles first "
+                            "listed after training are placed by their metadata; 0 turns it "
+                            "off (default: %(default)s, chosen by bench/cold_start.py)")
     group.add_argument("--batch-size", type=int, default=d.batch_size,
                        help="training examples per batch; the other titles of a batch are "
                             "each example's negatives (default: %(default)s)")
@@ -208,7 +213,7 @@ def _retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
         features="ids" if args.ids_only else "all", history=not args.no_history,
         embedding_dim=args.embedding_dim,
         temperature=args.temperature, logq_correction=not args.no_logq,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        cold_start_dropout=args.cold_start_dropout, batch_size=args.batch_size, learning_rate=args.learning_rate,
         max_epochs=args.max_epochs, patience=args.patience, seed=args.train_seed)
 
 

@@ -44,7 +44,7 @@ from pipelines.candidates import Generator
 from pipelines.config import EASE_SIGNALS, RELATION_SIGNALS
 from pipelines.protocol import Candidates, seen_before
 from pipelines.tables import FeatureTables, related_rows
-from towers.features import apply_in_blocks, feature_specs, raw_names
+from towers.features import apply_in_blocks, feature_specs, raw_features, raw_names
 from towers.index import CandidateIndex
 
 CONFIG, METRICS, EASE = "config.json", "metrics.json", "ease.npy"
@@ -194,6 +194,19 @@ class RetrievalArtifact:
         """Query embeddings ``[n, d]`` of users given as raw features."""
         return apply_in_blocks(lambda batch: self.query_tower(**batch)["embedding"], user_raw,
                                raw_names(self.user_specs))
+
+    def embed_titles(self, anime: pd.DataFrame) -> np.ndarray:
+        """Candidate embeddings ``[n, d]`` of titles given as ``anime.parquet`` rows, by
+        the saved candidate tower: titles the model never saw (ids out of its vocabulary)
+        are placed by their metadata (``RetrievalConfig.cold_start_dropout``)."""
+        if "candidate_tower" not in self.saved:
+            self.saved["candidate_tower"] = load_saved_model(self.directory / "candidate_tower")
+        retrieval = self.config["retrieval"]
+        specs = feature_specs(self.schema, "anime", retrieval["features"],
+                              retrieval.get("history", True))
+        tower = self.saved["candidate_tower"].signatures["serving_default"]
+        return apply_in_blocks(lambda batch: tower(**batch)["embedding"],
+                               raw_features(anime, specs, self.widths), raw_names(specs))
 
     def for_tables(self, tables: FeatureTables) -> "RetrievalArtifact":
         """Checks the model was trained on ``tables`` and embeds their users

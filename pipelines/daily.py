@@ -293,16 +293,45 @@ def lists_path(out: Path, revision: str, day: dt.date) -> Path:
     return out / "served" / revision / f"{day.isoformat()}.lists.parquet"
 
 
+def titles_path(out: Path, revision: str, day: dt.date) -> Path:
+    """The titles the day's served lists added to the model's (``with_titles``): the
+    next day's predictions add the same."""
+    return out / "served" / revision / f"{day.isoformat()}.titles.parquet"
+
+
+def titles_served(titles: dict, path: Path) -> dict:
+    """``titles`` (``read_titles``) cut to those a day's serving added (``titles_path``),
+    all of them where no such file exists (a day served before it was kept)."""
+    if not path.exists():
+        return titles
+    ids = pd.read_parquet(path)["media_id"]
+    return {**titles, "media": titles["media"][titles["media"]["media_id"].isin(ids)]}
+
+
+def with_titles(rec, titles: dict | None):
+    """``rec`` serving the store's titles too (``titles``: its ``media`` and
+    ``relations``; ``Recommender.with_titles``: those first listed after training placed
+    by the candidate tower); ``rec`` itself for None."""
+    return rec if titles is None else rec.with_titles(titles["media"], titles["relations"])
+
+
+def read_titles(conn) -> dict:
+    """The store's titles and their relations, as ``with_titles`` reads them."""
+    return {"media": store.read_media(conn), "relations": store.read_relations(conn)}
+
+
 def serve(rec, users: np.ndarray, entries: pd.DataFrame, at: int, since: int, out: Path,
-          revision: str, day: dt.date, k: int) -> dict:
+          revision: str, day: dt.date, k: int, titles: dict | None = None) -> dict:
     """Each user's top ``k`` as of ``at`` (the end of ``day``), from their list as the
     store knew it then (``known_at``, with ``since``: features, history and seen titles rebuilt by
-    ``Recommender.with_lists``), leaving out everything on it (``list_before``); users
+    ``Recommender.with_lists``), leaving out everything on it (``list_before``), among
+    the model's titles and the store's new ones (``titles``, ``with_titles``); users
     with no list at all get the popularity list. Written atomically to ``served_path``,
-    and the lists read to ``lists_path`` (first: a served list is never without them)."""
+    and the lists read to ``lists_path`` and the titles added to ``titles_path`` (first:
+    a served list is never without them)."""
     listed = list_before(entries, at)
     lists = known_at(listed, at, since)[[*LIST_COLUMNS, *LIST_TIMES]].reset_index(drop=True)
-    current = rec.with_lists(lists)
+    current = with_titles(rec, titles).with_lists(lists)
     own = lists_of(listed)
     known = current.known(users)
     frames = []
@@ -317,24 +346,30 @@ def serve(rec, users: np.ndarray, entries: pd.DataFrame, at: int, since: int, ou
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.file(lists_path(out, revision, day)) as tmp:
         lists.to_parquet(tmp, index=False)
+    with atomic.file(titles_path(out, revision, day)) as tmp:
+        pd.DataFrame({"media_id": current.new_titles}).to_parquet(tmp, index=False)
     with atomic.file(path) as tmp:
         frame.to_parquet(tmp, index=False)
     return {"path": str(path), "users": int(len(users)), "rows": int(len(frame)),
-            "model_users": int(known.sum())}
+            "model_users": int(known.sum()), "new_titles": int(len(current.new_titles)),
+            "new_title_rows": int(frame["anime_id"].isin(current.new_titles).sum()) if len(frame) else 0}
 
 
 def predict(rec, outcomes: pd.DataFrame, entries: pd.DataFrame, start: int,
-            served: pd.DataFrame | None, lists: pd.DataFrame | None = None
-            ) -> tuple[pd.DataFrame, float]:
+            served: pd.DataFrame | None, lists: pd.DataFrame | None = None,
+            titles: dict | None = None) -> tuple[pd.DataFrame, float]:
     """The prediction rows of ``outcomes`` (same order) and the global mean score.
     ``lists``: the users' lists before the day (the day before's ``lists_path``), which
-    the score head reads; None: the lists the model was trained on."""
+    the score head reads; None: the lists the model was trained on. ``titles``: the
+    titles the day before's serving added (``titles_served``, ``with_titles``); a title
+    outside those and the model's is one the model lacks."""
     user_mean, title_mean, global_mean = score_baselines(entries, start)
     predicted = np.full(len(outcomes), np.nan)
     # The score head reads each user's list as the day before's served lists did.
-    current = rec if lists is None else rec.with_lists(lists)
+    current = with_titles(rec, titles)
+    current = current if lists is None else current.with_lists(lists)
     ok = current.known(outcomes["user_id"].to_numpy()) & np.isin(
-        outcomes["media_id"].to_numpy(), rec.anime["media_id"].to_numpy())
+        outcomes["media_id"].to_numpy(), current.anime["media_id"].to_numpy())
     if rec.scorer is not None and ok.any():
         predicted[ok] = current.predict_scores(outcomes["user_id"].to_numpy()[ok],
                                                outcomes["media_id"].to_numpy()[ok])
@@ -396,11 +431,14 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
             with store.transaction(conn):
                 store.set_cursor(conn, SINCE, since)
         since = int(since)
+        # The titles the store knew before this refresh: those the day before was served
+        # from (a refresh at each day's end), and its predictions' catalog.
+        titles_before = read_titles(conn)
         if not yesterday.exists():
             # The list D-1 would have served.
             tick = time.perf_counter()
             summary["served_yesterday"] = serve(rec, tracked, before, start, since, out, rev,
-                                                day - dt.timedelta(days=1), k)
+                                                day - dt.timedelta(days=1), k, titles_before)
             seconds["serve_yesterday"] = time.perf_counter() - tick
         if refresh:
             if endpoint is None:
@@ -426,7 +464,9 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         served = pd.read_parquet(yesterday)
         listed = lists_path(out, rev, day - dt.timedelta(days=1))
         predictions, global_mean = predict(rec, outcomes, everyone, start, served,
-                                           pd.read_parquet(listed) if listed.exists() else None)
+                                           pd.read_parquet(listed) if listed.exists() else None,
+                                           titles_served(titles_before, titles_path(
+                                               out, rev, day - dt.timedelta(days=1))))
         metrics = day_metrics(outcomes, predictions, global_mean, served=True)
         media = store.read_media(conn)
         metrics["drift"] = monitoring.drift(rec, outcomes, entries, start,
@@ -434,7 +474,8 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         store.replace_day(conn, rev, day.isoformat(), outcomes, predictions, metrics)
         seconds["outcomes_and_predictions"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        summary["served"] = serve(rec, tracked, entries, end, since, out, rev, day, k)
+        summary["served"] = serve(rec, tracked, entries, end, since, out, rev, day, k,
+                                  read_titles(conn))
         seconds["serve"] = time.perf_counter() - tick
         tick = time.perf_counter()
         summary["monitoring"] = monitoring.write(
@@ -475,7 +516,11 @@ def describe(summary: dict) -> str:
                  f"@100 {num(h['model']['hit@100'], '.3f')}; recent popularity hit@10 "
                  f"{num(h['recent_popularity']['hit@10'], '.3f')} "
                  f"@100 {num(h['recent_popularity']['hit@100'], '.3f')}")
-    lines.append(f"served {summary['served']['rows']} rows for tomorrow: {summary['served']['path']}")
+    served = summary["served"]
+    lines.append(f"served {served['rows']} rows for tomorrow"
+                 + (f" ({served['new_title_rows']} of them titles first listed after training, "
+                    "placed by the candidate tower)" if served.get("new_title_rows") else "")
+                 + f": {served['path']}")
     lines.append(f"monitoring report: {summary['monitoring']['report']}")
     for line in summary["monitoring"].get("alerts", []):
         lines.append(line)

@@ -123,6 +123,13 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
                 "recall@100_ci": protocol.mean_ci(per_user["recall@100"][ok]),
                 "ndcg@10": float(np.nanmean(per_user["ndcg@10"][ok])) if ok.any() else None}
     test_rows = np.unique(tables.pairs("test")["user_row"])
+    new_titles = None
+    if tables.new_anime is not None and len(tables.new_anime):
+        new_titles = protocol.new_title_slice(queries, candidate_embeddings,
+                                              retrieval.embed_titles(tables.new_anime),
+                                              tables, "test")
+        if new_titles is not None:
+            new_titles = {k: v for k, v in new_titles.items() if not k.endswith("per_user")}
     ablated = {key: saved.get("retrieval", {}).get(key) for key in ("ids_only", "without_history")}
     return ({
         "curves": curves, "by_activity": by_activity,
@@ -137,6 +144,7 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
         **{key: None if m is None else {
             k: m[k] for k in ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@100")}
            for key, m in ablated.items()},
+        "new_titles": new_titles,
         "factorized": protocol.factorized_top_k(queries, candidate_embeddings, tables.pairs("test")),
         "index": ann_benchmark(candidate_embeddings, queries[test_rows],
                                tables.anime["media_id"].to_numpy()),
@@ -581,6 +589,31 @@ def _data_lines(metrics: dict) -> list[str]:
     return lines + [""]
 
 
+def new_title_lines(n: dict | None) -> list[str]:
+    """The new-title slice (``protocol.new_title_slice``): titles no one had listed before
+    the model's cutoff, served through the candidate tower from their metadata."""
+    if not n:
+        return []
+    k, c = n["k"], n["catalog"]
+    hit, d, top = n[f"hit@{k}"], n["differences"], c["k"]
+    return ["### New titles (first listed after the cutoff)", "",
+            f"{n['titles']:,} titles no one had listed before the cutoff, with "
+            f"{n['interactions']:,} test interactions of {n['users']:,} known users; the model "
+            "knows them only by their metadata, through its candidate tower (their ids are "
+            "out of its vocabulary), and they are not in the tables above.", "",
+            f"- The shelf (each user's order of these {n['titles']:,} titles), hit@{k}: "
+            f"two-tower {num(hit['two-tower'])}, the period's popularity {num(hit['period popularity'])} "
+            f"(it counts the test period itself: a reference no model at the query time "
+            f"has), random {num(hit['random'])}. Two-tower - period popularity "
+            f"{interval(d['two-tower - period popularity'], ', 95% CI ')}; two-tower - random "
+            f"{interval(d['two-tower - random'], ', 95% CI ')}.",
+            f"- Known and new titles ranked together ({c['users']:,} test users): "
+            f"Recall@{top} {num(c[f'recall@{top}'])}, NDCG@10 {num(c['ndcg@10'])} of all "
+            f"their test interactions; a new title of theirs among the {top} candidates "
+            f"for {num(c[f'new_hit@{top}'])} of those with one; new titles are "
+            f"{num(c['new_share'])} of the candidates.", ""]
+
+
 def walk_forward_lines(wf: dict) -> list[str]:
     """The walk-forward headline (``walk_forward``'s evaluation): NDCG@10 of every order
     on the same test users, ranked - EASE with its paired CI."""
@@ -598,6 +631,8 @@ def walk_forward_lines(wf: dict) -> list[str]:
                             [("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10")],
                             label=f"end to end over {e['candidates']}, {e['users']:,} users")]
         lines += ["", *baseline_verdicts(k.get("differences") or {}, k.get("served", "ranked"))]
+    if wf["retrieval"].get("new_titles"):
+        lines += ["", *new_title_lines(wf["retrieval"]["new_titles"])]
     return lines
 
 
@@ -681,6 +716,7 @@ def render(metrics: dict) -> str:
             f"{num(buckets[b]['recall@100'])} ({buckets[b]['users']})" for b in _bucket_names()) + " |")
     x = r["index"]
     lines += ["", "![By activity](by_activity.png)", "", *_difference_lines(r.get("differences")),
+              *new_title_lines(r.get("new_titles")),
               "### ScaNN against brute force", "",
               f"Tree + asymmetric hashing over {x['candidates']:,} candidates, "
               f"{x['queries']:,} test-user queries, k = {x['k']}: recall {num(x['scann_recall'])}; "

@@ -54,7 +54,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines import atomic, store
-from pipelines.config import RELATION_SIGNALS, FeatureConfig, parse_time
+from pipelines.config import (COUNTED_TITLE_FEATURES, RECENT_FEATURES, RECENT_WINDOWS,
+                              RELATION_SIGNALS, FeatureConfig, parse_time)
 from pipelines.errors import InputError
 
 SCHEMA_FILE = "schema.json"
@@ -92,11 +93,6 @@ class FeatureSpec:
 
 # The one list of model inputs. towers/ and ranking/ build their layers from it (via the
 # copy saved in schema.json), so a feature is added here and nowhere else.
-# A title's entries in the last this many days before the cutoff: how much it is watched
-# now (``recent_7d``, ``recent_30d``), as of the query time of the lists the ranker learns
-# from, of the walk-forward test's and of the release's.
-RECENT_WINDOWS = (7, 30)
-RECENT_FEATURES = tuple(f"recent_{days}d" for days in RECENT_WINDOWS)
 FEATURES = (
     FeatureSpec("user_id", "user", "id", vocab="user_id"),
     FeatureSpec("n_train", "user", "numeric", transform="log1p"),
@@ -593,7 +589,7 @@ def _anime_table(media: pd.DataFrame, counted: "_TitleCounts", config: FeatureCo
     return anime.reset_index(drop=True)
 
 
-def _relations(anime: pd.DataFrame, relations: pd.DataFrame) -> tuple[pd.DataFrame, dict | None]:
+def catalog_relations(anime: pd.DataFrame, relations: pd.DataFrame) -> tuple[pd.DataFrame, dict | None]:
     """``anime`` with each title's relations to the other titles of the catalog:
     ``related_ids`` (their ids, ascending) and ``related_types`` (how each relates,
     AniList's type from this title's side: PREQUEL = the title this one continues), and
@@ -800,6 +796,12 @@ def _write_parquet(frame: pd.DataFrame, vectors: dict[str, np.ndarray], path: Pa
 
 INTERACTION_COLUMNS = ["user_id", "media_id", "time", "status", "score", "split",
                        "is_interaction", "is_label", "listed_before"]
+# The new-title slice (``_new_titles``): held-out entries on titles unknown at the cutoff,
+# and those titles' rows as they look at it.
+NEW_ENTRY_DTYPES = {"user_id": "int64", "media_id": "int64", "time": "float64",
+                    "split": "object", "is_interaction": "bool"}
+NEW_ENTRY_COLUMNS = list(NEW_ENTRY_DTYPES)
+NEW_TITLES_FILE, NEW_ENTRIES_FILE = "new_titles.parquet", "new_entries.parquet"
 # What passes 2 and 3 read of an entry.
 _SPILLED = ["user_id", "media_id", "score", "status", "is_favourite", "time", "created_at"]
 # Rows per row group of interactions.parquet: pyarrow's default, so the streamed file
@@ -1007,13 +1009,14 @@ def _listed_before(frame: pd.DataFrame, cutoff: dict) -> np.ndarray:
 
 
 def _leave_out(frame: pd.DataFrame, cutoff: dict | None,
-               titles: np.ndarray) -> tuple[pd.DataFrame, dict]:
+               titles: np.ndarray) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Under a cutoff, drops what no model at the cutoff could be asked about: entries
     after the test period, and validation/test entries of users with no entry before the
     cutoff or of titles no one had listed before it (not in ``titles``, the ids with a
-    training entry). Returns the rest of the block and the counts."""
+    training entry). Returns the rest of the block, the counts, and the entries of known
+    users on those new titles (the new-title slice's, ``new_entries.parquet``)."""
     if not cutoff:
-        return frame, {}
+        return frame, {}, frame.iloc[:0]
     after = frame["split"].isna().to_numpy()
     train = frame["split"].to_numpy() == "train"
     new_user = ~frame["user_id"].isin(frame.loc[train, "user_id"].unique()).to_numpy() & ~after
@@ -1021,7 +1024,7 @@ def _leave_out(frame: pd.DataFrame, cutoff: dict | None,
     left_out = {"after_test": int(after.sum()), "new_users": int(new_user.sum()),
                 "new_titles": int(new_title.sum())}
     keep = ~(after | new_user | new_title)
-    return frame[keep].reset_index(drop=True), left_out
+    return frame[keep].reset_index(drop=True), left_out, frame[new_title].reset_index(drop=True)
 
 
 def _bar(progress: bool, desc: str, total: int | None = None):
@@ -1083,7 +1086,7 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     trained = counted.entries > 0
     titles = np.sort(known_ids[trained])
     anime = _anime_table(media, counted, config, catalog=trained if plan.cutoff else None)
-    anime, related = (anime, None) if relations is None else _relations(anime, relations)
+    anime, related = (anime, None) if relations is None else catalog_relations(anime, relations)
     trained_titles = anime[anime["media_id"].isin(titles)]
     vocab = {
         "user_id": [],  # filled below, from the users with training entries
@@ -1106,7 +1109,7 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     kept = tuple(dataclasses.replace(f, length=config.history_length) if f.kind == "history"
                  else f for f in FEATURES if f.name not in dropped)
 
-    user_parts, vector_parts = [], []
+    user_parts, vector_parts, new_parts = [], [], []
     counts = {split: {"entries": 0, "interactions": 0, "labels": 0, "users": 0}
               for split in SPLITS}
     left_out = {"after_test": 0, "new_users": 0, "new_titles": 0} if plan.cutoff else {}
@@ -1115,9 +1118,11 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     with _bar(progress, "features 3/3: users and interactions", n_known) as bar:
         for block in spill.blocks():
             bar.update(len(block))
-            frame, out = _leave_out(_split_block(block, plan, config), plan.cutoff, titles)
+            frame, out, new = _leave_out(_split_block(block, plan, config), plan.cutoff, titles)
             for reason, n in out.items():
                 left_out[reason] += n
+            if len(new):
+                new_parts.append(_flags(new, config)[NEW_ENTRY_COLUMNS])
             frame = _flags(frame, config)
             listed = (_listed_before(frame, plan.cutoff) if plan.cutoff
                       else np.zeros(len(frame), bool))
@@ -1164,6 +1169,7 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
         users = users.iloc[order].reset_index(drop=True)
         user_vectors = {k: v[order] for k, v in user_vectors.items()}
     vocab["user_id"] = users["user_id"].tolist()
+    new = _new_titles(new_parts, media, counted, config)
     timings["features"] = time.perf_counter() - tick
 
     counts = {"users": len(users), "anime": len(anime), "entries": n_entries,
@@ -1172,6 +1178,11 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
     split = _split_protocol(config, plan.cutoff, left_out, split_users, random_split_users)
     if plan.cutoff:
         split["listed_before"] = listed_before
+        entries = new["entries"]
+        split["new_titles"] = {
+            "titles": len(new["anime"]),
+            **{name: int((entries["is_interaction"] & (entries["split"] == name)).sum())
+               for name in ("validation", "test")}}
     counts["random_split_users"] = split["random_split_users"]
     schema = {
         "config": config.to_dict(),
@@ -1193,7 +1204,29 @@ def _tables(raw_blocks, media: pd.DataFrame, relations: pd.DataFrame | None,
         **({"multi_widths": inputs["multi_widths"]} if inputs is not None else {}),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    return users, user_vectors, anime, schema
+    return users, user_vectors, anime, schema, new
+
+
+def _new_titles(parts: list, media: pd.DataFrame, counted: "_TitleCounts",
+                config: FeatureConfig) -> dict:
+    """The new-title slice's tables: ``entries`` (known users' held-out entries on titles
+    no one had listed before the cutoff, ``NEW_ENTRY_COLUMNS``) and ``anime`` (those
+    titles' rows, as ``anime.parquet``'s, as they look at the cutoff: their metadata,
+    with nothing counted, for no training entry is theirs). A model meets them only
+    through its candidate tower (``towers.features``: the id is out of its vocabulary)."""
+    entries = (pd.concat(parts, ignore_index=True) if parts
+               else pd.DataFrame({c: pd.Series(dtype=t) for c, t in NEW_ENTRY_DTYPES.items()}))
+    new = media[media["media_id"].isin(entries["media_id"].unique()).to_numpy()]
+    return {"entries": entries.astype(NEW_ENTRY_DTYPES), "anime": new_title_rows(new, config)}
+
+
+def new_title_rows(media: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """``anime.parquet`` rows (without relations) of the titles of ``media`` (the store's
+    media table) as a title no one has listed looks: its metadata, and nothing counted
+    (``COUNTED_TITLE_FEATURES``). The new-title slice's rows, and the rows serving adds
+    for titles first listed after training (``Recommender.with_titles``)."""
+    anime = _anime_table(media.reset_index(drop=True), _TitleCounts(media["media_id"]), config)
+    return anime.assign(**COUNTED_TITLE_FEATURES)
 
 
 ID_VOCABS = ("user_id", "media_id")   # a table's own users and titles, whatever ``inputs``
@@ -1221,8 +1254,8 @@ def build(entries: pd.DataFrame, media: pd.DataFrame, config: FeatureConfig = Fe
       ``(interactions, users, user_vectors, anime, schema)``.
     """
     rows = _FrameRows()
-    users, user_vectors, anime, schema = _tables([entries], media, relations, config,
-                                                 _MemorySpill(), rows)
+    users, user_vectors, anime, schema, _ = _tables([entries], media, relations, config,
+                                                    _MemorySpill(), rows)
     return rows.frame(), users, user_vectors, anime, schema
 
 
@@ -1251,7 +1284,7 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
             spill = _FileSpill(tmp / ".entries.spill.parquet")
             rows = _ParquetRows(tmp / "interactions.parquet")
             try:
-                users, user_vectors, anime, schema = _tables(
+                users, user_vectors, anime, schema, new = _tables(
                     store.iter_entries(conn, block_entries), media, relations, config,
                     spill, rows, progress=progress, inputs=inputs)
                 rows.close()
@@ -1260,6 +1293,8 @@ def run(db: str | os.PathLike = "data/anirank.db", out: str | os.PathLike = "dat
             tick = time.perf_counter()
             _write_parquet(users, user_vectors, tmp / "users.parquet")
             anime.to_parquet(tmp / "anime.parquet", index=False, compression="zstd")
+            new["anime"].to_parquet(tmp / NEW_TITLES_FILE, index=False, compression="zstd")
+            new["entries"].to_parquet(tmp / NEW_ENTRIES_FILE, index=False, compression="zstd")
             schema["timings"]["write"] = round(time.perf_counter() - tick, 2)
             schema["source_db"] = str(Path(db).resolve())  # where a synthetic world's truth sits
             schema["source"] = source  # what the data is: the model card names it

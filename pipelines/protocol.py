@@ -278,6 +278,117 @@ def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Ca
 
 
 # ---------------------------------------------------------------------------------------
+# New titles: those first listed after the cutoff, met only through the candidate tower.
+
+NEW_TITLE_K = 10       # the shelf's K: a "new this season" row on a page
+CATALOG_K = 100        # retrieval's K: does a new title reach the candidates at all?
+
+
+def _any_in_top(scores: np.ndarray, relevant: np.ndarray, k: int,
+                exclude: np.ndarray | None = None) -> np.ndarray:
+    """Per row, 1.0 if one of its relevant columns is among its ``k`` best scores."""
+    return hits(top_k(scores, min(k, scores.shape[1]), exclude), relevant).any(1).astype(float)
+
+
+def expected_random_hit(num_titles: int, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """The chance that ``k`` titles drawn at random from ``num_titles`` hold one of a
+    user's ``num_relevant``: 1 - C(n - m, k) / C(n, k), per user."""
+    m = np.asarray(num_relevant, np.int64)
+    k = min(k, num_titles)
+    # C(n - m, k) / C(n, k) = prod_{i < k} (n - m - i) / (n - i), 0 once n - m - i <= 0.
+    i = np.arange(k)
+    miss = np.clip(num_titles - m[:, None] - i, 0, None) / (num_titles - i)
+    return 1.0 - miss.prod(1)
+
+
+def new_title_slice(queries: np.ndarray, candidate_embeddings: np.ndarray,
+                    new_embeddings: np.ndarray, tables: FeatureTables, split: str) -> dict | None:
+    """How the two-tower serves titles no one had listed before the cutoff, from their
+    candidate-tower embeddings (``new_embeddings``, one row per ``tables.new_anime``
+    row), on ``split``'s new-title interactions of known users. None without any.
+
+    - The shelf (a "new this season" row): each user's ordering of the period's new
+      titles (those with an interaction in it, the same for every method), hit@
+      ``NEW_TITLE_K``: one of the user's own new titles in it. Against the period's
+      popularity (each title's interactions there by the *other* users: it counts the
+      period itself, which no model at the query time can, an upper reference) and
+      random order (its expectation, exactly).
+    - The catalog: the same users' rankings of every title, known and new, leaving out
+      what they had before ``split``; hit@``CATALOG_K``: one of their new titles among
+      the candidates at all, and the share of those candidates that are new titles.
+
+    Returns the numbers, the per-user values (``per_user``) and paired bootstrap CIs of
+    the two-tower's shelf hit against each reference.
+    """
+    entries = tables.new_entries
+    if entries is None or tables.new_anime is None:
+        return None
+    entries = entries[(entries["split"] == split) & entries["is_interaction"]
+                      & (entries["user_row"] >= 0)]
+    if entries.empty:
+        return None
+    shelf = np.unique(entries["media_id"].to_numpy())
+    rows, user_index = np.unique(entries["user_row"].to_numpy(), return_inverse=True)
+    relevant = np.zeros((len(rows), len(shelf)), bool)
+    relevant[user_index, np.searchsorted(shelf, entries["media_id"].to_numpy())] = True
+    embeddings = new_embeddings[pd.Index(tables.new_anime["media_id"]).get_indexer(shelf)]
+    others = relevant.sum(0)[None, :] - relevant          # the period's counts, user left out
+    per_user = {
+        "two-tower": _any_in_top(queries[rows] @ embeddings.T, relevant, NEW_TITLE_K),
+        "period popularity": _any_in_top(others.astype(float), relevant, NEW_TITLE_K),
+        "random": expected_random_hit(len(shelf), relevant.sum(1), NEW_TITLE_K)}
+    catalog, catalog_users = _with_new_titles(queries, candidate_embeddings, embeddings, shelf,
+                                              tables, split, entries)
+    return {
+        "split": split, "titles": int(len(shelf)), "users": int(len(rows)),
+        "interactions": int(len(entries)), "k": NEW_TITLE_K,
+        f"hit@{NEW_TITLE_K}": {name: float(v.mean()) for name, v in per_user.items()},
+        "differences": {f"two-tower - {name}": paired_bootstrap(per_user["two-tower"], v)
+                        for name, v in per_user.items() if name != "two-tower"},
+        "catalog": catalog,
+        "per_user": per_user, "catalog_per_user": catalog_users,
+    }
+
+
+def _with_new_titles(queries, candidate_embeddings, shelf_embeddings, shelf, tables,
+                     split: str, entries: pd.DataFrame) -> tuple[dict, dict]:
+    """Every user with an interaction in ``split``, on known titles or the shelf's,
+    ranking both together (what they had before the split left out): Recall@
+    ``CATALOG_K`` and NDCG@10 of all those interactions, hit@``CATALOG_K`` of a new
+    title (users with one) and the share of the candidates that are new titles."""
+    known_pairs = tables.pairs(split)
+    rows = np.union1d(np.unique(known_pairs["user_row"]), entries["user_row"].to_numpy())
+    n_known = len(candidate_embeddings)
+    known_sets, seen = tables.user_sets(known_pairs), tables.user_sets(seen_before(tables, split))
+    user_index = np.searchsorted(rows, entries["user_row"].to_numpy())
+    title_index = np.searchsorted(shelf, entries["media_id"].to_numpy())
+    titles = np.concatenate([candidate_embeddings, shelf_embeddings])
+    per_user = {f"recall@{CATALOG_K}": [], "ndcg@10": [], f"new_hit@{CATALOG_K}": [],
+                "new_share": []}
+    for start in range(0, len(rows), 1024):
+        r = rows[start:start + 1024]
+        exclude = np.zeros((len(r), len(titles)), bool)
+        exclude[:, :n_known] = seen.matrix(r)
+        relevant = np.zeros_like(exclude)
+        relevant[:, :n_known] = known_sets.matrix(r) & ~exclude[:, :n_known]
+        inside = (user_index >= start) & (user_index < start + len(r))
+        relevant[user_index[inside] - start, n_known + title_index[inside]] = True
+        top = top_k(queries[r] @ titles.T, max(CATALOG_K, 10), exclude)
+        hit = hits(top, relevant)
+        n_rel = relevant.sum(1)
+        per_user[f"recall@{CATALOG_K}"].append(recall_at_k(hit, n_rel, CATALOG_K))
+        per_user["ndcg@10"].append(ndcg_at_k(hit, n_rel, 10))
+        has_new = relevant[:, n_known:].any(1)
+        new = top[:, :CATALOG_K] >= n_known
+        new_hit = (hit[:, :CATALOG_K] & new).any(1).astype(float)
+        per_user[f"new_hit@{CATALOG_K}"].append(np.where(has_new, new_hit, np.nan))
+        per_user["new_share"].append(new.mean(1))
+    per_user = {k: np.concatenate(v) for k, v in per_user.items()}
+    return ({"k": CATALOG_K, "users": int(len(rows)),
+             **{k: mean(v) for k, v in per_user.items()}}, per_user)
+
+
+# ---------------------------------------------------------------------------------------
 # Uncertainty.
 
 def _resampled_means(d: np.ndarray, draws: int, seed: int) -> np.ndarray:

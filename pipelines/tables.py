@@ -17,7 +17,8 @@ import pandas as pd
 
 from pipelines.config import FRANCHISE_RELATIONS
 from pipelines.errors import InputError
-from pipelines.features import RELATED_IDS, RELATED_TYPES, SCHEMA_FILE
+from pipelines.features import (NEW_ENTRIES_FILE, NEW_TITLES_FILE, RELATED_IDS, RELATED_TYPES,
+                                SCHEMA_FILE)
 from towers.features import feature_specs, multi_widths, raw_features
 
 
@@ -86,6 +87,12 @@ class FeatureTables:
     anime_raw: dict
     widths: dict
     interactions: pd.DataFrame
+    # The new-title slice (``features._new_titles``), where the tables have it: the rows
+    # of titles first listed after the cutoff (``new_anime``, raw inputs ``new_anime_raw``)
+    # and known users' held-out entries on them (``new_entries``, with ``user_row``).
+    new_anime: pd.DataFrame | None = None
+    new_anime_raw: dict | None = None
+    new_entries: pd.DataFrame | None = None
 
     def __post_init__(self):
         # Interactions written before the split kept ``listed_before`` (and hand-built
@@ -103,10 +110,19 @@ class FeatureTables:
         inter = inter.assign(
             user_row=pd.Index(users["user_id"]).get_indexer(inter["user_id"]),
             anime_row=pd.Index(anime["media_id"]).get_indexer(inter["media_id"]))
+        new = {}
+        directory = Path(directory)
+        if (directory / NEW_TITLES_FILE).exists() and (directory / NEW_ENTRIES_FILE).exists():
+            new_anime = pd.read_parquet(directory / NEW_TITLES_FILE)
+            entries = pd.read_parquet(directory / NEW_ENTRIES_FILE)
+            new = {"new_anime": new_anime,
+                   "new_anime_raw": raw_features(new_anime, feature_specs(schema, "anime"), widths),
+                   "new_entries": entries.assign(
+                       user_row=pd.Index(users["user_id"]).get_indexer(entries["user_id"]))}
         return cls(schema, users, anime,
                    raw_features(users, feature_specs(schema, "user"), widths),
                    raw_features(anime, feature_specs(schema, "anime"), widths),
-                   widths, inter)
+                   widths, inter, **new)
 
     def pairs(self, split: str, interactions_only: bool = True) -> pd.DataFrame:
         """``(user_row, anime_row)`` of ``split``'s interactions (or of all its entries)."""

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
-from serving.batch import read_lists, revision_of  # noqa: E402
+from serving.batch import current, read_store, revision_of  # noqa: E402
 from serving.lists import (AniListUnavailable, ListLookup, TooManyLookups,  # noqa: E402
                            UnknownUser)
 from serving.recommender import Filters, Recommender  # noqa: E402
@@ -689,7 +689,7 @@ def build_service(model: str, revision: str | None, endpoint: str | None, rate: 
     lists there, when given) and sets up the AniList lookups."""
     rec = Recommender.from_pretrained(model, revision)
     if db is not None:
-        rec = rec.with_lists(read_lists(db))
+        rec = current(rec, read_store(db))
     name = revision_of(rec, revision)
     lists = ListLookup(endpoint or data_query.ENDPOINT, rate=rate, per_client=per_client, ttl=ttl)
     service = Service(rec, name, lists)

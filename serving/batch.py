@@ -96,30 +96,42 @@ def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]
     return values[ok].astype(np.int64).to_numpy(), invalid
 
 
-def read_lists(db: str | os.PathLike) -> pd.DataFrame:
-    """Every list in the raw store at ``db`` (``store.read_entries``), for
-    :meth:`Recommender.with_lists`."""
+def read_store(db: str | os.PathLike) -> dict:
+    """What serving reads of the raw store at ``db``: every list (``lists``,
+    ``store.read_entries``), the titles (``media``) and their relations (``relations``),
+    for :meth:`Recommender.with_titles` and :meth:`Recommender.with_lists`."""
     from pipelines import store
 
     conn = store.connect(db, readonly=True)
     try:
-        return store.read_entries(conn)
+        return {"lists": store.read_entries(conn), "media": store.read_media(conn),
+                "relations": store.read_relations(conn)}
     finally:
         conn.close()
 
 
+def current(rec: Recommender, read: dict) -> Recommender:
+    """``rec`` serving the store as ``read_store`` read it: the titles first listed after
+    training added through the candidate tower, then every user from their list."""
+    return rec.with_titles(read["media"], read["relations"]).with_lists(read["lists"])
+
+
 def load(model: str, revision: str | None, db: str | os.PathLike | None) -> Recommender:
-    """The job's model, serving the lists of the store at ``db`` when given: what a Beam
-    worker loads (``plan`` does the same with the lists it also hashes)."""
+    """The job's model, serving the store at ``db`` when given (``current``): what a Beam
+    worker loads (``plan`` does the same with the store it also hashes)."""
     rec = Recommender.from_pretrained(model, revision)
-    return rec if db is None else rec.with_lists(read_lists(db))
+    return rec if db is None else current(rec, read_store(db))
 
 
-def lists_digest(lists: pd.DataFrame) -> str:
-    """Content hash of a store's lists (``read_lists``): a job rerun on a store that
-    changed is another job."""
-    return hashlib.sha256(pd.util.hash_pandas_object(lists, index=False).to_numpy().tobytes()
-                          ).hexdigest()
+def store_digest(read: dict) -> str:
+    """Content hash of what serving reads of a store (``read_store``): a job rerun on a
+    store whose lists or titles changed is another job."""
+    digest = hashlib.sha256()
+    for name in ("lists", "media", "relations"):
+        frame = read[name].drop(columns=["fetched_at"], errors="ignore")
+        digest.update(pd.util.hash_pandas_object(frame.astype(str) if name == "media" else frame,
+                                                 index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def model_digest(rec: Recommender) -> str:
@@ -175,9 +187,9 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
     out = Path(out)
     chunk_size = _int_arg("chunk_size", chunk_size, 1)
     rec = Recommender.from_pretrained(model, revision)
-    lists = None if db is None else read_lists(db)   # read once: served and hashed
-    if lists is not None:
-        rec = rec.with_lists(lists)
+    read = None if db is None else read_store(db)   # read once: served and hashed
+    if read is not None:
+        rec = current(rec, read)
     k, candidates = rec._check_k(k, candidates)
     filters = Filters() if filters is None else filters
     rec._allowed(filters)  # bad filters fail here, before anything is written
@@ -185,7 +197,8 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
     ids = pd.unique(given)  # a user listed twice gets one set of rows
     manifest = {"model": str(model), "revision": revision, "model_sha256": model_digest(rec),
                 "db": None if db is None else str(db),
-                "lists_sha256": None if lists is None else lists_digest(lists),
+                "store_sha256": None if read is None else store_digest(read),
+                "new_titles": len(rec.new_titles),
                 "k": k, "candidates": candidates,
                 "chunk_size": chunk_size, "filters": repr(filters),
                 "users_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}

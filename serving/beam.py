@@ -89,7 +89,7 @@ class WriteParts(beam.DoFn):
         # With the model's content hash: a worker process that still holds a model
         # loaded from the same path before it was retrained loads the new one.
         self._tag = (f"{model}@{revision}:{job.manifest['model_sha256']}"
-                     f":{job.manifest['lists_sha256']}")
+                     f":{job.manifest['store_sha256']}")
         self._options = (job.k, job.candidates, job.filters)
         self._out = str(job.out)
         self._loads = beam.metrics.Metrics.counter(COUNTERS, "model_loads")

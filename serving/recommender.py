@@ -46,9 +46,12 @@ from pipelines import artifact
 from pipelines.candidates import Generator
 from pipelines.config import SIGNALS, STATUSES, FeatureConfig, RankingConfig, parse_time
 from pipelines.errors import InputError
-from pipelines.features import LIST_COLUMNS, list_entries, user_features
+from pipelines.features import (LIST_COLUMNS, RELATED_IDS, RELATED_TYPES, catalog_relations,
+                                list_entries, new_title_rows, user_features)
+from pipelines.tables import related_rows
 from ranking.blend import POPULARITY, Blend
 from towers.features import apply_in_blocks, feature_specs, raw_features
+from towers.index import CandidateIndex, IndexConfig
 
 OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
 DEFAULT_CANDIDATES = 100
@@ -132,6 +135,33 @@ def _lists_arg(entries) -> pd.DataFrame:
                          f"scored). Received {int(bad.sum())} other values, e.g. "
                          f"{entries['score'][bad].iloc[0]!r}.")
     return entries.assign(score=score.to_numpy(np.float64))
+
+
+# What ``Recommender.with_titles`` reads of a title (the store's media columns the feature
+# stage turns into a title's features).
+TITLE_COLUMNS = ("media_id", "title_romaji", "title_english", "format", "source", "season",
+                 "country", "studio", "genres", "tags", "season_year", "episodes", "duration",
+                 "is_adult", "status")
+
+
+def _media_arg(media) -> pd.DataFrame:
+    """``media`` checked for :meth:`Recommender.with_titles`: a DataFrame with
+    ``TITLE_COLUMNS`` and integer, unique, non-missing ids; else an InputError."""
+    if not isinstance(media, pd.DataFrame):
+        raise InputError(f"`media` must be a pandas DataFrame with the store's media columns "
+                         f"(store.read_media(conn)). Received: {type(media).__name__}.")
+    missing = [c for c in TITLE_COLUMNS if c not in media]
+    if missing:
+        raise InputError(f"`media` lacks the columns {missing}; it needs {list(TITLE_COLUMNS)} "
+                         "(store.read_media(conn) has them).")
+    ids = media["media_id"]
+    if ids.isna().any() or not pd.api.types.is_integer_dtype(ids.dtype):
+        raise InputError(f"`media['media_id']` must hold integer ids with no missing value. "
+                         f"Received dtype {ids.dtype}.")
+    if ids.duplicated().any():
+        raise InputError(f"`media['media_id']` must be unique. Received {int(ids.duplicated().sum())} "
+                         f"repeated ids, e.g. {int(ids[ids.duplicated()].iloc[0])}.")
+    return media
 
 
 def _group(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
@@ -282,6 +312,8 @@ class Recommender:
             titles = self._anime_row.get_indexer(seen["media_id"].to_numpy())
             ok = seen["history"].to_numpy(bool) & (titles >= 0)
             self._history = _group(rows[ok], titles[ok], everyone)
+        # Titles added to the catalog after training (``with_titles``): none yet.
+        self.new_titles = np.zeros(0, np.int64)
         self._user_raw = raw_features(self.users, feature_specs(self.schema, "user"), self.widths)
         self._anime_raw = raw_features(self.anime, feature_specs(self.schema, "anime"), self.widths)
         self._saved = dict(r.saved)
@@ -713,6 +745,71 @@ class Recommender:
         fresh._seen = [self._seen[r] for r in kept] + seen
         if self._history is not None:
             fresh._history = [self._history[r] for r in kept] + history
+        return fresh
+
+    def with_titles(self, media: pd.DataFrame,
+                    relations: pd.DataFrame | None = None) -> "Recommender":
+        """This model serving the titles of ``media`` it was not trained on too: e.g.
+        the raw store's media table after a refresh brought titles first listed after
+        training (``store.read_media``). Nothing is retrained.
+
+        Each new title gets the row a title no one has listed gets
+        (:func:`pipelines.features.new_title_rows`: its metadata, nothing counted) and
+        is placed by the candidate tower from that metadata (its id is out of the
+        vocabulary; the tower was trained for this, ``RetrievalConfig.
+        cold_start_dropout``); it then enters the candidate index and every ordering
+        (EASE knows nothing of it: its weights are 0). With ``relations`` (the store's,
+        ``store.read_relations``) and a model that reads the franchise signal, the
+        relations between the whole catalog's titles are rebuilt, so a new season is
+        known as the sequel of the one before. The model itself is shared, not copied.
+
+        Returns:
+          A :class:`Recommender` whose ``new_titles`` holds the added ids (this one is
+          unchanged).
+
+        Raises:
+          InputError: ``media`` is not such a DataFrame (the column named).
+        """
+        media = _media_arg(media)
+        fresh = copy.copy(self)
+        new = media[~media["media_id"].isin(self.anime["media_id"]).to_numpy()]
+        fresh.new_titles = np.union1d(self.new_titles, new["media_id"].to_numpy(np.int64))
+        if new.empty:
+            return fresh
+        rows = new_title_rows(new, FeatureConfig.from_dict(self.schema["config"]))
+        anime = pd.concat([self.anime, rows[[c for c in self.anime.columns if c in rows]]],
+                          ignore_index=True)
+        if RELATED_IDS in self.anime:
+            # The new titles relate to none of the catalog's, unless the store says so.
+            for column in (RELATED_IDS, RELATED_TYPES):
+                anime[column] = [v if isinstance(v, (list, np.ndarray)) else []
+                                 for v in anime[column]]
+            if relations is not None:
+                rebuilt = catalog_relations(anime.drop(columns=[RELATED_IDS, RELATED_TYPES]),
+                                            relations)[0]
+                anime = rebuilt if RELATED_IDS in rebuilt else anime
+        embeddings = np.concatenate([self.index.embeddings, self.retrieval.embed_titles(rows)])
+        fresh.anime = anime
+        fresh.index = CandidateIndex.build(embeddings, anime["media_id"].to_numpy(),
+                                           IndexConfig(**self.config["index"]))
+        fresh._anime_row = pd.Index(anime["media_id"])
+        fresh._anime_raw = raw_features(anime, feature_specs(self.schema, "anime"), self.widths)
+        fresh._popularity = anime["train_count"].to_numpy(dtype=float)
+        fresh.__dict__.pop("_unit_embeddings", None)   # cached for the old catalog
+        if self._encoded is not None:
+            signatures = self._saved["ranker"].signatures
+            fresh._encoded = tf.constant(fresh._encode_catalog(signatures["encode_anime"]))
+            fresh._score_rows, fresh._score_inputs, fresh._score_signals = fresh._scorer(
+                signatures["score_encoded"])
+        if self._titles_for_scores is not None:
+            fresh._titles_for_scores = fresh._encode_catalog(
+                self._saved["scorer"].signatures["encode_titles"])
+        if self._ease is not None:
+            n = len(self._ease)
+            fresh._ease = np.zeros((len(anime), len(anime)), self._ease.dtype)
+            fresh._ease[:n, :n] = self._ease
+        if self._relations is not None:
+            fresh._relations = related_rows(anime, self.schema)
         return fresh
 
     def _user_table(self, train: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:

@@ -132,6 +132,7 @@ def test_the_batch_job_serves_the_stores_lists(tiny_scored, tiny_db, tmp_path):
     """``serving.batch --db``: every user of the store, those the model was not trained on
     too, is served by the model from their list in the store, exactly as ``with_lists``
     serves them; a rerun after the store changed is another job."""
+    import json
     import shutil
     import subprocess
     import sys
@@ -157,7 +158,12 @@ def test_the_batch_job_serves_the_stores_lists(tiny_scored, tiny_db, tmp_path):
     assert len(strangers) > 0, "the store has users the model was not trained on"
     assert set(got["user_id"]) == set(listed) | set(rec.users["user_id"])
     assert (got.loc[got["user_id"].isin(strangers), "source"] == "model").all()
-    want = rec.with_lists(entries).recommend(got["user_id"].unique(), k=5)
+    # The store's titles first listed after training are served too, through the
+    # candidate tower (``with_titles``), before the lists are read.
+    current = batch.current(rec, batch.read_store(db))
+    assert len(current.new_titles) > 0
+    assert json.loads((out / batch.MANIFEST).read_text())["new_titles"] == len(current.new_titles)
+    want = current.recommend(got["user_id"].unique(), k=5)
     pd.testing.assert_frame_equal(got.drop(columns="source"), want, atol=1e-5)
     # The store changes: the same command is another job.
     user, title = int(listed[0]), int(got["anime_id"].iloc[0])
@@ -173,7 +179,8 @@ def test_the_batch_job_serves_the_stores_lists(tiny_scored, tiny_db, tmp_path):
 
 def test_the_service_serves_the_stores_lists(tiny_scored, tiny_db):
     """``serving.app --db``: a user_id the model was not trained on, listed in the store,
-    is answered from their list there (exactly ``with_lists``'s list); without it, 404."""
+    is answered from their list there, among the store's titles (exactly ``with_titles``
+    and ``with_lists``'s list); without it, 404."""
     import requests
 
     from pipelines import store
@@ -186,7 +193,8 @@ def test_the_service_serves_the_stores_lists(tiny_scored, tiny_db):
     rec = Recommender.from_pretrained(str(tiny_scored[0]))
     listed = entries["user_id"].unique()
     stranger = int(listed[~rec.known(listed)][0])
-    want = rec.with_lists(entries).recommend([stranger], k=6)
+    from serving import batch
+    want = batch.current(rec, batch.read_store(tiny_db)).recommend([stranger], k=6)
     for db, status in ((str(tiny_db), 200), (None, 404)):
         service = build_service(str(tiny_scored[0]), None, "http://127.0.0.1:9", 0, 10, 0, db)
         with serving(create_app(service)) as url:

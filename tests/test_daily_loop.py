@@ -122,7 +122,10 @@ def test_each_day_is_served_and_predicted_from_the_current_lists(loop, tiny_db, 
     conn = store.connect(tiny_db, readonly=True)
     crawled = store.read_entries(conn)
     conn.close()
-    moved = 0
+    conn = store.connect(db, readonly=True)
+    titles = daily.read_titles(conn)   # the loop's store: every title it has crawled
+    conn.close()
+    moved, previous = 0, []
     for d, (first, second) in enumerate(zip(summaries, summaries[1:]), 1):
         day = daily.parse_day(first["day"])
         lists = pd.read_parquet(daily.lists_path(out, rev, day))
@@ -138,11 +141,19 @@ def test_each_day_is_served_and_predicted_from_the_current_lists(loop, tiny_db, 
         preds = tables["predictions"][tables["predictions"]["day"] == second["day"]]
         preds = preds[preds["predicted_score"].notna()]
         u, m = preds["user_id"].to_numpy(), preds["media_id"].to_numpy()
-        current = rec.with_lists(lists)
+        # The titles first listed after training that day D's serving added, through the
+        # candidate tower: the store's, and D+1's predictions read the same.
+        added = pd.read_parquet(daily.titles_path(out, rev, day))["media_id"]
+        assert set(added) <= set(titles["media"]["media_id"]) - set(rec.anime["media_id"])
+        assert set(added) >= set(previous) and first["served"]["new_titles"] == len(added) > 0
+        previous = added
+        trained = rec.with_titles(titles["media"][titles["media"]["media_id"].isin(added)],
+                                  titles["relations"])
+        current = trained.with_lists(lists)
         # (the store keeps whole points)
         np.testing.assert_allclose(preds["predicted_score"], current.predict_scores(u, m),
                                    atol=0.5 + 1e-3)
-        moved += int((np.abs(rec.predict_scores(u, m) - current.predict_scores(u, m)) > 1).sum())
+        moved += int((np.abs(trained.predict_scores(u, m) - current.predict_scores(u, m)) > 1).sum())
         served = pd.read_parquet(daily.served_path(out, rev, day))
         some = served["user_id"].unique()[:20]
         own = daily.lists_of(lists)

@@ -119,7 +119,7 @@ def test_walk_forward_tables_fold_validation_into_train_with_the_same_test_perio
     # With another model's inputs, its vocabularies and widths are kept, not these titles'.
     inputs = {"vocab": {"genres": ["Action", "Drama", "Comedy", "Romance"]},
               "dropped_features": {}, "multi_widths": {"genres": 3, "tags": 1}}
-    _, vectors_k, _, schema_k = features._tables([rows], media, None, folded,
+    _, vectors_k, _, schema_k, _ = features._tables([rows], media, None, folded,
                                                  features._MemorySpill(), features._FrameRows(),
                                                  inputs=inputs)
     assert schema_k["vocab"]["genres"] == ["Action", "Drama", "Comedy", "Romance"]
@@ -549,7 +549,8 @@ def _mixed_store(tiny_db, path):
 
 
 def _same_tables(a, b):
-    for name in ("interactions.parquet", "users.parquet", "anime.parquet"):
+    for name in ("interactions.parquet", "users.parquet", "anime.parquet",
+                 features.NEW_TITLES_FILE, features.NEW_ENTRIES_FILE):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     schemas = [json.loads((d / features.SCHEMA_FILE).read_text()) for d in (a, b)]
     for schema in schemas:
@@ -624,3 +625,36 @@ def test_the_default_cutoff_is_the_quantile_of_the_timed_entries_to_the_day():
     _, cutoff = assign_split(rows, FeatureConfig())
     assert cutoff["as_of"] == int(np.quantile(times, 0.8)) // DAY * DAY
     assert cutoff["last"] == times.max()
+
+
+def test_new_titles_are_kept_apart_as_they_look_at_the_cutoff(tmp_path):
+    # The as-of fixture: m9 is first listed on day 16 by user 2 (known before T), in the
+    # test period. It is left out of the tables, and kept apart for the new-title slice:
+    # its entry, and its row with its metadata and nothing counted (no training entry).
+    from pipelines import store
+    from pipelines.tables import FeatureTables
+    day, t0, rows = _as_of_fixture()
+    db = tmp_path / "s.db"
+    conn = store.connect(db)
+    store.upsert_media(conn, _media(list(range(1, 10)), genres=[["Action"]] * 8 + [["Drama"]]))
+    store.upsert_entries(conn, rows)
+    conn.commit()
+    conn.close()
+    features.run(db, tmp_path / "f", FeatureConfig(as_of=t0, horizon_days=5), progress=False)
+    tables = FeatureTables.load(tmp_path / "f")
+    entries = tables.new_entries
+    assert entries[["user_id", "media_id", "time", "split"]].values.tolist() == [[2, 9, day(16), "test"]]
+    assert entries["is_interaction"].tolist() == [True]
+    assert entries["user_row"].tolist() == [tables.users["user_id"].tolist().index(2)]
+    new = tables.new_anime
+    assert new["media_id"].tolist() == [9] and new["genres"].map(list).tolist() == [["Drama"]]
+    for name, value in features.COUNTED_TITLE_FEATURES.items():
+        if name in tables.schema["dropped_features"]:   # favourites: no one has one here
+            continue
+        if np.isnan(value):
+            assert new[name].isna().all(), name
+        else:
+            assert new[name].tolist() == [value], name
+    assert list(new.columns) == [c for c in tables.anime.columns if c in new.columns]
+    assert tables.new_anime_raw["genres"].shape == (1, tables.widths["genres"])
+    assert tables.schema["split"]["new_titles"] == {"titles": 1, "validation": 0, "test": 1}

@@ -85,6 +85,8 @@ print(json.dumps({{"serving": serving.__file__, "anime": out["anime_id"].tolist(
     features_dir, default_dir = default_model
     readme = "\n".join(python_blocks((ROOT / "README.md").read_text()))
     readme = readme.replace("data/model", str(default_dir)).replace("data/features", str(features_dir))
+    readme = readme.replace("data/anirank.db", json.loads(
+        (features_dir / "schema.json").read_text())["source_db"])
     (elsewhere / "readme.py").write_text(
         "import warnings\nwarnings.filterwarnings('error', message='.*history entries match no')\n"
         + readme)

@@ -437,3 +437,60 @@ def test_a_paired_bootstrap_of_one_user_is_no_verdict():
     assert protocol.paired_bootstrap([1.0], [0.0]) == {
         "difference": None, "ci": [None, None], "level": 0.95, "users": 1, "draws": 1000,
         "significant": False}
+
+
+def test_the_new_title_slice_by_hand(monkeypatch):
+    # Shelf and catalog K of 2. Known titles t0-t2 (1-d embeddings 5, 0.5, -5); new
+    # titles 10, 11, 12, 13 (3, 2, 1, -3), given in the order 13, 10, 11, 12. Users
+    # 0-5, queries +1 but users 1 and 5 (-1). Test interactions on new titles: u0 12,
+    # u1 11, u2 10 + 11, u3 10 + 11, u4 10, u5 10; title 13's entries do not count
+    # (validation, not an interaction, an unknown user): the shelf is 10, 11, 12.
+    monkeypatch.setattr(protocol, "NEW_TITLE_K", 2)
+    monkeypatch.setattr(protocol, "CATALOG_K", 2)
+    tables = _tables([(0, 0, "train", False, 0), (1, 2, "test", False, 0)], 6, 3)
+    tables.new_anime = pd.DataFrame({"media_id": [13, 10, 11, 12]})
+    pairs = [(0, 12), (1, 11), (2, 10), (2, 11), (3, 10), (3, 11), (4, 10), (5, 10)]
+    entries = pd.DataFrame(
+        [(u, m, "test", True) for u, m in pairs]
+        + [(0, 13, "validation", True), (1, 13, "test", False), (-1, 13, "test", True)],
+        columns=["user_row", "media_id", "split", "is_interaction"])
+    tables.new_entries = entries.assign(user_id=entries["user_row"] + 100)
+    queries = np.array([[1.0], [-1.0], [1.0], [1.0], [1.0], [-1.0]])
+    known = np.array([[5.0], [0.5], [-5.0]])
+    new = np.array([[-3.0], [3.0], [2.0], [1.0]])
+    got = protocol.new_title_slice(queries, known, new, tables, "test")
+    assert (got["titles"], got["users"], got["interactions"]) == (3, 6, 8)
+    # Shelf top 2: {10, 11} for +1, {12, 11} for -1. Tower: u0 misses (12), u5 misses (10).
+    np.testing.assert_array_equal(got["per_user"]["two-tower"], [0, 1, 1, 1, 1, 0])
+    # The period's counts without the user: 10: 4, 11: 3, 12: 1. u0: 4, 3, 0 -> misses;
+    # u1: 4, 2, 1 -> 11 in; u4, u5: 3, 3, 1 -> 10 in.
+    np.testing.assert_array_equal(got["per_user"]["period popularity"], [0, 1, 1, 1, 1, 1])
+    # Random 2 of 3: 1 - C(2, 2) / C(3, 2) = 2/3 with one title of theirs, 1 with two.
+    np.testing.assert_allclose(got["per_user"]["random"], [2 / 3, 2 / 3, 1, 1, 2 / 3, 2 / 3])
+    assert got["hit@2"] == pytest.approx({"two-tower": 4 / 6, "period popularity": 5 / 6,
+                                          "random": 7 / 9})
+    d = got["differences"]["two-tower - period popularity"]
+    assert d["difference"] == pytest.approx(-1 / 6) and d["users"] == 6
+    # Known and new together, top 2 (u0 had t0 before): u0 {10, 11} misses 12; u1
+    # {t2, t1}: t2 of {t2, 11}, recall 1/2; u2, u3 {t0, 10}: 1/2; u4 {t0, 10}: 1; u5
+    # {t2, t1}: 0. New titles in the top 2: u0 2, u2-u4 1 each.
+    c = got["catalog_per_user"]
+    np.testing.assert_allclose(c["recall@2"], [0, 0.5, 0.5, 0.5, 1, 0])
+    np.testing.assert_allclose(c["new_hit@2"], [0, 0, 1, 1, 1, 0])
+    np.testing.assert_allclose(c["new_share"], [1, 0, 0.5, 0.5, 0.5, 0])
+    # u1's whole order: t2, t1, 12, 11, 10, t0: hits at 1 and 4 of 2 relevant.
+    ideal = 1 + 1 / np.log2(3)
+    assert c["ndcg@10"][1] == pytest.approx((1 + 1 / np.log2(5)) / ideal)
+    assert got["catalog"]["recall@2"] == pytest.approx(2.5 / 6)
+    assert got["catalog"]["users"] == 6
+    # Nothing new in validation that counts but title 13's one entry: a shelf of one.
+    assert protocol.new_title_slice(queries, known, new, tables, "validation")["titles"] == 1
+    tables.new_entries = tables.new_entries.iloc[:0]
+    assert protocol.new_title_slice(queries, known, new, tables, "test") is None
+
+
+def test_expected_random_hit_counts_every_draw():
+    # All 2-of-4 draws: a user with titles {0} is hit by 3 of the 6, with {0, 1} by 5.
+    assert protocol.expected_random_hit(4, np.array([1, 2, 0, 4]), 2) == pytest.approx(
+        [3 / 6, 5 / 6, 0, 1])
+    assert protocol.expected_random_hit(3, np.array([1]), 10) == pytest.approx([1.0])

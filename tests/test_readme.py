@@ -32,11 +32,19 @@ def test_readme_python_blocks_run_on_the_default_model(default_model, monkeypatc
         for i, block in enumerate(blocks):
             code = block.replace("data/model", str(model_dir))
             code = code.replace("data/features", str(features_dir))
+            code = code.replace("data/anirank.db", _source_db(features_dir))
             exec(compile(code, f"README.md python block {i}", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "Empty DataFrame" not in printed, "an example printed an empty result"
     if "rec" in namespace:  # the serving example printed its three recommendation tables
         assert printed.count("rank") >= 3
+
+
+def _source_db(features_dir) -> str:
+    """The raw store a feature directory was built from: the README's data/anirank.db."""
+    import json
+
+    return json.loads((features_dir / "schema.json").read_text())["source_db"]
 
 
 def _numbers_module():

@@ -280,3 +280,32 @@ def test_history_raw_features_pad_and_cut_to_the_length():
     assert {k: (s.shape.as_list(), s.dtype) for k, s in sig.items()} == {
         "history": ([None, 3], tf.int64), "history_weight": ([None, 3], tf.float32)}
 
+
+
+def test_cold_start_dropout_shows_a_share_of_titles_as_new_ones():
+    """``as_new_titles``: about ``rate`` of the rows get an id outside every vocabulary and
+    the counted statistics of a title no one has listed; the other rows and the other
+    features are untouched."""
+    from pipelines.config import COUNTED_TITLE_FEATURES
+    from towers.model import as_new_titles
+
+    tf.random.set_seed(0)
+    n = 20_000
+    titles = {"media_id": tf.range(1, n + 1, dtype=tf.int64),
+              "popularity": tf.fill([n], 50.0), "average_score": tf.fill([n], 70.0),
+              "recent_30d": tf.fill([n], 3.0), "episodes": tf.fill([n], 12.0)}
+    out = {k: v.numpy() for k, v in as_new_titles(titles, 0.25).items()}
+    new = out["media_id"] == -1
+    assert abs(new.mean() - 0.25) < 0.01
+    np.testing.assert_array_equal(out["media_id"][~new], np.arange(1, n + 1)[~new])
+    for name in ("popularity", "recent_30d"):
+        assert COUNTED_TITLE_FEATURES[name] == 0 and (out[name][new] == 0).all()
+        assert (out[name][~new] == titles[name].numpy()[0]).all()
+    assert np.isnan(out["average_score"][new]).all() and (out["average_score"][~new] == 70).all()
+    assert (out["episodes"] == 12).all()   # metadata stays: it is what places a new title
+
+
+def test_cold_start_dropout_must_be_a_share():
+    for rate in (-0.1, 1.0):
+        with pytest.raises(InputError, match="cold_start_dropout"):
+            RetrievalConfig(cold_start_dropout=rate)

@@ -12,8 +12,24 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from pipelines.config import RetrievalConfig
+from pipelines.config import COUNTED_TITLE_FEATURES, RetrievalConfig
 from towers.features import FeatureEncoder
+
+
+def as_new_titles(titles: dict, rate: float) -> dict:
+    """Raw candidate features with each row, at ``rate``, made to look like a title
+    first listed after the cutoff: its id out of the vocabulary (the shared OOV row) and
+    its counted statistics those of a title with no entries (``COUNTED_TITLE_FEATURES``).
+    The candidate tower trained on them places a new title by its metadata; the id
+    passed to the loss (accidental hits) stays the true one."""
+    ids = titles["media_id"]
+    new = tf.random.uniform(tf.shape(ids)) < rate
+    out = dict(titles, media_id=tf.where(new, tf.constant(-1, ids.dtype), ids))
+    for name, value in COUNTED_TITLE_FEATURES.items():
+        if name in out:
+            x = out[name]
+            out[name] = tf.where(new, tf.fill(tf.shape(x), tf.constant(value, x.dtype)), x)
+    return out
 
 
 class Tower(tf.keras.Model):
@@ -64,7 +80,10 @@ class TwoTowerModel(tfrs.Model):
         # bench/history_ablation.py): the tower learns "near what you watched", which is
         # what the next titles are.
         query = self.query_tower({k: features[k] for k in self.user_keys})
-        candidate = self.candidate_tower({k: features[k] for k in self.anime_keys})
+        titles = {k: features[k] for k in self.anime_keys}
+        if training and self.config.cold_start_dropout > 0 and self.config.features == "all":
+            titles = as_new_titles(titles, self.config.cold_start_dropout)
+        candidate = self.candidate_tower(titles)
         probability = features["sampling_probability"] if self.config.logq_correction else None
         return self.task(query, candidate, candidate_sampling_probability=probability,
                          candidate_ids=features["media_id"], compute_metrics=False,
