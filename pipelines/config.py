@@ -96,12 +96,13 @@ class FeatureConfig(_JsonConfig):
       as_of: the cutoff T as an ISO date or datetime in UTC (``"2025-06-01"``); None =
         the time by which ``1 - validation_fraction - test_fraction`` of the timed entries
         had happened, at midnight UTC.
-      targets: under a cutoff, which held-out entries are targets. ``"changed"``: every
-        entry whose newest change falls in the period, an entry added before it and
-        finished in it included, although serving hides it (it is on the list).
-        ``"added"``: only entries added in the period; the others are history the
-        period's rankings leave out, as serving does (``listed_before``; a score given
-        in the period stays a score label). Either way the split counts them.
+      targets: under a cutoff, which held-out entries are targets. ``"added"`` (the
+        default): only entries added in the period, as serving sees them; the others
+        are history the period's rankings leave out, as serving does (``listed_before``;
+        a score given in the period stays a score label). ``"changed"``: every entry
+        whose newest change falls in the period, an entry added before it and finished
+        in it included, although serving hides it (it is on the list). Either way the
+        split counts them.
       horizon_days: the length h of the validation and of the test period; None = half
         the time from T to the last entry (whole days), so the two periods cover the rest.
       validation_fraction: the share of entries held out for validation: where the
@@ -144,7 +145,7 @@ class FeatureConfig(_JsonConfig):
     """
 
     protocol: str = "as_of"
-    targets: str = "changed"
+    targets: str = "added"
     as_of: str | None = None
     horizon_days: float | None = None
     validation_fraction: float = 0.1

@@ -481,7 +481,7 @@ def describe_split(schema: dict) -> str:
                          f"({listed / positives:.1%}) were on the user's list before it "
                          "began (added earlier, finished in it): serving would hide them, "
                          "but they count as targets here, for every method alike "
-                         "(`--targets added` leaves them out)")
+                         "(`--targets added`, the default, leaves them out)")
         if split["method"] == "mixed":
             text += (f"; for the {split['random_split_users']:,} users without usable entry "
                      f"times, a seeded random {share} of the list (a random sample, not the "

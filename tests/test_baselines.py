@@ -112,9 +112,12 @@ def test_ials_solves_its_normal_equations(tiny_features):
     assert worst < 0.005   # the confidence 1 + alpha instead of alpha: 0.07
 
 
-def test_ials_is_seeded_tuned_on_validation_and_beats_popularity(tiny_features):
+IALS_GRID = {"factors": (8, 16), "regularization": (1.0,), "alpha": (1.0, 10.0)}
+
+
+def test_ials_is_seeded_and_tuned_on_validation(tiny_features):
     data = FeatureTables.load(tiny_features)
-    grid = {"factors": (8, 16), "regularization": (1.0,), "alpha": (1.0, 10.0)}
+    grid = IALS_GRID
     fitted = baselines.fit_ials(data, grid)
     tried = fitted["validation_recall@100"]
     assert [{k: t[k] for k in grid} for t in tried] == baselines.ials_settings(grid)
@@ -124,6 +127,20 @@ def test_ials_is_seeded_tuned_on_validation_and_beats_popularity(tiny_features):
     again = baselines.fit_ials(data, settings=fitted["settings"])
     rows = np.arange(len(data.users))
     np.testing.assert_array_equal(fitted["scorer"](rows), again["scorer"](rows))
-    ials = rank_metrics(fitted["scorer"], data, "test")["recall@100"]
-    popular = rank_metrics(baselines.popularity_scorer(data), data, "test")["recall@100"]
-    assert ials > popular + 0.02, (ials, popular)
+
+
+def test_ials_beats_popularity_on_the_default_world(default_model):
+    """Where there are users enough to tell: on the default world (about 2,100 test
+    users) iALS tuned on the small grid beats most popular by Recall@100 +0.29 [+0.28,
+    +0.31] (2026-12-07). On the tiny world (about 190) the two are within noise of each
+    other (+0.045 [-0.017, +0.102] with every change in the period a target, -0.010
+    [-0.069, +0.051] with only the titles added in it), so it is no judge of this."""
+    from pipelines.protocol import paired_bootstrap
+
+    data = FeatureTables.load(default_model[0])
+    fitted = baselines.fit_ials(data, IALS_GRID)
+    ials, popular = {}, {}
+    rank_metrics(fitted["scorer"], data, "test", per_user=ials)
+    rank_metrics(baselines.popularity_scorer(data), data, "test", per_user=popular)
+    d = paired_bootstrap(ials["recall@100"], popular["recall@100"])
+    assert d["ci"][0] > 0.1 and d["users"] > 1000, d

@@ -163,13 +163,14 @@ def test_entries_already_on_the_list_before_their_period_are_history_not_targets
     for pair, created in (((1, 5), day(2)), ((2, 1), day(5)), ((1, 6), day(3))):
         rows.loc[key.index(pair), "created_at"] = created
     rows.loc[key.index((1, 6)), "status"] = "PLANNING"
-    changed = FeatureConfig(as_of=t0, horizon_days=5)   # the default: still targets
+    changed = FeatureConfig(as_of=t0, horizon_days=5, targets="changed")   # still targets
     inter, _, _, _, schema = features.build(rows, _media(list(range(1, 10))), changed)
     assert schema["split"]["listed_before"] == {"validation": 1, "test": 1}
     assert not inter["listed_before"].any() and schema["counts"]["test"]["interactions"] == 1
     assert ("1 of the test period's 1 positives (100.0%) were on the user's list before it "
             "began") in features.describe_split(schema)
-    added = FeatureConfig(as_of=t0, horizon_days=5, targets="added")
+    added = FeatureConfig(as_of=t0, horizon_days=5)   # the default: targets="added"
+    assert added.targets == "added"
     inter, _, _, _, schema = features.build(rows, _media(list(range(1, 10))), added)
     assert schema["split"]["listed_before"] == {"validation": 1, "test": 1}
     flags = inter.set_index(["user_id", "media_id"])[["listed_before", "is_interaction",

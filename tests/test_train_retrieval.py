@@ -16,20 +16,38 @@ from towers.features import feature_specs, raw_names
 from towers.index import CandidateIndex
 
 
-def test_training_lowers_the_loss_and_beats_popularity(tiny_model, tiny_features):
+def test_training_lowers_the_loss_and_keeps_the_best_epoch(tiny_model, tiny_features):
     _, metrics = tiny_model
     history = metrics["training"]["history"]
     losses = [h["loss"] for h in history]
     assert np.mean(losses[-3:]) < losses[0]
     best = max(h["validation_recall@100"] for h in history)
     assert best == history[metrics["training"]["best_epoch"] - 1]["validation_recall@100"]
-    assert metrics["model"]["recall@100"] > 1.05 * metrics["popularity"]["recall@100"]
-    assert metrics["model"]["ndcg@100"] > metrics["popularity"]["ndcg@100"]
+    assert metrics["model"]["recall@100"] > metrics["popularity"]["recall@100"]
     # Throughput is what an epoch of training interactions over the fitting time gives.
     t = metrics["training"]
     assert t["train_pairs"] == len(FeatureTables.load(tiny_features).pairs("train"))
     assert t["examples_per_second"] == round(t["train_pairs"] * t["epochs"] / t["fit_seconds"], 1)
     assert t["epochs"] == len(history) and t["fit_seconds"] < t["seconds"]
+
+
+def test_one_epoch_beats_popularity_on_the_default_world(default_model):
+    """The two-tower after one epoch (the README examples' model) against most popular on
+    the default world's test users: Recall@100 +0.17 [+0.16, +0.19] and NDCG@100 ahead
+    (2026-12-07). The tiny world's 190 test users cannot tell them apart with only the
+    titles added in the period as targets (+0.031 [-0.012, +0.080])."""
+    from pipelines import baselines, protocol
+
+    tables = FeatureTables.load(default_model[0])
+    model = artifact.RetrievalArtifact(default_model[1]).for_tables(tables)
+    tower, popular = {}, {}
+    m = protocol.rank_metrics(lambda r: model.queries[r] @ model.candidate_embeddings.T,
+                              tables, "test", per_user=tower)
+    p = protocol.rank_metrics(baselines.popularity_scorer(tables), tables, "test",
+                              per_user=popular)
+    d = protocol.paired_bootstrap(tower["recall@100"], popular["recall@100"])
+    assert d["ci"][0] > 0.05 and d["users"] > 1000, d
+    assert m["ndcg@100"] > p["ndcg@100"]
 
 
 def test_saved_towers_reload_with_the_same_embeddings(tiny_model, tiny_features):
