@@ -736,8 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db",
                         help="serve user_id requests from each user's list in this raw store "
                              "as it is at start (features rebuilt; the store's users the "
-                             "model was not trained on are served too) (default: the lists "
-                             "the model was trained on)")
+                             "model was not trained on are served too), among the model's "
+                             "titles and the store's new ones, placed by the candidate tower "
+                             "(default: the lists and titles the model was trained on)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_args(argv)
     if args.lookups_per_minute <= 0 or args.cache_ttl < 0 or args.anilist_rate < 0:

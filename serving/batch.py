@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve each user from their current list in this raw store "
                              "(features, history and seen titles rebuilt from it; users of "
                              "the store the model was not trained on are served by the model "
-                             "too, and --users all includes them) (default: the lists the "
-                             "model was trained on)")
+                             "too, and --users all includes them), among the model's titles "
+                             "and the store's new ones, placed by the candidate tower "
+                             "(default: the lists and titles the model was trained on)")
     parser.add_argument("--out", default="data/recommendations", help="output directory (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user (default: %(default)s)")
     parser.add_argument("--candidates", type=int,
