@@ -300,7 +300,7 @@ def titles_path(out: Path, revision: str, day: dt.date) -> Path:
 
 
 def titles_served(titles: dict, path: Path) -> dict:
-    """``titles`` (``read_titles``) cut to those a day's serving added (``titles_path``),
+    """``titles`` (``serving.batch.read_titles``) cut to those a day's serving added (``titles_path``),
     all of them where no such file exists (a day served before it was kept)."""
     if not path.exists():
         return titles
@@ -313,11 +313,6 @@ def with_titles(rec, titles: dict | None):
     ``relations``; ``Recommender.with_titles``: those first listed after training placed
     by the candidate tower); ``rec`` itself for None."""
     return rec if titles is None else rec.with_titles(titles["media"], titles["relations"])
-
-
-def read_titles(conn) -> dict:
-    """The store's titles and their relations, as ``with_titles`` reads them."""
-    return {"media": store.read_media(conn), "relations": store.read_relations(conn)}
 
 
 def serve(rec, users: np.ndarray, entries: pd.DataFrame, at: int, since: int, out: Path,
@@ -402,7 +397,7 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     (``monitoring.Thresholds``; default MAE: 1.25 x the model's test MAE). Returns the
     day's summary: metrics, counts, paths, seconds per step."""
     from serving import Recommender  # serving loads TensorFlow: only when a day runs
-    from serving.batch import revision_of
+    from serving.batch import read_titles, revision_of
 
     day = parse_day(date)
     start, end = day_bounds(day)

@@ -96,16 +96,23 @@ def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]
     return values[ok].astype(np.int64).to_numpy(), invalid
 
 
+def read_titles(conn) -> dict:
+    """A store's titles (``media``) and their relations (``relations``), as
+    :meth:`Recommender.with_titles` reads them (the daily loop's too)."""
+    from pipelines import store
+
+    return {"media": store.read_media(conn), "relations": store.read_relations(conn)}
+
+
 def read_store(db: str | os.PathLike) -> dict:
     """What serving reads of the raw store at ``db``: every list (``lists``,
-    ``store.read_entries``), the titles (``media``) and their relations (``relations``),
-    for :meth:`Recommender.with_titles` and :meth:`Recommender.with_lists`."""
+    ``store.read_entries``) and its titles (``read_titles``), for
+    :meth:`Recommender.with_titles` and :meth:`Recommender.with_lists`."""
     from pipelines import store
 
     conn = store.connect(db, readonly=True)
     try:
-        return {"lists": store.read_entries(conn), "media": store.read_media(conn),
-                "relations": store.read_relations(conn)}
+        return {"lists": store.read_entries(conn), **read_titles(conn)}
     finally:
         conn.close()
 

@@ -105,6 +105,17 @@ def _ids_arg(name: str, values) -> np.ndarray:
     return np.asarray(items, dtype=np.int64)
 
 
+def _id_column(name: str, frame: pd.DataFrame, column: str) -> pd.Series:
+    """``frame[column]`` checked to hold integer ids with no missing value (``name``: the
+    argument, for the error)."""
+    values = frame[column]
+    if values.isna().any() or not pd.api.types.is_integer_dtype(values.dtype):
+        raise InputError(f"`{name}[{column!r}]` must hold integer ids with no missing "
+                         f"value. Received dtype {values.dtype}, e.g. "
+                         f"{values[values.isna()].head(1).tolist() or values.head(1).tolist()}.")
+    return values
+
+
 def _lists_arg(entries) -> pd.DataFrame:
     """``entries`` checked as lists for :meth:`Recommender.with_lists`: a DataFrame with
     ``LIST_COLUMNS``, integer ids, known statuses, scores from 0 to 100; else an
@@ -118,11 +129,7 @@ def _lists_arg(entries) -> pd.DataFrame:
         raise InputError(f"`entries` lacks the columns {missing}; it needs {list(LIST_COLUMNS)} "
                          "(and, optionally, updated_at, completed_at, created_at).")
     for column in ("user_id", "media_id"):
-        values = entries[column]
-        if values.isna().any() or not pd.api.types.is_integer_dtype(values.dtype):
-            raise InputError(f"`entries[{column!r}]` must hold integer ids with no missing "
-                             f"value. Received dtype {values.dtype}, e.g. "
-                             f"{values[values.isna()].head(1).tolist() or values.head(1).tolist()}.")
+        _id_column("entries", entries, column)
     bad = ~entries["status"].astype(str).isin(STATUSES)
     if bad.any():
         raise InputError(f"`entries['status']` must be one of {list(STATUSES)}. Received "
@@ -154,10 +161,7 @@ def _media_arg(media) -> pd.DataFrame:
     if missing:
         raise InputError(f"`media` lacks the columns {missing}; it needs {list(TITLE_COLUMNS)} "
                          "(store.read_media(conn) has them).")
-    ids = media["media_id"]
-    if ids.isna().any() or not pd.api.types.is_integer_dtype(ids.dtype):
-        raise InputError(f"`media['media_id']` must hold integer ids with no missing value. "
-                         f"Received dtype {ids.dtype}.")
+    ids = _id_column("media", media, "media_id")
     if ids.duplicated().any():
         raise InputError(f"`media['media_id']` must be unique. Received {int(ids.duplicated().sum())} "
                          f"repeated ids, e.g. {int(ids[ids.duplicated()].iloc[0])}.")
@@ -394,11 +398,12 @@ class Recommender:
         return cls(resolve(repo_id_or_dir, revision, **hub_kwargs), use_ranker=use_ranker)
 
     # -- scoring ----------------------------------------------------------------------
-    def _encode_catalog(self, encode) -> np.ndarray:
+    def _encode_catalog(self, encode, raw: dict | None = None) -> np.ndarray:
         """A title-half signature (``{"encoded": [n, d]}`` from raw title features) applied
-        to the whole catalog, in blocks."""
+        to the whole catalog (or to the titles of ``raw``), in blocks."""
         names = [t.name for t in encode.structured_input_signature[1].values()]
-        return apply_in_blocks(lambda batch: encode(**batch)["encoded"], self._anime_raw, names)
+        return apply_in_blocks(lambda batch: encode(**batch)["encoded"],
+                               self._anime_raw if raw is None else raw, names)
 
     def _scorer(self, score_encoded):
         """``fn(rows, signals, user) -> scores [b, l]``: the gather of encoded titles and
@@ -793,17 +798,22 @@ class Recommender:
         fresh.index = CandidateIndex.build(embeddings, anime["media_id"].to_numpy(),
                                            IndexConfig(**self.config["index"]))
         fresh._anime_row = pd.Index(anime["media_id"])
-        fresh._anime_raw = raw_features(anime, feature_specs(self.schema, "anime"), self.widths)
+        # Every per-title input is computed for the new rows alone and appended: a title's
+        # raw features and encodings do not depend on the other titles.
+        added = raw_features(anime.iloc[len(self.anime):], feature_specs(self.schema, "anime"),
+                             self.widths)
+        fresh._anime_raw = {k: np.concatenate([v, added[k]]) for k, v in self._anime_raw.items()}
         fresh._popularity = anime["train_count"].to_numpy(dtype=float)
         fresh.__dict__.pop("_unit_embeddings", None)   # cached for the old catalog
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
-            fresh._encoded = tf.constant(fresh._encode_catalog(signatures["encode_anime"]))
+            fresh._encoded = tf.constant(np.concatenate(
+                [self._encoded.numpy(), self._encode_catalog(signatures["encode_anime"], added)]))
             fresh._score_rows, fresh._score_inputs, fresh._score_signals = fresh._scorer(
                 signatures["score_encoded"])
         if self._titles_for_scores is not None:
-            fresh._titles_for_scores = fresh._encode_catalog(
-                self._saved["scorer"].signatures["encode_titles"])
+            fresh._titles_for_scores = np.concatenate([self._titles_for_scores, self._encode_catalog(
+                self._saved["scorer"].signatures["encode_titles"], added)])
         if self._ease is not None:
             n = len(self._ease)
             fresh._ease = np.zeros((len(anime), len(anime)), self._ease.dtype)

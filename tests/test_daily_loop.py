@@ -112,7 +112,7 @@ def test_each_day_is_served_and_predicted_from_the_current_lists(loop, tiny_db, 
     world at D's end (D's outcomes included); day D+1's predicted scores are the score head
     reading those lists, not the lists the model was trained on; D's served list is the
     model serving those lists."""
-    from serving import Recommender
+    from serving import Recommender, batch
 
     out, summaries, db = loop
     rec = Recommender.from_pretrained(str(tiny_scored[0]))
@@ -123,7 +123,7 @@ def test_each_day_is_served_and_predicted_from_the_current_lists(loop, tiny_db, 
     crawled = store.read_entries(conn)
     conn.close()
     conn = store.connect(db, readonly=True)
-    titles = daily.read_titles(conn)   # the loop's store: every title it has crawled
+    titles = batch.read_titles(conn)   # the loop's store: every title it has crawled
     conn.close()
     moved, previous = 0, []
     for d, (first, second) in enumerate(zip(summaries, summaries[1:]), 1):
