@@ -13,7 +13,6 @@ is the test Recall@100 difference of the first seed.
 """
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path

@@ -584,8 +584,8 @@ def _anime_table(media: pd.DataFrame, counted: "_TitleCounts", config: FeatureCo
     # What people are watching now: entries in the last days before the cutoff (the
     # query time of the lists the ranker learns from, and of the release's "now"). None
     # without a cutoff: the features are then dropped by name.
-    for days, name in zip(RECENT_WINDOWS, RECENT_FEATURES):
-        anime[name] = np.nan if counted.recent is None else counted.recent[days][rows].astype("float64")
+    for name in RECENT_FEATURES:
+        anime[name] = np.nan if counted.recent is None else counted.recent[name][rows].astype("float64")
     return anime.reset_index(drop=True)
 
 
@@ -950,6 +950,19 @@ def _flags(frame: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
         is_label=status.isin(config.label_statuses).to_numpy() & (score > 0))
 
 
+def recent_counts(rows: np.ndarray, when: np.ndarray, n: int, as_of: int) -> dict[str, np.ndarray]:
+    """What people are watching now: per title row (of ``n``), the entries whose time is
+    in each of the last ``RECENT_WINDOWS`` days before ``as_of``, under the
+    ``RECENT_FEATURES`` names. ``rows``: each entry's title row (-1: not counted);
+    ``when``: its time in unix seconds (NaN: untimed, not counted). The feature stage
+    counts training entries with it; serving, the store's current lists
+    (:meth:`serving.Recommender.with_activity`)."""
+    counted = rows >= 0
+    return {name: np.bincount(rows[counted & (when >= as_of - days * _DAY) & (when < as_of)],
+                              minlength=n).astype(np.int64)
+            for days, name in zip(RECENT_WINDOWS, RECENT_FEATURES)}
+
+
 class _TitleCounts:
     """Per title of the media table (its row order), counted from training entries:
     entries, favourites, interactions, the nonzero scores' sum and count; and the global
@@ -965,7 +978,7 @@ class _TitleCounts:
         # Entries of each title in the last days before the cutoff (``RECENT_WINDOWS``),
         # timed lists only; None without a cutoff (no "now" to count back from).
         self.as_of = as_of
-        self.recent = None if as_of is None else {days: zeros() for days in RECENT_WINDOWS}
+        self.recent = None if as_of is None else {name: zeros() for name in RECENT_FEATURES}
 
     def add(self, train: pd.DataFrame) -> None:
         at = self.index.get_indexer(train["media_id"])
@@ -973,9 +986,9 @@ class _TitleCounts:
         count = lambda mask: np.bincount(at[mask], minlength=n).astype(np.int64)  # noqa: E731
         if self.recent is not None:
             when = train["time"].to_numpy("float64", na_value=np.nan)
-            timed = ~train["random_split"].to_numpy(bool) & ~np.isnan(when)
-            for days, counts in self.recent.items():
-                counts += count(timed & (when >= self.as_of - days * _DAY) & (when < self.as_of))
+            when[train["random_split"].to_numpy(bool)] = np.nan   # no "when" to count by
+            for name, counts in recent_counts(at, when, n, self.as_of).items():
+                self.recent[name] += counts
         favourite = train["is_favourite"].fillna(False).astype(bool).to_numpy()
         score = train["score"].to_numpy().astype(np.int64)
         self.entries += np.bincount(at, minlength=n)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import atomic
-from pipelines.formatting import num, table
+from pipelines.formatting import table
 
 PSI_FLOOR = 1e-4  # a bin's share is at least this: an empty bin must not make PSI infinite
 DRIFT_INPUTS = ("score", "title_popularity", "format", "user_activity")

@@ -13,19 +13,26 @@ threshold, ``monitoring.degraded``):
    retrain on, and it says so.
 2. **Training** with the serving model's own retrieval, ranking and score-head configs
    (no ablations, no loss comparison: those are for a release, not a refresh), then its
-   evaluation report; into ``<out>/retrain/<D>/model``, each stage atomic.
-3. **The gate**, on the new validation period (never test): both models serve the
-   validation users they both know (top 10, leaving out what each user had before the
-   period, the same titles for both), scored by NDCG@10 against what the users then
-   watched; and both predict the period's scores (pairs both models know), scored by
-   per-user MAE. The candidate is *no worse* unless a paired bootstrap CI (95%, users
-   resampled) says it is worse on either: a difference inside the noise does not block
-   a refresh, a real loss does. The comparison leans towards the serving model: its
-   ranker and early stopping saw most of this period (its own validation period).
-4. **Release**, only when no worse: a local model directory is replaced in one atomic
-   swap (the one it replaces is kept as ``<out>/retrain/<D>/previous_model``); a Hub
-   model is published as a new commit of ``publish_repo`` (default: the repo it was
-   loaded from), whose id the next day's ``--revision`` pins.
+   evaluation report; into ``<out>/retrain/<D>/model``, each stage atomic. Then the
+   walk-forward refit of its stage one through the end of its validation period
+   (``walk_forward.run``, into ``<out>/retrain/<D>/walk_forward``), as ``run`` does.
+3. **The gate**, on the walk-forward test period (the newest horizon of the store), on
+   the entries after the serving model's data (``config.json["trained_through"]``), so
+   neither model learned from what it is judged on: both serve every user from the
+   same lists (everything before those entries, ``Recommender.with_lists``), scored by
+   NDCG@10 of the top 10 (leaving out what is on the lists) against what the users then
+   watched; and both predict the scores given there (pairs both models know), scored
+   by per-user MAE. The candidate is *no worse* unless a paired bootstrap CI (95%,
+   users resampled) says it is worse on either: a difference inside the noise does not
+   block a refresh, a real loss does. Where the store gained less than a horizon since
+   the serving model's data, the walk-forward model has learned from fewer days than
+   the serving one, and the gate leans towards keeping the serving model.
+4. **Release**, only when no worse: the candidate refit on every entry
+   (``walk_forward.release``: it knows today; ``trained_through`` is the store's newest
+   entry), then a local model directory is replaced in one atomic swap (the one it
+   replaces is kept as ``<out>/retrain/<D>/previous_model``); a Hub model is published
+   as a new commit of ``publish_repo`` (default: the repo it was loaded from), whose id
+   the next day's ``--revision`` pins.
 
 Everything is written to ``<out>/retrain/<D>/decision.json`` (the comparison, the
 decision and why), also when the candidate is rejected.
@@ -42,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import artifact, atomic, evaluate, features, protocol, store
+from pipelines import artifact, atomic, evaluate, features, protocol, store, walk_forward
 from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig
 from pipelines.errors import InputError
 from pipelines.tables import FeatureTables
@@ -100,19 +107,43 @@ def ndcg_per_user(top: pd.DataFrame, users: np.ndarray, relevant: dict, k: int =
     return ndcg_at_k(hit, n_relevant, k)
 
 
-def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: int = 1000) -> dict:
-    """Both models on ``tables``' validation period (the candidate's): NDCG@k of what
-    each serves and the per-user MAE of their predicted scores, per user, with the
-    paired bootstrap of candidate minus serving model (see the module docstring)."""
+SPLITS = ("train", "validation", "test")
+
+
+def served_through(served: dict) -> int | None:
+    """The newest entry time (unix seconds) the serving model learned from:
+    ``config.json["trained_through"]``; None where the model records none (a source
+    without entry times, or a model saved before it was recorded)."""
+    through = served.get("trained_through")
+    return None if through is None else int(pd.Timestamp(through).timestamp())
+
+
+def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: int = 1000,
+            period: str = "validation", after: int | None = None) -> dict:
+    """Both models on ``tables``' ``period``, counting only the entries after ``after``
+    (unix seconds; the serving model's ``trained_through``, so neither model learned
+    from what they are judged on): NDCG@k of what each serves and the per-user MAE of
+    their predicted scores, per user, with the paired bootstrap of candidate minus
+    serving model. Both serve every user from the same lists, everything before the
+    period and before ``after`` (``Recommender.with_lists``), leaving out what is on
+    them; ``users`` is 0 where nothing is left to judge."""
     inter = tables.interactions
-    validation = inter[inter["split"] == "validation"]
-    before = inter[inter["split"] == "train"]
-    watched = validation[validation["is_interaction"]]
+    earlier = inter["split"].isin(SPLITS[:SPLITS.index(period)]).to_numpy()
+    judged = (inter["split"] == period).to_numpy()
+    if after is not None:
+        late = inter["time"].to_numpy("float64", na_value=np.nan) > after
+        earlier |= judged & ~late
+        judged &= late
+    before, judged = inter[earlier], inter[judged]
+    lists = before.rename(columns={"time": "updated_at"})[
+        ["user_id", "media_id", "status", "score", "updated_at"]]
+    serving, candidate = serving.with_lists(lists), candidate.with_lists(lists)
+    watched = judged[judged["is_interaction"]]
     users = np.unique(watched["user_id"].to_numpy())
     users = users[serving.known(users) & candidate.known(users)]
+    out = {"period": period, "after": after, "users": int(len(users)), "k": k}
     if not len(users):
-        raise InputError("No validation user is known to both models: the models share "
-                         "no training users, so they cannot be compared.")
+        return out
     seen = before[before["user_id"].isin(users)].groupby("user_id")["media_id"].apply(list)
     exclude = [seen.get(u, []) for u in users]
     relevant = watched.groupby("user_id")["media_id"].apply(set).to_dict()
@@ -121,13 +152,12 @@ def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: i
     ndcg = {name: ndcg_per_user(rec.recommend(users, k=k, exclude_seen=False, exclude=exclude),
                                 users, relevant, k)
             for name, rec in (("serving", serving), ("candidate", candidate))}
-    out = {"users": int(len(users)), "k": k,
-           f"ndcg@{k}": {name: protocol.mean(v) for name, v in ndcg.items()},
-           f"ndcg@{k} difference": protocol.paired_bootstrap(ndcg["candidate"], ndcg["serving"],
-                                                            draws=draws)}
+    out[f"ndcg@{k}"] = {name: protocol.mean(v) for name, v in ndcg.items()}
+    out[f"ndcg@{k} difference"] = protocol.paired_bootstrap(ndcg["candidate"], ndcg["serving"],
+                                                           draws=draws)
     if serving.scorer is None or candidate.scorer is None:
         return out
-    scored = validation[validation["score"] > 0]
+    scored = judged[judged["score"] > 0]
     both = (serving.known(scored["user_id"]) & candidate.known(scored["user_id"])
             & scored["media_id"].isin(serving.anime["media_id"])
             & scored["media_id"].isin(candidate.anime["media_id"]))
@@ -147,9 +177,13 @@ def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: i
 
 def decide(comparison: dict) -> dict:
     """``{"release": bool, "reason": str}``: release unless the candidate is worse on
-    validation beyond the noise (NDCG@k lower, or per-user MAE higher, with a paired
-    CI that excludes zero)."""
+    the gate period beyond the noise (NDCG@k lower, or per-user MAE higher, with a
+    paired CI that excludes zero); nothing to judge on, no release."""
     k = comparison["k"]
+    if not comparison["users"]:
+        return {"release": False, "reason": "no user of the gate period has an entry after "
+                                            "the serving model's data: nothing to judge the "
+                                            "candidate on yet"}
     worse = []
     d = comparison[f"ndcg@{k} difference"]
     if d["significant"] and d["difference"] < 0:
@@ -158,13 +192,13 @@ def decide(comparison: dict) -> dict:
     if m and m["significant"] and m["difference"] > 0:
         worse.append(f"MAE {m['difference']:+.2f} [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}]")
     if worse:
-        return {"release": False, "reason": "the candidate is worse on validation: "
+        return {"release": False, "reason": "the candidate is worse on the gate period: "
                                             + "; ".join(worse)}
     parts = [f"NDCG@{k} {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
              if d["difference"] is not None else f"NDCG@{k}: too few users to compare"]
     if m:
         parts.append(f"MAE {m['difference']:+.2f} [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}]")
-    return {"release": True, "reason": "no worse on validation: " + "; ".join(parts)}
+    return {"release": True, "reason": "no worse on the gate period: " + "; ".join(parts)}
 
 
 def _train(features_dir: Path, model_dir: Path, served: dict, progress: bool) -> None:
@@ -220,16 +254,21 @@ def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
                             "a retrain would see the same data"}
     else:
         features_dir, model_dir = work / "features", work / "model"
+        walk = work / walk_forward.WORK
         features.run(db, features_dir, config, progress=progress)
         # The candidate appears whole or not at all: a failed stage leaves no model/.
         with atomic.directory(model_dir) as tmp:
             _train(features_dir, tmp, served, progress)
         evaluate.run(model_dir, features_dir, progress=progress)  # its report, for the card
-        candidate = Recommender.from_pretrained(str(model_dir))
-        comparison = compare(serving, candidate, FeatureTables.load(features_dir))
+        walk_forward.run(db, features_dir, model_dir, walk, progress=progress)
+        gate = Recommender.from_pretrained(str(walk / "model"))
+        comparison = compare(serving, gate, FeatureTables.load(walk / "features"),
+                             period="test", after=served_through(served))
         result = {"day": day, "as_of": config.as_of, "comparison": comparison,
                   **decide(comparison)}
         if result["release"]:
+            refit = walk_forward.release(db, features_dir, model_dir, walk, progress=progress)
+            result["trained_through"] = refit["trained_through"]
             result.update(release(model_dir, model, work, publish_repo))
     result["seconds"] = round(time.perf_counter() - tick, 1)
     work.mkdir(parents=True, exist_ok=True)
@@ -243,12 +282,14 @@ def describe(result: dict) -> str:
     lines = [f"retrain ({result['seconds']} s): "
              + ("released" if result["release"] else "not released") + f": {result['reason']}"]
     c = result.get("comparison")
-    if c:
+    if c and c["users"]:
         k = c["k"]
-        lines.append(f"validation ({c['users']} users): NDCG@{k} serving "
+        lines.append(f"gate period ({c['users']} users): NDCG@{k} serving "
                      f"{c[f'ndcg@{k}']['serving']:.4f}, candidate {c[f'ndcg@{k}']['candidate']:.4f}"
                      + (f"; MAE serving {c['mae']['serving']:.2f}, candidate "
                         f"{c['mae']['candidate']:.2f}" if "mae" in c else ""))
+    if "trained_through" in result:
+        lines.append(f"released model refit on every entry through {result['trained_through']}")
     if "revision" in result:
         lines.append(f"published {result['published']} at {result['revision']}: pin it with "
                      f"--revision {result['revision']}")

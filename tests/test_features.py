@@ -127,6 +127,20 @@ def test_walk_forward_tables_fold_validation_into_train_with_the_same_test_perio
     assert vectors_k["genre_share"].shape[1] == vectors_k["genre_affinity"].shape[1] == 4
 
 
+def test_recent_counts_windows_are_half_open_and_skip_untimed_entries():
+    """``recent_counts`` by hand: a window is [as_of - days, as_of); an entry at as_of
+    is the future, one at exactly as_of - 7 days is in the 7-day window; untimed entries
+    (NaN) and entries of no title (row -1) are not counted."""
+    day, now = 86_400, 100 * 86_400
+    rows = np.array([0, 0, 1, 1, 2, 2, -1, 0])
+    when = np.array([now - 1, now - 7 * day, now - 7 * day - 1, now - 30 * day,
+                     now - 30 * day - 1, now, now - 1, np.nan])
+    counts = features.recent_counts(rows, when, 4, now)
+    assert set(counts) == set(features.RECENT_FEATURES)
+    assert counts["recent_7d"].tolist() == [2, 0, 0, 0]
+    assert counts["recent_30d"].tolist() == [2, 2, 0, 0]
+
+
 def test_titles_count_their_entries_in_the_days_before_the_cutoff():
     """recent_7d / recent_30d: a title's training entries in [T - 7d, T) and [T - 30d, T),
     by hand on the fixture above, for T = day 10 and for the folded T' = day 15; with no

@@ -62,7 +62,8 @@ def test_ndcg_of_the_served_lists_by_hand():
 
 
 def _comparison(ndcg, mae=None) -> dict:
-    out = {"k": 10, "ndcg@10 difference": dict(zip(("difference", "ci", "significant"), ndcg))}
+    out = {"k": 10, "users": 100,
+           "ndcg@10 difference": dict(zip(("difference", "ci", "significant"), ndcg))}
     if mae:
         out["mae per user difference"] = dict(zip(("difference", "ci", "significant"), mae))
     return out
@@ -77,6 +78,8 @@ def test_the_gate_blocks_only_a_loss_beyond_the_noise():
     mae_worse = retrain.decide(_comparison(noise, (0.8, [0.3, 1.2], True)))
     assert not mae_worse["release"] and "MAE +0.80" in mae_worse["reason"]
     assert retrain.decide(_comparison(noise, (-0.8, [-1.2, -0.3], True)))["release"]
+    nothing = retrain.decide({"k": 10, "users": 0})
+    assert not nothing["release"] and "nothing to judge" in nothing["reason"]
 
 
 def test_a_model_compared_with_itself_is_a_tie(tiny_scored, tiny_features):
@@ -95,8 +98,10 @@ def test_a_model_compared_with_itself_is_a_tie(tiny_scored, tiny_features):
 def test_a_degraded_day_retrains_and_releases_a_candidate_no_worse(tiny_db, tiny_scored,
                                                                    tmp_path, capsys):
     """One simulated day with an MAE threshold nothing meets: the CLI trains a candidate
-    on the refreshed store (periods one day later), compares it on validation and, no
-    worse, swaps it into the model directory; the next day runs on it."""
+    on the refreshed store (periods one day later) and its walk-forward refit, compares
+    that with the serving model on the entries after the serving model's data and, no
+    worse, swaps the candidate refit on every entry into the model directory; the next
+    day runs on it."""
     from serving import Recommender
     from serving.batch import model_digest
 
@@ -120,7 +125,20 @@ def test_a_degraded_day_retrains_and_releases_a_candidate_no_worse(tiny_db, tiny
         assert c["users"] > 100 and c["scored_pairs"] > 100
         assert decision == {**decision, **retrain.decide(c)}, "the decision is the gate's"
         assert decision["release"], decision["reason"]
-        assert "released: no worse on validation" in printed
+        assert "released: no worse on the gate period" in printed
+        # Judged only on what neither model learned from: after the serving model's data.
+        served = json.loads((tiny_scored[0] / "config.json").read_text())
+        assert c["period"] == "test" and c["after"] == retrain.served_through(served)
+        walked = FeatureTables.load(out / "retrain" / days[0].isoformat() / "walk_forward"
+                                    / "features").interactions
+        gate = walked[(walked["split"] == "test") & (walked["time"] > c["after"])
+                      & walked["is_interaction"]]
+        assert c["users"] == gate["user_id"].nunique()
+        # The release knows today: refit on every entry of the refreshed store.
+        newest = retrain.newest_time(db, ("updated_at", "completed_at", "created_at"))
+        released = json.loads((model / "config.json").read_text())
+        assert retrain.served_through(released) == newest == retrain.served_through(
+            {"trained_through": decision["trained_through"]})
         cutoff = pd.Timestamp(json.loads(
             (out / "retrain" / days[0].isoformat() / "features" / "schema.json").read_text()
         )["split"]["as_of"], unit="s")

@@ -331,16 +331,16 @@ def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
     names = config["blend"]["names"]
     assert names[-1] == "log_popularity" and {"similarity", "ease"} <= set(names)
 
-    def only(signal):
+    def only(alone):
         return {"names": names, "mean": [0.0] * len(names), "scale": [1.0] * len(names),
-                "weights": [float(n == signal) for n in names]}
+                "weights": [float(n == alone) for n in names]}
 
     plain = Recommender.from_pretrained(str(model_dir), use_ranker=False)
-    for signal, expected in (("similarity", plain.recommend(users, k=10)), ("ease", got)):
-        blended = _serving(model_dir, tmp_path, f"blend-{signal}", "blend", only(signal))
+    for name, expected in (("similarity", plain.recommend(users, k=10)), ("ease", got)):
+        blended = _serving(model_dir, tmp_path, f"blend-{name}", "blend", only(name))
         assert blended.ranker is None and blended._blend is not None
         out = blended.recommend(users, k=10)
-        assert out["anime_id"].tolist() == expected["anime_id"].tolist(), signal
+        assert out["anime_id"].tolist() == expected["anime_id"].tolist(), name
     with pytest.raises(InputError, match="no `blend` weights"):
         broken = tmp_path / "broken"
         shutil.copytree(model_dir, broken)
