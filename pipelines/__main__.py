@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="model dir + feature tables -> evaluation report",
         description="Recomputes every metric from the saved towers, index and ranker on "
                     "the test split, beside popularity, random and (on synthetic data) "
-                    "oracle baselines, and writes <model>/report/ with metrics.json, "
+                    "the generator's own reference rows, and writes <model>/report/ with "
+                    "metrics.json, "
                     "report.md and PNG plots, atomically.")
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory (default: {DEFAULT_MODEL})")
     evaluate.add_argument("--features", default=DEFAULT_FEATURES,

@@ -9,7 +9,7 @@ data fingerprint, versions and configs), in one atomic swap of the model directo
 instead. Everything is recomputed from what the earlier stages saved (towers, index,
 ranker) with the protocol those stages use (``pipelines/protocol.py``), so the numbers
 agree with the training-time ones. On a synthetic world (``<db>.truth.npz`` beside the
-store the features came from) every table also has the oracle that knows the generator:
+store the features came from) every table also has the generator's own row (a reference):
 retrieval by the true log-odds of adding a title (popularity bias + true affinity),
 ranking by the true expected score.
 """
@@ -44,7 +44,8 @@ BASELINES = ("EASE", IALS, RECENT, "most popular")
 # The simpler orders of the ranker's own candidates it is weighed against (end to end).
 REORDERERS = {"blend": "the linear blend of its signals", "ease_order": "EASE's order"}
 HEAD = "score head"   # the score head's row in the score table (as the score stage names it)
-SCORE_ORACLE = "oracle (true expected score)"
+GENERATOR = "generator's odds"   # the synthetic world's own odds of adding: a reference row
+GENERATOR_SCORE = "generator's expected score"   # and its noise-free score
 
 
 def _bucket_names():
@@ -63,7 +64,7 @@ def _load_truth(tables: FeatureTables, truth: str | os.PathLike | None):
     return synth.Truth.load(path)
 
 
-def _oracle_keys(truth, tables: FeatureTables):
+def _generator_keys(truth, tables: FeatureTables):
     """fn(user_rows) -> [n, num_anime] and fn(user_rows, anime_rows [n, C]) -> [n, C]:
     the generator's log-odds of each user adding each title (``Truth.adding_log_odds``)."""
     media = tables.anime["media_id"].to_numpy()
@@ -103,7 +104,7 @@ def _retrieval_section(tables: FeatureTables, retrieval: artifact.RetrievalArtif
     if recent is not None:
         scorers[RECENT] = recent
     if truth is not None:
-        scorers["oracle"] = _oracle_keys(truth, tables)[0]
+        scorers[GENERATOR] = _generator_keys(truth, tables)[0]
     n_train = tables.users["n_train"].to_numpy()
     curves, by_activity, users = {}, {}, {}
     for name, fn in scorers.items():
@@ -174,8 +175,8 @@ def _ranking_section(tables: FeatureTables, retrieval: artifact.RetrievalArtifac
         rows = np.maximum(lists.anime_rows, 0)
         expected = truth.expected_score(np.repeat(uids[lists.user_rows], rows.shape[1]),
                                         media[rows.reshape(-1)]).reshape(rows.shape)
-        held["oracle (true expected score)"] = protocol.list_metrics(expected, lists)
-        extra["oracle"] = _oracle_keys(truth, tables)[1]
+        held[GENERATOR_SCORE] = protocol.list_metrics(expected, lists)
+        extra[GENERATOR] = _generator_keys(truth, tables)[1]
     per_user = {}
     candidates = retrieval.candidates(tables, "test", generate)
     # The simpler reorderers the serve decision weighed the ranker against (the blend
@@ -243,12 +244,12 @@ def _scores_section(tables: FeatureTables, model_dir: Path, saved: dict, truth) 
             scorer, tables.user_raw, tables.anime_raw, users, titles)
     if truth is not None:
         users, media = tables.users["user_id"].to_numpy(), tables.anime["media_id"].to_numpy()
-        extra[SCORE_ORACLE] = lambda u, a: truth.expected_score(users[u], media[a])
+        extra[GENERATOR_SCORE] = lambda u, a: truth.expected_score(users[u], media[a])
     errors = {}
     section = baselines.score_metrics(tables, "test", lambdas, extra, errors)
     if scorer is not None:
         rated = {n: r["rmse"] for n, r in section["predictors"].items()
-                 if n not in (HEAD, SCORE_ORACLE)}
+                 if n not in (HEAD, GENERATOR_SCORE)}
         best = (trained.get("validation") or {}).get("best_baseline")
         if best not in rated:   # chosen on validation by the score stage; else the biases
             best = next(n for n in rated if n.startswith("user + title biases"))
@@ -276,7 +277,7 @@ def _favourites_note(schema: dict) -> str | None:
 def _methods_data(tables: FeatureTables, metrics: dict, saved: dict) -> dict:
     """What each compared method was fitted on and what its test queries' histories
     cover (``features.covered``), and whether every method saw the same entries
-    (``same_data``). The oracles know the generator: not compared, not listed. Stage one
+    (``same_data``). The generator rows are the world's own: not compared, not listed. Stage one
     (two-tower, EASE) says what its training stage recorded; the popularity orders are
     counted here from the tables' training split; the ranked pipeline is fitted on its
     ranker's lists as well as on its stage one."""
@@ -284,7 +285,7 @@ def _methods_data(tables: FeatureTables, metrics: dict, saved: dict) -> dict:
     stage_one = (saved.get("retrieval") or {}).get("fitted_on") or train
     methods = {name: {"fitted_on": stage_one if name in ("two-tower", "EASE") else train,
                       "history": train}
-               for name in metrics["retrieval"]["curves"] if name != "oracle"}
+               for name in metrics["retrieval"]["curves"] if name != GENERATOR}
     if metrics.get("ranking"):
         ranker = (saved.get("ranking") or {}).get("fitted_on") or "not recorded"
         methods["ranked"] = {"fitted_on": ranker if ranker == stage_one
@@ -331,10 +332,11 @@ def _plots(metrics: dict, pairs, out: Path) -> list[str]:
 
     names = []
     r = metrics["retrieval"]
-    # The oracle gets a panel of its own: on one axis it flattens the models' curves.
-    models = {n: c for n, c in r["curves"].items() if n != "oracle"}
-    panels = [("Retrieval", models)] + ([("Against the oracle", {
-        n: r["curves"][n] for n in ("two-tower", "oracle")})] if "oracle" in r["curves"] else [])
+    # The generator's odds get a panel of their own: on one axis they flatten the models'
+    # curves.
+    models = {n: c for n, c in r["curves"].items() if n != GENERATOR}
+    panels = [("Retrieval", models)] + ([("Against the generator's odds", {
+        n: r["curves"][n] for n in ("two-tower", GENERATOR)})] if GENERATOR in r["curves"] else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels):
         for name, curve in curves.items():
@@ -675,14 +677,14 @@ def render(metrics: dict) -> str:
              + (f" {metrics['protocol']['favourites']}"
                 if metrics["protocol"].get("favourites") else ""), "",
              f"Data: {(metrics['data'].get('source') or {}).get('description', 'not recorded')}."
-             + (" The oracle rows know the generator: for retrieval, each user's true odds of "
-                "adding each title (its exposure, the user's true taste, cohort and seasonal "
-                "pull; not the franchise steps); for ranking, "
-                "the score the user would give each title without noise. They are a "
-                "reference, not a competitor, and not a ceiling: the retrieval oracle knows "
-                "neither the franchise steps nor when a user adds a title, which the models "
-                "learn from the lists, so a model can pass it (on equal data the ranked "
-                "pipeline comes close)." if metrics["data"].get("oracle") else ""), "",
+             + (" The generator rows are the synthetic world's own: for retrieval, each "
+                "user's true odds of adding each title (its exposure, the user's true taste, "
+                "cohort and seasonal pull; not the franchise steps); for ranking, the score "
+                "the user would give each title without noise. They are a reference, not a "
+                "competitor, and not a ceiling: the odds know neither the franchise steps "
+                "nor when a user adds a title, which the models learn from the lists, so a "
+                "model can pass them (on equal data the ranked pipeline comes close)."
+                if metrics["data"].get("generator") else ""), "",
              *_dropped_lines(metrics["data"].get("dropped_features") or {}),
              *_comparison_lines(metrics), *_data_lines(metrics), "## Retrieval", "",
              table([*r["curves"].items(), ("two-tower, ids only (training stage)", r["ids_only"]),
@@ -783,7 +785,7 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
     metrics = {
         "model": model_dir.name,
         "data": {"fingerprint": tables.schema["fingerprint"], "counts": tables.schema["counts"],
-                 "source": tables.schema.get("source"), "oracle": truth_data is not None,
+                 "source": tables.schema.get("source"), "generator": truth_data is not None,
                  "dropped_features": tables.schema.get("dropped_features", {})},
         "protocol": {"split": "test", "test_fraction": config["test_fraction"],
                      "test_split": feature_tables.describe_split(tables.schema),
@@ -793,8 +795,8 @@ def run(model: str | os.PathLike = "data/model", features: str | os.PathLike = "
                      "favourites": _favourites_note(tables.schema),
                      "relevant": "the user's test interactions ("
                                  + ", ".join(config["interaction_statuses"]) + ")",
-                     "retrieval_oracle": "the generator's log-odds of adding: exposure, true taste, cohort and seasonal terms",
-                     "ranking_oracle": "true expected score"},
+                     "retrieval_generator": "the generator's log-odds of adding: exposure, true taste, cohort and seasonal terms",
+                     "ranking_generator": "the noise-free expected score"},
         "versions": retrieval.config["versions"],
         "config": {k: retrieval.config.get(k) for k in ("retrieval", "ranking", "index")},
     }

@@ -1,5 +1,5 @@
 """The evaluation protocol, in numpy (no TensorFlow): how every model, baseline and
-oracle is scored, so the training stages, the baselines and the report measure alike.
+reference row is scored, so the training stages, the baselines and the report measure alike.
 
 Retrieval (``rank_per_user``, ``rank_metrics``): rank every title for each user with
 something relevant in a split (their interactions there), leaving out every title the
@@ -229,7 +229,7 @@ def end_to_end(tables: FeatureTables, score_lists, candidates: Candidates,
     retrieval order (the candidates' own order) against the user's test interactions.
 
     ``extra_orders``: ``{name: fn(users, candidate_rows) -> scores}`` compared alike
-    (the report adds popularity and the oracle); ``list_orders``: ``{name:
+    (the report adds popularity and the generator's odds); ``list_orders``: ``{name:
     fn(tables, lists) -> [n, C]}``, orders that read the candidates' signals as the
     ranker does (the blend, EASE's order). ``per_user``: a dict that receives
     ``{order name: {metric: [users]}}`` (for paired comparisons)."""
