@@ -35,6 +35,7 @@ import json
 import math
 import random
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from collections import Counter
@@ -47,6 +48,7 @@ import requests  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pipelines import store  # noqa: E402
+from pipelines.config import LIST_CAP  # noqa: E402,F401  (AniList's cap on a list)
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 
 ENDPOINT = "https://graphql.anilist.co"
@@ -123,7 +125,6 @@ query ($ids: [Int], $perPage: Int) {
 QUIET_HELP = "no progress bars (may come before or after the command)"
 MEDIA_BATCH = 50   # AniList's perPage maximum
 LIST_CHUNK = 500   # MediaListCollection's perChunk maximum
-LIST_CAP = 11_000  # MediaListCollection returns at most this many most recently updated entries
 MAX_SKIPPED_PAGES = 5  # user pages skipped in a row (404s): nothing more to find; stop
 
 
@@ -181,7 +182,9 @@ class RateLimiter:
     ``per_window``-th most recent one completed ``window`` seconds ago, so however long a
     request waited in transit or in the server's queue before it was counted, the server
     never counts more than ``per_window`` in its window. ``per_window <= 0``: off (429
-    pauses still hold)."""
+    pauses still hold). Thread-safe: each caller reserves its start under a lock and
+    sleeps outside it, so clients of several threads share one limit (the service's
+    lookups) and no lock is held while a request is in flight."""
 
     def __init__(self, per_window: float, window: float = RATE_WINDOW,
                  clock=time.monotonic, sleep=time.sleep):
@@ -193,27 +196,35 @@ class RateLimiter:
         self._completed: collections.deque = collections.deque(maxlen=self.limit or 1)
         self._last_start = -math.inf
         self._hold_until = 0.0
+        self._lock = threading.Lock()
 
-    def wait(self) -> float:
-        """Sleeps until the next request may start; returns the seconds slept."""
-        now = self.clock()
-        start = max(now, self._hold_until)
-        if self.limit:
-            start = max(start, self._last_start + self.interval)
-            if len(self._completed) == self.limit:
-                start = max(start, self._completed[0] + self.window)
+    def wait(self, at_most: float | None = None) -> float | None:
+        """Sleeps until the next request may start; returns the seconds slept. With
+        ``at_most``: None, without waiting or taking a turn, when the start is further
+        away than that (a caller with a deadline)."""
+        with self._lock:
+            now = self.clock()
+            start = max(now, self._hold_until)
+            if self.limit:
+                start = max(start, self._last_start + self.interval)
+                if len(self._completed) == self.limit:
+                    start = max(start, self._completed[0] + self.window)
+            if at_most is not None and start - now > at_most:
+                return None
+            self._last_start = start
         if start > now:
             self.sleep(start - now)
-        self._last_start = start
         return start - now
 
     def completed(self) -> None:
         """Records that a request completed (answered, failed or timed out) now."""
-        self._completed.append(self.clock())
+        with self._lock:
+            self._completed.append(self.clock())
 
     def hold(self, seconds: float) -> None:
         """No request for ``seconds`` from now (429, a paused API, backoff)."""
-        self._hold_until = max(self._hold_until, self.clock() + seconds)
+        with self._lock:
+            self._hold_until = max(self._hold_until, self.clock() + seconds)
 
 
 class AniListClient:
@@ -227,15 +238,22 @@ class AniListClient:
       backoff: base seconds of the exponential backoff (doubling, with full jitter).
       timeout: seconds per request.
       max_requests: total request budget of this client (None = unlimited).
+      limiter: a :class:`RateLimiter` shared with other clients (``rate`` and ``window``
+        are then its own); None: one of this client's.
+      deadline: a ``time.monotonic()`` time by which every query of this client ends:
+        each request's timeout is cut to what is left, and a query that would wait or
+        retry past it fails (TransientError) at once. None: no deadline.
     """
 
     def __init__(self, endpoint: str = ENDPOINT, *, rate: float = DEFAULT_RATE,
                  window: float = RATE_WINDOW, max_retries: int = 5, backoff: float = 2.0,
                  max_backoff: float = 120.0, timeout: float = 30.0,
                  max_requests: int | None = None, session: requests.Session | None = None,
-                 sleep=time.sleep):
+                 sleep=time.sleep, limiter: RateLimiter | None = None,
+                 deadline: float | None = None):
         self.endpoint = endpoint
-        self.limiter = RateLimiter(rate, window, sleep=sleep)
+        self.limiter = limiter if limiter is not None else RateLimiter(rate, window, sleep=sleep)
+        self.deadline = deadline
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.timeout, self.max_requests = timeout, max_requests
         self.session = session or requests.Session()
@@ -265,13 +283,19 @@ class AniListClient:
         while True:
             if self.max_requests is not None and self.stats.requests >= self.max_requests:
                 raise BudgetExhausted(f"request budget of {self.max_requests} used up")
-            self.stats.waited_seconds += self.limiter.wait()
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            waited = self.limiter.wait() if left is None else self.limiter.wait(max(left, 0.0))
+            if waited is None or (left is not None and left - waited <= 0):
+                raise TransientError("out of time: the lookup's time budget is spent"
+                                     + (f" ({failures} failed attempts)" if failures else ""))
+            self.stats.waited_seconds += waited
             self.stats.requests += 1
             reason = None
             try:
                 response = self.session.post(self.endpoint, json={"query": query,
                                                                   "variables": variables},
-                                             timeout=self.timeout)
+                                             timeout=self.timeout if left is None
+                                             else min(self.timeout, left - waited))
             except requests.Timeout:
                 reason = "timeout"
             except requests.ConnectionError as err:

@@ -20,15 +20,19 @@ its SavedModels and retrieval half are loaded back.
       scorer/                SavedModel: raw user + title features -> predicted score
                              (after the score stage)
       report/                report.md and plots (after evaluate)
+      manifest.json          every other file's size and sha256, written with each swap
 
 Every write is one atomic directory swap (``create`` for the first, ``update`` for each
-later stage), so a crash leaves the previous complete directory, never a mix. Nothing
+later stage), so a crash leaves the previous complete directory, never a mix. Each swap
+writes the manifest last, and serving checks it before it loads anything
+(``check_manifest``): a missing, truncated or altered file is named, never served. Nothing
 written here holds an absolute path: the directory is published as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +51,7 @@ from pipelines.tables import FeatureTables, related_rows
 from towers.features import apply_in_blocks, feature_specs, raw_features, raw_names
 from towers.index import CandidateIndex
 
-CONFIG, METRICS, EASE = "config.json", "metrics.json", "ease.npy"
+CONFIG, METRICS, EASE, MANIFEST = "config.json", "metrics.json", "ease.npy", "manifest.json"
 # A directory with all of these can be served and published; ranker/ is optional.
 REQUIRED = (CONFIG, METRICS, "anime.parquet", "users.parquet", "seen.parquet",
             "query_tower/saved_model.pb", "candidate_tower/saved_model.pb",
@@ -109,10 +113,13 @@ def published_schema(schema: dict) -> dict:
     return {k: v for k, v in schema.items() if k not in LOCAL_KEYS}
 
 
-def create(model_dir: str | os.PathLike):
+@contextlib.contextmanager
+def create(model_dir: str | os.PathLike) -> Iterator[Path]:
     """``with create(model_dir) as tmp:`` the first write of a model directory (the
     retrieval stage): ``tmp`` replaces ``model_dir`` whole when the block succeeds."""
-    return atomic.directory(model_dir)
+    with atomic.directory(model_dir) as tmp:
+        yield tmp
+        write_manifest(tmp)
 
 
 @contextlib.contextmanager
@@ -125,6 +132,58 @@ def update(model_dir: str | os.PathLike) -> Iterator[Path]:
     with atomic.directory(model_dir) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         yield tmp
+        write_manifest(tmp)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: str | os.PathLike) -> None:
+    """``manifest.json``: the size and sha256 of every other file of the directory."""
+    model_dir = Path(model_dir)
+    files = {path.relative_to(model_dir).as_posix(): {"size": path.stat().st_size,
+                                                       "sha256": _sha256(path)}
+             for path in sorted(model_dir.rglob("*"))
+             if path.is_file() and path.relative_to(model_dir).as_posix() != MANIFEST}
+    write_json(model_dir, MANIFEST, {"files": files})
+
+
+def check_manifest(model_dir: str | os.PathLike) -> None:
+    """Raises ``InputError`` naming the first file of the manifest that is missing,
+    of another size (truncated) or of other content than the model was saved with.
+    Files the manifest does not list (a Hub repo's README.md) are not the model's.
+
+    Raises:
+      InputError: the damaged file, or a directory without a manifest, and the fix.
+    """
+    model_dir = Path(model_dir)
+    again = "download the model again or retrain it"
+    if not (model_dir / MANIFEST).exists():
+        raise InputError(
+            f"{model_dir} has no {MANIFEST} (the size and sha256 of its files): it was saved "
+            "by an earlier anirank or is not a complete model; retrain it, or, if you "
+            "trust its files, write one with `python -c \"from pipelines.artifact import "
+            f"write_manifest; write_manifest('{model_dir}')\"`.")
+    files = read_json(model_dir, MANIFEST).get("files")
+    if not isinstance(files, dict) or not files:
+        raise InputError(f"{model_dir / MANIFEST} lists no files: it is corrupt; {again}.")
+    for name, expected in files.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise InputError(f"{path} is missing from the model ({MANIFEST} lists it); {again}.")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise InputError(f"{path} is damaged: {size:,} bytes, saved with "
+                             f"{expected['size']:,} ({'truncated' if size < expected['size'] else 'grown'}); "
+                             f"{again}.")
+        if _sha256(path) != expected["sha256"]:
+            raise InputError(f"{path} is damaged: its content is not the one the model was "
+                             f"saved with (sha256 differs); {again}.")
 
 
 def load_saved_model(path: Path):

@@ -74,6 +74,9 @@ LOSS_NAMES = ("approx_ndcg", "list_mle", "softmax", "mse")
 # A title's entries in the last this many days before the cutoff: how much it is watched
 # now (``recent_7d``, ``recent_30d`` in ``pipelines.features.FEATURES``), as of the query
 # time of the lists the ranker learns from, of the walk-forward test's and of the release's.
+# AniList's MediaListCollection returns at most this many of a list's most recently
+# updated entries: the crawler's cap, and the longest history serving accepts.
+LIST_CAP = 11_000
 RECENT_WINDOWS = (7, 30)
 RECENT_FEATURES = tuple(f"recent_{days}d" for days in RECENT_WINDOWS)
 # A title's features counted from the entries (``features._anime_table``), and what they

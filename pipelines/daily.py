@@ -387,6 +387,52 @@ def predict(rec, outcomes: pd.DataFrame, entries: pd.DataFrame, start: int,
     return rows, global_mean
 
 
+# A store the loop can judge the model on holds at least this share of the model's
+# training entries of the users it tracks (another world's store holds next to none).
+MIN_STORE_OVERLAP = 0.5
+
+
+def check_store(db: str | os.PathLike, rec, tracked: np.ndarray) -> None:
+    """Refuses a store the daily loop cannot judge ``rec`` on, before anything is
+    written: a store that does not exist (the loop would create an empty one and report
+    nothing wrong), one that holds none of the tracked users' lists, or one of another
+    source, where fewer than ``MIN_STORE_OVERLAP`` of the model's training entries of
+    those users are found.
+
+    Raises:
+      InputError: naming the store, what is wrong and how to fix it.
+    """
+    path = Path(db)
+    if not path.is_file():
+        raise InputError(f"--db {db}: no such store. The daily loop refreshes and judges the "
+                         "model on the store of its users' lists: pass the store the model "
+                         "was trained on (or a copy), or crawl one first (`python "
+                         f"data_query.py --db {db}`).")
+    conn = store.connect(path, readonly=True)
+    try:
+        stored = store.read_entries(conn)[["user_id", "media_id"]]
+    finally:
+        conn.close()
+    stored = stored[stored["user_id"].isin(tracked)]
+    if stored.empty:
+        raise InputError(f"--db {db} holds no list of the {len(tracked):,} tracked users "
+                         f"(e.g. user {int(tracked[0]) if len(tracked) else '-'}): it is not "
+                         "this model's store. Pass the store the model was trained on, or "
+                         "--users with ids the store holds.")
+    # The model's training lists (seen.parquet: every entry it was trained with).
+    pairs = pd.read_parquet(rec.directory / "seen.parquet", columns=["user_id", "media_id"])
+    pairs = pairs[pairs["user_id"].isin(tracked)]
+    if len(pairs):
+        found = pairs.merge(stored.drop_duplicates(), on=["user_id", "media_id"]).shape[0]
+        share = found / len(pairs)
+        if share < MIN_STORE_OVERLAP:
+            raise InputError(
+                f"--db {db} holds {share:.0%} of the model's training entries of its users "
+                f"(at least {MIN_STORE_OVERLAP:.0%} expected): it is the store of another "
+                "source or world than the model's. Pass the store the model was trained on "
+                "(or a copy), or a model trained on this store.")
+
+
 def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anirank.db",
         model: str = "data/model", revision: str | None = None, endpoint: str | None = None,
         users: str | None = None, out: str | os.PathLike = "data/daily", k: int = DEFAULT_K,
@@ -410,6 +456,7 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
     rec = Recommender.from_pretrained(model, revision)
     rev = revision_of(rec, revision)
     tracked = tracked_users(rec, users)
+    check_store(db, rec, tracked)
     seconds["load"] = time.perf_counter() - tick
     conn = store.connect(db)
     try:

@@ -5,9 +5,10 @@
 The token comes from ``HF_TOKEN`` or ``hf auth login`` (never printed or logged). The
 repo is created if needed; the model card (``README.md``: YAML metadata with library_name,
 tags and metrics; how to install and load it; the towers used with TensorFlow alone; the
-training data and split as the schema records them; evaluation; limitations) is written
-into the model directory and the whole directory is uploaded as one commit whose
-message carries the headline metrics. Load it back with
+training data and split as the schema records them; evaluation; limitations) goes into
+the commit only (the model directory is left as it was), and the whole directory, its
+manifest checked first (``artifact.check_manifest``: a damaged model is not published),
+is uploaded as one commit whose message carries the headline metrics. Load it back with
 ``serving.Recommender.from_pretrained("your-name/anirank-demo", revision=...)``.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from pipelines import __version__, artifact, atomic
+from pipelines import __version__, artifact
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
 from pipelines.features import describe_split
@@ -215,18 +218,49 @@ def run(model: str | os.PathLike, repo_id: str, *, private: bool = False,
 
     model_dir = Path(model)
     artifact.check_complete(model_dir)
+    artifact.check_manifest(model_dir)
     card = model_card(model_dir, repo_id, source_url)
-    atomic.write_text(model_dir / "README.md", card)
     head = _headline(artifact.read_json(model_dir, artifact.METRICS))
     message = commit_message or "anirank model: " + ", ".join(f"{k} {v:.4f}" for k, v in head.items())
     api = HfApi(endpoint=endpoint, token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(model_dir), repo_type="model",
-                                 commit_message=message, ignore_patterns=[".*", "**/.*"],
-                                 # The repo mirrors the directory: files of an older model go.
-                                 delete_patterns=["*"])
-    except HfHubHTTPError as err:
-        # The message names the request, never the token.
-        raise InputError(f"Publishing to {repo_id} failed: {err}") from None
+    # The commit is the model directory plus its card: staged beside it (hard links,
+    # same file system), so the model directory itself is never written to.
+    with tempfile.TemporaryDirectory(dir=model_dir.resolve().parent,
+                                     prefix=f".{model_dir.name}.publish-") as staging:
+        folder = Path(staging) / model_dir.name
+        shutil.copytree(model_dir, folder, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".*", "README.md"))
+        (folder / "README.md").write_text(card)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                     commit_message=message, ignore_patterns=[".*", "**/.*"],
+                                     # The repo mirrors the directory: files of an older model go.
+                                     delete_patterns=["*"])
+        except HfHubHTTPError as err:
+            # The message names the request, never the token.
+            raise InputError(f"Publishing to {repo_id} failed: {err}") from None
+        except Exception as err:
+            if not _network_error(err):
+                raise
+            raise InputError(f"Publishing to {repo_id} failed: the Hub at "
+                             f"{endpoint or os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} "
+                             f"could not be reached ({type(err).__name__}: {err}). Check the "
+                             "network (or --endpoint / HF_ENDPOINT) and run it again; nothing "
+                             "was published.") from None
     return {"repo": repo_id, "commit": info.oid, "url": info.commit_url, "message": message}
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _network_error(err: Exception) -> bool:
+    """An error of the connection to the Hub (the HTTP client's transport errors, a
+    socket's), not of this code."""
+    module = type(err).__module__.split(".")[0]
+    return isinstance(err, (OSError, TimeoutError)) or module in (
+        "httpx", "httpx2", "httpcore", "requests", "urllib3")

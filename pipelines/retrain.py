@@ -52,6 +52,7 @@ import pandas as pd
 from pipelines import artifact, atomic, evaluate, features, protocol, store, walk_forward
 from pipelines.config import FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig
 from pipelines.errors import InputError
+from pipelines.features import LIST_COLUMNS, LIST_TIMES
 from pipelines.tables import FeatureTables
 from ranking.metrics import ndcg_at_k
 
@@ -119,14 +120,19 @@ def served_through(served: dict) -> int | None:
 
 
 def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: int = 1000,
-            period: str = "validation", after: int | None = None) -> dict:
+            period: str = "validation", after: int | None = None,
+            entries: pd.DataFrame | None = None) -> dict:
     """Both models on ``tables``' ``period``, counting only the entries after ``after``
     (unix seconds; the serving model's ``trained_through``, so neither model learned
     from what they are judged on): NDCG@k of what each serves and the per-user MAE of
     their predicted scores, per user, with the paired bootstrap of candidate minus
-    serving model. Both serve every user from the same lists, everything before the
-    period and before ``after`` (``Recommender.with_lists``), leaving out what is on
-    them; ``users`` is 0 where nothing is left to judge."""
+    serving model. Both serve every user from the same lists (``Recommender.
+    with_lists``) and leave out the same titles: with ``entries`` (the store's, and
+    ``after``) each list as the store knew it at ``after`` and every title on it then
+    (``daily.known_at``, ``daily.list_before``: titles outside the tables' catalog too,
+    which the serving model may know), else everything before the period and before
+    ``after`` in the tables. A title already on the list is not a target. ``users`` is
+    0 where nothing is left to judge."""
     inter = tables.interactions
     earlier = inter["split"].isin(SPLITS[:SPLITS.index(period)]).to_numpy()
     judged = (inter["split"] == period).to_numpy()
@@ -134,18 +140,26 @@ def compare(serving, candidate, tables: FeatureTables, k: int = GATE_K, draws: i
         late = inter["time"].to_numpy("float64", na_value=np.nan) > after
         earlier |= judged & ~late
         judged &= late
-    before, judged = inter[earlier], inter[judged]
-    lists = before.rename(columns={"time": "updated_at"})[
-        ["user_id", "media_id", "status", "score", "updated_at"]]
+    judged = inter[judged]
+    if entries is not None and after is not None:
+        from pipelines import daily
+
+        listed = daily.list_before(entries, after)
+        lists = daily.known_at(listed, after)[[*LIST_COLUMNS, *LIST_TIMES]]
+    else:
+        listed = inter[earlier]
+        lists = listed.rename(columns={"time": "updated_at"})[[*LIST_COLUMNS, "updated_at"]]
+    own = listed.groupby("user_id")["media_id"].agg(set).to_dict()
     serving, candidate = serving.with_lists(lists), candidate.with_lists(lists)
     watched = judged[judged["is_interaction"]]
+    watched = watched[[m not in own.get(u, ()) for u, m in zip(watched["user_id"],
+                                                               watched["media_id"])]]
     users = np.unique(watched["user_id"].to_numpy())
     users = users[serving.known(users) & candidate.known(users)]
     out = {"period": period, "after": after, "users": int(len(users)), "k": k}
     if not len(users):
         return out
-    seen = before[before["user_id"].isin(users)].groupby("user_id")["media_id"].apply(list)
-    exclude = [seen.get(u, []) for u in users]
+    exclude = [sorted(own.get(u, ())) for u in users]
     relevant = watched.groupby("user_id")["media_id"].apply(set).to_dict()
     # exclude_seen=False: a model directory's seen lists hold each user's whole list as
     # crawled, later periods included; both models leave out the same titles instead.
@@ -262,8 +276,13 @@ def run(db: str | os.PathLike, model: str, day: str, out: str | os.PathLike, *,
         evaluate.run(model_dir, features_dir, progress=progress)  # its report, for the card
         walk_forward.run(db, features_dir, model_dir, walk, progress=progress)
         gate = Recommender.from_pretrained(str(walk / "model"))
+        conn = store.connect(db, readonly=True)
+        try:
+            entries = store.read_entries(conn)
+        finally:
+            conn.close()
         comparison = compare(serving, gate, FeatureTables.load(walk / "features"),
-                             period="test", after=served_through(served))
+                             period="test", after=served_through(served), entries=entries)
         result = {"day": day, "as_of": config.as_of, "comparison": comparison,
                   **decide(comparison)}
         if result["release"]:

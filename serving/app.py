@@ -47,15 +47,16 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
+from pipelines.config import LIST_CAP, parse_time  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 from serving.batch import current, read_store, revision_of  # noqa: E402
-from serving.lists import (AniListUnavailable, ListLookup, TooManyLookups,  # noqa: E402
+from serving.lists import (AniListUnavailable, Busy, ListLookup, TooManyLookups,  # noqa: E402
                            UnknownUser)
-from serving.recommender import Filters, Recommender  # noqa: E402
+from serving.recommender import Filters, Recommender, newest_per_title  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_K = 100                      # results per request: a page, not a dump of the catalog
-MAX_HISTORY = data_query.LIST_CAP  # AniList returns at most this many entries of a list
+MAX_HISTORY = LIST_CAP  # AniList returns at most this many entries of a list
 MAX_BODY = 4 << 20               # bytes of a request body (an 11,000-title history is ~0.5 MB)
 ID = dict(ge=-(2**63), le=2**63 - 1)   # ids are int64 (a larger JSON number is a 422, not an overflow)
 YEAR = dict(ge=0, le=9999)
@@ -252,7 +253,7 @@ class Service:
         if not isinstance(entries, (list, tuple)):
             raise InputError("`entries` must be a list of [anime id or title, score or null] "
                              "pairs (or [id or title, score, time] triples).")
-        if len(entries) > MAX_HISTORY:
+        if len(entries) > MAX_HISTORY:   # before each entry is checked (the model checks too)
             raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
                              f"limit of a list). Received: {len(entries):,}.")
         history, unknown = [], []
@@ -285,6 +286,15 @@ class Service:
         if entries and not history:
             raise NotInCatalog(f"None of the {len(entries)} titles matches a title of this "
                                f"model's catalog: {', '.join(_clip(u, 60) for u in unknown[:5])}.")
+        # A title listed twice counts once: its newest entry (said in the notes).
+        rows, repeated = newest_per_title(
+            [h[0] for h in history],
+            [parse_time(h[2], f"entries time of {h[0]}") if len(h) == 3 and isinstance(h[2], str)
+             else (h[2] if len(h) == 3 else None) for h in history])
+        history = [history[i] for i in rows]
+        if repeated:
+            notes.append(f"{len(repeated)} titles are listed more than once; the newest entry "
+                         "of each was used.")
         frame = self.rec.recommend_for_history(history, k=k, filters=filters)
         if (frame["source"] == "popularity").any():
             notes.append("No watched titles to go on: these are the titles most people watched.")
@@ -531,21 +541,47 @@ def create_app(service: Service) -> FastAPI:
 
 
 class BodyLimit:
-    """Answers 413 to a request whose Content-Length is over MAX_BODY (or not a number),
-    before its body is read. Plain ASGI: Starlette's ``@app.middleware("http")`` wraps
-    every request and response in extra tasks and streams."""
+    """Answers 413 to a request whose body is over MAX_BODY bytes: at once where its
+    Content-Length says so (or is not a number), else as soon as the bytes read pass it
+    (a ``Transfer-Encoding: chunked`` body has no length to check), never reading or
+    parsing more. The body, at most MAX_BODY, is read here and handed on whole. Plain
+    ASGI: Starlette's ``@app.middleware("http")`` wraps every request and response in
+    extra tasks and streams."""
 
     def __init__(self, app):
         self.app = app
 
+    @staticmethod
+    async def _too_large(scope, receive, send):
+        await JSONResponse({"error": f"The request body must be at most {MAX_BODY >> 20} MB."},
+                           status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > MAX_BODY:
-                await JSONResponse({"error": f"The request body must be at most "
-                                             f"{MAX_BODY >> 20} MB."}, status_code=413)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":   # the client went away
                 return
-        await self.app(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def client_of(request: Request) -> str:
@@ -554,7 +590,8 @@ def client_of(request: Request) -> str:
 
 
 ERROR_STATUS = ((InputError, 400), (NotInCatalog, 404), (UnknownTrainingUser, 404),
-                (UnknownUser, 404), (TooManyLookups, 429), (AniListUnavailable, 502))
+                (UnknownUser, 404), (TooManyLookups, 429), (Busy, 503),
+                (AniListUnavailable, 502))
 
 
 def describe(err: Exception) -> tuple[int, str]:
@@ -607,7 +644,7 @@ def _error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
     @app.exception_handler(Exception)
     async def any_error(request: Request, err: Exception):
         headers = {"Retry-After": f"{math.ceil(err.retry_after)}"} \
-            if isinstance(err, TooManyLookups) else None
+            if isinstance(err, (TooManyLookups, Busy)) else None
         status, message = describe(err)
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -739,6 +776,11 @@ def main(argv: list[str] | None = None) -> int:
                              "model was not trained on are served too), among the model's "
                              "titles and the store's new ones, placed by the candidate tower "
                              "(default: the lists and titles the model was trained on)")
+    parser.add_argument("--forwarded-allow-ips", default="",
+                        help="comma-separated addresses of your reverse proxies, whose "
+                             "X-Forwarded-For names the client (its per-address AniList "
+                             "lookup allowance); '*' trusts any. Default: none, every "
+                             "client is the address it connects from")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_args(argv)
     if args.lookups_per_minute <= 0 or args.cache_ttl < 0 or args.anilist_rate < 0:
@@ -760,9 +802,20 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     print(f"serving http://{host}:{port}/ (model revision {service.revision}; API description "
           f"at /openapi.json; Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning" if args.quiet else "info",
-                                  access_log=not args.quiet)).run(sockets=[sock])
+    uvicorn.Server(server_config(create_app(service), args.forwarded_allow_ips,
+                                 quiet=args.quiet)).run(sockets=[sock])
     return 0
+
+
+def server_config(app, forwarded_allow_ips: str = "", quiet: bool = True):
+    """uvicorn's config for ``app``: X-Forwarded-For read only from the addresses named
+    (uvicorn itself trusts 127.0.0.1 by default, so any local process could claim to be
+    any client and pass the per-client lookup allowance)."""
+    import uvicorn
+
+    trusted = forwarded_allow_ips.strip()
+    return uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet,
+                          proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,24 +77,59 @@ DONE = "_SUCCESS"
 INVALID = "_invalid_rows.csv"
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _user_id(value) -> int | None:
+    """A user id from a file's cell: a whole number from 0 to int64's largest (``12``,
+    ``12.0``), else None (an invalid row, never a wrapped-around id)."""
+    whole = re.fullmatch(r"(\d+)(?:\.0*)?", str(value).strip())
+    if whole is None:
+        return None
+    number = int(whole.group(1))
+    return number if number <= INT64_MAX else None
+
+
 def read_users(source: str, recommender: Recommender) -> tuple[np.ndarray, list]:
     """User ids from ``all``, a CSV/Parquet file (column ``user_id``, or the first
-    column), or a text file of ids. Returns (ids in input order, invalid rows)."""
+    column), or a text file of ids. Returns (ids in input order, invalid rows: line
+    numbers counted from 1 and the text).
+
+    Raises:
+      InputError: the file is missing, unreadable as such a file, or holds no ids.
+    """
     if source == "all":
         return recommender.users["user_id"].to_numpy(np.int64), []
     path = Path(source)
-    if not path.exists():
-        raise InputError(f"Users file {path} does not exist (or pass --users all).")
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, header=0
-                            if "user_id" in path.read_text().split("\n", 1)[0] else None)
+    if not path.is_file():
+        raise InputError(f"--users {path}: no such file (a CSV, Parquet or text file of user "
+                         "ids, or --users all).")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                first = handle.readline()
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False,
+                                header=0 if "user_id" in first else None)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError,
+            ValueError) as err:
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV or text"
+        reason = "it is empty" if isinstance(err, pd.errors.EmptyDataError) else (
+            f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}")
+        raise InputError(f"--users {path} cannot be read as a {kind} file of user ids "
+                         f"({reason}). Put one id per line, or a user_id column.") from None
+    if frame.shape[1] == 0 or len(frame) == 0:
+        raise InputError(f"--users {path} holds no user ids (no rows). Put one id per line, or "
+                         "a user_id column.")
     column = frame["user_id"] if "user_id" in frame else frame.iloc[:, 0]
-    values = pd.to_numeric(column, errors="coerce")
-    ok = values.notna() & (values == values.round())
-    invalid = [(int(i) + 1, str(v)) for i, v in zip(np.flatnonzero(~ok), column[~ok])]
-    return values[ok].astype(np.int64).to_numpy(), invalid
+    parsed = [_user_id(v) for v in column]
+    ok = np.array([p is not None for p in parsed], bool)
+    invalid = [(int(i) + 1, str(column.iloc[i])) for i in np.flatnonzero(~ok)]
+    if not ok.any():
+        raise InputError(f"--users {path} holds no valid user id (whole numbers from 0 to "
+                         f"{INT64_MAX}), e.g. row {invalid[0][0]}: {invalid[0][1][:40]!r}.")
+    return np.array([p for p in parsed if p is not None], np.int64), invalid
 
 
 def read_titles(conn) -> dict:
@@ -209,7 +245,13 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
                 "k": k, "candidates": candidates,
                 "chunk_size": chunk_size, "filters": repr(filters),
                 "users_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a directory for the job's output.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {out} cannot be created ({err.strerror or err}); pass a "
+                         "writable directory.") from None
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         if json.loads(manifest_path.read_text()) != manifest:

@@ -31,6 +31,7 @@ any (user, title) pairs.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -44,7 +45,7 @@ import tensorflow as tf
 
 from pipelines import artifact
 from pipelines.candidates import Generator
-from pipelines.config import SIGNALS, STATUSES, FeatureConfig, RankingConfig, parse_time
+from pipelines.config import LIST_CAP, SIGNALS, STATUSES, FeatureConfig, RankingConfig, parse_time
 from pipelines.errors import InputError
 from pipelines.features import (LIST_COLUMNS, RELATED_IDS, RELATED_TYPES, catalog_relations,
                                 list_entries, new_title_rows, user_features)
@@ -54,6 +55,8 @@ from towers.features import apply_in_blocks, feature_specs, raw_features
 from towers.index import CandidateIndex, IndexConfig
 
 OUTPUT_COLUMNS = ["user_id", "rank", "anime_id", "title", "score", "predicted_score"]
+# The longest history a caller may give: AniList's own cap on a list (the service's too).
+MAX_HISTORY = LIST_CAP
 DEFAULT_CANDIDATES = 100
 
 
@@ -166,6 +169,22 @@ def _media_arg(media) -> pd.DataFrame:
         raise InputError(f"`media['media_id']` must be unique. Received {int(ids.duplicated().sum())} "
                          f"repeated ids, e.g. {int(ids[ids.duplicated()].iloc[0])}.")
     return media
+
+
+def newest_per_title(media: list, times: list) -> tuple[list[int], list]:
+    """One entry per title of a history: the positions to keep (of a title given more
+    than once, the entry of the newest time, the last given where a time is missing),
+    in first-seen order, and the ids that were repeated."""
+    keep: dict = {}
+    for i, (mid, when) in enumerate(zip(media, times)):
+        j = keep.get(mid)
+        if j is None or times[j] is None or when is None or when >= times[j]:
+            keep[mid] = i
+    first = {}
+    for i, mid in enumerate(media):
+        first.setdefault(mid, i)
+    rows = sorted(keep.values(), key=lambda i: first[media[i]])
+    return rows, sorted(m for m, n in collections.Counter(media).items() if n > 1)
 
 
 def _group(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
@@ -296,6 +315,9 @@ class Recommender:
 
     def __init__(self, directory: Path, use_ranker: bool | None = None):
         self.directory = Path(directory)
+        # Every file as saved (size, sha256), before anything is read: a damaged model is
+        # named, never served.
+        artifact.check_manifest(self.directory)
         # The retrieval half is loaded as the ranking stage and the report load it.
         self.retrieval = artifact.RetrievalArtifact(self.directory)
         r = self.retrieval
@@ -330,6 +352,14 @@ class Recommender:
                             "why": f"use_ranker={use_ranker} was passed"}
         saved_ranker, self.ranker = ((None, None) if self.serving["order"] != "ranked"
                                      else artifact.load_ranker(self.directory))
+        if self.serving["order"] == "ranked" and self.ranker is None:
+            if use_ranker:
+                raise InputError(f"use_ranker=True, but {self.directory} has no ranker/: "
+                                 "train one (`python -m pipelines train-ranking`) or load "
+                                 "it with use_ranker=False.")
+            raise InputError(f"{self.directory}/config.json serves the ranker, but the "
+                             "model has no ranker/: it is incomplete; download the model "
+                             "again or retrain it.")
         if saved_ranker is not None:
             self._saved["ranker"] = saved_ranker
             signatures = saved_ranker.signatures
@@ -656,6 +686,9 @@ class Recommender:
             raise InputError(f"`entries` must be a list of (anime id or title, score or None) "
                              f"pairs. Received: entries={entries!r}.")
         entries = list(entries)
+        if len(entries) > MAX_HISTORY:
+            raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
+                             f"limit of a list). Received: {len(entries):,}.")
         by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
         by_title.update({str(t).casefold(): m for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
         media, scores, times, unknown = [], [], [], []
@@ -687,6 +720,12 @@ class Recommender:
         if unknown:
             warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
                           f"model and are ignored: {unknown[:10]!r}.", stacklevel=2)
+        rows, duplicates = newest_per_title(media, times)
+        media, scores, times = ([x[i] for i in rows] for x in (media, scores, times))
+        if duplicates:
+            warnings.warn(f"{len(duplicates)} titles are listed more than once; the newest "
+                          f"entry of each is kept (the last given where times are missing): "
+                          f"{duplicates[:10]!r}.", stacklevel=2)
         if media:
             raw = self._history_features(media, scores, times)
             top, top_scores = self._recommend_raw(raw, [media], [self._anime_row.get_indexer(media)],
@@ -696,6 +735,7 @@ class Recommender:
             result = self.popular([-1], k, filters).assign(source="popularity")
         result = result.drop(columns="user_id")
         result.attrs["unknown"] = unknown
+        result.attrs["duplicates"] = duplicates
         return result
 
     def with_lists(self, entries: pd.DataFrame) -> "Recommender":

@@ -9,14 +9,14 @@ import time
 
 import uvicorn
 
-from serving.app import listen
+from serving.app import listen, server_config
 
 
 @contextlib.contextmanager
 def serving(app):
     """``with serving(app) as url:`` -> ``http://127.0.0.1:<port>``; stops on exit."""
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(app))   # as `python -m serving.app` configures it
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -230,6 +230,43 @@ def test_bad_input_gets_a_4xx_with_a_json_error(url, method, path, payload, stat
     assert requests.get(url + "/health", timeout=10).status_code == 200  # still serving
 
 
+def _chunked(url: str, path: str, chunks: list) -> tuple[int, bytes]:
+    """POSTs ``chunks`` as a ``Transfer-Encoding: chunked`` body over a raw socket (each
+    chunk framed whole; a body over the cap ends with the chunk that passes it, so the
+    server has read every byte sent when it answers and closes); returns the status and
+    the response body."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        for chunk in chunks:
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        total = sum(map(len, chunks))
+        if total <= 4 << 20:
+            sock.sendall(b"0\r\n\r\n")
+        reply = b""
+        while True:
+            part = sock.recv(1 << 16)
+            if not part:
+                break
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():   # the answer may be chunked too
+        data, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if not n:
+                break
+            data, rest = data + rest[:n], rest[n + 2:]
+        body = data
+    return int(head.split()[1]), body
+
+
 def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
     for raw, error in ((b'{"user_id": 1,', "the body is not valid JSON (Expecting property name "
                                            "enclosed in double quotes, at character 14)"),
@@ -245,6 +282,13 @@ def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
     huge = requests.post(url + "/recommend_for_history", data=b" " * (5 << 20), timeout=30,
                          headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "at most 4 MB" in huge.json()["error"]
+    # A chunked body has no Content-Length: counted as read, 413 once it passes 4 MB
+    # (read whole and parsed before: 422); a small chunked body is served.
+    assert _chunked(url, "/recommend_for_history", [b" " * (1 << 20)] * 4 + [b" "])[0] == 413
+    small = json.dumps({"entries": [[int(app_rec.anime["media_id"].iloc[0]), 90]], "k": 3})
+    status, answer = _chunked(url, "/recommend_for_history", [small.encode()[:10],
+                                                              small.encode()[10:]])
+    assert status == 200 and len(json.loads(answer)["results"]) == 3
     private = int(app_rec.users["user_id"].iloc[-1])
     anilist.private_users.add(private)
     try:
@@ -311,6 +355,99 @@ def test_anilist_lookups_are_cached_and_limited_per_client(app_rec, anilist):
         page = requests.get(url + "/", params={"mode": "user", "user": names[2]}, timeout=10)
         assert page.status_code == 429 and "Too many AniList lookups" in page.text
         assert post(url, "/recommend", {"user": names[0]}).status_code == 200  # still cached
+
+
+class _Hanging:
+    """An AniList that accepts every connection and never answers (until closed): an
+    outage as a client sees it, with no work of its own on this process's cores."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted, self._held = 0, []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:   # closed
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def test_an_anilist_outage_stays_contained(app_rec):
+    """AniList hangs on every request. 50 concurrent lookups by name each end within the
+    lookup's budget (at most 4 reach AniList at once; the rest are turned away at once,
+    then the breaker opens and every lookup fails fast with a pointer to the list
+    builder), while /health, /recommend by id and /recommend_for_history keep answering
+    at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hanging = _Hanging()
+    lists = ListLookup(hanging.url, rate=0, per_client=1000, ttl=600, budget=2.0,
+                       timeout=1.0, max_lookups=4, failures_to_open=3, cooldown=60)
+    service = Service(app_rec, "outage", lists)
+    user = int(app_rec.users["user_id"].iloc[0])
+    history = {"entries": [[int(m), 80] for m in app_rec.anime["media_id"].iloc[:5]], "k": 5}
+    try:
+        with serving(create_app(service)) as url:
+            def lookup(i):
+                tick = time.perf_counter()
+                got = requests.post(url + "/recommend", json={"user": f"user{i}"}, timeout=60)
+                return got.status_code, got.json()["error"], time.perf_counter() - tick
+
+            def others(_):
+                times = []
+                for call in (lambda: requests.get(url + "/health", timeout=30),
+                             lambda: post(url, "/recommend", {"user_id": user, "k": 5}),
+                             lambda: post(url, "/recommend_for_history", history)):
+                    tick = time.perf_counter()
+                    assert call().status_code == 200
+                    times.append(time.perf_counter() - tick)
+                return times
+
+            with ThreadPoolExecutor(60) as pool:
+                looked = pool.map(lookup, range(50))
+                answered = [t for times in pool.map(others, range(30)) for t in times]
+                looked = list(looked)
+            late = lookup(50)   # the breaker is open by now: no request to AniList
+    finally:
+        hanging.close()
+    statuses = sorted({status for status, *_ in looked})
+    assert set(statuses) <= {502, 503}, statuses
+    assert max(seconds for *_, seconds in looked) < 2.0 + 1.5, "each lookup within its budget"
+    slow = [seconds for status, _, seconds in looked if status == 502]
+    fast = [seconds for status, _, seconds in looked if status == 503]
+    assert len(slow) <= 4 and len(fast) >= 46
+    assert np.median(fast) < 0.5, "turned away at once, not after AniList's timeout"
+    assert late[0] == 503 and "lookups are paused" in late[1] and late[2] < 0.5
+    assert "Build your list on the page" in late[1]
+    assert hanging.accepted <= 4 * 2, "at most 4 lookups reached AniList, twice each"
+    # Not stalled behind the lookups (before: /health took 33 s during 44 lookups).
+    p99 = float(np.quantile(answered, 0.99))
+    print(f"outage: {len(answered)} other calls, p99 {p99 * 1000:.0f} ms; turned-away "
+          f"lookups {np.median(fast) * 1000:.0f} ms median")
+    assert p99 < 1.0, p99
+
+
+def test_forwarded_headers_are_trusted_only_from_named_proxies(app_rec, anilist):
+    lists = ListLookup(anilist.url, rate=0, per_client=2, ttl=600)
+    names = [f"user{u}" for u in app_rec.users["user_id"].to_numpy()[20:23]]
+    with serving(create_app(Service(app_rec, "xff", lists))) as url:
+        got = [requests.post(url + "/recommend", json={"user": name}, timeout=60,
+                             headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+               for i, name in enumerate(names)]
+    assert got == [200, 200, 429], "three addresses claimed, one client counted"
 
 
 def test_token_bucket_refills_at_its_rate():

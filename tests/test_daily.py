@@ -189,3 +189,40 @@ def test_bad_dates_and_user_files_are_named(tmp_path):
     bad.write_text("12\nalice\n")
     with pytest.raises(InputError, match="line 2: 'alice'"):
         daily.tracked_users(None, str(bad))
+
+
+def test_a_store_the_loop_cannot_judge_is_one_error_and_nothing_is_written(
+        tiny_db, tiny_scored, tmp_path, capsys):
+    """A missing store, a store with none of the tracked users' lists and a store of
+    another source (under half of the model's training entries of its users) are each
+    one ``error:`` line, exit 2, and leave no store and no daily directory behind. The
+    model's own store passes the check."""
+    from pipelines.__main__ import main
+    from serving import Recommender
+    from tests.simulate_days import copy_store
+
+    model = str(tiny_scored[0])
+    rec = Recommender.from_pretrained(model)
+    tracked = rec.users["user_id"].to_numpy(np.int64)
+    empty = tmp_path / "empty.db"
+    store.connect(empty).close()
+    other = tmp_path / "other.db"
+    copy_store(tiny_db, other)
+    conn = store.connect(other)
+    # Three fifths of every list gone: 40% of the model's entries are left.
+    conn.execute("DELETE FROM entries WHERE (user_id + media_id) % 5 < 3")
+    conn.close()
+    cases = {tmp_path / "nothere.db": "no such store",
+             empty: "holds no list of the",
+             other: "of the model's training entries of its users"}
+    for db, message in cases.items():
+        out = tmp_path / f"job-{db.stem}"
+        assert main(["daily", "--date", "2026-11-02", "--db", str(db), "--model", model,
+                     "--out", str(out), "--no-refresh", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --db ") and message in err[0], err
+        assert not out.exists(), "nothing written"
+    assert not (tmp_path / "nothere.db").exists(), "no empty store created"
+    share = float(next(line for line in err).split(" holds ")[1].split("%")[0]) / 100
+    assert 0.3 < share < 0.5, share
+    daily.check_store(tiny_db, rec, tracked)   # the model's own store: no error

@@ -35,7 +35,10 @@ def test_push_then_load_gives_the_local_models_recommendations(hub, tiny_ranked,
     result = publish.run(model, "tester/anime", endpoint=hub.url)
     assert result["url"].endswith(result["commit"]) and "recall@100" in result["message"]
     assert set(hub.authorizations) == {"Bearer hf_secret_token_123"}
-    card = (model / "README.md").read_text()
+    # The card is in the commit only: the model directory is left as it was.
+    assert not (model / "README.md").exists()
+    remote_dir = Recommender.from_pretrained("tester/anime", endpoint=hub.url).directory
+    card = (remote_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: tensorflow") and 'from_pretrained("tester/anime")' in card
 
     local = Recommender.from_pretrained(str(model))
@@ -43,6 +46,14 @@ def test_push_then_load_gives_the_local_models_recommendations(hub, tiny_ranked,
     assert remote.directory != model
     users = local.users["user_id"].to_numpy()[:25]
     pd.testing.assert_frame_equal(_recs(remote, users), _recs(local, users))
+    # A damaged file in the cache (a cache of its own: blobs are shared by content) is
+    # named, never served: the manifest travels with the model.
+    own = {"endpoint": hub.url, "cache_dir": str(tmp_path / "cache")}
+    cached = Recommender.from_pretrained("tester/anime", **own).directory
+    blob = (cached / "index" / "candidate_embeddings.npy").resolve()
+    blob.write_bytes(blob.read_bytes()[:1000])
+    with pytest.raises(InputError, match=r"candidate_embeddings.npy is damaged: 1,000 bytes"):
+        Recommender.from_pretrained("tester/anime", local_files_only=True, **own)
 
 
 def test_revisions_are_pinned_and_the_cache_works_offline(hub, tiny_ranked, tiny_model, tmp_path):
@@ -90,6 +101,15 @@ def test_clear_errors_for_missing_repos_revisions_and_files(hub, tiny_ranked, tm
     shutil.rmtree(partial / "index")
     with pytest.raises(InputError, match=r"missing \['index"):
         publish.run(partial, "tester/partial", endpoint=hub.url)
+    # No Hub at all: one named error, and the model directory as it was.
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(InputError, match=f"the Hub at {nowhere} could not be reached"):
+        publish.run(model, "tester/anime", endpoint=nowhere)
+    assert not (model / "README.md").exists()
 
 
 def test_publish_cli_never_prints_the_token(hub, tiny_ranked, tmp_path):

@@ -59,7 +59,8 @@ def test_towers_directly_with_tensorflow_alone(trained, request, tmp_path, monke
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with HubStandIn() as hub:
         publish.run(model_dir, "tester/towers", endpoint=hub.url, token="x")
-        card = (model_dir / "README.md").read_text()
+        card = (Recommender.from_pretrained("tester/towers", endpoint=hub.url).directory
+                / "README.md").read_text()
         (snippet,) = re.findall(r"## Use the towers directly\n.*?```python\n(.*?)```", card, re.S)
         # Run as a user would: another directory, anirank not imported (checked after).
         check = "\nimport sys\nassert not {'pipelines', 'towers', 'ranking', 'serving'} & set(sys.modules)\n"

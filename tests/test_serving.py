@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import artifact
 from pipelines.candidates import Generator
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
@@ -173,28 +174,71 @@ def test_unknown_users_and_bad_arguments(rec):
         rec.recommend(rec.users["user_id"][:1], k=0)
 
 
+def _damaged(source, tmp_path, name, damage, manifest=False):
+    """A copy of the model ``source`` with ``damage(directory)`` done to it, and its
+    manifest rewritten to match when ``manifest`` (a damage saved as the model)."""
+    copy = tmp_path / name
+    shutil.copytree(source, copy)
+    damage(copy)
+    if manifest:
+        artifact.write_manifest(copy)
+    return str(copy)
+
+
+def _ranked_without_ranker(directory):
+    """A config that serves the ranker, and no ranker/ (an incomplete copy)."""
+    config = json.loads((directory / "config.json").read_text())
+    config["serving"] = {"order": "ranked", "why": "set by the test"}
+    (directory / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(directory / "ranker")
+
+
 def test_damaged_models_give_clear_errors(tiny_ranked, tmp_path):
-    broken = tmp_path / "m1"
-    shutil.copytree(tiny_ranked[0], broken)
-    (broken / "query_tower" / "saved_model.pb").write_bytes(b"not a protobuf")
-    with pytest.raises(InputError, match="query_tower is missing or corrupt"):
-        Recommender.from_pretrained(str(broken))
-    missing = tmp_path / "m2"
-    shutil.copytree(tiny_ranked[0], missing)
-    (missing / "index" / "candidate_ids.npy").unlink()
-    with pytest.raises(InputError, match=r"missing \['index/candidate_ids.npy'\]"):
-        Recommender.from_pretrained(str(missing))
-    corrupt = tmp_path / "m3"
-    shutil.copytree(tiny_ranked[0], corrupt)
-    (corrupt / "config.json").write_text("{not json")
-    with pytest.raises(InputError, match="config.json is corrupt"):
-        Recommender.from_pretrained(str(corrupt))
-    other = tmp_path / "m4"
-    shutil.copytree(tiny_ranked[0], other)
-    text = (other / "config.json").read_text().replace('"tensorflow": "2.', '"tensorflow": "1.')
-    (other / "config.json").write_text(text)
-    with pytest.raises(InputError, match="saved with TensorFlow 1"):
-        Recommender.from_pretrained(str(other))
+    """Every file is checked against the manifest (size, sha256) before anything is
+    read: a missing, truncated or altered file is named. Damage saved with its manifest
+    (as a buggy writer would) still gets a named error from the loader."""
+    source = tiny_ranked[0]
+
+    def truncate(name):
+        def damage(d):
+            data = (d / name).read_bytes()
+            (d / name).write_bytes(data[: len(data) // 2])
+        return damage
+
+    cases = {
+        "truncated embeddings": (truncate("index/candidate_embeddings.npy"),
+                                 r"candidate_embeddings.npy is damaged: [\d,]+ bytes, saved "
+                                 r"with [\d,]+ \(truncated\)"),
+        "truncated titles": (truncate("anime.parquet"), r"anime.parquet is damaged: .*truncated"),
+        "missing ids": (lambda d: (d / "index" / "candidate_ids.npy").unlink(),
+                        "candidate_ids.npy is missing from the model"),
+        "missing ranker": (lambda d: shutil.rmtree(d / "ranker"),
+                           r"ranker/.* is missing from the model"),
+        "altered config": (lambda d: (d / "config.json").write_text(
+            (d / "config.json").read_text().replace('"tensorflow": "2.', '"tensorflow": "1.')),
+            "config.json is damaged: its content is not the one the model was saved with"),
+        "no manifest": (lambda d: (d / artifact.MANIFEST).unlink(),
+                        "has no manifest.json"),
+    }
+    for name, (damage, message) in cases.items():
+        with pytest.raises(InputError, match=message):
+            Recommender.from_pretrained(_damaged(source, tmp_path, name.replace(" ", "_"), damage))
+    saved = {
+        "query_tower is missing or corrupt": lambda d: (
+            d / "query_tower" / "saved_model.pb").write_bytes(b"not a protobuf"),
+        r"missing \['index/candidate_ids.npy'\]": lambda d: (
+            d / "index" / "candidate_ids.npy").unlink(),
+        "config.json is corrupt": lambda d: (d / "config.json").write_text("{not json"),
+        "saved with TensorFlow 1": cases["altered config"][0],
+        "serves the ranker, but the model has no ranker/": _ranked_without_ranker,
+    }
+    for i, (message, damage) in enumerate(saved.items()):
+        with pytest.raises(InputError, match=message):
+            Recommender.from_pretrained(_damaged(source, tmp_path, f"saved{i}", damage, True))
+    # Files the manifest does not list are not the model's (a Hub repo's README.md).
+    extra = _damaged(source, tmp_path, "extra", lambda d: (d / "README.md").write_text("card"))
+    assert len(Recommender.from_pretrained(extra).recommend(
+        Recommender.from_pretrained(str(source)).users["user_id"][:2], k=3)) == 6
 
 
 def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
@@ -256,6 +300,7 @@ def test_batch_job_output_flags_and_resume(tiny_ranked, rec, tmp_path):
     shutil.copytree(tiny_ranked[0], retrained)
     emb = np.load(retrained / "index" / "candidate_embeddings.npy")
     np.save(retrained / "index" / "candidate_embeddings.npy", emb[::-1].copy())
+    artifact.write_manifest(retrained)   # saved so, as a retrained model would be
     first = tmp_path / "first"
     batch.run(str(tiny_ranked[0]), "all", first, k=5, chunk_size=500, progress=False)
     manifest = (first / batch.MANIFEST).read_text()
@@ -306,6 +351,7 @@ def _serving(model_dir, tmp_path, name, order, blend=None):
     if blend is not None:
         config["blend"] = blend
     (copy / "config.json").write_text(json.dumps(config))
+    artifact.write_manifest(copy)
     return Recommender.from_pretrained(str(copy))
 
 
@@ -347,6 +393,7 @@ def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
         config["serving"] = {"order": "blend", "why": "test"}
         del config["blend"]
         (broken / "config.json").write_text(json.dumps(config))
+        artifact.write_manifest(broken)
         Recommender.from_pretrained(str(broken))
 
 
@@ -394,6 +441,7 @@ def test_the_franchise_signal_is_served_from_the_model_dirs_relations(tiny_ranke
     config = json.loads((broken / "config.json").read_text())
     del config["feature_schema"]["relations"]
     (broken / "config.json").write_text(json.dumps(config))
+    artifact.write_manifest(broken)
     with pytest.raises(InputError, match=r"reads the candidate signals \['franchise'\]"):
         Recommender.from_pretrained(str(broken), use_ranker=True)
 

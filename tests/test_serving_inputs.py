@@ -148,3 +148,61 @@ def test_candidates_must_be_at_least_k(rec, users, tiny_ranked, tmp_path, capsys
         assert code == 2 and err.startswith("error: ") and shown in err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert not out.exists(), "nothing is written for a bad option"
+
+
+def test_batch_users_files_and_out_directories_are_checked(rec, tiny_ranked, tmp_path, capsys):
+    """Each bad --users file or --out is one `error:` line and exit 2 from the CLI, with
+    nothing written; an id beyond int64 is an invalid row, never a wrapped-around id."""
+    from serving.batch import main
+
+    model = str(tiny_ranked[0])
+    known = int(rec.users["user_id"].iloc[0])
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"user_id\n{known}\n99999999999999999999999\n9223372036854775807\n1_000\n")
+    got, invalid = batch.read_users(str(ids), rec)
+    assert got.tolist() == [known, 2**63 - 1]
+    assert invalid == [(2, "99999999999999999999999"), (4, "1_000")]
+    binary = tmp_path / "users.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    header = tmp_path / "header.csv"
+    header.write_text("user_id\n")
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    words = tmp_path / "words.txt"
+    words.write_text("alice\nbob\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [(["--users", str(binary)], "cannot be read as a CSV or text file of user ids (UnicodeDecodeError"),
+             (["--users", str(empty)], "cannot be read as a CSV or text file of user ids (it is empty)"),
+             (["--users", str(header)], "holds no user ids (no rows)"),
+             (["--users", str(fake)], "cannot be read as a Parquet file"),
+             (["--users", str(words)], "holds no valid user id"),
+             (["--users", str(ids), "--out", "/proc/nope/out"], "--out /proc/nope/out cannot be created"),
+             (["--users", str(ids), "--out", str(a_file)], f"--out {a_file} is a file")]
+    for i, (args, message) in enumerate(cases):
+        out = ["--out", str(tmp_path / f"out{i}")] if "--out" not in args else []
+        assert main(["--model", model, *out, *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not (tmp_path / f"out{i}").exists(), "nothing written"
+
+
+def test_history_duplicates_collapse_to_the_newest_entry_and_the_cap_is_anilists(rec):
+    """A title listed three times counts once: its newest entry (by time; the last given
+    without times), named in a warning and ``attrs["duplicates"]``; the answer is the
+    one-entry history's. 11,001 entries are refused as the service refuses them."""
+    m, other = (int(x) for x in rec.anime["media_id"].iloc[:2])
+    with pytest.warns(UserWarning, match=rf"1 titles are listed more than once.*\[{m}\]"):
+        got = rec.recommend_for_history([(m, 90), (other, 70), (m, 10), (m, None)], k=5)
+    assert got.attrs["duplicates"] == [m]
+    want = rec.recommend_for_history([(m, None), (other, 70)], k=5)
+    pd.testing.assert_frame_equal(got[["anime_id", "score"]], want[["anime_id", "score"]])
+    with pytest.warns(UserWarning):
+        timed = rec.recommend_for_history([(m, 90, 2_000_000), (m, 10, 1_000_000)], k=5)
+    pd.testing.assert_frame_equal(
+        timed[["anime_id", "score"]],
+        rec.recommend_for_history([(m, 90, 2_000_000)], k=5)[["anime_id", "score"]])
+    with pytest.raises(InputError, match=r"at most 11,000 titles .* Received: 11,001"):
+        rec.recommend_for_history([(m, 50)] * 11_001)
