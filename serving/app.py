@@ -112,8 +112,10 @@ class Service:
                                 "format": r.format or None, "genres": [str(g) for g in r.genres],
                                 "popularity": int(r.popularity)}
                        for i, r in zip(self.catalog.index, self.catalog.itertuples())}
-        # Concurrent /recommend calls share one batched Recommender.recommend call.
+        # Concurrent /recommend calls share one batched Recommender.recommend call; those
+        # for a list (built, or an AniList user's) one recommend_for_histories call.
         self._recommend = Batcher(self._recommend_batch)
+        self._for_histories = Batcher(self._histories_batch)
         statuses = rec.schema.get("config", {}).get("interaction_statuses")
         self.watched_statuses = set(statuses or ("COMPLETED", "CURRENT", "REPEATING"))
 
@@ -295,7 +297,7 @@ class Service:
         if repeated:
             notes.append(f"{len(repeated)} titles are listed more than once; the newest entry "
                          "of each was used.")
-        frame = self.rec.recommend_for_history(history, k=k, filters=filters)
+        frame = self._for_histories((history, k, filters))
         if (frame["source"] == "popularity").any():
             notes.append("No watched titles to go on: these are the titles most people watched.")
         scores = {}
@@ -303,6 +305,20 @@ class Service:
             scores[anime_id] = score or scores.get(anime_id)
         return {"user": {"history_titles": len(history)}, "results": self.rows(frame, scores),
                 "notes": notes}
+
+    def _histories_batch(self, asks: list) -> list:
+        """``[(history, k, filters)]`` -> each one's ``recommend_for_history`` frame: one
+        ``recommend_for_histories`` call per distinct (k, filters) among them."""
+        out: list = [None] * len(asks)
+        groups: dict = {}
+        for i, (_, k, filters) in enumerate(asks):
+            groups.setdefault((k, repr(filters)), []).append(i)
+        for (k, _), members in groups.items():
+            frames = self.rec.recommend_for_histories([asks[i][0] for i in members], k=k,
+                                                      filters=asks[members[0]][2])
+            for i, frame in zip(members, frames):
+                out[i] = frame
+        return out
 
     def rows(self, frame, history: dict) -> list[dict]:
         """Result rows as shown: the title, the predicted score (the score head's, None

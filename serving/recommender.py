@@ -680,8 +680,56 @@ class Recommender:
         Raises:
           InputError: a bad argument or entry, or entries of which none matches a title.
         """
+        return self.recommend_for_histories([entries], k, candidates, filters, warn=True)[0]
+
+    def recommend_for_histories(self, histories: list, k: int = 10,
+                                candidates: int | None = None, filters: Filters | None = None,
+                                warn: bool = False) -> list[pd.DataFrame]:
+        """:meth:`recommend_for_history` for several people at once: their features built
+        together, one query-tower call, one index search and one ranker call for all of
+        them (the service batches concurrent requests through it). Returns one DataFrame
+        per history, each as :meth:`recommend_for_history` returns it; ``warn``: warn
+        about unknown and repeated titles (it always does for one history).
+
+        Raises:
+          InputError: a bad argument, or a history as :meth:`recommend_for_history` says.
+        """
         k, candidates = self._check_k(k, candidates)
         allowed = self._allowed(filters)
+        if isinstance(histories, (str, bytes, dict)) or not np.iterable(histories):
+            raise InputError("`histories` must be a list of histories, each a list of (anime id "
+                             f"or title, score or None) pairs. Received: {histories!r}.")
+        parsed = [self._parse_history(entries, warn) for entries in histories]
+        live = [i for i, (media, *_) in enumerate(parsed) if media]
+        out: list = [None] * len(parsed)
+        if live:
+            train = pd.DataFrame({
+                "user_id": np.repeat(np.arange(len(live)), [len(parsed[i][0]) for i in live]),
+                "media_id": [m for i in live for m in parsed[i][0]],
+                "score": [x for i in live for x in parsed[i][1]],
+                "time": pd.array([t for i in live for t in parsed[i][2]], dtype="Int64"),
+                "status": "COMPLETED", "is_interaction": True})
+            users = self._user_table(train, FeatureConfig.from_dict(self.schema["config"]))
+            raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
+            seen = [parsed[i][0] for i in live]
+            top, top_scores = self._recommend_raw(
+                raw, seen, [self._anime_row.get_indexer(media) for media in seen],
+                k, candidates, allowed)
+            frame = self._frame(np.arange(len(live)), top, top_scores, raw).assign(source="model")
+            frame = frame.drop(columns="user_id").set_index(frame["user_id"].to_numpy())
+            for position, i in enumerate(live):   # a user every title was filtered from: none
+                out[i] = frame.loc[frame.index == position].reset_index(drop=True)
+        for i, (media, _, _, unknown, duplicates) in enumerate(parsed):
+            if out[i] is None:
+                out[i] = self.popular([-1], k, filters).assign(source="popularity").drop(
+                    columns="user_id")
+            out[i].attrs["unknown"] = unknown
+            out[i].attrs["duplicates"] = duplicates
+        return out
+
+    def _parse_history(self, entries, warn: bool) -> tuple[list, list, list, list, list]:
+        """``(media ids, scores, times, unknown items, repeated ids)`` of one history,
+        checked (see :meth:`recommend_for_history`), one entry per title."""
         if isinstance(entries, (str, bytes, dict)) or not np.iterable(entries):
             raise InputError(f"`entries` must be a list of (anime id or title, score or None) "
                              f"pairs. Received: entries={entries!r}.")
@@ -689,8 +737,6 @@ class Recommender:
         if len(entries) > MAX_HISTORY:
             raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
                              f"limit of a list). Received: {len(entries):,}.")
-        by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
-        by_title.update({str(t).casefold(): m for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
         media, scores, times, unknown = [], [], [], []
         for i, entry in enumerate(entries):
             if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3)
@@ -706,7 +752,7 @@ class Recommender:
             if isinstance(when, str):
                 when = parse_time(when, f"entries[{i}] time")
             mid = (item if _is_int(item) and item in self._anime_row
-                   else by_title.get(str(item).casefold()))
+                   else self._by_title.get(str(item).casefold()))
             if mid is None:
                 unknown.append(item)
                 continue
@@ -717,26 +763,24 @@ class Recommender:
             raise InputError(f"None of the {len(entries)} history entries matches an anime id or "
                              f"title of this model: {unknown[:10]!r}. Valid ids and titles are in "
                              "rec.anime[['media_id', 'title', 'title_romaji']].")
-        if unknown:
-            warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
-                          f"model and are ignored: {unknown[:10]!r}.", stacklevel=2)
         rows, duplicates = newest_per_title(media, times)
-        media, scores, times = ([x[i] for i in rows] for x in (media, scores, times))
-        if duplicates:
+        if warn and unknown:
+            warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
+                          f"model and are ignored: {unknown[:10]!r}.", stacklevel=3)
+        if warn and duplicates:
             warnings.warn(f"{len(duplicates)} titles are listed more than once; the newest "
                           f"entry of each is kept (the last given where times are missing): "
-                          f"{duplicates[:10]!r}.", stacklevel=2)
-        if media:
-            raw = self._history_features(media, scores, times)
-            top, top_scores = self._recommend_raw(raw, [media], [self._anime_row.get_indexer(media)],
-                                                  k, candidates, allowed)
-            result = self._frame([-1], top, top_scores, raw).assign(source="model")
-        else:
-            result = self.popular([-1], k, filters).assign(source="popularity")
-        result = result.drop(columns="user_id")
-        result.attrs["unknown"] = unknown
-        result.attrs["duplicates"] = duplicates
-        return result
+                          f"{duplicates[:10]!r}.", stacklevel=3)
+        return ([media[i] for i in rows], [scores[i] for i in rows], [times[i] for i in rows],
+                unknown, duplicates)
+
+    @functools.cached_property
+    def _by_title(self) -> dict:
+        """Casefolded ``title`` and ``title_romaji`` -> id (romaji where they clash)."""
+        by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
+        by_title.update({str(t).casefold(): m
+                         for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
+        return by_title
 
     def with_lists(self, entries: pd.DataFrame) -> "Recommender":
         """This model serving the users of ``entries`` from these lists instead of the
@@ -845,6 +889,7 @@ class Recommender:
         fresh._anime_raw = {k: np.concatenate([v, added[k]]) for k, v in self._anime_raw.items()}
         fresh._popularity = anime["train_count"].to_numpy(dtype=float)
         fresh.__dict__.pop("_unit_embeddings", None)   # cached for the old catalog
+        fresh.__dict__.pop("_by_title", None)
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
             fresh._encoded = tf.constant(np.concatenate(

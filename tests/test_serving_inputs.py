@@ -206,3 +206,25 @@ def test_history_duplicates_collapse_to_the_newest_entry_and_the_cap_is_anilists
         rec.recommend_for_history([(m, 90, 2_000_000)], k=5)[["anime_id", "score"]])
     with pytest.raises(InputError, match=r"at most 11,000 titles .* Received: 11,001"):
         rec.recommend_for_history([(m, 50)] * 11_001)
+
+
+def test_histories_batched_give_each_historys_own_answer(rec):
+    """recommend_for_histories (what the service batches concurrent lists into) answers
+    each history exactly as recommend_for_history does alone: timed, untimed, by title,
+    an empty one (popularity) and one whose titles the filters leave nothing of."""
+    ids = [int(m) for m in rec.anime["media_id"]]
+    title = str(rec.anime["title"].iloc[3])
+    histories = [[(ids[0], 90), (ids[1], None)],
+                 [(ids[2], 70, 1_700_000_000), (ids[5], 40, 1_600_000_000)],
+                 [(title, 85)],
+                 [],
+                 [(ids[7], 60), (ids[8], 95), (ids[9], None), (ids[10], 30)]]
+    together = rec.recommend_for_histories(histories, k=7)
+    assert len(together) == len(histories)
+    for history, got in zip(histories, together):
+        alone = rec.recommend_for_history(history, k=7)
+        pd.testing.assert_frame_equal(got, alone, check_dtype=False, rtol=1e-5)
+    assert together[3]["source"].eq("popularity").all() and len(together[3]) == 7
+    tv = rec.recommend_for_histories(histories[:2], k=5, filters=Filters(formats="TV"))
+    tv_ids = set(rec.anime.loc[rec.anime["format"] == "TV", "media_id"])
+    assert all(set(frame["anime_id"]) <= tv_ids and len(frame) == 5 for frame in tv)

@@ -89,7 +89,13 @@ def test_artifact_is_complete_and_atomic(tiny_model, tiny_features):
     model_dir, metrics = tiny_model
     names = {p.name for p in model_dir.iterdir()}
     assert names == {"config.json", "metrics.json", "query_tower", "candidate_tower",
-                     "index", "anime.parquet", "users.parquet", "seen.parquet", "ease.npy"}
+                     "index", "anime.parquet", "users.parquet", "seen.parquet", "ease.npy",
+                     "manifest.json"}
+    # The manifest lists every other file, as saved.
+    listed = json.loads((model_dir / "manifest.json").read_text())["files"]
+    assert set(listed) == {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")
+                           if p.is_file() and p.name != "manifest.json"}
+    artifact.check_manifest(model_dir)
     # What serving needs for EASE: each user's training interactions, flagged in seen.
     seen = pd.read_parquet(model_dir / "seen.parquet")
     inter = FeatureTables.load(tiny_features).interactions
