@@ -176,6 +176,9 @@ def connect(path: str | os.PathLike, *, readonly: bool = False,
       StoreError: the file is missing (``readonly``), not SQLite, or of another schema.
     """
     path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a raw store: pass the store's file "
+                         f"(e.g. {path / 'anirank.db'}).")
     if readonly and not path.exists():
         raise StoreError(
             f"No raw store at {path}. Create one with `python -m pipelines synth --db {path}`, "

@@ -57,6 +57,8 @@ from serving.recommender import Filters, Recommender, newest_per_title  # noqa: 
 HERE = Path(__file__).resolve().parent
 MAX_K = 100                      # results per request: a page, not a dump of the catalog
 MAX_HISTORY = LIST_CAP  # AniList returns at most this many entries of a list
+NOTHING_PASSES = ("No title passes these filters (or every one that does is on the list): "
+                  "widen the formats, years, genres or the popularity ceiling.")
 MAX_BODY = 4 << 20               # bytes of a request body (an 11,000-title history is ~0.5 MB)
 ID = dict(ge=-(2**63), le=2**63 - 1)   # ids are int64 (a larger JSON number is a 422, not an overflow)
 YEAR = dict(ge=0, le=9999)
@@ -184,8 +186,9 @@ class Service:
                                       "(an AniList user name) or use /recommend_for_history.")
         frame = self._recommend((int(user_id), k, filters, exclude_seen))
         history = {int(i): None for i in self.rec.history_ids(user_id)}
+        results = self.rows(frame, history)
         return {"user": {"user_id": user_id, "history_titles": len(history)},
-                "results": self.rows(frame, history), "notes": []}
+                "results": results, "notes": [] if results else [NOTHING_PASSES]}
 
     def warm_up(self, largest: int = 64) -> None:
         """Runs a batch of each padded size up to ``largest`` users once: the ranker is
@@ -303,8 +306,9 @@ class Service:
         scores = {}
         for anime_id, score, *_ in history:
             scores[anime_id] = score or scores.get(anime_id)
-        return {"user": {"history_titles": len(history)}, "results": self.rows(frame, scores),
-                "notes": notes}
+        results = self.rows(frame, scores)
+        return {"user": {"history_titles": len(history)}, "results": results,
+                "notes": notes + ([] if results else [NOTHING_PASSES])}
 
     def _histories_batch(self, asks: list) -> list:
         """``[(history, k, filters)]`` -> each one's ``recommend_for_history`` frame: one
@@ -801,6 +805,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.lookups_per_minute <= 0 or args.cache_ttl < 0 or args.anilist_rate < 0:
         parser.error("--lookups-per-minute must be > 0, --cache-ttl and --anilist-rate >= 0")
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port must be from 0 (a free one) to 65535. Received: {args.port}.",
+              file=sys.stderr)
+        return 2
     try:
         sock = listen(args.host, args.port)
     except OSError as err:

@@ -99,6 +99,13 @@ def test_filters_are_obeyed_in_every_row(url, app_rec):
             k: tuple(v) if isinstance(v, list) else v for k, v in filters.items()}))
         assert ids == want["anime_id"].tolist(), filters
         assert [r["genres"] for r in body["results"]] == [list(anime.loc[i, "genres"]) for i in ids]
+        assert body["notes"] == []
+    # Filters nothing passes: an empty answer that says why (it said nothing before).
+    none = {"min_year": 1800, "max_year": 1801}
+    for path, body in (("/recommend", {"user_id": user, "filters": none}),
+                       ("/recommend_for_history", {"entries": [[plain[0], 80]], "filters": none})):
+        got = post(url, path, body).json()
+        assert got["results"] == [] and got["notes"][-1].startswith("No title passes these filters")
 
 
 def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):

@@ -117,6 +117,7 @@ def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["features", "--db", "{tmp}/missing.db"], "No raw store at"),
+    (["features", "--db", "{tmp}"], "is a directory, not a raw store"),
     (["features", "--db", "{tmp}/w.db", "--test-fraction", "2"], "test_fraction"),
     (["features", "--db", "{tmp}/w.db", "--interaction-statuses", "WATCHED"], "WATCHED"),
     (["import-kaggle", "--db", "{tmp}/k.db", "--anime", "{tmp}/none.csv"], "does not exist"),
@@ -128,7 +129,16 @@ def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, argv, message):
     code = cli.main(["--quiet", *[a.format(tmp=tmp_path) for a in argv]])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_the_service_refuses_a_port_out_of_range(capsys):
+    from serving import app
+
+    assert app.main(["--model", "unused", "--port", "99999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --port must be from 0 (a free one) to 65535. Received: 99999."]
 
 
 def _option_parsers():
