@@ -144,12 +144,15 @@ def _sha256(path: Path) -> str:
 
 
 def write_manifest(model_dir: str | os.PathLike) -> None:
-    """``manifest.json``: the size and sha256 of every other file of the directory."""
+    """``manifest.json``: the size and sha256 of every other file of the directory
+    (hidden files apart: ``publish`` leaves them out of a Hub commit too)."""
     model_dir = Path(model_dir)
-    files = {path.relative_to(model_dir).as_posix(): {"size": path.stat().st_size,
-                                                       "sha256": _sha256(path)}
-             for path in sorted(model_dir.rglob("*"))
-             if path.is_file() and path.relative_to(model_dir).as_posix() != MANIFEST}
+    files = {}
+    for path in sorted(model_dir.rglob("*")):
+        name = path.relative_to(model_dir).as_posix()
+        if path.is_file() and name != MANIFEST and not any(
+                part.startswith(".") for part in path.relative_to(model_dir).parts):
+            files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
     write_json(model_dir, MANIFEST, {"files": files})
 
 
