@@ -955,8 +955,8 @@ def recent_counts(rows: np.ndarray, when: np.ndarray, n: int, as_of: int) -> dic
     in each of the last ``RECENT_WINDOWS`` days before ``as_of``, under the
     ``RECENT_FEATURES`` names. ``rows``: each entry's title row (-1: not counted);
     ``when``: its time in unix seconds (NaN: untimed, not counted). The feature stage
-    counts training entries with it; serving, the store's current lists
-    (:meth:`serving.Recommender.with_activity`)."""
+    counts training entries with it; ``bench/fresh_activity.py`` a later day's lists
+    (which showed serving should keep the training counts)."""
     counted = rows >= 0
     return {name: np.bincount(rows[counted & (when >= as_of - days * _DAY) & (when < as_of)],
                               minlength=n).astype(np.int64)

@@ -4,7 +4,7 @@ Why: AniList cannot be reached from CI or a fresh laptop, and a real crawl has n
 truth. This world has AniList's shape (formats, studios, genres, tags, franchises and
 their relations, long-tailed popularity and activity, personal rating scales, list
 statuses and times) and a known generative model, so every stage runs offline and
-evaluation can report an oracle. It is built so that no one kind of model is favoured
+evaluation can report the generator's own reference rows. It is built so that no one kind of model is favoured
 by construction: side features (genre, format, studio, year) carry taste, and so does
 structure only the lists show (franchises, watching cohorts, seasons), which
 item-item models such as EASE exploit on real data.
@@ -60,7 +60,7 @@ world's own lists: ``popularity`` = entries of the title (all statuses), ``favou
 The ground truth (``U``, ``A``, exposure, cohorts, seasonality, scale and noise
 parameters) is saved beside the store as ``<db>.truth.npz``; ``Truth.affinity``
 recomputes any user's affinity to any title and ``Truth.adding_log_odds`` the log-odds
-above (the oracle: everything but the franchise steps).
+above (the evaluation's "generator's odds": everything but the franchise steps).
 
 The future. The world goes on for ``future_days`` after the crawl (issue #19: a daily
 prediction service needs days to predict), written beside the store as
@@ -304,12 +304,12 @@ class Truth:
     def adding_log_odds(self, user_ids, media_ids) -> np.ndarray:
         """``[len(user_ids), len(media_ids)]``: the generator's log-odds (before its
         Gumbel noise) that each user adds each title to their list: exposure, taste,
-        cohort and seasonal terms (see the module docstring). The oracle a recommender
-        is measured against.
+        cohort and seasonal terms (see the module docstring): the evaluation's
+        "generator's odds", a reference a recommender is shown beside (not a ceiling).
 
         The franchise steps (a sequel brings its prequel, a liked title its sequels)
         depend on the user's own list and have no per-(user, title) closed form: the
-        oracle is the part of the generator before them. The exposure term is the
+        odds are the part of the generator before them. The exposure term is the
         truth's own (``log_exposure``), never the store's popularity, which counts the
         generated lists.
         """
