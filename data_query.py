@@ -48,7 +48,7 @@ import requests  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pipelines import store  # noqa: E402
-from pipelines.config import LIST_CAP  # noqa: E402,F401  (AniList's cap on a list)
+from pipelines.config import LIST_CAP  # noqa: E402  (AniList's cap on a list)
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 
 ENDPOINT = "https://graphql.anilist.co"

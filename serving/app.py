@@ -47,16 +47,16 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
-from pipelines.config import LIST_CAP, parse_time  # noqa: E402
+from pipelines.config import parse_time  # noqa: E402
 from pipelines.errors import AnirankError, InputError  # noqa: E402
 from serving.batch import current, read_store, revision_of  # noqa: E402
 from serving.lists import (AniListUnavailable, Busy, ListLookup, TooManyLookups,  # noqa: E402
                            UnknownUser)
-from serving.recommender import Filters, Recommender, newest_per_title  # noqa: E402
+from serving.recommender import (Filters, Recommender, check_history_length,  # noqa: E402
+                                 newest_per_title)
 
 HERE = Path(__file__).resolve().parent
 MAX_K = 100                      # results per request: a page, not a dump of the catalog
-MAX_HISTORY = LIST_CAP  # AniList returns at most this many entries of a list
 NOTHING_PASSES = ("No title passes these filters (or every one that does is on the list): "
                   "widen the formats, years, genres or the popularity ceiling.")
 MAX_BODY = 4 << 20               # bytes of a request body (an 11,000-title history is ~0.5 MB)
@@ -258,9 +258,7 @@ class Service:
         if not isinstance(entries, (list, tuple)):
             raise InputError("`entries` must be a list of [anime id or title, score or null] "
                              "pairs (or [id or title, score, time] triples).")
-        if len(entries) > MAX_HISTORY:   # before each entry is checked (the model checks too)
-            raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
-                             f"limit of a list). Received: {len(entries):,}.")
+        check_history_length(entries)   # before each entry is checked
         history, unknown = [], []
         for i, entry in enumerate(entries):
             if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3)

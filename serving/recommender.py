@@ -171,6 +171,13 @@ def _media_arg(media) -> pd.DataFrame:
     return media
 
 
+def check_history_length(entries: list) -> None:
+    """Raises InputError for a history of more than ``MAX_HISTORY`` entries."""
+    if len(entries) > MAX_HISTORY:
+        raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
+                         f"limit of a list). Received: {len(entries):,}.")
+
+
 def newest_per_title(media: list, times: list) -> tuple[list[int], list]:
     """One entry per title of a history: the positions to keep (of a title given more
     than once, the entry of the newest time, the last given where a time is missing),
@@ -703,14 +710,7 @@ class Recommender:
         live = [i for i, (media, *_) in enumerate(parsed) if media]
         out: list = [None] * len(parsed)
         if live:
-            train = pd.DataFrame({
-                "user_id": np.repeat(np.arange(len(live)), [len(parsed[i][0]) for i in live]),
-                "media_id": [m for i in live for m in parsed[i][0]],
-                "score": [x for i in live for x in parsed[i][1]],
-                "time": pd.array([t for i in live for t in parsed[i][2]], dtype="Int64"),
-                "status": "COMPLETED", "is_interaction": True})
-            users = self._user_table(train, FeatureConfig.from_dict(self.schema["config"]))
-            raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
+            raw = self._history_features([parsed[i][:3] for i in live])
             seen = [parsed[i][0] for i in live]
             top, top_scores = self._recommend_raw(
                 raw, seen, [self._anime_row.get_indexer(media) for media in seen],
@@ -734,9 +734,7 @@ class Recommender:
             raise InputError(f"`entries` must be a list of (anime id or title, score or None) "
                              f"pairs. Received: entries={entries!r}.")
         entries = list(entries)
-        if len(entries) > MAX_HISTORY:
-            raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
-                             f"limit of a list). Received: {len(entries):,}.")
+        check_history_length(entries)
         media, scores, times, unknown = [], [], [], []
         for i, entry in enumerate(entries):
             if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3)
@@ -915,14 +913,22 @@ class Recommender:
                                        self.schema["stats"]["global_mean_score"])
         return users.assign(**{n: list(v) for n, v in vectors.items()})
 
-    def _history_features(self, media: list, scores: list, times: list) -> dict:
-        """Raw user features (one row) of someone whose training list is these watched
-        titles, built as the feature stage builds a known user's."""
-        train = pd.DataFrame({"user_id": -1, "media_id": media, "score": scores,
-                              "time": pd.array(times, dtype="Int64"),
-                              "status": "COMPLETED", "is_interaction": True})
+    def _history_features(self, histories: list) -> dict:
+        """Raw user features, one row per history (``(media ids, scores, times)`` of
+        watched titles, in that order), built together as the feature stage builds known
+        users'. Each is a new user: id -1, the unknown id's embedding (the ids that keep
+        them apart while they are built are negative, so never a known user's)."""
+        n = len(histories)
+        train = pd.DataFrame({
+            "user_id": np.repeat(np.arange(n) - n, [len(media) for media, _, _ in histories]),
+            "media_id": [m for media, _, _ in histories for m in media],
+            "score": [x for _, scores, _ in histories for x in scores],
+            "time": pd.array([t for _, _, times in histories for t in times], dtype="Int64"),
+            "status": "COMPLETED", "is_interaction": True})
         users = self._user_table(train, FeatureConfig.from_dict(self.schema["config"]))
-        return raw_features(users, feature_specs(self.schema, "user"), self.widths)
+        raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
+        raw["user_id"] = np.full(n, -1, np.int64)
+        return raw
 
     def predict_scores(self, user_ids, anime_ids) -> np.ndarray:
         """The score head's predicted POINT_100 score of each (user, title) pair.

@@ -14,7 +14,8 @@ import requests
 
 from serving.batch import revision_of
 from serving import Filters
-from serving.app import MAX_HISTORY, MAX_K, Batcher, Service, create_app
+from serving.recommender import MAX_HISTORY
+from serving.app import MAX_K, Batcher, Service, create_app
 from serving.lists import ListLookup, TokenBucket
 from tests.app_harness import serving
 

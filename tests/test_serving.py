@@ -132,8 +132,8 @@ def test_a_known_users_list_through_recommend_for_history_is_that_user(tiny_hist
                for m, sc, t in zip(mine["media_id"], mine["score"], mine["time"])]
     row = rec._user_row.get_loc(user)
     known = {k: v[row:row + 1] for k, v in rec._user_raw.items()}
-    new = rec._history_features([e[0] for e in entries], [e[1] or 0 for e in entries],
-                                [e[2] for e in entries])
+    new = rec._history_features([([e[0] for e in entries], [e[1] or 0 for e in entries],
+                                  [e[2] for e in entries])])
     assert set(new) == set(known) and "history" in new
     for name in known:
         if name != "user_id":
@@ -149,8 +149,8 @@ def test_a_known_users_list_through_recommend_for_history_is_that_user(tiny_hist
     want = rec.recommend([user], k=10)
     assert rec.anime["media_id"].to_numpy()[got[0][0]].tolist() == want["anime_id"].tolist()
     # Without times the history weighs by score alone: another history, another query.
-    untimed = rec._history_features([e[0] for e in entries], [e[1] or 0 for e in entries],
-                                    [None] * len(entries))
+    untimed = rec._history_features([([e[0] for e in entries], [e[1] or 0 for e in entries],
+                                      [None] * len(entries))])
     assert not np.allclose(untimed["history_weight"], known["history_weight"])
     # The public call takes the same triples.
     out = rec.recommend_for_history(entries, k=10)

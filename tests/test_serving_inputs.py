@@ -221,6 +221,9 @@ def test_histories_batched_give_each_historys_own_answer(rec):
                  [(ids[7], 60), (ids[8], 95), (ids[9], None), (ids[10], 30)]]
     together = rec.recommend_for_histories(histories, k=7)
     assert len(together) == len(histories)
+    # Built together, each is still a new user (the unknown id), never a known one.
+    built = rec._history_features([([ids[0]], [90], [None]), ([ids[1]], [50], [None])])
+    assert built["user_id"].tolist() == [-1, -1]
     for history, got in zip(histories, together):
         alone = rec.recommend_for_history(history, k=7)
         pd.testing.assert_frame_equal(got, alone, check_dtype=False, rtol=1e-5)
