@@ -17,14 +17,17 @@ see everything again, e.g.
 
     TF_CPP_MIN_LOG_LEVEL=0 python -m pipelines train-retrieval ...
 
-Not covered: the one line TensorFlow 2.20 logs through absl directly, "Compiled cluster
-using XLA!" (with absl's "All log messages before absl::InitializeLog()" note), printed
-once per process at the first XLA compilation (the ranker at serving time); no
-environment variable governs it. ``TF_ENABLE_ONEDNN_OPTS`` is left alone on purpose: it
-changes numerics, not logging.
+The one line TensorFlow 2.20 logs through absl directly, "Compiled cluster using XLA!"
+(with absl's "All log messages before absl::InitializeLog()" note), printed once per
+process at the first XLA compilation, is governed by no environment variable: serving
+compiles its first ranker call inside :func:`native_stderr_silenced`, so the service
+starts without it. ``TF_ENABLE_ONEDNN_OPTS`` is left alone on purpose: it changes
+numerics, not logging.
 """
 
+import contextlib
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -47,3 +50,19 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
         "anirank needs Keras 2 (TFRS 0.7): TF_USE_LEGACY_KERAS is set to "
         f"{os.environ['TF_USE_LEGACY_KERAS']!r}; unset it or set it to 1."
     )
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null for the block: what native code (absl)
+    writes there is dropped. Python's own errors still surface: an exception leaves the
+    block, stderr is restored, and it is reported as usual."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -613,14 +613,24 @@ def catalog_relations(anime: pd.DataFrame, relations: pd.DataFrame) -> tuple[pd.
                    "outside_catalog": int((~inside).sum())}
 
 
+def taste_columns(anime: pd.DataFrame, vocab: dict) -> dict[str, np.ndarray]:
+    """Each title's genres and format as ``{"genre": bool [titles, genres], "format":
+    bool [titles, formats]}``: what :func:`user_features`' share and affinity vectors
+    count (the same for every user of a catalog: serving builds it once)."""
+    return {"genre": _multi_hot(anime["genres"], vocab["genres"]),
+            "format": np.asarray(pd.get_dummies(
+                pd.Categorical(anime["format"], categories=vocab["format"])), dtype=bool)}
+
+
 def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
-                  config: FeatureConfig, global_mean: float) -> tuple[pd.DataFrame, dict]:
+                  config: FeatureConfig, global_mean: float,
+                  taste: dict[str, np.ndarray] | None = None) -> tuple[pd.DataFrame, dict]:
     """The user table from training entries (``user_id, media_id, score, status,
     is_interaction``, optionally ``time`` in unix seconds): counts, score mean/std,
     ratios, the history (``history``, ``history_weight``: see :func:`_history`) and
     genre/format share and affinity vectors (``{name: [users, len(vocab)]}``). Serving
     builds a new user's features from their list with it, exactly as the feature stage
-    did."""
+    did. ``taste``: :func:`taste_columns` of ``anime``, when already built."""
     users, u = np.unique(train["user_id"].to_numpy(), return_inverse=True)
     n = len(users)
     row = pd.Index(anime["media_id"]).get_indexer(train["media_id"])
@@ -654,10 +664,7 @@ def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
     # user scores it against their own mean (affinity, shrunk toward 0 when evidence is thin).
     deviation = np.where(scored, score - mean[u], 0.0)
     vectors = {}
-    for name, hot in (("genre", _multi_hot(anime["genres"], vocab["genres"])),
-                      ("format", np.asarray(pd.get_dummies(
-                          pd.Categorical(anime["format"], categories=vocab["format"])),
-                          dtype=bool))):
+    for name, hot in (taste or taste_columns(anime, vocab)).items():
         share = np.empty((n, hot.shape[1]), np.float32)
         affinity = np.empty((n, hot.shape[1]), np.float32)
         known = row >= 0

@@ -66,6 +66,9 @@ BUILD_A_LIST = ("Build your list on the page instead (type the titles you watche
                 "your scores), or try again later.")
 
 
+MAX_LOOKUPS = 4   # lookups that reach AniList at once (more get a 503 at once)
+
+
 @dataclasses.dataclass(frozen=True)
 class AniListList:
     """A user's list as fetched: ``entries`` are ``data_query.entry_rows`` rows (media_id,
@@ -119,7 +122,7 @@ class ListLookup:
     def __init__(self, endpoint: str = data_query.ENDPOINT, *, rate: float = data_query.DEFAULT_RATE,
                  per_client: float = 10.0, ttl: float = 600.0, max_cached: int = 1000,
                  timeout: float = 5.0, max_retries: int = 1, budget: float = 8.0,
-                 max_lookups: int = 4, failures_to_open: int = 3, cooldown: float = 30.0,
+                 max_lookups: int = MAX_LOOKUPS, failures_to_open: int = 3, cooldown: float = 30.0,
                  clock=time.monotonic):
         self.endpoint, self.timeout, self.max_retries = endpoint, timeout, max_retries
         self.budget, self.max_lookups = budget, max_lookups

@@ -38,17 +38,18 @@ import functools
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipelines import artifact
+from pipelines import _env, artifact
 from pipelines.candidates import Generator
 from pipelines.config import LIST_CAP, SIGNALS, STATUSES, FeatureConfig, RankingConfig, parse_time
-from pipelines.errors import InputError
+from pipelines.errors import InputError, NotInCatalog
 from pipelines.features import (LIST_COLUMNS, RELATED_IDS, RELATED_TYPES, catalog_relations,
-                                list_entries, new_title_rows, user_features)
+                                list_entries, new_title_rows, taste_columns, user_features)
 from pipelines.tables import related_rows
 from ranking.blend import POPULARITY, Blend
 from towers.features import apply_in_blocks, feature_specs, raw_features
@@ -176,6 +177,30 @@ def check_history_length(entries: list) -> None:
     if len(entries) > MAX_HISTORY:
         raise InputError(f"`entries` may hold at most {MAX_HISTORY:,} titles (AniList's own "
                          f"limit of a list). Received: {len(entries):,}.")
+
+
+def clipped(value, width: int = 120) -> str:
+    """``repr(value)``, cut to ``width`` characters: a message never echoes a megabyte."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def title_key(text) -> str:
+    """A title as it is matched everywhere (Python, the API, the page): case and the
+    spaces at either end or repeated inside do not count."""
+    return " ".join(str(text).split()).casefold()
+
+
+class History(NamedTuple):
+    """One person's list as the model reads it (:meth:`Recommender.parse_history`): the
+    watched titles, one entry each (``media`` ids, ``scores`` 0-100 with 0 = not scored,
+    ``times`` unix seconds or None), the entries that matched no title (``unknown``, as
+    given) and the ids given more than once (``duplicates``; the newest entry kept)."""
+    media: list
+    scores: list
+    times: list
+    unknown: list
+    duplicates: list
 
 
 def newest_per_title(media: list, times: list) -> tuple[list[int], list]:
@@ -454,8 +479,16 @@ class Recommender:
         signals = sorted(n for n in inputs if n in SIGNALS)
         names = sorted(n for n in inputs if n != "anime_encoded" and n not in SIGNALS)
 
+        # One trace for every batch size (the batch dimension left open): without it,
+        # each new size was traced again (TensorFlow's "retracing" warnings at start);
+        # XLA still compiles each size once, at warm-up.
+        signature = (tf.TensorSpec([None, None], tf.int64),
+                     {n: tf.TensorSpec([None, None], tf.float32) for n in signals},
+                     {k: tf.TensorSpec((None, *self._user_raw[k].shape[1:]),
+                                       tf.as_dtype(self._user_raw[k].dtype)) for k in names})
+
         def build(jit: bool):
-            @tf.function(jit_compile=jit)
+            @tf.function(jit_compile=jit, input_signature=signature)
             def score_rows(rows, signal_values, user):
                 return score_encoded(anime_encoded=tf.gather(table, rows),
                                      **signal_values, **user)["scores"]
@@ -464,8 +497,9 @@ class Recommender:
         fn, self.xla = build(jit=True), True
         rows = np.zeros((1, min(2, len(self.anime))), np.int64)
         try:  # XLA compiles at the first call: probe with one tiny list
-            fn(tf.constant(rows), {n: tf.zeros(rows.shape) for n in signals},
-               {k: tf.constant(self._user_raw[k][:1]) for k in names})
+            with _env.native_stderr_silenced():   # its one absl line, "Compiled cluster using XLA!"
+                fn(tf.constant(rows), {n: tf.zeros(rows.shape) for n in signals},
+                   {k: tf.constant(self._user_raw[k][:1]) for k in names})
         except (tf.errors.OpError, ValueError, TypeError):
             fn, self.xla = build(jit=False), False
         return fn, names, signals
@@ -691,12 +725,16 @@ class Recommender:
 
     def recommend_for_histories(self, histories: list, k: int = 10,
                                 candidates: int | None = None, filters: Filters | None = None,
-                                warn: bool = False) -> list[pd.DataFrame]:
+                                warn: bool = False, exclude: list | None = None) -> list[pd.DataFrame]:
         """:meth:`recommend_for_history` for several people at once: their features built
         together, one query-tower call, one index search and one ranker call for all of
         them (the service batches concurrent requests through it). Returns one DataFrame
-        per history, each as :meth:`recommend_for_history` returns it; ``warn``: warn
-        about unknown and repeated titles (it always does for one history).
+        per history, each as :meth:`recommend_for_history` returns it. A history is
+        entries as :meth:`recommend_for_history` takes them or a :class:`History` already
+        parsed (:meth:`parse_history`, not checked again); ``warn``: warn about unknown
+        and repeated titles (it always does for one history); ``exclude``: per history,
+        more anime ids to leave out (e.g. the titles on a list that were not watched:
+        planned, dropped), as ``filters.exclude_ids`` does for all of them.
 
         Raises:
           InputError: a bad argument, or a history as :meth:`recommend_for_history` says.
@@ -707,18 +745,25 @@ class Recommender:
             raise InputError("`histories` must be a list of histories, each a list of (anime id "
                              f"or title, score or None) pairs. Received: {histories!r}.")
         parsed = [self._parse_history(entries, warn) for entries in histories]
-        live = [i for i, (media, *_) in enumerate(parsed) if media]
+        if exclude is not None and len(exclude) != len(parsed):
+            raise InputError(f"`exclude` must hold one list of anime ids per history. Received "
+                             f"{len(exclude)} lists for {len(parsed)} histories.")
+        extra = [[]] * len(parsed) if exclude is None else [_ids_arg("exclude", e) for e in exclude]
+        live = [i for i, history in enumerate(parsed) if history.media]
         out: list = [None] * len(parsed)
         if live:
             raw = self._history_features([parsed[i][:3] for i in live])
-            seen = [parsed[i][0] for i in live]
+            watched = [parsed[i].media for i in live]
             top, top_scores = self._recommend_raw(
-                raw, seen, [self._anime_row.get_indexer(media) for media in seen],
-                k, candidates, allowed)
+                raw, [np.r_[watched[j], extra[i]] for j, i in enumerate(live)],
+                [self._anime_row.get_indexer(media) for media in watched], k, candidates, allowed)
             frame = self._frame(np.arange(len(live)), top, top_scores, raw).assign(source="model")
-            frame = frame.drop(columns="user_id").set_index(frame["user_id"].to_numpy())
-            for position, i in enumerate(live):   # a user every title was filtered from: none
-                out[i] = frame.loc[frame.index == position].reset_index(drop=True)
+            # Rows come by user, in order: one slice each (none for a user every title
+            # was filtered from).
+            bounds = np.searchsorted(frame["user_id"].to_numpy(), np.arange(len(live) + 1))
+            frame = frame.drop(columns="user_id")
+            for position, i in enumerate(live):
+                out[i] = frame.iloc[bounds[position]:bounds[position + 1]].reset_index(drop=True)
         for i, (media, _, _, unknown, duplicates) in enumerate(parsed):
             if out[i] is None:
                 out[i] = self.popular([-1], k, filters).assign(source="popularity").drop(
@@ -727,57 +772,81 @@ class Recommender:
             out[i].attrs["duplicates"] = duplicates
         return out
 
-    def _parse_history(self, entries, warn: bool) -> tuple[list, list, list, list, list]:
-        """``(media ids, scores, times, unknown items, repeated ids)`` of one history,
-        checked (see :meth:`recommend_for_history`), one entry per title."""
+    def parse_history(self, entries) -> History:
+        """``entries`` (see :meth:`recommend_for_history`) checked and matched to the
+        catalog: the :class:`History` the model reads. The service checks each request's
+        list with it before the batched call, so a bad entry fails only its own request.
+
+        Raises:
+          InputError: an entry that is not (id or title, score[, time]), naming it; more
+            than ``MAX_HISTORY`` entries. NotInCatalog: entries of which none matches a
+            title of the catalog.
+        """
         if isinstance(entries, (str, bytes, dict)) or not np.iterable(entries):
             raise InputError(f"`entries` must be a list of (anime id or title, score or None) "
-                             f"pairs. Received: entries={entries!r}.")
+                             f"pairs. Received: entries={clipped(entries)}.")
         entries = list(entries)
         check_history_length(entries)
         media, scores, times, unknown = [], [], [], []
+        rows, by_title = self._anime_row, self._by_title
         for i, entry in enumerate(entries):
             if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3)
-                    and (_is_int(entry[0]) or isinstance(entry[0], str))
-                    and (entry[1] is None or (_is_number(entry[1]) and 0 <= entry[1] <= 100))
-                    and (len(entry) == 2 or entry[2] is None or _is_int(entry[2])
-                         or isinstance(entry[2], str))):
-                raise InputError(f"`entries[{i}]` must be an (anime id or title, score) pair with "
-                                 f"score None or a number from 0 to 100, or such a pair and a "
-                                 f"time (unix seconds, an ISO date or None). Received: {entry!r}.")
-            item, score = entry[:2]
+                    and (_is_int(entry[0]) or isinstance(entry[0], str))):
+                raise InputError(f"`entries[{i}]` must be (anime id or title, score) or (anime "
+                                 f"id or title, score, time); in JSON [id or title, score] or "
+                                 f"[id or title, score, time]. Received: {clipped(entry)}.")
+            item, score = entry[0], entry[1]
+            if not (score is None or (_is_number(score) and 0 <= score <= 100)):
+                raise InputError(f"`entries[{i}]`: the score must be None (null) or a number "
+                                 f"from 0 to 100 (0 = not scored). Received: {clipped(entry)}.")
             when = entry[2] if len(entry) == 3 else None
             if isinstance(when, str):
                 when = parse_time(when, f"entries[{i}] time")
-            mid = (item if _is_int(item) and item in self._anime_row
-                   else self._by_title.get(str(item).casefold()))
+            elif not (when is None or (_is_int(when) and 0 <= when < 2**62)):
+                raise InputError(f"`entries[{i}]`: the time must be None (null), unix seconds "
+                                 f"or an ISO date. Received: {clipped(entry)}.")
+            mid = item if _is_int(item) and item in rows else by_title.get(title_key(item))
             if mid is None:
                 unknown.append(item)
                 continue
             media.append(int(mid))
             scores.append(int(round(score or 0)))
-            times.append(when)
+            times.append(None if when is None else int(when))
         if entries and not media:
-            raise InputError(f"None of the {len(entries)} history entries matches an anime id or "
-                             f"title of this model: {unknown[:10]!r}. Valid ids and titles are in "
-                             "rec.anime[['media_id', 'title', 'title_romaji']].")
-        rows, duplicates = newest_per_title(media, times)
-        if warn and unknown:
-            warnings.warn(f"{len(unknown)} history entries match no anime id or title of this "
-                          f"model and are ignored: {unknown[:10]!r}.", stacklevel=3)
-        if warn and duplicates:
-            warnings.warn(f"{len(duplicates)} titles are listed more than once; the newest "
-                          f"entry of each is kept (the last given where times are missing): "
-                          f"{duplicates[:10]!r}.", stacklevel=3)
-        return ([media[i] for i in rows], [scores[i] for i in rows], [times[i] for i in rows],
-                unknown, duplicates)
+            shown = ", ".join(clipped(u, 60) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise NotInCatalog(f"None of the {len(entries)} entries matches a title of this "
+                               f"model's catalog (by anime id, or by title or romaji title): "
+                               f"{shown}. Find ids in rec.anime[['media_id', 'title', "
+                               f"'title_romaji']] or with the service's /search.")
+        keep, duplicates = newest_per_title(media, times)
+        return History([media[i] for i in keep], [scores[i] for i in keep],
+                       [times[i] for i in keep], unknown, duplicates)
+
+    def _parse_history(self, entries, warn: bool) -> History:
+        """:meth:`parse_history`, warning (``warn``) about unknown and repeated titles."""
+        history = entries if isinstance(entries, History) else self.parse_history(entries)
+        if warn and history.unknown:
+            warnings.warn(f"{len(history.unknown)} history entries match no anime id or title "
+                          f"of this model and are ignored: {history.unknown[:10]!r}.",
+                          stacklevel=5)
+        if warn and history.duplicates:
+            warnings.warn(f"{len(history.duplicates)} titles are listed more than once; the "
+                          f"newest entry of each is kept (the last given where times are "
+                          f"missing): {history.duplicates[:10]!r}.", stacklevel=5)
+        return history
+
+    def title_id(self, title: str) -> int | None:
+        """The anime id of the catalog's title named ``title`` (its English or romaji
+        title, matched by :func:`title_key`), or None."""
+        return self._by_title.get(title_key(title))
 
     @functools.cached_property
     def _by_title(self) -> dict:
         """Casefolded ``title`` and ``title_romaji`` -> id (romaji where they clash)."""
-        by_title = {str(t).casefold(): m for t, m in zip(self.anime["title"], self.anime["media_id"])}
-        by_title.update({str(t).casefold(): m
-                         for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])})
+        by_title = {title_key(t): int(m) for t, m in zip(self.anime["title"], self.anime["media_id"])}
+        by_title.update({title_key(t): int(m)
+                         for t, m in zip(self.anime["title_romaji"], self.anime["media_id"])
+                         if t is not None and t == t})
         return by_title
 
     def with_lists(self, entries: pd.DataFrame) -> "Recommender":
@@ -888,6 +957,7 @@ class Recommender:
         fresh._popularity = anime["train_count"].to_numpy(dtype=float)
         fresh.__dict__.pop("_unit_embeddings", None)   # cached for the old catalog
         fresh.__dict__.pop("_by_title", None)
+        fresh.__dict__.pop("_taste", None)
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
             fresh._encoded = tf.constant(np.concatenate(
@@ -910,8 +980,13 @@ class Recommender:
         columns) of users whose training entries are ``train``, built by the feature
         stage's own ``user_features``."""
         users, vectors = user_features(train, self.anime, self.schema["vocab"], config,
-                                       self.schema["stats"]["global_mean_score"])
+                                       self.schema["stats"]["global_mean_score"], self._taste)
         return users.assign(**{n: list(v) for n, v in vectors.items()})
+
+    @functools.cached_property
+    def _taste(self) -> dict:
+        """The catalog's genres and formats as ``user_features`` counts them, built once."""
+        return taste_columns(self.anime, self.schema["vocab"])
 
     def _history_features(self, histories: list) -> dict:
         """Raw user features, one row per history (``(media ids, scores, times)`` of

@@ -1,17 +1,45 @@
 """What the stand-in servers share: an HTTP server on 127.0.0.1 (a free port unless one is
 given), served from a daemon thread for the length of a ``with`` block, and the command
 line that serves one until Ctrl-C (``python -m tests.hub_server``,
-``python -m tests.anilist_server``)."""
+``python -m tests.anilist_server``); and a server that never answers (an outage)."""
 
 from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class HangingServer:
+    """A server on 127.0.0.1 that accepts every connection and never answers (until
+    closed): an outage as a client sees it, with no work of its own on the cores (a bare
+    socket: an HTTP stand-in's parsing would hold the GIL of the process it runs in)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted, self._held = 0, []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:   # closed
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
 
 
 class LoopbackServer:

@@ -18,6 +18,7 @@ from serving.recommender import MAX_HISTORY
 from serving.app import MAX_K, Batcher, Service, create_app
 from serving.lists import ListLookup, TokenBucket
 from tests.app_harness import serving
+from tests.loopback import HangingServer
 
 WATCHED = ("COMPLETED", "CURRENT", "REPEATING")
 
@@ -135,10 +136,17 @@ def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):
 def test_recommend_for_history_by_ids_and_titles(url, app_rec):
     anime = app_rec.anime
     first, second = int(anime["media_id"].iloc[0]), anime["title"].iloc[1]
-    entries = [[first, 90], [second.upper(), None], ["No Such Title At All", 50]]
+    # A title is matched as in Python (serving.recommender.title_key): case and spaces at
+    # either end or repeated inside do not count; a score of 0 is "not scored" (AniList's).
+    messy = "  " + second.upper().replace(" ", "   ") + " "
+    entries = [[first, 90], [messy, 0], ["No Such Title At All", 50]]
     body = post(url, "/recommend_for_history", {"entries": entries, "k": 5}).json()
     want = app_rec.recommend_for_history([(first, 90), (second, None)], k=5)
     assert [r["anime_id"] for r in body["results"]] == want["anime_id"].tolist()
+    with pytest.warns(UserWarning, match="1 history entries match no"):
+        python = app_rec.recommend_for_history([(first, 90), (messy, 0), ("No Such Title At All", 50)], k=5)
+    pd.testing.assert_frame_equal(python.reset_index(drop=True), want.reset_index(drop=True))
+    assert body["user"]["history_titles"] == 2
     assert body["notes"] == ["1 of the 3 titles match nothing in this model's catalog and were "
                              "left out: 'No Such Title At All'."]
     assert {r["because"]["title"] for r in body["results"]} <= {anime["title"].iloc[0], second}
@@ -165,7 +173,7 @@ def test_similar_excludes_the_title_and_search_finds_prefixes_first(url, app_rec
     assert body["anime"]["anime_id"] == anime_id and anime_id not in ids and len(ids) == 6
     assert ids == app_rec.similar_anime(anime_id, k=6)["anime_id"].tolist()
     title = app_rec.anime["title"].iloc[7]
-    by_title = requests.get(url + "/similar", params={"title": title.lower()}, timeout=10).json()
+    by_title = requests.get(url + "/similar", params={"title": f" {title.lower()}  "}, timeout=10).json()
     assert by_title["anime"]["anime_id"] == anime_id and len(by_title["similar"]) == 10
     word = title.split()[0][:3].lower()
     results = requests.get(url + "/search", params={"q": word}, timeout=10).json()["results"]
@@ -174,6 +182,28 @@ def test_similar_excludes_the_title_and_search_finds_prefixes_first(url, app_rec
     assert all(word in e or word in r for e, r in folded)
     starts = [e.startswith(word) or r.startswith(word) for e, r in folded]
     assert starts == sorted(starts, reverse=True)  # prefix hits first
+
+
+def test_similar_matches_a_title_exactly_or_offers_the_candidates(url, service):
+    """Part of a title is no title: /similar answers 404 with the titles containing the
+    text (the most popular first) to choose from, and the page links them; it never
+    answers for a guess."""
+    titles = service.catalog["title"]
+    part = min((t[:4] for t in titles if len(t) > 6 and t[:4].isalpha()),
+               key=lambda p: -sum(t.startswith(p) for t in titles))
+    got = requests.get(url + "/similar", params={"title": part}, timeout=10)
+    assert got.status_code == 404
+    body = got.json()
+    assert body["error"].startswith(f"No title is named {part!r}. Titles containing it: ")
+    want = service.search(part, 5)
+    assert [c["anime_id"] for c in body["candidates"]] == [w["anime_id"] for w in want]
+    assert len(want) >= 2 and all(part.casefold() in c["title"].casefold()
+                                  or part.casefold() in c["title_romaji"].casefold()
+                                  for c in body["candidates"])
+    page = requests.get(url + "/title", params={"q": part}, timeout=10)
+    assert page.status_code == 404
+    for c in body["candidates"]:
+        assert f'href="/title?id={c["anime_id"]}"' in page.text
 
 
 # (method, path, body or query, status, words the error must hold)
@@ -186,7 +216,7 @@ BAD = [
     ("post", "/recommend", {"user_id": "USER", "k": 10}, 422, "user_id: Input should be a valid integer"),
     ("post", "/recommend", {"user_id": 10**30}, 422, "user_id: Input should be less than or equal to"),
     ("post", "/recommend", {"user_id": 1, "filters": {"min_year": 10**30}}, 422, "filters.min_year"),
-    ("post", "/recommend_for_history", {"entries": [[10**30, 50]]}, 404, "None of the 1 titles"),
+    ("post", "/recommend_for_history", {"entries": [[10**30, 50]]}, 404, "None of the 1 entries"),
     ("post", "/recommend_for_history", {"entries": [[1, 50, 10**30]]}, 400, "`entries[0]`: the time"),
     ("get", "/similar", {"anime_id": 10**30}, 422, "anime_id: Input should be less than or equal to"),
     ("post", "/recommend", {"user_id": 1, "k": 0}, 400, "`k` must be a whole number from 1 to 100"),
@@ -205,7 +235,7 @@ BAD = [
     ("post", "/recommend", {"user_id": 1, "filters": {"fromats": ["TV"]}}, 422,
      "filters.fromats: Extra inputs are not permitted"),
     ("post", "/recommend_for_history", {"entries": [["No Such Title", 80]]}, 404,
-     "None of the 1 titles matches"),
+     "None of the 1 entries matches"),
     ("post", "/recommend_for_history", {"entries": [[1, 150]]}, 400, "from 0 to 100"),
     ("post", "/recommend_for_history", {"entries": [[1, 80, 3, 4]]}, 400, "`entries[0]` must be"),
     ("post", "/recommend_for_history", {"entries": [[1, 80, 2.5]]}, 400, "`entries[0]`: the time"),
@@ -286,7 +316,7 @@ def test_malformed_bodies_and_a_private_user(url, app_rec, anilist):
         assert got.status_code == 422, raw
         assert got.json()["error"].startswith("Invalid request: " + error), got.json()
     long_title = post(url, "/recommend_for_history", {"entries": [["x" * 1_000_000, 50]]})
-    assert long_title.status_code == 404 and len(long_title.json()["error"]) < 200  # not echoed
+    assert long_title.status_code == 404 and len(long_title.json()["error"]) < 300  # not echoed
     huge = requests.post(url + "/recommend_for_history", data=b" " * (5 << 20), timeout=30,
                          headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "at most 4 MB" in huge.json()["error"]
@@ -365,34 +395,6 @@ def test_anilist_lookups_are_cached_and_limited_per_client(app_rec, anilist):
         assert post(url, "/recommend", {"user": names[0]}).status_code == 200  # still cached
 
 
-class _Hanging:
-    """An AniList that accepts every connection and never answers (until closed): an
-    outage as a client sees it, with no work of its own on this process's cores."""
-
-    def __init__(self):
-        import socket
-
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.accepted, self._held = 0, []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:   # closed
-                return
-            self.accepted += 1
-            self._held.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self._held:
-            conn.close()
-
-
 def test_an_anilist_outage_stays_contained(app_rec):
     """AniList hangs on every request. 50 concurrent lookups by name each end within the
     lookup's budget (at most 4 reach AniList at once; the rest are turned away at once,
@@ -401,7 +403,7 @@ def test_an_anilist_outage_stays_contained(app_rec):
     at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    hanging = _Hanging()
+    hanging = HangingServer()
     lists = ListLookup(hanging.url, rate=0, per_client=1000, ttl=600, budget=2.0,
                        timeout=1.0, max_lookups=4, failures_to_open=3, cooldown=60)
     service = Service(app_rec, "outage", lists)

@@ -272,3 +272,26 @@ def test_a_bad_block_size_is_refused_with_the_rule_and_the_default(value, tmp_pa
     assert f"--block-entries must be a whole number of entries, 1 or more (got '{value}')" \
         in result.stderr and "250,000" in result.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_the_service_starts_without_tensorflow_chatter(tiny_scored):
+    """`python -m serving.app` starts with its one line and nothing on stderr: no
+    tf.function retracing warnings (the ranker's scorer is traced once for every batch
+    size) and no absl line from its first XLA compilation."""
+    import requests
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--model", str(tiny_scored[0]),
+                             "--port", "0", "--quiet"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:"), line
+        url = line.split()[1]
+        history = {"entries": [[1, 80]], "k": 3}
+        assert requests.get(url + "health", timeout=30).status_code == 200
+        assert requests.post(url + "recommend_for_history", json=history, timeout=30).status_code in (200, 404)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert err.strip() == "", err

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.errors import InputError
+from pipelines.errors import InputError, NotInCatalog
 from serving import Filters, Recommender, batch
 
 
@@ -57,8 +57,8 @@ def test_history_unknown_titles_warn_and_none_matching_is_an_error(rec):
     with pytest.warns(UserWarning, match=r"1 history entries match no .*'Cowboy Bebop'"):
         out = rec.recommend_for_history([("Cowboy Bebop", 90), (known, None)], k=5)
     assert out.attrs["unknown"] == ["Cowboy Bebop"] and len(out) == 5
-    with pytest.raises(InputError, match=r"None of the 2 history entries.*'Cowboy Bebop', 99999999"
-                                         r".*rec\.anime\[\['media_id', 'title'"):
+    with pytest.raises(NotInCatalog, match=r"None of the 2 entries matches.*'Cowboy Bebop', 99999999"
+                                           r".*rec\.anime\[\['media_id', 'title'"):
         rec.recommend_for_history([("Cowboy Bebop", 90), (99999999, None)])
     # Times as unix seconds or ISO dates are the same times.
     first, second = (int(m) for m in rec.anime["media_id"].iloc[:2])
@@ -76,7 +76,9 @@ def test_history_unknown_titles_warn_and_none_matching_is_an_error(rec):
     ([(38, "90")], r"entries\[0\]`.*Received: \(38, '90'\)"),
     ([(2.5, 90)], r"entries\[0\]`.*Received: \(2.5, 90\)"),
     (["Cowboy Bebop"], r"entries\[0\]`.*Received: 'Cowboy Bebop'"),
-    ([(38, 90, 1.5)], r"entries\[0\]`.*time \(unix seconds.*Received: \(38, 90, 1.5\)"),
+    ([(38, 90, 1.5)], r"entries\[0\]`: the time must be.*unix seconds.*Received: \(38, 90, 1.5\)"),
+    ([(38, 90, -5)], r"entries\[0\]`: the time must be.*Received: \(38, 90, -5\)"),
+    ([(38, float("nan"))], r"entries\[0\]`: the score must be.*Received: \(38, nan\)"),
     ([(38, 90, 0, 1)], r"entries\[0\]`.*Received: \(38, 90, 0, 1\)"),
     ([(38, 90, "last week")], r"`entries\[0\] time` must be an ISO date"),
     ("Cowboy Bebop", r"`entries` must be a list.*Received: entries='Cowboy Bebop'"),
@@ -231,3 +233,15 @@ def test_histories_batched_give_each_historys_own_answer(rec):
     tv = rec.recommend_for_histories(histories[:2], k=5, filters=Filters(formats="TV"))
     tv_ids = set(rec.anime.loc[rec.anime["format"] == "TV", "media_id"])
     assert all(set(frame["anime_id"]) <= tv_ids and len(frame) == 5 for frame in tv)
+    # Per-history exclusions (the service's "hide what I have seen" for AniList lists)
+    # leave out exactly what the same ids in filters leave out, history by history.
+    first = rec.recommend_for_history(histories[0], k=7)
+    drop = first["anime_id"].iloc[:3].tolist()
+    excluded = rec.recommend_for_histories(histories[:2], k=7, exclude=[drop, []])
+    pd.testing.assert_frame_equal(
+        excluded[0], rec.recommend_for_history(histories[0], k=7, filters=Filters(exclude_ids=drop)),
+        check_dtype=False, rtol=1e-5)
+    assert not set(drop) & set(excluded[0]["anime_id"])
+    pd.testing.assert_frame_equal(excluded[1], together[1], check_dtype=False, rtol=1e-5)
+    with pytest.raises(InputError, match=r"`exclude` must hold one list of anime ids per history"):
+        rec.recommend_for_histories(histories[:2], k=7, exclude=[drop])
