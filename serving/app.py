@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from fastapi import FastAPI, Query, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 from fastapi.templating import Jinja2Templates  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
@@ -49,8 +49,8 @@ from starlette.exceptions import HTTPException  # noqa: E402
 import data_query  # noqa: E402
 from pipelines.errors import AnirankError, InputError, NotInCatalog  # noqa: E402
 from serving.batch import current, read_store, revision_of  # noqa: E402
-from serving.lists import (AniListUnavailable, Busy, ListLookup, TooManyLookups,  # noqa: E402
-                           UnknownUser)
+from serving.lists import (BUILD_A_LIST, AniListUnavailable, Busy, ListLookup,  # noqa: E402
+                           TooManyLookups, UnknownUser)
 from serving.recommender import Filters, Recommender, clipped, title_key  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -93,8 +93,12 @@ class Service:
         }, index=pd.Index(anime["media_id"].to_numpy(np.int64), name="anime_id"))
         self._folded = tuple(np.array([title_key(t) for t in self.catalog[c]], dtype=str)
                              for c in ("title", "title_romaji"))
-        self.formats = sorted(f for f in self.catalog["format"].unique() if f)
-        self.genres = sorted({g for gs in self.catalog["genres"] for g in gs})
+        # What the page offers to filter by: the formats and genres of titles it can serve
+        # (never adult ones: Filters' default, which the service keeps), so no choice is
+        # one that always comes back empty.
+        servable = self.catalog[Filters().allowed(anime)]
+        self.formats = sorted(f for f in servable["format"].unique() if f)
+        self.genres = sorted({g for gs in servable["genres"] for g in gs})
         years = self.catalog["year"].dropna()
         self.years = (int(years.min()), int(years.max())) if len(years) else (None, None)
         # Hidden gems on the page: on at most as many lists as the median title.
@@ -103,7 +107,9 @@ class Service:
         self._shown = {int(i): {"anime_id": int(i), "title": str(r.title),
                                 "title_romaji": str(r.title_romaji),
                                 "year": None if math.isnan(r.year) else int(r.year),
-                                "format": r.format or None, "genres": [str(g) for g in r.genres],
+                                "format": r.format or None,
+                                "format_label": format_label(r.format) if r.format else None,
+                                "genres": [str(g) for g in r.genres],
                                 "popularity": int(r.popularity)}
                        for i, r in zip(self.catalog.index, self.catalog.itertuples())}
         # Concurrent /recommend calls share one batched Recommender.recommend call; those
@@ -226,7 +232,7 @@ class Service:
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise InputError("`user` must be an AniList user name (1 to 100 characters).")
         if self.lists is None:
-            raise AniListUnavailable("This service was started without AniList lookups.")
+            raise AniListUnavailable("This service was started without AniList lookups. " + BUILD_A_LIST)
         check_k(k)
         filters.allowed(self.rec.anime)  # bad filters cost AniList no request
         found = self.lists.lookup(name, client)
@@ -374,6 +380,14 @@ class _Slot:
         self.ready = threading.Event()
 
 
+def format_label(code: str) -> str:
+    """A format as people read it, the one spelling of the page (filters, rows,
+    suggestions; the API gives it as ``format_label`` beside the code): TV_SHORT -> "TV
+    Short", MOVIE -> "Movie"; acronyms stay capitals."""
+    return " ".join(w if w.upper() in ("TV", "OVA", "ONA") else w.capitalize()
+                    for w in str(code).replace("_", " ").split())
+
+
 def reason_text(because: dict | None, source: str) -> str:
     """The one line that says why a title is on the list."""
     if source == "popularity":
@@ -446,6 +460,13 @@ def create_app(service: Service) -> FastAPI:
 
     app.add_middleware(BodyLimit)
 
+    templates.env.filters["format_label"] = format_label
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/health", summary="the service and the model it serves")
     def health():
         rec = service.rec
@@ -492,7 +513,7 @@ def create_app(service: Service) -> FastAPI:
                 status, error = describe(err)
         return templates.TemplateResponse(request, "index.html", {
             "service": service, "form": form, "result": result, "error": error,
-            "max_k": MAX_K}, status_code=status)
+            "anilist_failed": status in (502, 503), "max_k": MAX_K}, status_code=status)
 
     @app.get("/title", response_class=HTMLResponse, include_in_schema=False)
     def title_page(request: Request, id: str | None = None, q: str | None = None):

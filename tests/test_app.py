@@ -15,7 +15,7 @@ import requests
 from serving.batch import revision_of
 from serving import Filters
 from serving.recommender import MAX_HISTORY
-from serving.app import MAX_K, Batcher, Service, create_app
+from serving.app import MAX_K, Batcher, Service, create_app, format_label
 from serving.lists import ListLookup, TokenBucket
 from tests.app_harness import serving
 from tests.loopback import HangingServer
@@ -204,6 +204,35 @@ def test_similar_matches_a_title_exactly_or_offers_the_candidates(url, service):
     assert page.status_code == 404
     for c in body["candidates"]:
         assert f'href="/title?id={c["anime_id"]}"' in page.text
+
+
+def test_offline_the_page_offers_the_list_builder_and_a_favicon(app_rec):
+    """A service without AniList lookups (offline) says so and points to the list
+    builder, on the page and in the API; the favicon is served (no 404 each load); formats
+    have one spelling on the page and in the API's format_label."""
+    service = Service(app_rec, "offline", None)
+    with serving(create_app(service)) as url:
+        page = requests.get(url + "/", params={"mode": "user", "user": "someone"}, timeout=30)
+        api = post(url, "/recommend", {"user": "someone"})
+        icon = requests.get(url + "/favicon.ico", timeout=10)
+        found = requests.get(url + "/search", params={"q": app_rec.anime["title"].iloc[0][:3]},
+                             timeout=10).json()["results"]
+    assert page.status_code == 502 and 'id="to-builder"' in page.text and 'href="#add-title"' in page.text
+    assert "Build your list on the page instead" in page.text
+    assert api.status_code == 502 and "Build your list on the page instead" in api.json()["error"]
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content.startswith(b"<svg")
+    assert all(r["format_label"] == format_label(r["format"]) for r in found if r["format"])
+    assert [format_label(f) for f in ("TV", "TV_SHORT", "MOVIE", "OVA", "ONA", "SPECIAL", "MUSIC")] == [
+        "TV", "TV Short", "Movie", "OVA", "ONA", "Special", "Music"]
+    # The genre filter offers only genres of titles the service can serve (never adult
+    # ones): the synthetic world's Hentai titles are all adult, so no Hentai choice.
+    anime = app_rec.anime
+    adult = anime["is_adult"].fillna(0).to_numpy() > 0
+    every = {g for gs in anime["genres"] for g in gs}
+    servable = {g for gs in anime["genres"][~adult] for g in gs}
+    assert adult.any() and "Hentai" in every and "Hentai" not in servable
+    assert set(service.genres) == servable
 
 
 # (method, path, body or query, status, words the error must hold)

@@ -40,16 +40,29 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def _page(browser, width: int, height: int):
+    context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.set_default_timeout(20_000)
     outside = []  # every request must stay on 127.0.0.1: no CDN, no fonts from elsewhere
     page.on("request", lambda r: None if r.url.startswith("http://127.0.0.1") else outside.append(r.url))
+    missing = []  # and find what it asks for (the favicon too), bar the pages tested for errors
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 and "/static/" in r.url
+            or r.url.endswith("/favicon.ico") and r.status != 200 else None)
     yield page
     context.close()
     assert not outside, f"the page asked for {outside}"
+    assert not missing, f"not found: {missing}"
+
+
+@pytest.fixture
+def page(browser):
+    yield from _page(browser, 1280, 900)
+
+
+@pytest.fixture
+def phone(browser):
+    yield from _page(browser, 390, 844)
 
 
 def result_rows(page) -> list[dict]:
@@ -82,7 +95,8 @@ def test_an_anilist_user_gets_ten_and_a_filter_changes_them(page, url, app_rec, 
     page.wait_for_url("**format=MOVIE**")
     filtered = result_rows(page)
     page.screenshot(path=tmp_path / "user_movies.png", full_page=True)
-    assert filtered and {r["format"] for r in filtered} == {"MOVIE"}
+    assert filtered and {r["format"] for r in filtered} == {"Movie"}   # as the filter spells it
+    assert page.locator("label.check", has_text="Movie").count() == 1
     assert all(r["year"] == "–" or int(r["year"]) >= 2005 for r in filtered)
     assert [r["title"] for r in filtered] != [r["title"] for r in rows]
     assert page.is_checked("input[name=format][value=MOVIE]")   # the form keeps its state
@@ -156,3 +170,30 @@ def test_an_unknown_user_gets_a_message(page, url, tmp_path):
                                                    "Received: '77777777777777777777'.")
     page.goto(url + "/?mode=list&history=1:" + "9" * 5000)
     assert page.locator("#error").inner_text() == "Scores are from 0 to 100. Received: 99999999999999999999."
+
+
+def test_the_page_fits_a_phone(phone, url, app_rec, tmp_path):
+    """At 390 px wide nothing is wider than the screen: each result is the title, its
+    year and format under it, the predicted score beside it and the reason on a line of
+    its own, not a word a line."""
+    user = f"user{int(app_rec.users['user_id'].iloc[2])}"
+    phone.goto(url + "/")
+    phone.fill("#user", user)
+    phone.click("#go-user")
+    phone.wait_for_selector("#results")
+    phone.wait_for_load_state("load")
+    phone.screenshot(path=tmp_path / "phone.png", full_page=True)
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide at 390"
+    rows = phone.locator("#results tbody tr")
+    assert rows.count() == 10
+    for i in range(rows.count()):
+        why, name = rows.nth(i).locator("td.why"), rows.nth(i).locator("td.name")
+        assert why.bounding_box()["width"] >= 250, "the reason has the row's width"
+        assert why.bounding_box()["y"] > name.bounding_box()["y"], "under the title"
+        line = name.locator(".meta-line").inner_text()
+        assert line and ("·" in line or line.strip()), line
+    assert phone.locator("#results td.genres").first.is_hidden()
+    assert phone.locator("#rank-vs-score").is_visible()
+    png = (tmp_path / "phone.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 390

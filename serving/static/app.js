@@ -22,7 +22,7 @@ function autocomplete(input) {
       const name = document.createElement("span");
       name.textContent = r.title;
       const meta = document.createElement("small");
-      meta.textContent = [r.year, r.format].filter(Boolean).join(" · ");
+      meta.textContent = [r.year, r.format_label].filter(Boolean).join(" · ");
       li.append(name, meta);
       li.addEventListener("mousedown", (e) => { e.preventDefault(); pick(i); });
       list.appendChild(li);
