@@ -11,6 +11,13 @@ shape, on a world whose ground truth we know.
     python -m pipelines train-retrieval --features /tmp/k17/features --model /tmp/k17/model
     python -m pipelines train-ranking --features /tmp/k17/features --model /tmp/k17/model
     python -m pipelines evaluate --features /tmp/k17/features --model /tmp/k17/model
+
+``--users 1000 --scored-only`` writes the shape of the public dump that crashed
+``train-scores`` (issue 33): about a thousand users, ratings 1-10 and no -1 (the
+watched-but-unscored entries left out), no entry times, so a random split, and catalog
+titles whose every rating falls in held-out parts of lists; then
+
+    python -m pipelines train-scores --features /tmp/k17/features --model /tmp/k17/model
 """
 
 import argparse
@@ -26,6 +33,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default="data/anirank.db", help="a raw store (the default world)")
     parser.add_argument("--out", required=True, help="directory for anime.csv and rating.csv")
+    parser.add_argument("--users", type=int, default=None,
+                        help="keep this many users, drawn at random (seed 0) (default: all)")
+    parser.add_argument("--scored-only", action="store_true",
+                        help="ratings 1-10 only: leave out the watched-but-unscored entries "
+                             "(-1), as the ratings file of a scores-only dump")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,6 +45,12 @@ def main():
         media = pd.read_sql("select media_id, title_romaji, format, episodes, genres from media", con)
         entries = pd.read_sql("select user_id, media_id, score from entries "
                               "where status != 'PLANNING'", con)
+    if args.users is not None:
+        users = np.sort(entries["user_id"].unique())
+        keep = np.random.default_rng(0).choice(users, min(args.users, len(users)), replace=False)
+        entries = entries[entries["user_id"].isin(keep)]
+    if args.scored_only:
+        entries = entries[entries["score"] > 0]
     members = entries.groupby("media_id").size()
     mean = entries[entries["score"] > 0].groupby("media_id")["score"].mean() / 10
     pd.DataFrame({
@@ -46,7 +64,8 @@ def main():
     rating = np.where(entries["score"] > 0, np.clip(np.round(entries["score"] / 10), 1, 10), -1)
     pd.DataFrame({"user_id": entries["user_id"], "anime_id": entries["media_id"],
                   "rating": rating.astype(int)}).to_csv(out / "rating.csv", index=False)
-    print(f"{len(media):,} titles, {len(entries):,} ratings in {out}")
+    print(f"{len(media):,} titles, {entries['media_id'].nunique():,} of them rated, "
+          f"{entries['user_id'].nunique():,} users, {len(entries):,} ratings in {out}")
 
 
 if __name__ == "__main__":
