@@ -190,7 +190,11 @@ def model_card(model_dir: Path, repo_id: str, source_url: str | None = None) -> 
          f"{artifact.ORDER_NAMES[served['order']][0].upper()}"
          f"{artifact.ORDER_NAMES[served['order']][1:]} of the candidates (the ranker is kept "
          "in the repo but not served)")
-        + f": {served['why']}. `from_pretrained(..., use_ranker=True)` or `False` overrides it.", "",
+        + f": {served['why']}. `from_pretrained(..., use_ranker=True)` or `False` overrides it. "
+        "Then the franchise rules, where the data records relations between titles: a title "
+        "whose prequel or parent show the user has not watched gives way to the franchise's "
+        "entry point, and one title a franchise in every 10 "
+        "(`Filters(entry_points=False, per_franchise=None)` keeps the order as ranked).", "",
         "## Training data", "",
         f"Trained on {source['description']}. Test split: {describe_split(schema)}; titles "
         "the user had before the test period are excluded from every ranking.", "",

@@ -418,11 +418,16 @@ class FilterParams(BaseModel):
     genres: list[str] | None = Field(None, description="keep titles with at least one of these genres")
     exclude_genres: list[str] = Field([], description="leave out titles with any of these genres")
     max_popularity: float | None = Field(None, description="hidden gems: on at most this many training lists")
+    entry_points: bool = Field(True, description="a title whose prequel or parent show the user has "
+                                                 "not watched gives way to the franchise's entry point")
+    per_franchise: int | None = Field(1, ge=1, le=MAX_K, description="titles of one franchise in "
+                                      "every 10 results, at most (null: no cap)")
 
     def filters(self) -> Filters:
         return Filters(formats=self.formats, min_year=self.min_year, max_year=self.max_year,
                        genres=self.genres, exclude_genres=tuple(self.exclude_genres),
-                       max_popularity=self.max_popularity)
+                       max_popularity=self.max_popularity, entry_points=self.entry_points,
+                       per_franchise=self.per_franchise)
 
 
 class RecommendRequest(BaseModel):
@@ -663,6 +668,9 @@ def page_form(params, service: Service) -> dict:
             "genres": params.getlist("genre"), "exclude_genres": params.getlist("exclude_genre"),
             "gems": bool(params.get("gems")),
             "hide_seen": bool(params.get("hide_seen")) or not mode,
+            # The franchise rules are on until a submitted form leaves them unticked.
+            "entry_points": bool(params.get("entry_points")) or not mode,
+            "one_per_franchise": bool(params.get("one_per_franchise")) or not mode,
             "list_rows": _list_rows(params.get("history", ""), service)}
 
 
@@ -709,7 +717,9 @@ def page_recommend(form: dict, service: Service, client: str) -> dict:
                       min_year=_page_int("min_year", form["min_year"], YEAR["ge"], YEAR["le"]),
                       max_year=_page_int("max_year", form["max_year"], YEAR["ge"], YEAR["le"]),
                       genres=form["genres"] or None, exclude_genres=tuple(form["exclude_genres"]),
-                      max_popularity=service.gem_ceiling if form["gems"] else None)
+                      max_popularity=service.gem_ceiling if form["gems"] else None,
+                      entry_points=form["entry_points"],
+                      per_franchise=1 if form["one_per_franchise"] else None)
     if form["mode"] == "user":
         if not form["user"].strip():
             raise InputError("Type an AniList user name.")

@@ -408,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-popularity", type=float,
                         help="hidden gems: at most this many members (default: no limit)")
     parser.add_argument("--allow-adult", action="store_true", help="include adult titles")
+    parser.add_argument("--no-entry-points", action="store_true",
+                        help="keep titles whose prequel or parent show the user has not "
+                             "watched (default: each gives way to the franchise's first "
+                             "title they can start)")
+    parser.add_argument("--per-franchise", type=int, default=1,
+                        help="titles of one franchise in every 10 recommendations, at most; "
+                             "0: no cap (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--runner",
                         help="run the job as an Apache Beam pipeline on this runner "
@@ -422,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = Filters(formats=tuple(args.formats.split(",")) if args.formats else None,
                           min_year=args.min_year, max_year=args.max_year,
-                          max_popularity=args.max_popularity, exclude_adult=not args.allow_adult)
+                          max_popularity=args.max_popularity, exclude_adult=not args.allow_adult,
+                          entry_points=not args.no_entry_points,
+                          per_franchise=args.per_franchise or None)
         summary = run(args.model, args.users, args.out, k=args.k, candidates=args.candidates,
                       chunk_size=args.chunk_size, revision=args.revision, filters=filters,
                       db=args.db, progress=not args.quiet, runner=args.runner,

@@ -52,6 +52,7 @@ from pipelines.features import (LIST_COLUMNS, RELATED_IDS, RELATED_TYPES, catalo
                                 list_entries, new_title_rows, taste_columns, user_features)
 from pipelines.tables import related_rows
 from ranking.blend import POPULARITY, Blend
+from serving.franchise import Franchises
 from towers.features import apply_in_blocks, feature_specs, raw_features
 from towers.index import CandidateIndex, IndexConfig
 
@@ -247,6 +248,11 @@ class Filters:
       exclude_genres: leave out titles with any of these genres (default: none).
       exclude_adult: leave out adult titles (default True).
       exclude_ids: anime ids never to recommend (one int or a sequence of ints).
+      entry_points: a title whose prequel or parent show the user has not watched is
+        replaced by the franchise's next title they can start (``serving.franchise``;
+        default True).
+      per_franchise: titles of one franchise in every 10 results, at most (default 1;
+        None: no cap).
     """
 
     formats: tuple[str, ...] | None = None
@@ -257,6 +263,8 @@ class Filters:
     exclude_ids: tuple[int, ...] = ()
     genres: tuple[str, ...] | None = None
     exclude_genres: tuple[str, ...] = ()
+    entry_points: bool = True
+    per_franchise: int | None = 1
 
     def __post_init__(self):
         formats = _strings("formats", self.formats, "('TV', 'MOVIE')")
@@ -271,9 +279,12 @@ class Filters:
                                                     and self.max_popularity >= 0):
             raise InputError(f"`max_popularity` must be a number >= 0 or None. Received: "
                              f"max_popularity={self.max_popularity!r}.")
-        if not isinstance(self.exclude_adult, (bool, np.bool_)):
-            raise InputError(f"`exclude_adult` must be True or False. Received: "
-                             f"exclude_adult={self.exclude_adult!r}.")
+        for name in ("exclude_adult", "entry_points"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"`{name}` must be True or False. Received: "
+                                 f"{name}={getattr(self, name)!r}.")
+        if self.per_franchise is not None:
+            _int_arg("per_franchise", self.per_franchise, minimum=1)
         exclude = self.exclude_ids
         if _is_int(exclude):
             exclude = (exclude,)
@@ -531,19 +542,34 @@ class Recommender:
                                     np.arange(len(cand_rows)), cand_rows, signals, batch_size)
 
     def _recommend_raw(self, user_raw: dict, seen: list | None, histories: list | None, k: int,
-                       candidates: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       candidates: int, allowed: np.ndarray,
+                       filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (title rows, scores) for users given as raw features, their seen
         titles (ids, left out) and histories (title rows of their training interactions,
-        EASE's and the franchise signal's input)."""
+        EASE's and the franchise signal's input), under the franchise rules of
+        ``filters`` (``serving.franchise``)."""
         queries = self.retrieval.embed_users(user_raw)
         generate = Generator(self.index, self._ease, candidates, self._ease_candidates,
                              self._signals, self._relations)
         cand = generate(queries, histories, exclude=seen, allowed=allowed)
         scores = self._rank(user_raw, cand.rows, cand.signals)
         scores = np.where(cand.rows >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(cand.rows, order, axis=1),
-                np.take_along_axis(scores, order, axis=1))
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rows = np.take_along_axis(cand.rows, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        filters = filters or Filters()
+        if histories is None or not self._franchises.known:
+            return rows[:, :k], scores[:, :k]
+        excluded = ([np.zeros(0, np.int64)] * len(rows) if seen is None
+                    else [self._anime_row.get_indexer(np.asarray(s, np.int64)) for s in seen])
+        return self._franchises.apply(np.where(np.isfinite(scores), rows, -1), scores,
+                                      histories, excluded, allowed, k, filters.entry_points,
+                                      filters.per_franchise)
+
+    @functools.cached_property
+    def _franchises(self) -> Franchises:
+        """The franchise rules over this catalog's relations, built once."""
+        return Franchises(self.anime, self.schema)
 
     def _predicted(self, user_raw: dict | None, rows: np.ndarray) -> np.ndarray:
         """The score head's predictions ``[n, k]`` (float32) for title rows ``[n, k]`` of
@@ -674,7 +700,7 @@ class Recommender:
             extra = [_ids_arg("exclude", e) for e in exclude]
             seen = extra if seen is None else [np.union1d(s, e) for s, e in zip(seen, extra)]
         histories = None if self._history is None else [self._history[r] for r in rows]
-        top, scores = self._recommend_raw(raw, seen, histories, k, candidates, allowed)
+        top, scores = self._recommend_raw(raw, seen, histories, k, candidates, allowed, filters)
         return self._frame(user_ids, top, scores, raw)
 
     def popular(self, user_ids, k: int = 10, filters: Filters | None = None) -> pd.DataFrame:
@@ -756,7 +782,8 @@ class Recommender:
             watched = [parsed[i].media for i in live]
             top, top_scores = self._recommend_raw(
                 raw, [np.r_[watched[j], extra[i]] for j, i in enumerate(live)],
-                [self._anime_row.get_indexer(media) for media in watched], k, candidates, allowed)
+                [self._anime_row.get_indexer(media) for media in watched], k, candidates, allowed,
+                filters)
             frame = self._frame(np.arange(len(live)), top, top_scores, raw).assign(source="model")
             # Rows come by user, in order: one slice each (none for a user every title
             # was filtered from).
@@ -958,6 +985,7 @@ class Recommender:
         fresh.__dict__.pop("_unit_embeddings", None)   # cached for the old catalog
         fresh.__dict__.pop("_by_title", None)
         fresh.__dict__.pop("_taste", None)
+        fresh.__dict__.pop("_franchises", None)
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
             fresh._encoded = tf.constant(np.concatenate(

@@ -4,6 +4,7 @@ a 4xx with {"error": ...} while the process keeps serving. AniList is the stand-
 server over the model's own (tiny) world."""
 
 import json
+import re
 import threading
 import time
 
@@ -182,6 +183,41 @@ def test_similar_excludes_the_title_and_search_finds_prefixes_first(url, app_rec
     assert all(word in e or word in r for e, r in folded)
     starts = [e.startswith(word) or r.startswith(word) for e, r in folded]
     assert starts == sorted(starts, reverse=True)  # prefix hits first
+
+
+def test_franchise_rules_are_switches_in_the_api_and_the_page(url, app_rec):
+    """The franchise rules (serving/franchise.py) are on by default and off by a switch
+    each, in the API's filters and the page's form, answering as the Recommender does."""
+    if not app_rec._franchises.known:
+        pytest.skip("the tiny world records no relations")
+    free = Filters(entry_points=False, per_franchise=None)
+    for user in app_rec.users["user_id"]:
+        entries = [[int(m), 80] for m in app_rec.history_ids(int(user))[:8]]
+        on = app_rec.recommend_for_history(entries, k=10)["anime_id"].tolist()
+        off = app_rec.recommend_for_history(entries, k=10, filters=free)["anime_id"].tolist()
+        if on != off:
+            break
+    else:
+        pytest.fail("no list the rules change: the fixture cannot test them")
+    ids = lambda body: [r["anime_id"] for r in body["results"]]   # noqa: E731
+    assert ids(post(url, "/recommend_for_history", {"entries": entries}).json()) == on
+    switched = {"entries": entries, "filters": {"entry_points": False, "per_franchise": None}}
+    assert ids(post(url, "/recommend_for_history", switched).json()) == off
+    capped = {"entries": entries, "filters": {"per_franchise": 2}}
+    assert ids(post(url, "/recommend_for_history", capped).json()) == app_rec.recommend_for_history(
+        entries, k=10, filters=Filters(per_franchise=2))["anime_id"].tolist()
+    assert post(url, "/recommend_for_history", {"entries": entries, "filters": {"per_franchise": 0}}
+                ).status_code == 422
+
+    def page(**switches):
+        history = ",".join(f"{m}:{s}" for m, s in entries)
+        html = requests.get(url + "/", params={"mode": "list", "history": history, **switches},
+                            timeout=30).text
+        results = html[html.index('id="results"'):]
+        return [int(i) for i in re.findall(r'<td class="name"><a href="/title\?id=(\d+)"', results)]
+
+    assert page(entry_points="1", one_per_franchise="1") == on
+    assert page() == off   # a submitted form with both unticked
 
 
 def test_similar_matches_a_title_exactly_or_offers_the_candidates(url, service):

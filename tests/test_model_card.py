@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from pipelines import __version__, publish
 from pipelines.features import describe_split
-from serving import Recommender
+from serving import Filters, Recommender
 from tests.hub_server import HubStandIn
 
 
@@ -73,4 +73,5 @@ def test_towers_directly_with_tensorflow_alone(trained, request, tmp_path, monke
     user = int(re.search(r"^user_id = (\d+)$", snippet, re.M).group(1))
     rec = Recommender.from_pretrained(str(model_dir))
     assert rec.ranker is None
-    assert top10 == rec.recommend([user], k=10)["anime_id"].tolist()
+    ranked = Filters(entry_points=False, per_franchise=None)   # the card's snippet: no franchise rule
+    assert top10 == rec.recommend([user], k=10, filters=ranked)["anime_id"].tolist()

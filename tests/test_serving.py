@@ -24,6 +24,9 @@ from tests.worlds import TINY_RANKING
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The ranked order itself: the franchise rules (serving/franchise.py) off.
+RANKED = Filters(entry_points=False, per_franchise=None)
+
 
 # `python -m serving.batch ARGS`, except that os.replace, about to put part-00003.parquet
 # in place, prints so and waits for the test's SIGKILL instead.
@@ -334,12 +337,12 @@ def test_served_order_follows_the_ranking_stage_and_retrieval_order_is_exact(tin
     ranked = Recommender.from_pretrained(str(model_dir), use_ranker=True)
     assert plain.ranker is None and ranked.ranker is not None
     users = plain.users["user_id"].to_numpy()[:25]
-    got = plain.recommend(users, k=10)
+    got = plain.recommend(users, k=10, filters=RANKED)
     # Retrieval order: each user's unseen titles by query . candidate, score = that dot.
     queries = plain.retrieval.embed_users(plain._user_raw)
     embeddings = plain.retrieval.candidate_embeddings
     _assert_top_of(plain, got, lambda row: queries[row] @ embeddings.T, rtol=1e-5, atol=1e-6)
-    assert not ranked.recommend(users, k=10)["anime_id"].equals(got["anime_id"])
+    assert not ranked.recommend(users, k=10, filters=RANKED)["anime_id"].equals(got["anime_id"])
 
 
 def _serving(model_dir, tmp_path, name, order, blend=None):
@@ -360,7 +363,7 @@ def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
     ease = _serving(model_dir, tmp_path, "ease", "ease")
     assert ease.ranker is None and ease.serving["order"] == "ease"
     users = ease.users["user_id"].to_numpy()[:25]
-    got = ease.recommend(users, k=10)
+    got = ease.recommend(users, k=10, filters=RANKED)
     # EASE's order: each user's unseen titles by x_u B over the whole catalog (its top 10
     # are among the candidates: EASE adds its own), score = that product.
     weights = np.load(model_dir / "ease.npy")
@@ -382,10 +385,10 @@ def test_eases_order_and_the_blend_are_served_as_decided(tiny_ranked, tmp_path):
                 "weights": [float(n == alone) for n in names]}
 
     plain = Recommender.from_pretrained(str(model_dir), use_ranker=False)
-    for name, expected in (("similarity", plain.recommend(users, k=10)), ("ease", got)):
+    for name, expected in (("similarity", plain.recommend(users, k=10, filters=RANKED)), ("ease", got)):
         blended = _serving(model_dir, tmp_path, f"blend-{name}", "blend", only(name))
         assert blended.ranker is None and blended._blend is not None
-        out = blended.recommend(users, k=10)
+        out = blended.recommend(users, k=10, filters=RANKED)
         assert out["anime_id"].tolist() == expected["anime_id"].tolist(), name
     with pytest.raises(InputError, match="no `blend` weights"):
         broken = tmp_path / "broken"

@@ -41,14 +41,16 @@ def test_k_is_capped_at_the_catalog_size(rec, users, monkeypatch):
         return search(queries, k, **kwargs)
 
     monkeypatch.setattr(rec.index, "search", spy)
-    out = rec.recommend(users[:1], k=10**9)
+    ranked = Filters(entry_points=False, per_franchise=None)   # every allowed title, no franchise rule
+    out = rec.recommend(users[:1], k=10**9, filters=ranked)
     allowed = set(rec.anime["media_id"][Filters().allowed(rec.anime)])
     expected = allowed - set(rec._seen[rec._user_row.get_loc(users[0])].tolist())
     assert set(out["anime_id"]) == expected and out["rank"].tolist() == list(range(1, len(expected) + 1))
-    assert len(rec.recommend(users[:1], k=10**9, candidates=10**12)) == len(expected)
+    assert len(rec.recommend(users[:1], k=10**9, candidates=10**12, filters=ranked)) == len(expected)
     assert len(rec.popular([1], k=10**9)) == len(allowed)
     assert len(rec.similar_anime(int(rec.anime["media_id"].iloc[0]), k=10**9)) == n - 1
-    history = rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=10**9)
+    history = rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=10**9,
+                                        filters=ranked)
     assert len(history) == len(allowed - {int(rec.anime["media_id"].iloc[0])})
 
 
@@ -139,7 +141,8 @@ def test_candidates_must_be_at_least_k(rec, users, tiny_ranked, tmp_path, capsys
     with pytest.raises(InputError, match=message):
         rec.recommend_for_history([(int(rec.anime["media_id"].iloc[0]), 80)], k=10, candidates=5)
     # Default candidates follow k: max(k, 100), capped at the catalog.
-    assert (rec.recommend(users, k=101).groupby("user_id").size() == 101).all()
+    ranked = Filters(entry_points=False, per_franchise=None)
+    assert (rec.recommend(users, k=101, filters=ranked).groupby("user_id").size() == 101).all()
 
     out = tmp_path / "recs"
     for args, shown in [(["--k", "10", "--candidates", "5"], "k=10, candidates=5"),
