@@ -49,7 +49,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from pipelines import store  # noqa: E402
 from pipelines.config import LIST_CAP  # noqa: E402  (AniList's cap on a list)
-from pipelines.errors import AnirankError, InputError  # noqa: E402
+from pipelines.errors import AnirankError, InputError, os_error_line  # noqa: E402
 
 ENDPOINT = "https://graphql.anilist.co"
 TERMS = "https://docs.anilist.co/guide/terms-of-use"
@@ -251,6 +251,17 @@ class AniListClient:
                  max_requests: int | None = None, session: requests.Session | None = None,
                  sleep=time.sleep, limiter: RateLimiter | None = None,
                  deadline: float | None = None):
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise InputError(f"--endpoint must be an http:// or https:// URL, e.g. {ENDPOINT}. "
+                             f"Received: {endpoint!r}.")
+        for name, value, low in (("timeout", timeout, 0.0), ("rate", rate, 0.0)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (value > low if name == "timeout" else value >= low)):
+                raise InputError(f"--{name} must be a number {'>' if name == 'timeout' else '>='} "
+                                 f"{low:g}. Received: {value!r}.")
+        if max_retries < 0 or (max_requests is not None and max_requests < 1):
+            raise InputError(f"--max-retries must be >= 0 and --max-requests >= 1. Received: "
+                             f"{max_retries}, {max_requests}.")
         self.endpoint = endpoint
         self.limiter = limiter if limiter is not None else RateLimiter(rate, window, sleep=sleep)
         self.deadline = deadline
@@ -743,9 +754,15 @@ def crawl_refresh(conn, client: AniListClient, *, users: Iterable[int] | None = 
 
 def _read_lines(path: str) -> list[str]:
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{path} does not exist.")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not p.is_file():
+        raise InputError(f"{path} does not exist or is not a file: give a text file, one "
+                         "entry a line.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a UTF-8 text file: give a text file, one entry a "
+                         "line.") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_ids(path: str) -> list[int]:
@@ -887,6 +904,9 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a path no check above named
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict(client, time.perf_counter() - start), indent=2))
     if summary.rejected:

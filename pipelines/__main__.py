@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from pipelines import __version__, _env  # noqa: F401  (before anything imports TensorFlow)
 from pipelines.config import (EASE_SIGNALS, LOSS_NAMES, PROTOCOLS, RELATION_SIGNALS, TARGETS,
                               FeatureConfig, RankingConfig, RetrievalConfig, ScoreConfig)
-from pipelines.errors import AnirankError, InputError
+from pipelines.errors import AnirankError, InputError, os_error_line
 
 DEFAULT_DB = "data/anirank.db"
 DEFAULT_FEATURES = "data/features"
@@ -54,7 +55,7 @@ def _add_synth_args(parser: argparse.ArgumentParser) -> None:
                        help="mean list length; lengths are long-tailed (default: 110). "
                             "--users 23000 --anime 15000 --entries-per-user 310 gives ~7M "
                             "entries, the size of the original AniList crawl")
-    group.add_argument("--seed", type=int, default=0,
+    group.add_argument("--seed", type=_seed, default=0,
                        help="seed of the synthetic world: the same seed and sizes give the "
                             "same store (default: %(default)s)")
     group.add_argument("--future-days", type=int, default=7,
@@ -115,7 +116,7 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
                        default=defaults.history_half_life_days,
                        help="a history title's weight halves every this many days before "
                             "the user's newest title (default: %(default)s)")
-    group.add_argument("--split-seed", type=int, default=defaults.seed,
+    group.add_argument("--split-seed", type=_seed, default=defaults.seed,
                        help="seed of the random train/validation/test split of users whose "
                             "entries have no times (default: %(default)s)")
     from pipelines.store import ENTRY_BLOCK
@@ -124,6 +125,67 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
                        help="entries read and processed at a time (whole users): memory "
                             "grows with it, not with the store; the tables are the same "
                             "whatever it is (default: %(default)s)")
+
+
+# Each stage's outputs: (flag, attribute, kind); "store" is a file, "dir" a directory
+# written whole (atomic), "batch" run's batch output.
+OUTPUTS = {
+    "synth": [("--db", "db", "store")], "import-kaggle": [("--db", "db", "store")],
+    "features": [("--out", "out", "dir")], "train-retrieval": [("--model", "model", "dir")],
+    "evaluate": [("--report", "report", "dir")], "walk-forward": [("--work", "work", "dir")],
+    "release": [("--work", "work", "dir")], "daily": [("--out", "out", "dir")],
+    "run": [("--db", "db", "store"), ("--out", "out", "dir"), ("--model", "model", "dir"),
+            ("--walk-forward", "work", "dir"), ("--recommendations", "recommendations", "batch")],
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """A stage's settings (``run``: every stage's) and output paths checked before it
+    writes or trains anything: a bad option, or an output that is a file or cannot be
+    made, is named at once, not after the towers are trained."""
+    if args.stage == "run":
+        _feature_config(args), _retrieval_config(args), _ranking_config(args), _score_config(args)
+    for flag, name, kind in OUTPUTS.get(args.stage, []):
+        if getattr(args, name, None) is None:
+            continue
+        path = Path(getattr(args, name))
+        if kind != "store" and path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {path} is a file, not a directory: pick another path "
+                             "(the file is left as it is).")
+        if kind == "batch" and path.exists():
+            _check_batch_output(path)
+        # The folder the output goes in, and that it takes new entries (an error here
+        # names the path: see main).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        try:
+            probe.mkdir(exist_ok=True)
+        except OSError as err:
+            raise InputError(f"{flag} {path} cannot be written ({err.strerror or err}): pick a "
+                             "path in a folder you can write.") from None
+        probe.rmdir()
+
+
+def _check_batch_output(out: Path) -> None:
+    """``run`` replaces its last batch output: only a batch job's files are removed."""
+    from serving.batch import OUTPUT_NAMES
+
+    if not (out.is_dir() and all(p.name in OUTPUT_NAMES or p.name.startswith(("part-", ".part-"))
+                                 for p in out.iterdir())):
+        raise InputError(f"--recommendations {out} holds something other than a batch job's "
+                         "output, which `run` would replace: pick another path or remove it.")
+
+
+def _seed(text: str) -> int:
+    """A seed: a whole number from 0 to 2**32 - 1 (what numpy and TensorFlow take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {2**32 - 1} "
+                                         f"(got {text!r})")
+    return value
 
 
 def _block_entries(text: str) -> int:
@@ -182,7 +244,7 @@ def _add_retrieval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patience", type=int, default=d.patience,
                        help="epochs without a better validation Recall@100 before training "
                             "stops; the best epoch's weights are kept (default: %(default)s)")
-    group.add_argument("--train-seed", type=int, default=d.seed,
+    group.add_argument("--train-seed", type=_seed, default=d.seed,
                        help="seed of the retrieval model's initialisation, shuffling and "
                             "validation sample (default: %(default)s)")
     group.add_argument("--input", choices=("auto", "memory", "stream"), default="auto",
@@ -250,7 +312,7 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
                             "paired CI (part of --evidence)")
     group.add_argument("--ranking-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on held-out NDCG@10 (default: %(default)s)")
-    group.add_argument("--ranking-seed", type=int, default=d.seed,
+    group.add_argument("--ranking-seed", type=_seed, default=d.seed,
                        help="seed of the ranker's list sampling, shuffling and "
                             "initialisation (default: %(default)s)")
 
@@ -272,7 +334,7 @@ def _add_score_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("score head")
     group.add_argument("--score-epochs", type=int, default=d.max_epochs,
                        help="upper bound; early stopping on validation RMSE (default: %(default)s)")
-    group.add_argument("--score-seed", type=int, default=d.seed,
+    group.add_argument("--score-seed", type=_seed, default=d.seed,
                        help="seed of the score head's initialisation and shuffling "
                             "(default: %(default)s)")
 
@@ -545,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "run":
             _single_machine("run")
+        _check_outputs(args)
         if args.stage in ("synth", "run"):
             from pipelines import synth
 
@@ -624,8 +687,12 @@ def main(argv: list[str] | None = None) -> int:
 
             from serving import batch
 
-            # A new run is a new job: its batch output replaces the last run's.
-            shutil.rmtree(args.recommendations, ignore_errors=True)
+            # A new run is a new job: its batch output replaces the last run's, and only
+            # a batch output is removed (a mistyped path must not cost a directory).
+            out = Path(args.recommendations)
+            if out.exists():
+                _check_batch_output(out)
+                shutil.rmtree(out)
             summary = batch.run(args.model, "all", args.recommendations, progress=progress)
             print(f"recommendations for {summary['users']:,} users in {summary['out']} "
                   f"({summary['seconds']} s)")
@@ -655,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['url']}")
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a path no check above named (e.g. an output in /proc)
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     return 0
 

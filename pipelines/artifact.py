@@ -76,9 +76,24 @@ def read_json(model_dir: Path, name: str) -> dict:
         raise InputError(f"{model_dir} has no {name}: train the retrieval model first "
                          "(`python -m pipelines train-retrieval`).")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as err:
         raise InputError(f"{path} is corrupt ({err}); retrain or download the model again.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is corrupt (not a JSON object); retrain or download the "
+                         "model again.")
+    return data
+
+
+def read_file(path: Path, reader):
+    """``reader(path)`` for a file of a model, or an InputError naming the file: a
+    damaged one (say, saved again over a bad copy, so its manifest agrees) is named,
+    never a numpy, Arrow or JSON traceback."""
+    try:
+        return reader(path)
+    except (ValueError, OSError, EOFError, KeyError, TypeError) as err:
+        raise InputError(f"{path} cannot be read ({type(err).__name__}: {str(err)[:120]}): "
+                         "the model is damaged; download it again or retrain it.") from None
 
 
 def write_json(directory: Path, name: str, data: dict) -> None:
@@ -239,9 +254,9 @@ class RetrievalArtifact:
         check_versions(self.config, self.directory)
         self.schema = self.config["feature_schema"]
         self.widths = self.config["multi_widths"]
-        self.anime = pd.read_parquet(self.directory / "anime.parquet")
-        self.users = pd.read_parquet(self.directory / "users.parquet")
-        self.index = CandidateIndex.load(self.directory / "index")
+        self.anime = read_file(self.directory / "anime.parquet", pd.read_parquet)
+        self.users = read_file(self.directory / "users.parquet", pd.read_parquet)
+        self.index = read_file(self.directory / "index", CandidateIndex.load)
         if not np.array_equal(self.index.ids, self.anime["media_id"].to_numpy()):
             raise InputError(f"{self.directory}/index does not match anime.parquet; the "
                              "model is corrupt.")
@@ -289,7 +304,7 @@ class RetrievalArtifact:
         or a model from before the hybrid candidates)."""
         if not hasattr(self, "_ease"):   # read once: every generator of this model shares it
             path = self.directory / EASE
-            weights = np.load(path) if path.exists() else None
+            weights = read_file(path, lambda p: np.load(p, allow_pickle=False)) if path.exists() else None
             if weights is not None and weights.shape != (len(self.anime), len(self.anime)):
                 raise InputError(f"{path} has shape {weights.shape}, not {len(self.anime)} x "
                                  f"{len(self.anime)} titles; the model is corrupt.")

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from pipelines.errors import InputError
+
 
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
@@ -23,8 +25,12 @@ def _sibling(path: Path, suffix: str) -> Path:
 def directory(out: str | os.PathLike) -> Iterator[Path]:
     """``with directory(out) as tmp:`` write into ``tmp``; on success ``tmp`` replaces
     ``out`` (a previous ``out`` is removed), on error ``tmp`` is deleted and ``out`` is
-    left as it was."""
+    left as it was. An ``out`` that is a file, not a directory, is an InputError: it is
+    never replaced (a mistyped path must not cost a file)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a directory: an output directory goes there. "
+                         "Pick another path (the file is left as it is).")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out, "tmp")
     tmp.mkdir()

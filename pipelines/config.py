@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from typing import Any
 
 from pipelines.errors import InputError
@@ -175,6 +176,12 @@ class FeatureConfig(_JsonConfig):
         if not self.history_half_life_days > 0:
             raise InputError(f"`history_half_life_days` must be positive. "
                              f"Received: {self.history_half_life_days}.")
+        if not 0 <= self.min_interaction_score <= 100:
+            raise InputError(f"`min_interaction_score` must be a POINT_100 score from 0 to 100 "
+                             f"(0: any). Received: {self.min_interaction_score}.")
+        if self.min_entries_to_split < 0:
+            raise InputError(f"`min_entries_to_split` must be >= 0. Received: "
+                             f"{self.min_entries_to_split}.")
         if self.protocol not in PROTOCOLS:
             raise InputError(f"`protocol` must be one of {list(PROTOCOLS)}. "
                              f"Received: {self.protocol!r}.")
@@ -207,6 +214,15 @@ class FeatureConfig(_JsonConfig):
                 "`time_columns` must be a non-empty subset of created_at, updated_at, "
                 f"completed_at. Received: {list(self.time_columns)}."
             )
+
+
+def _check_training(config) -> None:
+    """A stage's optimiser settings: a learning rate > 0 (finite), patience >= 0."""
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise InputError(f"`learning_rate` must be a positive number. Received: "
+                         f"learning_rate={config.learning_rate}.")
+    if config.patience < 0:
+        raise InputError(f"`patience` must be >= 0. Received: patience={config.patience}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +286,9 @@ class RetrievalConfig(_JsonConfig):
             if getattr(self, name) <= 0:
                 raise InputError(f"`{name}` should be a positive integer. "
                                  f"Received: {name}={getattr(self, name)}.")
-        if self.temperature <= 0:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InputError(f"`temperature` must be positive. Received: {self.temperature}.")
+        _check_training(self)
         if not 0 <= self.cold_start_dropout < 1:
             raise InputError("`cold_start_dropout` must be in [0, 1). "
                              f"Received: cold_start_dropout={self.cold_start_dropout}.")
@@ -358,6 +375,7 @@ class RankingConfig(_JsonConfig):
     def __post_init__(self):
         if self.loss not in LOSS_NAMES:
             raise InputError(f"`loss` must be one of {sorted(LOSS_NAMES)}. Received: {self.loss!r}.")
+        _check_training(self)
         for name in ("labelled_per_list", "max_lists_per_user", "num_candidates", "batch_size",
                      "max_epochs"):
             if getattr(self, name) <= 0:
@@ -450,6 +468,7 @@ class ScoreConfig(_JsonConfig):
     seed: int = 0
 
     def __post_init__(self):
+        _check_training(self)
         for name in ("batch_size", "max_epochs", "category_dim"):
             if getattr(self, name) <= 0:
                 raise InputError(f"`{name}` should be a positive integer. "

@@ -272,8 +272,13 @@ def tracked_users(rec, users: str | None) -> np.ndarray:
     path = Path(users)
     if not path.is_file():
         raise InputError(f"--users {users}: no such file (one AniList user id per line).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--users {users} is not a UTF-8 text file: one AniList user id "
+                         "per line.") from None
     ids, bad = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             (ids if line.strip().isdigit() else bad).append(
                 int(line) if line.strip().isdigit() else (number, line.strip()))
@@ -452,6 +457,9 @@ def run(date: str | dt.date | None = None, *, db: str | os.PathLike = "data/anir
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer. "
                              f"Received: {value!r}.")
+    if mae_threshold is not None and not (math.isfinite(mae_threshold) and mae_threshold > 0):
+        raise InputError(f"--mae-threshold must be a positive number of score points. "
+                         f"Received: {mae_threshold!r}.")
     seconds, tick = {}, time.perf_counter()
     rec = Recommender.from_pretrained(model, revision)
     rev = revision_of(rec, revision)

@@ -198,7 +198,7 @@ def connect(path: str | os.PathLike, *, readonly: bool = False,
     except sqlite3.DatabaseError as err:
         conn.close()
         raise StoreError(f"{path} is not an anirank raw store ({err}).") from err
-    if version is None or int(version[0]) != SCHEMA_VERSION:
+    if version is None or str(version[0]) != str(SCHEMA_VERSION):
         conn.close()
         raise StoreError(
             f"{path} has raw-store schema version {version and version[0]}, this anirank "

@@ -89,6 +89,7 @@ import datetime as dt
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +328,16 @@ class Truth:
         Raises:
           InputError: the file is the truth of a world written by an older anirank.
         """
-        with np.load(path) as data:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{path} is not a synthetic world's truth file ({type(err).__name__}"
+                             f": {str(err)[:100]}); pass the <store>.truth.npz that `synth` "
+                             "wrote beside the store.") from None
+        if not hasattr(data, "files"):
+            raise InputError(f"{path} is not a synthetic world's truth file (one array, not "
+                             "an .npz archive); pass the <store>.truth.npz that `synth` wrote.")
+        with data:
             missing = [f.name for f in dataclasses.fields(cls) if f.name not in data.files]
             if missing:
                 raise InputError(

@@ -28,15 +28,32 @@ def load_schema(directory: str | os.PathLike) -> dict:
     if not schema_path.exists():
         raise InputError(f"{directory} is not a feature directory (no {SCHEMA_FILE}); "
                          "create one with `python -m pipelines features`.")
-    return json.loads(schema_path.read_text())
+    try:
+        schema = json.loads(schema_path.read_text())
+    except (ValueError, OSError) as err:
+        raise _damaged(schema_path, err) from None
+    if not isinstance(schema, dict):
+        raise _damaged(schema_path, TypeError("not a JSON object"))
+    return schema
+
+
+def _damaged(path: Path, err: Exception) -> InputError:
+    return InputError(f"{path} cannot be read ({type(err).__name__}: {str(err)[:120]}): the "
+                      "feature directory is damaged or incomplete; rebuild it with "
+                      "`python -m pipelines features`.")
 
 
 def load(directory: str | os.PathLike) -> dict:
-    """A feature directory as ``{"schema", "interactions", "users", "anime"}``."""
+    """A feature directory as ``{"schema", "interactions", "users", "anime"}``; a missing
+    or unreadable table is an InputError naming it."""
     directory = Path(directory)
     out = {"schema": load_schema(directory)}
     for name in ("interactions", "users", "anime"):
-        out[name] = pd.read_parquet(directory / f"{name}.parquet")
+        path = directory / f"{name}.parquet"
+        try:
+            out[name] = pd.read_parquet(path)
+        except (ValueError, OSError) as err:   # ArrowInvalid is a ValueError
+            raise _damaged(path, err) from None
     return out
 
 

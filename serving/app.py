@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
 import data_query  # noqa: E402
-from pipelines.errors import AnirankError, InputError, NotInCatalog  # noqa: E402
+from pipelines.errors import AnirankError, InputError, NotInCatalog, os_error_line  # noqa: E402
 from serving.batch import current, read_store, revision_of  # noqa: E402
 from serving.lists import (BUILD_A_LIST, AniListUnavailable, Busy, ListLookup,  # noqa: E402
                            TooManyLookups, UnknownUser)
@@ -812,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
                                 args.db)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a path no check above named
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     import uvicorn
 

@@ -69,12 +69,13 @@ import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pipelines import atomic  # noqa: E402
-from pipelines.errors import AnirankError, InputError  # noqa: E402
+from pipelines.errors import AnirankError, InputError, os_error_line  # noqa: E402
 from serving.recommender import Filters, Recommender, _int_arg  # noqa: E402
 
 MANIFEST = "_manifest.json"
 DONE = "_SUCCESS"
 INVALID = "_invalid_rows.csv"
+OUTPUT_NAMES = (MANIFEST, DONE, INVALID)   # a job's files beside its part-*.parquet
 
 
 INT64_MAX = 2**63 - 1
@@ -438,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                       beam_options=beam_options)
     except AnirankError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a path no check above named
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     if summary["invalid_row_count"]:
         shown = ", ".join(f"row {row}: {value!r}" for row, value in summary["invalid_rows"][:5])

@@ -135,3 +135,12 @@ def run_parts(job: Job, model: str, revision: str | None,
                                       .with_name("model_loads"))["counters"]
     loads = sum(c.committed if c.committed is not None else c.attempted for c in counters)
     return len(pending), int(loads)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print("error: serving.beam has no command line of its own: run the batch job on Beam with "
+          "`python -m serving.batch --model MODEL --runner DirectRunner` (see its --help).",
+          file=sys.stderr)
+    sys.exit(2)

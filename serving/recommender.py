@@ -367,7 +367,7 @@ class Recommender:
         self.config, self.schema, self.widths = r.config, r.schema, r.widths
         self.anime, self.users, self.index = r.anime, r.users, r.index
         self.query_tower = r.query_tower
-        seen = pd.read_parquet(self.directory / "seen.parquet")
+        seen = artifact.read_file(self.directory / "seen.parquet", pd.read_parquet)
         self._user_row = pd.Index(self.users["user_id"])
         self._anime_row = pd.Index(self.anime["media_id"])
         rows = self._user_row.get_indexer(seen["user_id"])

@@ -66,8 +66,19 @@ class LoopbackServer:
         return f"http://{host}:{port}"
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 (a free one) to "
+                                         f"65535 (got {text!r})")
+    return value
+
+
 def port_argument(parser: argparse.ArgumentParser, example: int) -> None:
-    parser.add_argument("--port", type=int, default=0,
+    parser.add_argument("--port", type=_port, default=0,
                         help=f"port on 127.0.0.1, e.g. {example}; 0 picks a free one and "
                              "prints it (default: %(default)s)")
 

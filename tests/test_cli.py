@@ -125,6 +125,9 @@ def test_no_ease_trains_reports_and_ranks_without_it(tmp_path, capsys):
     (["train-retrieval", "--features", "{tmp}", "--batch-size", "0"], "batch_size"),
     (["train-ranking", "--features", "{tmp}", "--candidates", "0"], "candidates"),
     (["evaluate", "--features", "{tmp}"], "not a feature directory"),
+    (["features", "--db", "{tmp}/w.db", "--min-interaction-score", "500"], "min_interaction_score"),
+    (["train-retrieval", "--features", "{tmp}", "--learning-rate", "0"], "learning_rate"),
+    (["train-retrieval", "--features", "{tmp}", "--patience", "-1"], "patience"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, argv, message):
     code = cli.main(["--quiet", *[a.format(tmp=tmp_path) for a in argv]])
@@ -295,3 +298,81 @@ def test_the_service_starts_without_tensorflow_chatter(tiny_scored):
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     assert err.strip() == "", err
+
+
+@pytest.fixture
+def damaged(tmp_path, tiny_db, tiny_features):
+    """Inputs of the kinds the CLI audit found tracebacks for (issue 33, item 6)."""
+    import shutil
+    import sqlite3
+
+    (tmp_path / "victim.txt").write_text("keep me\n")
+    (tmp_path / "ids.txt").write_text("1\n2\n")
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir2").mkdir()
+    (tmp_path / "adir2" / "notes.md").write_text("mine\n")   # not a batch output: never removed
+    shutil.copy(tiny_db, tmp_path / "badver.db")
+    with sqlite3.connect(tmp_path / "badver.db") as conn:
+        conn.execute("UPDATE meta SET value='abc' WHERE key='schema_version'")
+    for name in ("badschema", "badusers"):
+        shutil.copytree(tiny_features, tmp_path / name)
+    (tmp_path / "badschema" / "schema.json").write_text("{not json")
+    users = tmp_path / "badusers" / "users.parquet"
+    users.write_bytes(users.read_bytes()[:100])
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    # An output path that is an existing file: named, and the file left as it is.
+    (["features", "--db", "{db}", "--out", "{tmp}/victim.txt"], "victim.txt is a file, not a directory"),
+    (["run", "--db", "{tmp}/r.db", "--model", "{tmp}/victim.txt"], "--model {tmp}/victim.txt is a file"),
+    (["run", "--db", "{tmp}/r.db", "--recommendations", "{tmp}/adir2"], "holds something other than a batch"),
+    # Paths that cannot be written: the path named, never a temporary sibling.
+    (["features", "--db", "{db}", "--out", "/proc/nope"], "--out /proc/nope cannot be written"),
+    (["train-retrieval", "--features", "{tmp}/badschema", "--model", "/proc/nope"], "--model /proc/nope cannot be written"),
+    (["synth", "--db", "/proc/nope/x.db", "--users", "20", "--anime", "20"], "/proc/nope does not exist"),
+    (["synth", "--db", "{tmp}/victim.txt/x.db", "--users", "20", "--anime", "20"], "victim.txt"),
+    (["import-kaggle", "--db", "{tmp}/k.db", "--anime", "{tmp}/adir"], "adir is a folder where a file is needed"),
+    # Damaged inputs: the file named.
+    (["features", "--db", "{tmp}/badver.db"], "schema version abc"),
+    (["train-retrieval", "--features", "{tmp}/badschema"], "badschema/schema.json cannot be read"),
+    (["train-retrieval", "--features", "{tmp}/badusers"], "badusers/users.parquet cannot be read"),
+])
+def test_audited_bad_input_is_one_error_line_and_loses_nothing(damaged, tiny_db, capsys, argv, message):
+    fill = {"tmp": damaged, "db": tiny_db}
+    code = cli.main(["--quiet", *[a.format(**fill) for a in argv]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert message.format(**fill) in err[0], err
+    assert (damaged / "victim.txt").read_text() == "keep me\n"
+    assert not list(damaged.glob(".*.tmp")) and not list(damaged.glob(".*.old"))
+    assert not (damaged / "r.db").exists(), "run checks its outputs before making the world"
+    assert (damaged / "adir2" / "notes.md").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("argv", [["synth", "--seed", "-1"], ["train-retrieval", "--train-seed", "-1"],
+                                  ["train-scores", "--score-seed", str(2**32)]])
+def test_seeds_out_of_range_are_refused_by_the_parser(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "a seed is a whole number from 0 to 4294967295" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["users", "--ids", "{tmp}/binary.bin"], "binary.bin is not a UTF-8 text file"),
+    (["users", "--ids", "{tmp}/adir"], "adir does not exist or is not a file"),
+    (["users", "--ids", "{tmp}/ids.txt", "--endpoint", "not-a-url"], "--endpoint must be an http"),
+    (["users", "--ids", "{tmp}/ids.txt", "--timeout", "0"], "--timeout must be a number > 0"),
+    (["users", "--ids", "{tmp}/ids.txt", "--db", "/proc/nope/q.db"], "/proc/nope does not exist"),
+])
+def test_the_crawler_names_bad_input_in_one_line(damaged, capsys, argv, message):
+    import data_query
+
+    argv = [a.format(tmp=damaged) for a in argv]
+    if "--db" not in argv:
+        argv += ["--db", str(damaged / "q.db")]
+    assert data_query.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message.format(tmp=damaged) in err[0], err
