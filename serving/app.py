@@ -190,7 +190,15 @@ class Service:
         history = {int(i): None for i in self.rec.history_ids(user_id)}
         results = self.rows(frame, history)
         return {"user": {"user_id": user_id, "history_titles": len(history)},
-                "results": results, "notes": [] if results else [NOTHING_PASSES]}
+                "results": results, "notes": [] if results else [NOTHING_PASSES],
+                "continue": self.continue_rows(list(history), self.rec.seen_ids(user_id), filters)}
+
+    def continue_rows(self, watched, listed, filters: Filters, k: int = 10) -> list[dict]:
+        """The "Continue" list as shown: each title and the watched one it continues."""
+        frame = self.rec.continue_list(watched, listed, k=k, filters=filters)
+        return [dict(self.title(int(i)), rank=int(r),
+                     after={"anime_id": int(a), "title": self._shown[int(a)]["title"]})
+                for r, i, a in zip(frame["rank"], frame["anime_id"], frame["after_id"])]
 
     def warm_up(self, largest: int = 64) -> None:
         """Runs a batch of each padded size up to ``largest`` users once: the ranker is
@@ -275,7 +283,8 @@ class Service:
             notes.append("No watched titles to go on: these are the titles most people watched.")
         results = self.rows(frame, dict(zip(history.media, (s or None for s in history.scores))))
         return {"user": {"history_titles": len(history.media)}, "results": results,
-                "notes": notes + ([] if results else [NOTHING_PASSES])}
+                "notes": notes + ([] if results else [NOTHING_PASSES]),
+                "continue": self.continue_rows(history.media, [*history.media, *exclude], filters)}
 
     def _histories_batch(self, asks: list) -> list:
         """``[(history, k, filters, exclude)]`` -> each one's ``recommend_for_history``

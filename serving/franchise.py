@@ -14,6 +14,9 @@ each switchable in :class:`~serving.recommender.Filters`:
 - **a cap per franchise**: at most ``per_franchise`` titles of one franchise (titles
   linked by any relation) in every 10 results.
 
+And a list of its own, "Continue" (:meth:`Franchises.next_titles`): the titles that
+continue what the user watched, every prerequisite of theirs watched.
+
 "Watched" is the model's interactions (COMPLETED, CURRENT, REPEATING, as its history
 holds them). Where the source records no relations (the Kaggle dumps) nothing changes.
 """
@@ -77,6 +80,9 @@ class Franchises:
     def __init__(self, anime: pd.DataFrame, schema: dict):
         self.prerequisites = related_rows(anime, schema, PREREQUISITES)
         self.franchise = franchise_ids(anime) if self.prerequisites is not None else None
+        # A sequel (it has a PREQUEL), not a side story: the main story goes first.
+        prequels = related_rows(anime, schema, ("PREQUEL",))
+        self.sequel = None if prequels is None else (prequels >= 0).any(axis=1)
         self.titles = len(anime)
 
     @property
@@ -97,6 +103,24 @@ class Franchises:
         need = self.prerequisites[np.maximum(rows, 0)]                       # [n, c, w]
         missing = (need >= 0) & ~seen.has(users[..., None], need) & (rows >= 0)[..., None]
         return missing.any(-1), need, missing
+
+    def next_titles(self, watched: np.ndarray, excluded: np.ndarray,
+                    allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The "Continue" list of one user: titles that continue what they watched (every
+        prerequisite watched, at least one of them), not watched, not ``excluded`` (title
+        rows) and ``allowed``. Returns their rows and, for each, the watched title it
+        continues (its first prerequisite); unordered."""
+        if not self.known:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        seen = np.zeros(self.titles + 1, bool)          # the last slot: padding (-1)
+        seen[np.asarray(watched, np.int64)] = True
+        need = self.prerequisites
+        has = need >= 0
+        met = np.where(has, seen[need], True).all(axis=1) & has.any(axis=1)
+        gone = np.zeros(self.titles, bool)
+        gone[np.asarray(excluded, np.int64)[np.asarray(excluded) >= 0]] = True
+        rows = np.flatnonzero(met & ~seen[:-1] & ~gone & allowed)
+        return rows, need[rows, np.argmax(has[rows], axis=1)]
 
     def apply(self, rows: np.ndarray, scores: np.ndarray, watched: list, excluded: list,
               allowed: np.ndarray, k: int, entry_points: bool = True,

@@ -1096,6 +1096,19 @@ class Recommender:
             return self._seen[row].copy()
         return self.anime["media_id"].to_numpy(np.int64)[self._history[row]]
 
+    def seen_ids(self, user_id: int) -> np.ndarray:
+        """The anime ids of every title on a known user's training list (what
+        :meth:`recommend` leaves out with ``exclude_seen``).
+
+        Raises:
+          InputError: ``user_id`` is not an int or not in the training data.
+        """
+        row = self._user_row.get_indexer([_int_arg("user_id", user_id)])[0]
+        if row < 0:
+            raise InputError(f"User {user_id} is not in the training data; valid ids are in "
+                             "rec.users['user_id'].")
+        return self._seen[row].copy()
+
     def nearest_in_history(self, anime_ids, history_ids) -> np.ndarray:
         """For each of ``anime_ids``, the title of ``history_ids`` nearest to it in
         candidate-embedding space (the space of :meth:`similar_anime`): the one "because
@@ -1132,6 +1145,37 @@ class Recommender:
         found = np.isfinite(cosine[np.arange(len(rows)), best])
         out[found] = self.anime["media_id"].to_numpy(np.int64)[history[best[found]]]
         return out
+
+    def continue_list(self, watched_ids, listed_ids=(), k: int = 10,
+                      filters: Filters | None = None) -> pd.DataFrame:
+        """"Continue": the titles that continue what someone watched (every prequel and
+        parent show of theirs watched, at least one), not on their list: the next
+        seasons first, then side stories (specials, movies of a show they watched), each
+        in release order (season year, then the more popular first). Empty where the
+        catalog records no relations.
+
+        Args:
+          watched_ids: anime ids they watched (e.g. ``history_ids(user)``).
+          listed_ids: more anime ids on their list, never shown.
+          k: titles at most; filters: as in :meth:`recommend`.
+
+        Returns:
+          Columns rank, anime_id, title, season_year, after_id, after_title (the watched
+          title it continues).
+        """
+        k, _ = self._check_k(k)
+        allowed = self._allowed(filters)
+        watched = self._anime_row.get_indexer(_ids_arg("watched_ids", watched_ids))
+        listed = self._anime_row.get_indexer(_ids_arg("listed_ids", listed_ids))
+        rows, after = self._franchises.next_titles(watched[watched >= 0], listed, allowed)
+        year = self.anime["season_year"].to_numpy(dtype=float)[rows]
+        side = ~self._franchises.sequel[rows] if len(rows) else np.zeros(0, bool)
+        order = np.lexsort((-self._popularity[rows], np.nan_to_num(year, nan=np.inf), side))[:k]
+        rows, after = rows[order], after[order]
+        ids, titles = self.anime["media_id"].to_numpy(np.int64), self.anime["title"].to_numpy()
+        return pd.DataFrame({"rank": np.arange(1, len(rows) + 1), "anime_id": ids[rows],
+                             "title": titles[rows], "season_year": year[order],
+                             "after_id": ids[after], "after_title": titles[after]})
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

@@ -220,6 +220,30 @@ def test_franchise_rules_are_switches_in_the_api_and_the_page(url, app_rec):
     assert page() == off   # a submitted form with both unticked
 
 
+def test_the_continue_list_in_the_api_and_on_the_page(url, app_rec):
+    """Someone who finished the first season of a two-season franchise: the answer's
+    "continue" list, and the page's Continue card, start with the second season."""
+    rules, ids = app_rec._franchises, app_rec.anime["media_id"].to_numpy()
+    if not rules.known:
+        pytest.skip("the tiny world records no relations")
+    first, second = next((int(p[p >= 0][0]), int(j)) for j in np.flatnonzero(rules.sequel)
+                         for p in [rules.prerequisites[j]]
+                         if (p >= 0).sum() == 1 and not (rules.prerequisites[p[p >= 0][0]] >= 0).any())
+    body = post(url, "/recommend_for_history", {"entries": [[int(ids[first]), 90]]}).json()
+    shown = body["continue"]
+    assert shown[0]["anime_id"] == ids[second] and shown[0]["after"]["anime_id"] == ids[first]
+    want = app_rec.continue_list([int(ids[first])], [int(ids[first])])
+    assert [r["anime_id"] for r in shown] == want["anime_id"].tolist()
+    html = requests.get(url + "/", params={"mode": "list", "history": f"{ids[first]}:90"}, timeout=30).text
+    card = html[html.index('id="continue"'):html.index('id="results"')]
+    assert re.findall(r'<td class="name"><a href="/title\?id=(\d+)"', card)[0] == str(ids[second])
+    assert f"after {app_rec.anime['title'].iloc[first]}" in card
+    user = int(app_rec.users["user_id"].iloc[3])
+    known = post(url, "/recommend", {"user_id": user}).json()["continue"]
+    assert [r["anime_id"] for r in known] == app_rec.continue_list(
+        app_rec.history_ids(user), app_rec.seen_ids(user))["anime_id"].tolist()
+
+
 def test_similar_matches_a_title_exactly_or_offers_the_candidates(url, service):
     """Part of a title is no title: /similar answers 404 with the titles containing the
     text (the most popular first) to choose from, and the page links them; it never

@@ -125,3 +125,42 @@ def test_served_lists_keep_the_rules(tiny_ranked):
     same = [i for i in range(len(users)) if not rec._franchises.unmet(off[i:i + 1], histories[i:i + 1]).any()
             and len(set(franchise[off[i]])) == 10]
     assert same and all((on[i] == off[i]).all() for i in same)
+
+
+def test_continue_lists_what_continues_the_watched_titles(rules):
+    allowed = np.ones(len(NAMES), bool)
+
+    def after(watched, excluded=()):
+        rows, prior = rules.next_titles([ROW[n] for n in watched], [ROW[n] for n in excluded],
+                                        allowed)
+        return sorted((NAMES[r], NAMES[p]) for r, p in zip(rows, prior))
+
+    assert after([]) == []
+    assert after(["A1"]) == [("A2", "A1"), ("AS", "A1")]
+    assert after(["A1", "A2"]) == [("A3", "A2"), ("AS", "A1")]
+    assert after(["A2"]) == [("A3", "A2")]   # A3 needs A2 alone (A1 is A2's, not A3's)
+    assert after(["C1"], excluded=["C2"]) == []
+    assert after(["A3", "A2", "A1", "AS", "B1", "C1", "C2"]) == []
+
+
+def test_the_continue_list_puts_the_next_season_first(tiny_ranked):
+    rec = Recommender.from_pretrained(str(tiny_ranked[0]))
+    if not rec._franchises.known:
+        pytest.skip("the tiny world records no relations")
+    anime, rules = rec.anime, rec._franchises
+    ids = anime["media_id"].to_numpy()
+    # A first season: no prerequisite, and a sequel whose only prerequisite it is.
+    firsts = [(i, j) for j in np.flatnonzero(rules.sequel)
+              for i in [rules.prerequisites[j][rules.prerequisites[j] >= 0]]
+              if len(i) == 1 and not (rules.prerequisites[i[0]] >= 0).any()]
+    assert firsts, "the fixture must have a two-season franchise"
+    (first,), second = firsts[0]
+    got = rec.continue_list([int(ids[first])])
+    assert got["anime_id"].iloc[0] == ids[second] and got["after_id"].iloc[0] == ids[first]
+    assert set(got["after_id"]) == {ids[first]}
+    # Listed already: never shown; filtered out: not either.
+    assert ids[second] not in rec.continue_list([int(ids[first])], [int(ids[second])])["anime_id"].tolist()
+    fmt = anime["format"].iloc[second]
+    others = tuple(f for f in anime["format"].dropna().unique() if f != fmt)
+    assert ids[second] not in rec.continue_list([int(ids[first])], filters=Filters(formats=others))[
+        "anime_id"].tolist()
