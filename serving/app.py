@@ -303,22 +303,28 @@ class Service:
 
     def rows(self, frame, history: dict) -> list[dict]:
         """Result rows as shown: the title, the predicted score (the score head's, None
-        without one) and the reason: the nearest title of the history ``{id: score or
-        None}`` among those the user liked (unscored, or scored at least their mean: "you
-        rated X 40" is no reason), or among all of it when they liked none. ``frame``: a
-        DataFrame or a dict of columns (anime_id, rank, predicted_score, source)."""
+        without one) and the reason: the liked title of the history ``{id: score or
+        None}`` it continues (its prequel or parent show: "next after X"), else the
+        nearest liked title (liked: unscored, or scored at least their mean: "you rated
+        X 40" is no reason), or the nearest of all of it when they liked none. ``frame``:
+        a DataFrame or a dict of columns (anime_id, rank, predicted_score, source)."""
         ids = np.asarray(frame["anime_id"], dtype=np.int64)
         scored = [s for s in history.values() if s]
         mean = float(np.mean(scored)) if scored else 0.0
         liked = [i for i, s in history.items() if not s or s >= mean]
         reasons = self.rec.nearest_in_history(ids, liked or list(history))
+        after = self.rec.continues(ids, liked)
         out = []
         columns = (frame[c].tolist() for c in ("anime_id", "rank", "predicted_score", "source"))
-        for (anime_id, rank, predicted, source), reason in zip(zip(*columns), reasons.tolist()):
+        for (anime_id, rank, predicted, source), reason, prior in zip(
+                zip(*columns), reasons.tolist(), after.tolist()):
             because = None
-            if reason >= 0:
+            if prior >= 0:
+                because = {"anime_id": prior, "title": self._shown[prior]["title"],
+                           "your_score": history.get(prior), "continues": True}
+            elif reason >= 0:
                 because = {"anime_id": reason, "title": self._shown[reason]["title"],
-                           "your_score": history.get(reason)}
+                           "your_score": history.get(reason), "continues": False}
             out.append(dict(self.title(anime_id), rank=rank,
                             predicted_score=None if math.isnan(predicted) else round(predicted, 1),
                             source=source, because=because, reason=reason_text(because, source)))
@@ -404,6 +410,9 @@ def reason_text(because: dict | None, source: str) -> str:
     if because is None:
         return "Close to your list as a whole"
     score = because["your_score"]
+    if because.get("continues"):
+        return (f"Next after {because['title']}, which you rated {score:g}" if score
+                else f"Next after {because['title']}, which you watched")
     if score:
         return f"Because you rated {because['title']} {score:g}"
     return f"Because you watched {because['title']}"

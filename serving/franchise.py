@@ -122,6 +122,17 @@ class Franchises:
         rows = np.flatnonzero(met & ~seen[:-1] & ~gone & allowed)
         return rows, need[rows, np.argmax(has[rows], axis=1)]
 
+    def continued(self, rows: np.ndarray, watched: np.ndarray) -> np.ndarray:
+        """Per title row of ``rows``, the first of its prerequisites in ``watched`` (title
+        rows): the title it continues for this user; -1 where none is."""
+        if not self.known or not len(rows):
+            return np.full(len(rows), -1, np.int64)
+        mine = np.zeros(self.titles + 1, bool)
+        mine[np.asarray(watched, np.int64)] = True
+        need = self.prerequisites[np.asarray(rows, np.int64)]
+        hit = (need >= 0) & mine[need]
+        return np.where(hit.any(axis=1), need[np.arange(len(rows)), np.argmax(hit, axis=1)], -1)
+
     def apply(self, rows: np.ndarray, scores: np.ndarray, watched: list, excluded: list,
               allowed: np.ndarray, k: int, entry_points: bool = True,
               per_franchise: int | None = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -1096,6 +1096,23 @@ class Recommender:
             return self._seen[row].copy()
         return self.anime["media_id"].to_numpy(np.int64)[self._history[row]]
 
+    def continues(self, anime_ids, history_ids) -> np.ndarray:
+        """For each of ``anime_ids``, the title of ``history_ids`` it continues (its
+        PREQUEL or PARENT there: "next after X"), or -1. Ids outside the catalog count as
+        not watched.
+
+        Raises:
+          InputError: ids that are not integers, or ``anime_ids`` outside the catalog.
+        """
+        anime_ids, history_ids = _ids_arg("anime_ids", anime_ids), _ids_arg("history_ids", history_ids)
+        rows = self._anime_row.get_indexer(anime_ids)
+        if (rows < 0).any():
+            raise InputError(f"{(rows < 0).sum()} anime ids are not in this model's catalog, e.g. "
+                             f"{anime_ids[rows < 0][:3].tolist()}.")
+        found = self._franchises.continued(rows, self._anime_row.get_indexer(history_ids))
+        ids = self.anime["media_id"].to_numpy(np.int64)
+        return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+
     def seen_ids(self, user_id: int) -> np.ndarray:
         """The anime ids of every title on a known user's training list (what
         :meth:`recommend` leaves out with ``exclude_seen``).

@@ -72,9 +72,14 @@ def test_recommend_a_training_user_is_the_recommenders_list_with_reasons(url, ap
     np.testing.assert_allclose([r["predicted_score"] for r in rows], want["predicted_score"], atol=0.05)
     history = set(app_rec.history_ids(user).tolist())
     nearest = app_rec.nearest_in_history(want["anime_id"], list(history))
-    for row, reason in zip(rows, nearest):
-        assert row["because"]["anime_id"] == reason and reason in history
-        assert row["reason"] == f"Because you watched {row['because']['title']}"
+    after = app_rec.continues(want["anime_id"], list(history))   # "next after X" first
+    for row, reason, prior in zip(rows, nearest, after):
+        if prior >= 0:
+            assert row["because"]["anime_id"] == prior and row["because"]["continues"]
+            assert row["reason"] == f"Next after {row['because']['title']}, which you watched"
+        else:
+            assert row["because"]["anime_id"] == reason and reason in history
+            assert row["reason"] == f"Because you watched {row['because']['title']}"
         assert row["year"] is None or isinstance(row["year"], int)
     assert got.json()["revision"] == revision_of(app_rec, None)
 
@@ -128,7 +133,11 @@ def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):
         reason = row["because"]
         assert reason["anime_id"] in scores and reason["your_score"] == scores[reason["anime_id"]]
         assert reason["your_score"] is None or reason["your_score"] >= mean  # a title they liked
-        assert row["reason"].startswith("Because you rated " if reason["your_score"] else "Because you watched ")
+        if reason["continues"]:
+            assert row["reason"].startswith(f"Next after {reason['title']}, which you ")
+        else:
+            assert row["reason"].startswith("Because you rated " if reason["your_score"]
+                                            else "Because you watched ")
     shown = post(url, "/recommend", {"user": f"USER{user_id}", "k": 10, "exclude_seen": False}).json()
     kept = app_rec.recommend_for_history(history, k=10)
     assert [r["anime_id"] for r in shown["results"]] == kept["anime_id"].tolist()
@@ -218,6 +227,25 @@ def test_franchise_rules_are_switches_in_the_api_and_the_page(url, app_rec):
 
     assert page(entry_points="1", one_per_franchise="1") == on
     assert page() == off   # a submitted form with both unticked
+
+
+def test_a_reason_names_the_title_a_row_continues(service, app_rec):
+    """A second season recommended to someone who rated the first 90 says "Next after"
+    it; one whose first season they rated below their mean says nothing of it."""
+    rules, ids = app_rec._franchises, app_rec.anime["media_id"].to_numpy()
+    if not rules.known:
+        pytest.skip("the tiny world records no relations")
+    first, second = next((int(p[p >= 0][0]), int(j)) for j in np.flatnonzero(rules.sequel)
+                         for p in [rules.prerequisites[j]] if (p >= 0).sum() == 1)
+    other = next(i for i in range(len(ids)) if i not in (first, second))
+    frame = {"anime_id": np.array([ids[second]]), "rank": np.array([1]),
+             "predicted_score": np.array([np.nan]), "source": np.array(["model"])}
+    (row,) = service.rows(frame, {int(ids[first]): 90, int(ids[other]): 40})
+    title = app_rec.anime["title"].iloc[first]
+    assert row["because"] == {"anime_id": ids[first], "title": title, "your_score": 90, "continues": True}
+    assert row["reason"] == f"Next after {title}, which you rated 90"
+    (row,) = service.rows(frame, {int(ids[first]): 20, int(ids[other]): 90})
+    assert row["because"]["anime_id"] == ids[other] and row["reason"].startswith("Because you rated")
 
 
 def test_the_continue_list_in_the_api_and_on_the_page(url, app_rec):
