@@ -182,23 +182,33 @@ class Service:
     def for_user_id(self, user_id: int, k: int, filters: Filters, exclude_seen: bool) -> dict:
         """A user of the training data, by id."""
         check_k(k)
-        filters.allowed(self.rec.anime)  # a bad filter is named before an unknown user
+        self.rec.allowed(filters)  # a bad filter is named before an unknown user
         if not self.rec.known([user_id])[0]:
             raise UnknownTrainingUser(f"User {user_id} is not in the training data; pass `user` "
                                       "(an AniList user name) or use /recommend_for_history.")
         frame = self._recommend((int(user_id), k, filters, exclude_seen))
-        history = {int(i): None for i in self.rec.history_ids(user_id)}
-        results = self.rows(frame, history)
-        return {"user": {"user_id": user_id, "history_titles": len(history)},
+        results = self.rows(frame)
+        return {"user": {"user_id": user_id, "history_titles": len(frame["history"][0])},
                 "results": results, "notes": [] if results else [NOTHING_PASSES],
-                "continue": self.continue_rows(list(history), self.rec.seen_ids(user_id), filters)}
+                "continue": self.continue_rows(frame)}
 
-    def continue_rows(self, watched, listed, filters: Filters, k: int = 10) -> list[dict]:
+    def continue_rows(self, frame: dict) -> list[dict]:
         """The "Continue" list as shown: each title and the watched one it continues."""
-        frame = self.rec.continue_list(watched, listed, k=k, filters=filters)
-        return [dict(self.title(int(i)), rank=int(r),
-                     after={"anime_id": int(a), "title": self._shown[int(a)]["title"]})
-                for r, i, a in zip(frame["rank"], frame["anime_id"], frame["after_id"])]
+        ids, after = frame["continue"]
+        return [dict(self.title(i), rank=r, after={"anime_id": a, "title": self._shown[a]["title"]})
+                for r, (i, a) in enumerate(zip(ids.tolist(), after.tolist()), start=1)]
+
+    def _explain(self, frames: list[dict], histories: list, listed: list, filters: Filters) -> None:
+        """Adds to each of a batch's answers (a dict of columns) what the page shows
+        beside its rows, computed for the whole batch at once: each row's reasons
+        ("after", "nearest": anime ids or -1; :meth:`Recommender.reasons`), the history
+        they come from ("history": ``(ids, scores)``) and the "continue" list (ids and
+        what each continues; :meth:`Recommender.continue_lists`) of the titles that
+        continue the history, leaving out ``listed``."""
+        reasons = self.rec.reasons([f["anime_id"] for f in frames], histories)
+        following = self.rec.continue_lists([media for media, _ in histories], listed, 10, filters)
+        for frame, history, (after, nearest), more in zip(frames, histories, reasons, following):
+            frame.update({"after": after, "nearest": nearest, "history": history, "continue": more})
 
     def warm_up(self, largest: int = 64) -> None:
         """Runs a batch of each padded size up to ``largest`` users once: the ranker is
@@ -216,7 +226,8 @@ class Service:
     def _recommend_batch(self, asks: list[tuple]) -> list[dict]:
         """``Recommender.recommend`` for many ``(user_id, k, filters, exclude_seen)``: one
         call per distinct ``(k, filters, exclude_seen)``; each user's rows as columns
-        (numpy slices: a DataFrame per user cost more than the model's call)."""
+        (numpy slices: a DataFrame per user cost more than the model's call), explained
+        (:meth:`_explain`)."""
         groups: dict[tuple, list[int]] = {}
         for i, (user_id, *options) in enumerate(asks):
             groups.setdefault(tuple(options), []).append(i)
@@ -232,6 +243,11 @@ class Service:
                 part = slice(bounds[0][j], bounds[1][j])
                 out[i] = {c: v[part] for c, v in columns.items()}
                 out[i]["source"] = np.full(part.stop - part.start, "model")
+            # Training histories are unscored: every title of one is liked.
+            histories = [(media, [None] * len(media))
+                         for media in (self.rec.history_ids(asks[i][0]) for i in members)]
+            self._explain([out[i] for i in members], histories,
+                          [self.rec.seen_ids(asks[i][0]) for i in members], filters)
         return out
 
     def for_anilist(self, name: str, client: str, k: int, filters: Filters,
@@ -242,7 +258,7 @@ class Service:
         if self.lists is None:
             raise AniListUnavailable("This service was started without AniList lookups. " + BUILD_A_LIST)
         check_k(k)
-        filters.allowed(self.rec.anime)  # bad filters cost AniList no request
+        self.rec.allowed(filters)  # bad filters cost AniList no request
         found = self.lists.lookup(name, client)
         in_catalog = [e for e in found.entries if e["media_id"] in self.catalog.index]
         watched = [(int(e["media_id"]), e["score"] or None, e["updated_at"])
@@ -281,50 +297,46 @@ class Service:
         frame = self._for_histories((history, k, filters, tuple(exclude)))
         if (frame["source"] == "popularity").any():
             notes.append("No watched titles to go on: these are the titles most people watched.")
-        results = self.rows(frame, dict(zip(history.media, (s or None for s in history.scores))))
+        results = self.rows(frame)
         return {"user": {"history_titles": len(history.media)}, "results": results,
                 "notes": notes + ([] if results else [NOTHING_PASSES]),
-                "continue": self.continue_rows(history.media, [*history.media, *exclude], filters)}
+                "continue": self.continue_rows(frame)}
 
     def _histories_batch(self, asks: list) -> list:
         """``[(history, k, filters, exclude)]`` -> each one's ``recommend_for_history``
-        frame: one ``recommend_for_histories`` call per distinct (k, filters) among them."""
+        rows as columns, explained (:meth:`_explain`): one ``recommend_for_histories``
+        call per distinct (k, filters) among them."""
         out: list = [None] * len(asks)
         groups: dict = {}
         for i, (_, k, filters, _) in enumerate(asks):
-            groups.setdefault((k, repr(filters)), []).append(i)
-        for (k, _), members in groups.items():
+            groups.setdefault((k, filters), []).append(i)
+        for (k, filters), members in groups.items():
             frames = self.rec.recommend_for_histories(
-                [asks[i][0] for i in members], k=k, filters=asks[members[0]][2],
-                exclude=[asks[i][3] for i in members])
+                [asks[i][0] for i in members], k=k, filters=filters,
+                exclude=[asks[i][3] for i in members], columns=True)
             for i, frame in zip(members, frames):
                 out[i] = frame
+            histories = [(asks[i][0].media, asks[i][0].scores) for i in members]
+            self._explain([out[i] for i in members], histories,
+                          [[*asks[i][0].media, *asks[i][3]] for i in members], filters)
         return out
 
-    def rows(self, frame, history: dict) -> list[dict]:
+    def rows(self, frame: dict) -> list[dict]:
         """Result rows as shown: the title, the predicted score (the score head's, None
-        without one) and the reason: the liked title of the history ``{id: score or
-        None}`` it continues (its prequel or parent show: "next after X"), else the
-        nearest liked title (liked: unscored, or scored at least their mean: "you rated
-        X 40" is no reason), or the nearest of all of it when they liked none. ``frame``:
-        a DataFrame or a dict of columns (anime_id, rank, predicted_score, source)."""
-        ids = np.asarray(frame["anime_id"], dtype=np.int64)
-        scored = [s for s in history.values() if s]
-        mean = float(np.mean(scored)) if scored else 0.0
-        liked = [i for i, s in history.items() if not s or s >= mean]
-        reasons = self.rec.nearest_in_history(ids, liked or list(history))
-        after = self.rec.continues(ids, liked)
+        without one) and the reason: the liked title it continues (its prequel or parent
+        show: "next after X"), else the nearest liked title (:meth:`Recommender.reasons`).
+        ``frame``: columns anime_id, rank, predicted_score, source, after and nearest, and
+        the ``history`` (ids, scores) they come from, as :meth:`_explain` leaves them."""
+        score_of = dict(zip(*frame["history"]))
         out = []
-        columns = (frame[c].tolist() for c in ("anime_id", "rank", "predicted_score", "source"))
-        for (anime_id, rank, predicted, source), reason, prior in zip(
-                zip(*columns), reasons.tolist(), after.tolist()):
+        columns = (frame[c].tolist()
+                   for c in ("anime_id", "rank", "predicted_score", "source", "after", "nearest"))
+        for anime_id, rank, predicted, source, prior, reason in zip(*columns):
             because = None
-            if prior >= 0:
-                because = {"anime_id": prior, "title": self._shown[prior]["title"],
-                           "your_score": history.get(prior), "continues": True}
-            elif reason >= 0:
-                because = {"anime_id": reason, "title": self._shown[reason]["title"],
-                           "your_score": history.get(reason), "continues": False}
+            if prior >= 0 or reason >= 0:
+                which = prior if prior >= 0 else reason
+                because = {"anime_id": which, "title": self._shown[which]["title"],
+                           "your_score": score_of.get(which) or None, "continues": prior >= 0}
             out.append(dict(self.title(anime_id), rank=rank,
                             predicted_score=None if math.isnan(predicted) else round(predicted, 1),
                             source=source, because=because, reason=reason_text(because, source)))

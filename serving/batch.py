@@ -236,7 +236,7 @@ def plan(model: str, users: str, out: str | os.PathLike, *, k: int, candidates: 
         rec = current(rec, read)
     k, candidates = rec._check_k(k, candidates)
     filters = Filters() if filters is None else filters
-    rec._allowed(filters)  # bad filters fail here, before anything is written
+    rec.allowed(filters)  # bad filters fail here, before anything is written
     given, invalid = read_users(users, rec)
     ids = pd.unique(given)  # a user listed twice gets one set of rows
     manifest = {"model": str(model), "revision": revision, "model_sha256": model_digest(rec),

@@ -15,7 +15,8 @@ each switchable in :class:`~serving.recommender.Filters`:
   linked by any relation) in every 10 results.
 
 And a list of its own, "Continue" (:meth:`Franchises.next_titles`): the titles that
-continue what the user watched, every prerequisite of theirs watched.
+continue what the user watched, every prerequisite of theirs watched. Each rule reads
+many users at once (a request batch), as sets of (user, title) keys.
 
 "Watched" is the model's interactions (COMPLETED, CURRENT, REPEATING, as its history
 holds them). Where the source records no relations (the Kaggle dumps) nothing changes.
@@ -84,6 +85,15 @@ class Franchises:
         prequels = related_rows(anime, schema, ("PREQUEL",))
         self.sequel = None if prequels is None else (prequels >= 0).any(axis=1)
         self.titles = len(anime)
+        # Who continues whom, the other way round: per title row, the rows of the titles
+        # it is a prerequisite of (CSR: ``_next[_next_at[r]:_next_at[r + 1]]``), so the
+        # Continue list reads a user's own titles, not the whole catalog.
+        if self.known:
+            has = self.prerequisites >= 0
+            before, after = self.prerequisites[has], np.nonzero(has)[0]
+            order = np.argsort(before, kind="stable")
+            self._next = after[order].astype(np.int64)
+            self._next_at = np.searchsorted(before[order], np.arange(self.titles + 1))
 
     @property
     def known(self) -> bool:
@@ -104,33 +114,45 @@ class Franchises:
         missing = (need >= 0) & ~seen.has(users[..., None], need) & (rows >= 0)[..., None]
         return missing.any(-1), need, missing
 
-    def next_titles(self, watched: np.ndarray, excluded: np.ndarray,
-                    allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The "Continue" list of one user: titles that continue what they watched (every
-        prerequisite watched, at least one of them), not watched, not ``excluded`` (title
-        rows) and ``allowed``. Returns their rows and, for each, the watched title it
-        continues (its first prerequisite); unordered."""
-        if not self.known:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        seen = np.zeros(self.titles + 1, bool)          # the last slot: padding (-1)
-        seen[np.asarray(watched, np.int64)] = True
-        need = self.prerequisites
-        has = need >= 0
-        met = np.where(has, seen[need], True).all(axis=1) & has.any(axis=1)
-        gone = np.zeros(self.titles, bool)
-        gone[np.asarray(excluded, np.int64)[np.asarray(excluded) >= 0]] = True
-        rows = np.flatnonzero(met & ~seen[:-1] & ~gone & allowed)
-        return rows, need[rows, np.argmax(has[rows], axis=1)]
+    def next_titles(self, watched: list, excluded: list,
+                    allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The "Continue" lists of several users at once: for user ``i``, the titles that
+        continue what they watched (``watched[i]``, title rows: every prerequisite
+        watched, at least one of them), not watched, not ``excluded[i]`` (title rows; -1
+        is ignored) and ``allowed``.
 
-    def continued(self, rows: np.ndarray, watched: np.ndarray) -> np.ndarray:
-        """Per title row of ``rows``, the first of its prerequisites in ``watched`` (title
-        rows): the title it continues for this user; -1 where none is."""
+        Returns:
+          ``(users, rows, after)``: a user index, a title row and the watched title it
+          continues (its first prerequisite) per title found, unordered.
+        """
+        empty = np.zeros(0, np.int64)
+        if not self.known:
+            return empty, empty, empty
+        seen = _Keys(watched, self.titles)
+        users, mine = np.divmod(seen.keys, self.titles)
+        # The titles that have one of theirs as a prerequisite: a ragged gather.
+        starts, stops = self._next_at[mine], self._next_at[mine + 1]
+        sizes = stops - starts
+        at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        users, rows = np.divmod(np.unique(np.repeat(users, sizes) * self.titles + self._next[at]),
+                                self.titles)
+        need = self.prerequisites[rows]
+        has = need >= 0
+        met = np.where(has, seen.has(users[:, None], need), True).all(axis=1)
+        ok = (met & ~seen.has(users, rows) & ~_Keys(excluded, self.titles).has(users, rows)
+              & allowed[rows])
+        need, has = need[ok], has[ok]
+        return users[ok], rows[ok], need[np.arange(len(need)), np.argmax(has, axis=1)]
+
+    def continued(self, users: np.ndarray, rows: np.ndarray, watched: list) -> np.ndarray:
+        """Per pair (``users[j]``, title row ``rows[j]``), the first of the title's
+        prerequisites that the user watched (``watched[user]``: title rows): the title
+        it continues for them; -1 where none is."""
+        users, rows = np.asarray(users, np.int64), np.asarray(rows, np.int64)
         if not self.known or not len(rows):
             return np.full(len(rows), -1, np.int64)
-        mine = np.zeros(self.titles + 1, bool)
-        mine[np.asarray(watched, np.int64)] = True
-        need = self.prerequisites[np.asarray(rows, np.int64)]
-        hit = (need >= 0) & mine[need]
+        need = self.prerequisites[rows]
+        hit = (need >= 0) & _Keys(watched, self.titles).has(users[:, None], need)
         return np.where(hit.any(axis=1), need[np.arange(len(rows)), np.argmax(hit, axis=1)], -1)
 
     def apply(self, rows: np.ndarray, scores: np.ndarray, watched: list, excluded: list,

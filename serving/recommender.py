@@ -67,6 +67,18 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+_INT_TYPES = {int: True, bool: False}
+
+
+def _is_int_type(kind: type) -> bool:
+    """Whether values of type ``kind`` are ints (:func:`_is_int`), remembered per type."""
+    answer = _INT_TYPES.get(kind)
+    if answer is None:
+        answer = _INT_TYPES[kind] = (issubclass(kind, (int, np.integer))
+                                     and not issubclass(kind, (bool, np.bool_)))
+    return answer
+
+
 def _is_number(value) -> bool:
     """A finite int or float (numpy ones too), not a bool."""
     return (isinstance(value, (int, float, np.integer, np.floating))
@@ -103,6 +115,8 @@ def _ids_arg(name: str, values) -> np.ndarray:
             and values.dtype.kind in "iu":
         return np.asarray(values, dtype=np.int64)
     items = list(values) if np.iterable(values) and not isinstance(values, (str, bytes)) else [values]
+    if all(_is_int_type(t) for t in set(map(type, items))):
+        return np.asarray(items, dtype=np.int64)   # checked by type: no loop per item
     bad = [v for v in items if not _is_int(v)]
     if bad:
         raise InputError(f"`{name}` must be a list or array of integer ids. Received "
@@ -218,6 +232,53 @@ def newest_per_title(media: list, times: list) -> tuple[list[int], list]:
         first.setdefault(mid, i)
     rows = sorted(keep.values(), key=lambda i: first[media[i]])
     return rows, sorted(m for m, n in collections.Counter(media).items() if n > 1)
+
+
+class IdRows:
+    """Ids -> their rows in a table (-1 for an id not there). A request looks up a few
+    hundred ids at a time, where ``pd.Index.get_indexer`` costs ~60 µs a call before it
+    starts: ids that are small non-negative ints (AniList's and MyAnimeList's) are rows
+    of a dense table (one gather, which also keeps the GIL: under load a call that
+    releases it waits its turn to get it back); others are found by binary search.
+    Its methods are named as ``pd.Index``'s."""
+
+    DENSE_SLOTS = 1 << 21        # a dense table of at most this many slots (8 MB), or 8 per id
+
+    def __init__(self, ids):
+        ids = np.asarray(ids, np.int64)
+        self._table = None
+        if len(ids) and ids.min() >= 0 and ids.max() < max(self.DENSE_SLOTS, 8 * len(ids)):
+            self._table = np.full(int(ids.max()) + 1, -1, np.int32)
+            self._table[ids[::-1]] = np.arange(len(ids) - 1, -1, -1, dtype=np.int32)  # first wins
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+        self._set: frozenset | None = None
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __contains__(self, value) -> bool:
+        if self._set is None:
+            self._set = frozenset(self._sorted.tolist())
+        return value in self._set
+
+    def get_indexer(self, ids) -> np.ndarray:
+        """int64 rows of ``ids`` (any shape of ints), -1 where an id is not there."""
+        ids = np.asarray(ids, np.int64)
+        if self._table is not None:
+            inside = (ids >= 0) & (ids < len(self._table))
+            return np.where(inside, self._table[np.where(inside, ids, 0)], -1).astype(np.int64)
+        if not len(self._sorted):
+            return np.full(ids.shape, -1, np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._order[at], -1)
+
+    def get_loc(self, value) -> int:
+        """The row of one id. Raises KeyError where it is not there."""
+        row = int(self.get_indexer([value])[0])
+        if row < 0:
+            raise KeyError(value)
+        return row
 
 
 def _group(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
@@ -368,8 +429,9 @@ class Recommender:
         self.anime, self.users, self.index = r.anime, r.users, r.index
         self.query_tower = r.query_tower
         seen = artifact.read_file(self.directory / "seen.parquet", pd.read_parquet)
-        self._user_row = pd.Index(self.users["user_id"])
-        self._anime_row = pd.Index(self.anime["media_id"])
+        self._user_row = IdRows(self.users["user_id"])
+        self._anime_row = IdRows(self.anime["media_id"])
+        self._masks: dict = {}      # Filters -> the titles they allow, per catalog
         rows = self._user_row.get_indexer(seen["user_id"])
         everyone = np.arange(len(self.users))
         # Per user row, the ids of the titles they have seen (one int64 array each).
@@ -636,14 +698,55 @@ class Recommender:
                              f"candidates={candidates}.")
         return capped_k, capped
 
-    def _allowed(self, filters) -> np.ndarray:
-        """The bool mask of titles ``filters`` (None: the default Filters) allow."""
+    def allowed(self, filters: Filters | None = None) -> np.ndarray:
+        """The bool mask (read-only) over ``rec.anime``'s rows of the titles ``filters``
+        (None: the default Filters) allow, kept per Filters.
+
+        Raises:
+          InputError: ``filters`` is not a Filters, or names formats or genres the
+            catalog does not have.
+        """
         if filters is None:
             filters = Filters()
         if not isinstance(filters, Filters):
             raise InputError(f"`filters` must be a serving.Filters or None. Received: "
                              f"filters={filters!r} ({type(filters).__name__}).")
-        return filters.allowed(self.anime)
+        # Kept per Filters (a service sees a few over and over), read-only; at most 256.
+        mask = self._masks.get(filters)
+        if mask is None:
+            mask = filters.allowed(self.anime)
+            mask.flags.writeable = False
+            if len(self._masks) >= 256:
+                self._masks.clear()
+            self._masks[filters] = mask
+        return mask
+
+    def _catalog_rows(self, name: str, anime_ids) -> tuple[np.ndarray, np.ndarray]:
+        """``anime_ids`` (checked ints) and their title rows.
+
+        Raises:
+          InputError: ids that are not ints, or not of this model's catalog (named).
+        """
+        anime_ids = _ids_arg(name, anime_ids)
+        rows = self._anime_row.get_indexer(anime_ids)
+        if (rows < 0).any():
+            unknown = np.unique(anime_ids[rows < 0])
+            raise InputError(f"{len(unknown)} anime ids of `{name}` are not in this model's "
+                             f"catalog, e.g. {unknown[:3].tolist()}; valid ids are in "
+                             "rec.anime['media_id'].")
+        return anime_ids, rows
+
+    def _user_row_of(self, user_id) -> int:
+        """The row of one user of the training data.
+
+        Raises:
+          InputError: ``user_id`` is not an int or not in the training data.
+        """
+        row = int(self._user_row.get_indexer([_int_arg("user_id", user_id)])[0])
+        if row < 0:
+            raise InputError(f"User {user_id} is not in the training data; valid ids are in "
+                             "rec.users['user_id'].")
+        return row
 
     # -- public API -----------------------------------------------------------------------
     def known(self, user_ids) -> np.ndarray:
@@ -684,7 +787,7 @@ class Recommender:
         if not isinstance(exclude_seen, (bool, np.bool_)):
             raise InputError(f"`exclude_seen` must be True or False. Received: "
                              f"exclude_seen={exclude_seen!r}.")
-        allowed = self._allowed(filters)
+        allowed = self.allowed(filters)
         rows = self._user_row.get_indexer(user_ids)
         if (rows < 0).any():
             raise InputError(f"{(rows < 0).sum()} user ids are not in the training data, e.g. "
@@ -713,7 +816,7 @@ class Recommender:
         """
         k, _ = self._check_k(k)
         user_ids = _ids_arg("user_ids", user_ids)
-        allowed = self._allowed(filters)
+        allowed = self.allowed(filters)
         order = np.argsort(-np.where(allowed, self._popularity, -np.inf), kind="stable")[:k]
         order = order[allowed[order]]
         rows = np.tile(order, (len(user_ids), 1))
@@ -751,7 +854,8 @@ class Recommender:
 
     def recommend_for_histories(self, histories: list, k: int = 10,
                                 candidates: int | None = None, filters: Filters | None = None,
-                                warn: bool = False, exclude: list | None = None) -> list[pd.DataFrame]:
+                                warn: bool = False, exclude: list | None = None,
+                                columns: bool = False) -> list:
         """:meth:`recommend_for_history` for several people at once: their features built
         together, one query-tower call, one index search and one ranker call for all of
         them (the service batches concurrent requests through it). Returns one DataFrame
@@ -760,13 +864,16 @@ class Recommender:
         parsed (:meth:`parse_history`, not checked again); ``warn``: warn about unknown
         and repeated titles (it always does for one history); ``exclude``: per history,
         more anime ids to leave out (e.g. the titles on a list that were not watched:
-        planned, dropped), as ``filters.exclude_ids`` does for all of them.
+        planned, dropped), as ``filters.exclude_ids`` does for all of them; ``columns``:
+        each answer as a dict of numpy columns (anime_id, rank, score, predicted_score,
+        source) instead of a DataFrame, without the ``attrs`` (what the service reads:
+        a DataFrame per list costs more than the model's call for it).
 
         Raises:
           InputError: a bad argument, or a history as :meth:`recommend_for_history` says.
         """
         k, candidates = self._check_k(k, candidates)
-        allowed = self._allowed(filters)
+        allowed = self.allowed(filters)
         if isinstance(histories, (str, bytes, dict)) or not np.iterable(histories):
             raise InputError("`histories` must be a list of histories, each a list of (anime id "
                              f"or title, score or None) pairs. Received: {histories!r}.")
@@ -789,14 +896,19 @@ class Recommender:
             # was filtered from).
             bounds = np.searchsorted(frame["user_id"].to_numpy(), np.arange(len(live) + 1))
             frame = frame.drop(columns="user_id")
+            arrays = {c: frame[c].to_numpy() for c in frame.columns} if columns else None
             for position, i in enumerate(live):
-                out[i] = frame.iloc[bounds[position]:bounds[position + 1]].reset_index(drop=True)
+                part = slice(bounds[position], bounds[position + 1])
+                out[i] = ({c: v[part] for c, v in arrays.items()} if columns
+                          else frame.iloc[part].reset_index(drop=True))
         for i, (media, _, _, unknown, duplicates) in enumerate(parsed):
             if out[i] is None:
-                out[i] = self.popular([-1], k, filters).assign(source="popularity").drop(
+                fallback = self.popular([-1], k, filters).assign(source="popularity").drop(
                     columns="user_id")
-            out[i].attrs["unknown"] = unknown
-            out[i].attrs["duplicates"] = duplicates
+                out[i] = {c: fallback[c].to_numpy() for c in fallback.columns} if columns else fallback
+            if not columns:
+                out[i].attrs["unknown"] = unknown
+                out[i].attrs["duplicates"] = duplicates
         return out
 
     def parse_history(self, entries) -> History:
@@ -923,7 +1035,7 @@ class Recommender:
                          self._anime_row.get_indexer(train["media_id"].to_numpy()[watched]), ids)
         kept = np.flatnonzero(~np.isin(self.users["user_id"].to_numpy(np.int64), ids))
         fresh.users = pd.concat([self.users.iloc[kept], users], ignore_index=True)
-        fresh._user_row = pd.Index(fresh.users["user_id"])
+        fresh._user_row = IdRows(fresh.users["user_id"])
         fresh._user_raw = {k: np.concatenate([v[kept], raw[k]]) for k, v in self._user_raw.items()}
         fresh._seen = [self._seen[r] for r in kept] + seen
         if self._history is not None:
@@ -975,7 +1087,8 @@ class Recommender:
         fresh.anime = anime
         fresh.index = CandidateIndex.build(embeddings, anime["media_id"].to_numpy(),
                                            IndexConfig(**self.config["index"]))
-        fresh._anime_row = pd.Index(anime["media_id"])
+        fresh._anime_row = IdRows(anime["media_id"])
+        fresh._masks = {}
         # Every per-title input is computed for the new rows alone and appended: a title's
         # raw features and encodings do not depend on the other titles.
         added = raw_features(anime.iloc[len(self.anime):], feature_specs(self.schema, "anime"),
@@ -986,6 +1099,7 @@ class Recommender:
         fresh.__dict__.pop("_by_title", None)
         fresh.__dict__.pop("_taste", None)
         fresh.__dict__.pop("_franchises", None)
+        fresh.__dict__.pop("_years", None)
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
             fresh._encoded = tf.constant(np.concatenate(
@@ -1028,8 +1142,14 @@ class Recommender:
             "score": [x for _, scores, _ in histories for x in scores],
             "time": pd.array([t for _, _, times in histories for t in times], dtype="Int64"),
             "status": "COMPLETED", "is_interaction": True})
-        users = self._user_table(train, FeatureConfig.from_dict(self.schema["config"]))
-        raw = raw_features(users, feature_specs(self.schema, "user"), self.widths)
+        users, vectors = user_features(train, self.anime, self.schema["vocab"],
+                                       FeatureConfig.from_dict(self.schema["config"]),
+                                       self.schema["stats"]["global_mean_score"], self._taste)
+        # The taste vectors go in as the arrays they are (a table holds them as lists).
+        specs = feature_specs(self.schema, "user")
+        raw = raw_features(users, [s for s in specs if s["name"] not in vectors], self.widths)
+        raw.update({s["name"]: np.asarray(vectors[s["name"]], np.float32)
+                    for s in specs if s["name"] in vectors})
         raw["user_id"] = np.full(n, -1, np.int64)
         return raw
 
@@ -1066,11 +1186,7 @@ class Recommender:
             unknown = np.unique(user_ids[users < 0])
             raise InputError(f"{len(unknown)} user ids are not in the training data, e.g. "
                              f"{unknown[:3].tolist()}; valid ids are in rec.users['user_id'].")
-        titles = self._anime_row.get_indexer(anime_ids)
-        if (titles < 0).any():
-            unknown = np.unique(anime_ids[titles < 0])
-            raise InputError(f"{len(unknown)} anime ids are not in this model's catalog, e.g. "
-                             f"{unknown[:3].tolist()}; valid ids are in rec.anime['media_id'].")
+        _, titles = self._catalog_rows("anime_ids", anime_ids)
         return self._score_pairs(self._user_raw, users, titles)
 
     @functools.cached_property
@@ -1088,10 +1204,7 @@ class Recommender:
         Raises:
           InputError: ``user_id`` is not an int or not in the training data.
         """
-        row = self._user_row.get_indexer([_int_arg("user_id", user_id)])[0]
-        if row < 0:
-            raise InputError(f"User {user_id} is not in the training data; valid ids are in "
-                             "rec.users['user_id'].")
+        row = self._user_row_of(user_id)
         if self._history is None:
             return self._seen[row].copy()
         return self.anime["media_id"].to_numpy(np.int64)[self._history[row]]
@@ -1104,14 +1217,14 @@ class Recommender:
         Raises:
           InputError: ids that are not integers, or ``anime_ids`` outside the catalog.
         """
-        anime_ids, history_ids = _ids_arg("anime_ids", anime_ids), _ids_arg("history_ids", history_ids)
-        rows = self._anime_row.get_indexer(anime_ids)
-        if (rows < 0).any():
-            raise InputError(f"{(rows < 0).sum()} anime ids are not in this model's catalog, e.g. "
-                             f"{anime_ids[rows < 0][:3].tolist()}.")
-        found = self._franchises.continued(rows, self._anime_row.get_indexer(history_ids))
-        ids = self.anime["media_id"].to_numpy(np.int64)
-        return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+        _, rows = self._catalog_rows("anime_ids", anime_ids)
+        history = self._anime_row.get_indexer(_ids_arg("history_ids", history_ids))
+        found = self._franchises.continued(np.zeros(len(rows), np.int64), rows, [history])
+        return self._ids_of(found)
+
+    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """The anime ids of title rows (-1 stays -1)."""
+        return np.where(rows >= 0, self.anime["media_id"].to_numpy(np.int64)[np.maximum(rows, 0)], -1)
 
     def seen_ids(self, user_id: int) -> np.ndarray:
         """The anime ids of every title on a known user's training list (what
@@ -1120,11 +1233,7 @@ class Recommender:
         Raises:
           InputError: ``user_id`` is not an int or not in the training data.
         """
-        row = self._user_row.get_indexer([_int_arg("user_id", user_id)])[0]
-        if row < 0:
-            raise InputError(f"User {user_id} is not in the training data; valid ids are in "
-                             "rec.users['user_id'].")
-        return self._seen[row].copy()
+        return self._seen[self._user_row_of(user_id)].copy()
 
     def nearest_in_history(self, anime_ids, history_ids) -> np.ndarray:
         """For each of ``anime_ids``, the title of ``history_ids`` nearest to it in
@@ -1144,24 +1253,76 @@ class Recommender:
         Raises:
           InputError: ids that are not integers, or ``anime_ids`` outside the catalog.
         """
-        anime_ids, history_ids = _ids_arg("anime_ids", anime_ids), _ids_arg("history_ids", history_ids)
-        rows = self._anime_row.get_indexer(anime_ids)
-        if (rows < 0).any():
-            raise InputError(f"{(rows < 0).sum()} anime ids are not in this model's catalog, e.g. "
-                             f"{anime_ids[rows < 0][:3].tolist()}; valid ids are in "
-                             "rec.anime['media_id'].")
-        history = np.unique(self._anime_row.get_indexer(history_ids))
-        history = history[history >= 0]
-        out = np.full(len(anime_ids), -1, np.int64)
-        if not len(history) or not len(rows):
+        _, rows = self._catalog_rows("anime_ids", anime_ids)
+        history = self._anime_row.get_indexer(_ids_arg("history_ids", history_ids))
+        return self._ids_of(self._nearest(np.zeros(len(rows), np.int64), rows, [history]))
+
+    def _nearest(self, users: np.ndarray, rows: np.ndarray, pools: list,
+                 block: int = 1 << 21) -> np.ndarray:
+        """Per pair (``users[j]``, title row ``rows[j]``), the row of ``pools[user]``
+        (title rows; -1 and repeats ignored) nearest by cosine, never the title itself;
+        -1 where none is. Users are taken in groups whose cosines fit ``block`` floats."""
+        out = np.full(len(rows), -1, np.int64)
+        pool = np.unique(np.concatenate([np.zeros(0, np.int64)] + [
+            u * len(self.anime) + np.asarray(p, np.int64)[np.asarray(p) >= 0]
+            for u, p in enumerate(pools)]))
+        if not len(pool) or not len(rows):
             return out
+        pool_users, pool_rows = np.divmod(pool, len(self.anime))
         unit = self._unit_embeddings
-        cosine = unit[rows] @ unit[history].T                    # [titles, history]
-        cosine[rows[:, None] == history[None, :]] = -np.inf      # never its own reason
-        best = np.argmax(cosine, axis=1)
-        found = np.isfinite(cosine[np.arange(len(rows)), best])
-        out[found] = self.anime["media_id"].to_numpy(np.int64)[history[best[found]]]
+        per_pair = max(1.0, len(rows) / len(pools) * len(pool) / len(pools))
+        step = max(1, int(math.sqrt(block / per_pair)))
+        for first in range(0, len(pools), step):
+            mine = np.flatnonzero((users >= first) & (users < first + step))
+            theirs = slice(*np.searchsorted(pool_users, [first, first + step]))
+            if not len(mine) or theirs.start == theirs.stop:
+                continue
+            cosine = unit[rows[mine]] @ unit[pool_rows[theirs]].T
+            cosine[(users[mine, None] != pool_users[None, theirs])
+                   | (rows[mine, None] == pool_rows[None, theirs])] = -np.inf   # never itself
+            best = np.argmax(cosine, axis=1)
+            found = np.isfinite(cosine[np.arange(len(mine)), best])
+            out[mine[found]] = pool_rows[theirs][best[found]]
         return out
+
+    def reasons(self, anime_ids: list, histories: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Why each recommended title is there, for several people at once.
+
+        Reasons come from what they liked: unscored titles, and scored ones at least
+        their own mean score (a title rated below it is never a reason), or every title
+        of the history when they liked none.
+
+        Args:
+          anime_ids: per person, anime ids of this model's catalog (their rows).
+          histories: per person, ``(anime ids, scores)`` of their history (scores
+            POINT_100; 0 or None = not scored); ids outside the catalog are ignored.
+
+        Returns:
+          Per person, two int64 arrays over their ``anime_ids``: the liked title each
+          continues (its PREQUEL or PARENT: "next after X") and the liked title nearest
+          to it (:meth:`nearest_in_history`); -1 where there is none.
+
+        Raises:
+          InputError: ids that are not integers, ``anime_ids`` outside the catalog, or
+            lists of different lengths.
+        """
+        if len(anime_ids) != len(histories):
+            raise InputError(f"`anime_ids` and `histories` must hold one entry per person. "
+                             f"Received {len(anime_ids)} and {len(histories)}.")
+        asked = [self._catalog_rows("anime_ids", ids)[1] for ids in anime_ids]
+        liked = []
+        for media, scores in histories:
+            rows = self._anime_row.get_indexer(_ids_arg("histories", media))
+            scores = np.array([s or 0 for s in scores], float)
+            rated = scores[scores > 0]
+            keep = (scores == 0) | (scores >= (rated.mean() if len(rated) else 0))
+            liked.append((rows[keep], rows))
+        users = np.repeat(np.arange(len(asked)), [len(a) for a in asked])
+        rows = np.concatenate([np.zeros(0, np.int64), *asked])
+        after = self._franchises.continued(users, rows, [mine for mine, _ in liked])
+        near = self._nearest(users, rows, [mine if len(mine) else every for mine, every in liked])
+        cut = np.cumsum([len(a) for a in asked])[:-1]
+        return list(zip(np.split(self._ids_of(after), cut), np.split(self._ids_of(near), cut)))
 
     def continue_list(self, watched_ids, listed_ids=(), k: int = 10,
                       filters: Filters | None = None) -> pd.DataFrame:
@@ -1180,19 +1341,39 @@ class Recommender:
           Columns rank, anime_id, title, season_year, after_id, after_title (the watched
           title it continues).
         """
+        ((ids, after),) = self.continue_lists([watched_ids], [listed_ids], k, filters)
+        rows, before = self._anime_row.get_indexer(ids), self._anime_row.get_indexer(after)
+        titles = self.anime["title"].to_numpy()
+        return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "anime_id": ids,
+                             "title": titles[rows], "season_year": self._years[rows],
+                             "after_id": after, "after_title": titles[before]})
+
+    def continue_lists(self, watched: list, listed: list, k: int = 10,
+                       filters: Filters | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`continue_list` for several people at once (``watched[i]``,
+        ``listed[i]``: person ``i``'s anime ids), as arrays: per person, the anime ids in
+        order and the watched title each continues (what the service reads for a whole
+        batch of requests)."""
         k, _ = self._check_k(k)
-        allowed = self._allowed(filters)
-        watched = self._anime_row.get_indexer(_ids_arg("watched_ids", watched_ids))
-        listed = self._anime_row.get_indexer(_ids_arg("listed_ids", listed_ids))
-        rows, after = self._franchises.next_titles(watched[watched >= 0], listed, allowed)
-        year = self.anime["season_year"].to_numpy(dtype=float)[rows]
+        allowed = self.allowed(filters)
+        if len(watched) != len(listed):
+            raise InputError(f"`watched` and `listed` must hold one list per person. "
+                             f"Received {len(watched)} and {len(listed)}.")
+        users, rows, after = self._franchises.next_titles(
+            [self._anime_row.get_indexer(_ids_arg("watched_ids", w)) for w in watched],
+            [self._anime_row.get_indexer(_ids_arg("listed_ids", x)) for x in listed], allowed)
         side = ~self._franchises.sequel[rows] if len(rows) else np.zeros(0, bool)
-        order = np.lexsort((-self._popularity[rows], np.nan_to_num(year, nan=np.inf), side))[:k]
-        rows, after = rows[order], after[order]
-        ids, titles = self.anime["media_id"].to_numpy(np.int64), self.anime["title"].to_numpy()
-        return pd.DataFrame({"rank": np.arange(1, len(rows) + 1), "anime_id": ids[rows],
-                             "title": titles[rows], "season_year": year[order],
-                             "after_id": ids[after], "after_title": titles[after]})
+        year = np.nan_to_num(self._years[rows], nan=np.inf)
+        order = np.lexsort((-self._popularity[rows], year, side, users))
+        users, rows, after = users[order], rows[order], after[order]
+        starts = np.searchsorted(users, np.arange(len(watched) + 1))
+        ids, after = self._ids_of(rows), self._ids_of(after)
+        return [(ids[a:min(b, a + k)], after[a:min(b, a + k)]) for a, b in zip(starts[:-1], starts[1:])]
+
+    @functools.cached_property
+    def _years(self) -> np.ndarray:
+        """Each title's season year (float; NaN where unknown), by title row."""
+        return self.anime["season_year"].to_numpy(dtype=float)
 
     def similar_anime(self, anime_id: int, k: int = 10) -> pd.DataFrame:
         """The ``k`` titles whose candidate embeddings are closest to ``anime_id``'s.

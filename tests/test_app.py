@@ -238,14 +238,21 @@ def test_a_reason_names_the_title_a_row_continues(service, app_rec):
     first, second = next((int(p[p >= 0][0]), int(j)) for j in np.flatnonzero(rules.sequel)
                          for p in [rules.prerequisites[j]] if (p >= 0).sum() == 1)
     other = next(i for i in range(len(ids)) if i not in (first, second))
-    frame = {"anime_id": np.array([ids[second]]), "rank": np.array([1]),
-             "predicted_score": np.array([np.nan]), "source": np.array(["model"])}
-    (row,) = service.rows(frame, {int(ids[first]): 90, int(ids[other]): 40})
+
+    def row(scores):
+        frame = {"anime_id": np.array([ids[second]]), "rank": np.array([1]),
+                 "predicted_score": np.array([np.nan]), "source": np.array(["model"])}
+        history = ([int(ids[first]), int(ids[other])], scores)
+        service._explain([frame], [history], [history[0]], Filters())
+        (shown,) = service.rows(frame)
+        return shown
+
     title = app_rec.anime["title"].iloc[first]
-    assert row["because"] == {"anime_id": ids[first], "title": title, "your_score": 90, "continues": True}
-    assert row["reason"] == f"Next after {title}, which you rated 90"
-    (row,) = service.rows(frame, {int(ids[first]): 20, int(ids[other]): 90})
-    assert row["because"]["anime_id"] == ids[other] and row["reason"].startswith("Because you rated")
+    shown = row([90, 40])
+    assert shown["because"] == {"anime_id": ids[first], "title": title, "your_score": 90, "continues": True}
+    assert shown["reason"] == f"Next after {title}, which you rated 90"
+    shown = row([20, 90])   # below their mean: never a reason
+    assert shown["because"]["anime_id"] == ids[other] and shown["reason"].startswith("Because you rated")
 
 
 def test_the_continue_list_in_the_api_and_on_the_page(url, app_rec):

@@ -131,8 +131,9 @@ def test_continue_lists_what_continues_the_watched_titles(rules):
     allowed = np.ones(len(NAMES), bool)
 
     def after(watched, excluded=()):
-        rows, prior = rules.next_titles([ROW[n] for n in watched], [ROW[n] for n in excluded],
-                                        allowed)
+        users, rows, prior = rules.next_titles([[ROW[n] for n in watched]],
+                                               [[ROW[n] for n in excluded]], allowed)
+        assert not users.any()
         return sorted((NAMES[r], NAMES[p]) for r, p in zip(rows, prior))
 
     assert after([]) == []
@@ -141,6 +142,22 @@ def test_continue_lists_what_continues_the_watched_titles(rules):
     assert after(["A2"]) == [("A3", "A2")]   # A3 needs A2 alone (A1 is A2's, not A3's)
     assert after(["C1"], excluded=["C2"]) == []
     assert after(["A3", "A2", "A1", "AS", "B1", "C1", "C2"]) == []
+
+
+def test_continue_lists_of_many_users_at_once_are_each_ones_own(rules):
+    """A batch of requests is one call: each user gets what they alone would get."""
+    allowed = np.ones(len(NAMES), bool)
+    asks = [(["A1"], []), (["A1", "A2"], []), ([], []), (["C1"], ["C2"]), (["A2"], [])]
+    users, rows, prior = rules.next_titles([[ROW[n] for n in w] for w, _ in asks],
+                                           [[ROW[n] for n in x] for _, x in asks], allowed)
+    got = [sorted((NAMES[r], NAMES[p]) for u, r, p in zip(users, rows, prior) if u == i)
+           for i in range(len(asks))]
+    assert got == [[("A2", "A1"), ("AS", "A1")], [("A3", "A2"), ("AS", "A1")], [], [],
+                   [("A3", "A2")]]
+    # What each continues for them: the first prerequisite they watched.
+    asked = np.array([ROW["A2"], ROW["A3"], ROW["AS"], ROW["A3"]])
+    found = rules.continued(np.array([0, 0, 0, 1]), asked, [[ROW["A1"]], [ROW["A1"]]])
+    assert [NAMES[f] if f >= 0 else None for f in found] == ["A1", None, "A1", None]
 
 
 def test_the_continue_list_puts_the_next_season_first(tiny_ranked):

@@ -539,3 +539,28 @@ def test_history_ids_and_the_nearest_history_title(rec):
     assert rec.nearest_in_history([ids[0]], [ids[0]]).tolist() == [-1]
     with pytest.raises(InputError, match="not in this model's catalog"):
         rec.nearest_in_history([999_999_999], history)
+
+
+def test_reasons_for_a_batch_are_each_persons_own(rec):
+    """rec.reasons for several people at once: for each, the liked titles only (unscored,
+    or at least their mean score), and the same answers as asking about them alone,
+    whatever the block the cosines are taken in."""
+    ids = rec.anime["media_id"].to_numpy()
+    people = [(ids[0:8], [90, 20, 0, 70, 40, 100, 0, 10]),   # mean of the scored 55
+              (ids[20:26], [None] * 6),
+              (ids[:0], []),
+              (ids[40:41], [30])]
+    asked = [ids[30:40], ids[0:12], ids[50:53], ids[40:44]]
+    liked = [[ids[0], ids[2], ids[3], ids[5], ids[6]], list(ids[20:26]), [], [ids[40]]]
+    got = rec.reasons(asked, people)
+    for (after, near), mine, titles in zip(got, liked, asked):
+        np.testing.assert_array_equal(after, rec.continues(titles, mine))
+        np.testing.assert_array_equal(near, rec.nearest_in_history(titles, mine))
+    assert (got[1][1] != ids[0:12]).all() and (got[2][1] == -1).all()
+    users = np.repeat(np.arange(4), [len(a) for a in asked])
+    rows = rec._anime_row.get_indexer(np.concatenate(asked))
+    pools = [rec._anime_row.get_indexer(m) for m in liked]
+    np.testing.assert_array_equal(rec._nearest(users, rows, pools, block=20),
+                                  rec._nearest(users, rows, pools))
+    with pytest.raises(InputError, match="one entry per person"):
+        rec.reasons(asked, people[:2])

@@ -233,6 +233,10 @@ def test_histories_batched_give_each_historys_own_answer(rec):
         alone = rec.recommend_for_history(history, k=7)
         pd.testing.assert_frame_equal(got, alone, check_dtype=False, rtol=1e-5)
     assert together[3]["source"].eq("popularity").all() and len(together[3]) == 7
+    # As columns (what the service reads): the same answers.
+    arrays = rec.recommend_for_histories(histories, k=7, columns=True)
+    for got, frame in zip(arrays, together):
+        pd.testing.assert_frame_equal(pd.DataFrame(got), frame, check_dtype=False, rtol=1e-5)
     tv = rec.recommend_for_histories(histories[:2], k=5, filters=Filters(formats="TV"))
     tv_ids = set(rec.anime.loc[rec.anime["format"] == "TV", "media_id"])
     assert all(set(frame["anime_id"]) <= tv_ids and len(frame) == 5 for frame in tv)
