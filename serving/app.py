@@ -452,12 +452,16 @@ class FilterParams(BaseModel):
                                                  "not watched gives way to the franchise's entry point")
     per_franchise: int | None = Field(1, ge=1, le=MAX_K, description="titles of one franchise in "
                                       "every 10 results, at most (null: no cap)")
+    variety: float = Field(0.0, ge=0, le=1, description="0 to 1: how much each next title must "
+                           "differ from those above it (0: the model's order)")
+    niche: float = Field(0.0, ge=0, le=1, description="0 to 1: how much popularity counts "
+                         "against a title (0: not at all)")
 
     def filters(self) -> Filters:
         return Filters(formats=self.formats, min_year=self.min_year, max_year=self.max_year,
                        genres=self.genres, exclude_genres=tuple(self.exclude_genres),
                        max_popularity=self.max_popularity, entry_points=self.entry_points,
-                       per_franchise=self.per_franchise)
+                       per_franchise=self.per_franchise, variety=self.variety, niche=self.niche)
 
 
 class RecommendRequest(BaseModel):
@@ -701,6 +705,7 @@ def page_form(params, service: Service) -> dict:
             # The franchise rules are on until a submitted form leaves them unticked.
             "entry_points": bool(params.get("entry_points")) or not mode,
             "one_per_franchise": bool(params.get("one_per_franchise")) or not mode,
+            "variety": params.get("variety", "0"), "niche": params.get("niche", "0"),
             "list_rows": _list_rows(params.get("history", ""), service)}
 
 
@@ -727,6 +732,18 @@ def _page_int(name: str, text: str, low: int, high: int) -> int | None:
     return int(text)
 
 
+def _page_knob(name: str, text: str) -> float:
+    """A knob of the page: a number from 0 to 1 (blank is 0)."""
+    text = text.strip()
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise InputError(f"`{name}` must be a number from 0 to 1. Received: {text[:20]!r}.")
+    return value
+
+
 def page_history(text: str) -> list:
     """The built list, ``id:score,id:score`` (score blank = unscored)."""
     entries = []
@@ -749,7 +766,9 @@ def page_recommend(form: dict, service: Service, client: str) -> dict:
                       genres=form["genres"] or None, exclude_genres=tuple(form["exclude_genres"]),
                       max_popularity=service.gem_ceiling if form["gems"] else None,
                       entry_points=form["entry_points"],
-                      per_franchise=1 if form["one_per_franchise"] else None)
+                      per_franchise=1 if form["one_per_franchise"] else None,
+                      variety=_page_knob("variety", form["variety"]),
+                      niche=_page_knob("niche", form["niche"]))
     if form["mode"] == "user":
         if not form["user"].strip():
             raise InputError("Type an AniList user name.")

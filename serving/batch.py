@@ -416,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-franchise", type=int, default=1,
                         help="titles of one franchise in every 10 recommendations, at most; "
                              "0: no cap (default: %(default)s)")
+    parser.add_argument("--variety", type=float, default=0.0,
+                        help="0 to 1: how much each next title must differ from those above "
+                             "it (maximal marginal relevance; default: %(default)s, the "
+                             "model's order)")
+    parser.add_argument("--niche", type=float, default=0.0,
+                        help="0 to 1: how much popularity counts against a title "
+                             "(default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--runner",
                         help="run the job as an Apache Beam pipeline on this runner "
@@ -432,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                           min_year=args.min_year, max_year=args.max_year,
                           max_popularity=args.max_popularity, exclude_adult=not args.allow_adult,
                           entry_points=not args.no_entry_points,
-                          per_franchise=args.per_franchise or None)
+                          per_franchise=args.per_franchise or None,
+                          variety=args.variety, niche=args.niche)
         summary = run(args.model, args.users, args.out, k=args.k, candidates=args.candidates,
                       chunk_size=args.chunk_size, revision=args.revision, filters=filters,
                       db=args.db, progress=not args.quiet, runner=args.runner,

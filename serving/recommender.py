@@ -52,6 +52,7 @@ from pipelines.features import (LIST_COLUMNS, RELATED_IDS, RELATED_TYPES, catalo
                                 list_entries, new_title_rows, taste_columns, user_features)
 from pipelines.tables import related_rows
 from ranking.blend import POPULARITY, Blend
+from serving import variety
 from serving.franchise import Franchises
 from towers.features import apply_in_blocks, feature_specs, raw_features
 from towers.index import CandidateIndex, IndexConfig
@@ -314,6 +315,11 @@ class Filters:
         default True).
       per_franchise: titles of one franchise in every 10 results, at most (default 1;
         None: no cap).
+      variety: 0 to 1 (default 0: the model's order): how much each next title must
+        differ from those above it (maximal marginal relevance over the candidate
+        embeddings; ``serving.variety``).
+      niche: 0 to 1 (default 0): how much popularity counts against a title (0: not at
+        all; 1: the most listed title gives up the whole range of the user's scores).
     """
 
     formats: tuple[str, ...] | None = None
@@ -326,6 +332,8 @@ class Filters:
     exclude_genres: tuple[str, ...] = ()
     entry_points: bool = True
     per_franchise: int | None = 1
+    variety: float = 0.0
+    niche: float = 0.0
 
     def __post_init__(self):
         formats = _strings("formats", self.formats, "('TV', 'MOVIE')")
@@ -346,6 +354,12 @@ class Filters:
                                  f"{name}={getattr(self, name)!r}.")
         if self.per_franchise is not None:
             _int_arg("per_franchise", self.per_franchise, minimum=1)
+        for name in ("variety", "niche"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value <= 1):
+                raise InputError(f"`{name}` must be a number from 0 to 1. Received: "
+                                 f"{name}={value!r}.")
+            object.__setattr__(self, name, float(value))
         exclude = self.exclude_ids
         if _is_int(exclude):
             exclude = (exclude,)
@@ -620,6 +634,12 @@ class Recommender:
         rows = np.take_along_axis(cand.rows, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
         filters = filters or Filters()
+        if filters.variety or filters.niche:
+            # The knobs choose three times the places asked for: the franchise rules
+            # below may drop some.
+            rows, scores = variety.rerank(np.where(np.isfinite(scores), rows, -1), scores,
+                                          self._unit_embeddings, self._niche_scale,
+                                          filters.variety, filters.niche, depth=3 * k)
         if histories is None or not self._franchises.known:
             return rows[:, :k], scores[:, :k]
         excluded = ([np.zeros(0, np.int64)] * len(rows) if seen is None
@@ -627,6 +647,11 @@ class Recommender:
         return self._franchises.apply(np.where(np.isfinite(scores), rows, -1), scores,
                                       histories, excluded, allowed, k, filters.entry_points,
                                       filters.per_franchise)
+
+    @functools.cached_property
+    def _niche_scale(self) -> np.ndarray:
+        """Each title's popularity as the niche knob reads it (``serving.variety``)."""
+        return variety.popularity_share(self.anime["popularity"].to_numpy(dtype=float))
 
     @functools.cached_property
     def _franchises(self) -> Franchises:
@@ -1100,6 +1125,7 @@ class Recommender:
         fresh.__dict__.pop("_taste", None)
         fresh.__dict__.pop("_franchises", None)
         fresh.__dict__.pop("_years", None)
+        fresh.__dict__.pop("_niche_scale", None)
         if self._encoded is not None:
             signatures = self._saved["ranker"].signatures
             fresh._encoded = tf.constant(np.concatenate(

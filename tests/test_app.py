@@ -229,6 +229,28 @@ def test_franchise_rules_are_switches_in_the_api_and_the_page(url, app_rec):
     assert page() == off   # a submitted form with both unticked
 
 
+def test_the_variety_and_niche_knobs_in_the_api_and_on_the_page(url, app_rec):
+    """The knobs (serving/variety.py) answer as the Recommender does, in the API (whole
+    numbers too) and the page's sliders; a bad slider value is named."""
+    entries = [[int(m), 80] for m in app_rec.history_ids(int(app_rec.users["user_id"].iloc[0]))[:8]]
+    ids = lambda body: [r["anime_id"] for r in body["results"]]   # noqa: E731
+    want = app_rec.recommend_for_history(entries, k=10, filters=Filters(variety=0.6, niche=1))
+    knobs = {"entries": entries, "filters": {"variety": 0.6, "niche": 1}}
+    assert ids(post(url, "/recommend_for_history", knobs).json()) == want["anime_id"].tolist()
+    assert want["anime_id"].tolist() != app_rec.recommend_for_history(entries, k=10)["anime_id"].tolist()
+    history = ",".join(f"{m}:{s}" for m, s in entries)
+    html = requests.get(url + "/", params={"mode": "list", "history": history, "entry_points": "1",
+                                           "one_per_franchise": "1", "variety": "0.6", "niche": "1"},
+                        timeout=30).text
+    results = html[html.index('id="results"'):]
+    assert [int(i) for i in re.findall(r'<td class="name"><a href="/title\?id=(\d+)"', results)] \
+        == want["anime_id"].tolist()
+    assert 'name="variety" id="variety" min="0" max="1" step="0.1" value="0.6"' in html
+    bad = requests.get(url + "/", params={"mode": "list", "history": history, "variety": "lots"},
+                       timeout=30).text
+    assert "`variety` must be a number from 0 to 1. Received: &#39;lots&#39;." in bad
+
+
 def test_a_reason_names_the_title_a_row_continues(service, app_rec):
     """A second season recommended to someone who rated the first 90 says "Next after"
     it; one whose first season they rated below their mean says nothing of it."""
@@ -356,6 +378,10 @@ BAD = [
     ("post", "/recommend", {"user_id": 1, "filters": {"min_year": 2020, "max_year": 2000}}, 400,
      "`min_year` must be <= `max_year`"),
     ("post", "/recommend", {"user_id": 1, "filters": {"max_popularity": -5}}, 400, "`max_popularity`"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"variety": 1.5}}, 422,
+     "filters.variety: Input should be less than or equal to 1"),
+    ("post", "/recommend", {"user_id": 1, "filters": {"niche": -0.1}}, 422,
+     "filters.niche: Input should be greater than or equal to 0"),
     ("post", "/recommend", {"user_id": 1, "filters": {"fromats": ["TV"]}}, 422,
      "filters.fromats: Extra inputs are not permitted"),
     ("post", "/recommend_for_history", {"entries": [["No Such Title", 80]]}, 404,
