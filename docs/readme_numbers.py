@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from pipelines.artifact import ORDER_NAMES
 from pipelines.evaluate import GENERATOR, GENERATOR_SCORE, RECENT, baseline_verdicts
-from pipelines.formatting import ORDER_LABELS, interval
+from pipelines.formatting import BEYOND_COLUMNS, ORDER_LABELS, interval, table
 
 README = ROOT / "README.md"
 NUMBERS = ROOT / "docs" / "readme_numbers.json"
@@ -269,7 +269,16 @@ def seeds(numbers: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = {"walk-forward": walk_forward, "headroom": headroom, "serve-decision": serve_decision,
+def beyond(numbers: dict) -> str:
+    """What each order's top 10 is on the walk-forward test (genre variety, novelty,
+    coverage) beside its NDCG@10: the same users and candidates."""
+    e2e = numbers["walk_forward"]["ranking"]["end_to_end"]
+    rows = [(ORDER_LABELS.get(name, name.replace("_", " ")), m) for name, m in e2e.items()
+            if isinstance(m, dict)]
+    return table(rows, BEYOND_COLUMNS, label=f"order ({e2e['users']:,} users)") + "\n"
+
+
+BLOCKS = {"walk-forward": walk_forward, "beyond": beyond, "headroom": headroom, "serve-decision": serve_decision,
           "daily": daily, "seeds": seeds, "walk-forward-scores": walk_forward_scores,
           "new-titles": new_titles}
 

@@ -28,7 +28,7 @@ from pipelines import artifact, atomic, baselines, protocol, synth
 from pipelines import features as feature_tables
 from pipelines.config import RankingConfig
 from pipelines.errors import InputError
-from pipelines.formatting import (END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval,
+from pipelines.formatting import (BEYOND_COLUMNS, END_TO_END_COLUMNS, LIST_COLUMNS, ORDER_LABELS, interval,
                                   num, other_order_rows, table)
 from pipelines.tables import FeatureTables
 from ranking import blend as linear_blend
@@ -616,6 +616,22 @@ def new_title_lines(n: dict | None) -> list[str]:
             f"{num(c['new_share'])} of the candidates.", ""]
 
 
+def beyond_accuracy_lines(e: dict, level: str = "###") -> list[str]:
+    """What each order's top 10 is, whatever the user did with it (an end-to-end
+    section's ``variety@10``, ``novelty@10``, ``coverage@10``)."""
+    rows = [(name.replace("_", " "), m) for name, m in e.items()
+            if isinstance(m, dict) and "novelty@10" in m]
+    if not rows:
+        return []
+    return [f"{level} Beyond accuracy: what each top 10 is", "",
+            table(rows, BEYOND_COLUMNS, label="order"), "",
+            "The same test users and candidates. Genre variety: one minus the mean Jaccard "
+            "similarity of the genres of each pair of titles in a top 10 (0: all alike; 1: "
+            "no two share a genre; - where the source has no genres). Novelty: the mean "
+            "-log2 of the share of training users who have each title (higher: less "
+            "known). Coverage: the share of the catalog in some test user's top 10.", ""]
+
+
 def walk_forward_lines(wf: dict) -> list[str]:
     """The walk-forward headline (``walk_forward``'s evaluation): NDCG@10 of every order
     on the same test users, ranked - EASE with its paired CI."""
@@ -633,6 +649,7 @@ def walk_forward_lines(wf: dict) -> list[str]:
                             [("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10")],
                             label=f"end to end over {e['candidates']}, {e['users']:,} users")]
         lines += ["", *baseline_verdicts(k.get("differences") or {}, k.get("served", "ranked"))]
+        lines += ["", *beyond_accuracy_lines(e, "####")]
     if wf["retrieval"].get("new_titles"):
         lines += ["", *new_title_lines(wf["retrieval"]["new_titles"])]
     return lines
@@ -749,6 +766,7 @@ def render(metrics: dict) -> str:
                   table([(name.replace("_", " "), m) for name, m in e.items() if isinstance(m, dict)],
                         END_TO_END_COLUMNS, label="order"), "",
                   *_difference_lines(k.get("differences")),
+                  *beyond_accuracy_lines(e),
                   *_ablation_lines(k.get("ablations"), RankingConfig.from_dict(k["config"]).candidate_label)]
         corr = k["score_correlation"]
         lines += ["", "![NDCG@K end to end](ndcg_end_to_end.png)", "",

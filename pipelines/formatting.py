@@ -12,6 +12,9 @@ RETRIEVAL_COLUMNS = (("R@10", "recall@10"), ("R@50", "recall@50"), ("R@100", "re
                      ("R@100 <10 train", "short_history.recall@100"))
 LIST_COLUMNS = (("NDCG", "ndcg"), ("NDCG@5", "ndcg@5"))
 END_TO_END_COLUMNS = (("NDCG@10", "ndcg@10"), ("Recall@10", "recall@10"), ("MRR", "mrr"))
+# What each top 10 is, beside its accuracy (ranking.metrics: variety, novelty, coverage).
+BEYOND_COLUMNS = (("NDCG@10", "ndcg@10"), ("genre variety", "variety@10", ".3f"),
+                  ("novelty (bits)", "novelty@10", ".2f"), ("coverage", "coverage@10", ".1%"))
 
 
 def num(value, spec: str = ".4f", width: int = 0) -> str:

@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from pipelines.tables import FeatureTables
-from ranking.metrics import (hits, list_ndcg, ndcg_at_k, order_metrics_per_query,
-                             random_list_ndcg, recall_at_k)
+from ranking.metrics import (coverage, hits, list_ndcg, ndcg_at_k, novelty,
+                             order_metrics_per_query, random_list_ndcg, recall_at_k, top_items,
+                             variety)
 from towers.topk import top_k
 
 KS = (10, 50, 100)
@@ -269,12 +270,38 @@ def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Ca
     for name, fn in (extra_orders or {}).items():
         orders[name] = fn(users, cand)
     out = {"users": int(len(users)), "candidates": num_candidates}
+    genres, share = beyond_accuracy_inputs(tables)
     for name, order_scores in orders.items():
         values = order_metrics_per_query(cand, order_scores, relevant, n_relevant, ks)
+        # What each top 10 is, whatever the user did: its variety of genres, novelty.
+        top = top_items(cand, order_scores, 10)
+        values["variety@10"] = variety(top, genres)
+        values["novelty@10"] = novelty(top, share)
         out[name] = {k: float(np.mean(v)) if k == "mrr" else mean(v) for k, v in values.items()}
+        out[name]["coverage@10"] = coverage(top, len(tables.anime))
         if per_user is not None:
             per_user[name] = values
     return out
+
+
+def beyond_accuracy_inputs(tables: FeatureTables) -> tuple[np.ndarray, np.ndarray]:
+    """``[titles, genres]`` bool (each title's genres; no column where the source has
+    no genres) and ``[titles]`` the share of training users who have each title (at
+    least one user's worth; NaN without ``train_count``): what :func:`ranking.metrics.variety` and
+    :func:`ranking.metrics.novelty` read."""
+    if "genres" in tables.anime:
+        lists = [() if g is None else tuple(g) for g in tables.anime["genres"]]
+        vocab = {g: j for j, g in enumerate(sorted({g for gs in lists for g in gs}))}
+        genres = np.zeros((len(lists), len(vocab)), bool)
+        for i, gs in enumerate(lists):
+            genres[i, [vocab[g] for g in gs]] = True
+    else:
+        genres = np.zeros((len(tables.anime), 0), bool)
+    if "train_count" in tables.anime:
+        share = np.maximum(tables.train_counts(), 1) / max(len(tables.users), 1)
+    else:    # tables without the counts: novelty not measured
+        share = np.full(len(tables.anime), np.nan)
+    return genres, share
 
 
 # ---------------------------------------------------------------------------------------

@@ -136,3 +136,53 @@ def order_metrics(candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarr
     something relevant, MRR over all queries."""
     per_query = order_metrics_per_query(candidates, scores, relevant, n_relevant, ks)
     return {k: float(np.mean(v) if k == "mrr" else np.nanmean(v)) for k, v in per_query.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Beyond accuracy: what a list is, whatever the user does with it.
+
+def top_items(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """``[queries, k]`` the first ``k`` candidates of each query ordered by ``scores``
+    (best first, ties in candidate order, -1 padding last), as
+    :func:`order_metrics_per_query` orders them."""
+    order = np.argsort(np.where(candidates >= 0, -scores, np.inf), axis=1, kind="stable")
+    return np.take_along_axis(candidates, order[:, :k], axis=1)
+
+
+def novelty(top: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Per query, the mean self-information ``-log2(share)`` of its items (``share``:
+    ``[num_items]`` the fraction of users who have each, > 0): a list of titles few
+    people know scores high. NaN for a query with no item."""
+    valid = top >= 0
+    bits = -np.log2(share[np.maximum(top, 0)]) * valid
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return bits.sum(1) / valid.sum(1)
+
+
+def variety(top: np.ndarray, features: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Per query, one minus the mean Jaccard similarity of its items' feature sets over
+    all pairs (``features``: ``[num_items, F]`` bool, e.g. genres): 0 when every item
+    has the same genres, 1 when no two share one. Two items without any feature count
+    as alike. NaN for a query with fewer than two items."""
+    out = np.full(len(top), np.nan)
+    if not features.shape[1]:      # a source without the features: not measured
+        return out
+    for start in range(0, len(top), block):
+        part = top[start:start + block]
+        valid = part >= 0
+        hot = features[np.maximum(part, 0)].astype(np.float32) * valid[..., None]  # [q, k, F]
+        both = np.einsum("qif,qjf->qij", hot, hot)
+        sizes = hot.sum(-1)
+        either = sizes[:, :, None] + sizes[:, None, :] - both
+        jaccard = np.where(either > 0, both / np.maximum(either, 1), 1.0)
+        pair = valid[:, :, None] & valid[:, None, :] & ~np.eye(part.shape[1], dtype=bool)
+        pairs = pair.sum((1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + block] = np.where(
+                pairs > 0, 1.0 - (jaccard * pair).sum((1, 2)) / pairs, np.nan)
+    return out
+
+
+def coverage(top: np.ndarray, num_items: int) -> float:
+    """The share of the catalog that appears in some query's list."""
+    return float(len(np.unique(top[top >= 0])) / num_items) if num_items else float("nan")

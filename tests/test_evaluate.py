@@ -230,3 +230,20 @@ def test_baseline_verdicts_say_ahead_within_noise_or_behind():
         "95% CI [-0.0100, +0.0300] (paired bootstrap over 50 users).",
         "- The ranked pipeline is BEHIND the linear blend of its signals of the same "
         "candidates: NDCG@10 -0.0200, 95% CI [-0.0300, -0.0100] (paired bootstrap over 50 users)."]
+
+
+def test_the_report_says_what_each_top_10_is(report):
+    """Beyond accuracy: the popularity order's top 10s hold the best-known titles (the
+    lowest novelty) and few distinct ones (the lowest coverage); every value in range,
+    and the table in report.md."""
+    e2e = report["ranking"]["end_to_end"]
+    orders = {n: m for n, m in e2e.items() if isinstance(m, dict)}
+    popular = orders["popularity order"]
+    for name, m in orders.items():
+        assert 0 <= m["variety@10"] <= 1 and m["novelty@10"] > 0 and 0 < m["coverage@10"] <= 1
+        if name != "popularity order":
+            assert popular["novelty@10"] < m["novelty@10"], name
+            assert popular["coverage@10"] < m["coverage@10"], name
+    text = (Path(report["report"]) / "report.md").read_text()
+    assert "### Beyond accuracy: what each top 10 is" in text
+    assert f"{orders['ranked']['coverage@10']:.1%}" in text

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ranking.metrics import (dcg, discount, hits, list_ndcg, mrr, ndcg_at_k, random_list_ndcg,
-                             recall_at_k)
+from ranking.metrics import (coverage, dcg, discount, hits, list_ndcg, mrr, ndcg_at_k, novelty,
+                             random_list_ndcg, recall_at_k, top_items, variety)
 from towers import topk
 from towers.topk import top_k
 
@@ -120,3 +120,22 @@ def test_random_order_floor_is_exact():
 def test_mrr_by_hand():
     hit = np.array([[0, 0, 1], [1, 0, 0], [0, 0, 0]], bool)
     np.testing.assert_allclose(mrr(hit), [1 / 3, 1.0, 0.0])
+
+
+def test_beyond_accuracy_by_hand():
+    """Four items; genres: 0 {a}, 1 {a, b}, 2 {c}, 3 none. Jaccard: 0-1 1/2, 0-2 0,
+    1-2 0, 3 with 0/1/2: 0 (no shared genre), two featureless items alike (1)."""
+    genres = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]], bool)
+    cand = np.array([[2, 0, 1, -1], [3, 3, 0, 1]])
+    scores = np.array([[0.1, 0.9, 0.5, 9.0], [1.0, 1.0, 0.0, 0.0]])
+    top = top_items(cand, scores, 3)
+    assert top.tolist() == [[0, 1, 2], [3, 3, 0]]   # padding never first; ties keep order
+    # Query 0: pairs 0-1 1/2, 0-2 0, 1-2 0: mean 1/6. Query 1: 3-3 1, 3-0 0, 3-0 0: 1/3.
+    np.testing.assert_allclose(variety(top, genres), [1 - 1 / 6, 1 - 1 / 3])
+    np.testing.assert_allclose(variety(top, genres, block=1), [1 - 1 / 6, 1 - 1 / 3])
+    assert np.isnan(variety(np.array([[2, -1, -1]]), genres)[0])   # one item: no pair
+    assert np.isnan(variety(top, genres[:, :0])).all()             # no genres: not measured
+    share = np.array([0.5, 0.25, 0.125, 1.0])
+    np.testing.assert_allclose(novelty(top, share), [(1 + 2 + 3) / 3, (0 + 0 + 1) / 3])
+    np.testing.assert_allclose(novelty(np.array([[1, -1]]), share), [2.0])
+    assert coverage(top, 8) == 4 / 8

@@ -362,7 +362,12 @@ def test_end_to_end_on_by_hand():
     out = protocol.end_to_end(tables, reverse, candidates, per_user=per_user)
     assert out["users"] == 3 and out["candidates"] == 4
     # K = 10 and K = the candidate count, 4, by default.
-    assert set(out["ranked"]) == {"ndcg@4", "recall@4", "ndcg@10", "recall@10", "mrr"}
+    assert set(out["ranked"]) == {"ndcg@4", "recall@4", "ndcg@10", "recall@10", "mrr",
+                                  "variety@10", "novelty@10", "coverage@10"}
+    # Beyond accuracy: these tables have no genres and no counts (not measured), and the
+    # three users' lists together hold every one of the six titles.
+    assert np.isnan(out["ranked"]["variety@10"]) and np.isnan(out["ranked"]["novelty@10"])
+    assert out["ranked"]["coverage@10"] == out["retrieval_order"]["coverage@10"] == 1.0
     # Retrieval order: user 0 hit at rank 2 (NDCG 1 / log2(3), MRR 1/2, recall 1); user 1
     # hit at rank 1 of an ideal of two (NDCG 1 / (1 + 1 / log2(3)), MRR 1, recall 1/2);
     # user 2 MRR 0. NDCG and recall over users 0 and 1, MRR over all three.
