@@ -647,7 +647,7 @@ def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
         std = np.where(n_scored > 1, np.sqrt(np.maximum(total_sq / n_scored - mean ** 2, 0)), 0.0)
     planning = np.bincount(u, weights=status == "PLANNING", minlength=n)
     started = np.maximum(n_train - planning, 1)
-    frame = pd.DataFrame({
+    columns = {
         "user_id": users,
         "n_train": n_train.astype(np.int64),
         "n_interactions": np.bincount(u, weights=train["is_interaction"], minlength=n).astype(np.int64),
@@ -656,28 +656,41 @@ def user_features(train: pd.DataFrame, anime: pd.DataFrame, vocab: dict,
         "mean_score": mean, "std_score": std,
         "dropped_ratio": np.bincount(u, weights=status == "DROPPED", minlength=n) / started,
         "planning_ratio": planning / n_train,
-    })
+    }
     if config.history_length:
-        frame["history"], frame["history_weight"] = _history(train, u, n, mean, config)
+        # Lists of arrays, one per user: object columns (built with the frame, not added
+        # to it after: inserting a column costs more than the rest for a request's users).
+        history, weights = _history(train, u, n, mean, config)
+        columns["history"], columns["history_weight"] = _objects(history), _objects(weights)
+    frame = pd.DataFrame(columns)
 
     # Genre and format taste: how much of the list falls in each (share), and how the
     # user scores it against their own mean (affinity, shrunk toward 0 when evidence is thin).
     deviation = np.where(scored, score - mean[u], 0.0)
     vectors = {}
+    known = np.flatnonzero(row >= 0)
     for name, hot in (taste or taste_columns(anime, vocab)).items():
-        share = np.empty((n, hot.shape[1]), np.float32)
-        affinity = np.empty((n, hot.shape[1]), np.float32)
-        known = row >= 0
-        for j in range(hot.shape[1]):
-            member = np.zeros(len(u), bool)
-            member[known] = hot[row[known], j]
-            share[:, j] = np.bincount(u, weights=member, minlength=n) / n_train
-            evidence = np.bincount(u, weights=member & scored, minlength=n)
-            affinity[:, j] = (np.bincount(u, weights=member * deviation, minlength=n)
-                              / (evidence + config.affinity_prior))
-        vectors[f"{name}_share"] = share
-        vectors[f"{name}_affinity"] = affinity
+        width = hot.shape[1]
+        # Every (entry, column) membership at once, entries in order: one sum per (user,
+        # column) bin, added in the order a loop over the columns would add them.
+        entry, column = np.nonzero(hot[row[known]])
+        entry = known[entry]
+        bins = u[entry] * width + column
+        size = n * width
+        counts = np.bincount(bins, minlength=size).reshape(n, width)
+        evidence = np.bincount(bins, weights=scored[entry], minlength=size).reshape(n, width)
+        total = np.bincount(bins, weights=deviation[entry], minlength=size).reshape(n, width)
+        vectors[f"{name}_share"] = (counts / n_train[:, None]).astype(np.float32)
+        vectors[f"{name}_affinity"] = (total / (evidence + config.affinity_prior)).astype(np.float32)
     return frame, vectors
+
+
+def _objects(arrays: list) -> np.ndarray:
+    """A 1-d object array holding ``arrays`` (numpy would make arrays of one length 2-d)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, values in enumerate(arrays):
+        out[i] = values
+    return out
 
 
 def _history(train: pd.DataFrame, u: np.ndarray, n: int, mean: np.ndarray,
