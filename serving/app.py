@@ -251,8 +251,13 @@ class Service:
         return out
 
     def for_anilist(self, name: str, client: str, k: int, filters: Filters,
-                    hide_seen: bool) -> dict:
-        """An AniList user, by name: their public list, fetched live (cached)."""
+                    hide_seen: bool, planned: bool = False, dropped_franchises: bool = True) -> dict:
+        """An AniList user, by name: their public list, fetched live (cached), read by
+        status: watched titles (the model's interaction statuses) are the history; titles
+        being watched or paused are never recommended but head the Continue list; dropped
+        ones never come back, nor (``dropped_franchises``) any title of their franchise;
+        planned ones are hidden with the rest of the list (``hide_seen``) unless
+        ``planned`` lets them be recommended."""
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise InputError("`user` must be an AniList user name (1 to 100 characters).")
         if self.lists is None:
@@ -268,13 +273,26 @@ class Service:
             notes.append(f"{len(found.entries) - len(in_catalog)} of the "
                          f"{len(found.entries)} titles on the list are not in this model's "
                          "catalog and were left out.")
-        # Hide what I have seen: every listed title (planned and dropped ones too), left
+        ids_of = lambda *statuses: [int(e["media_id"]) for e in in_catalog  # noqa: E731
+                                    if e["status"] in statuses]
+        never = set(ids_of(*RESUME, "DROPPED"))
+        if dropped_franchises:
+            never.update(self.rec.franchise_members(ids_of("DROPPED")).tolist())
+        # Hide what I have seen: every listed title (planned ones unless asked), left
         # out per request (concurrent lookups still share one model call).
-        listed = [int(e["media_id"]) for e in in_catalog] if hide_seen else []
-        result = self.for_history(watched, k, filters, exclude=listed)
+        listed = ({int(e["media_id"]) for e in in_catalog
+                   if not (planned and e["status"] == "PLANNING")} if hide_seen else set())
+        result = self.for_history(watched, k, filters, exclude=sorted(listed | never))
         result["user"] = {"name": found.name, "anilist_id": found.user_id,
                           "list_titles": len(found.entries), "history_titles": len(watched)}
         result["notes"] = notes + result["notes"]
+        # Continue: what they are watching, then what they paused (the latest first),
+        # then the next titles of what they watched.
+        resume = sorted((e for e in in_catalog if e["status"] in RESUME),
+                        key=lambda e: (RESUME.index(e["status"]), -(e["updated_at"] or 0)))
+        rows = [dict(self.title(int(e["media_id"])), after=None, status=e["status"])
+                for e in resume] + result["continue"]
+        result["continue"] = [dict(row, rank=r) for r, row in enumerate(rows[:10], start=1)]
         return result
 
     def for_history(self, entries, k: int, filters: Filters, exclude=()) -> dict:
@@ -407,6 +425,10 @@ class _Slot:
         self.ready = threading.Event()
 
 
+# On a list, being watched or paused: the Continue list's, never a recommendation.
+RESUME = ("CURRENT", "PAUSED")
+
+
 def format_label(code: str) -> str:
     """A format as people read it, the one spelling of the page (filters, rows,
     suggestions; the API gives it as ``format_label`` beside the code): TV_SHORT -> "TV
@@ -471,6 +493,10 @@ class RecommendRequest(BaseModel):
     user: str | None = Field(None, description="an AniList user name; their public list is fetched live")
     k: int = Field(10, description=f"results, 1 to {MAX_K}")
     exclude_seen: bool = Field(True, description="leave out every title on the user's list")
+    planned: bool = Field(False, description="an AniList user: titles they plan to watch may be "
+                          "recommended (default: hidden with the rest of the list)")
+    dropped_franchises: bool = Field(True, description="an AniList user: leave out every title "
+                                     "of a franchise they dropped a title of")
     filters: FilterParams = FilterParams()
 
 
@@ -521,7 +547,8 @@ def create_app(service: Service) -> FastAPI:
                              "`user` (an AniList user name).")
         filters = body.filters.filters()
         if body.user is not None:
-            out = service.for_anilist(body.user, client_of(request), body.k, filters, body.exclude_seen)
+            out = service.for_anilist(body.user, client_of(request), body.k, filters, body.exclude_seen,
+                                      body.planned, body.dropped_franchises)
         else:
             out = service.for_user_id(body.user_id, body.k, filters, body.exclude_seen)
         return JSONResponse(dict(out, revision=service.revision))
@@ -702,6 +729,8 @@ def page_form(params, service: Service) -> dict:
             "genres": params.getlist("genre"), "exclude_genres": params.getlist("exclude_genre"),
             "gems": bool(params.get("gems")),
             "hide_seen": bool(params.get("hide_seen")) or not mode,
+            "planned": bool(params.get("planned")),
+            "dropped_franchises": bool(params.get("dropped_franchises")) or not mode,
             # The franchise rules are on until a submitted form leaves them unticked.
             "entry_points": bool(params.get("entry_points")) or not mode,
             "one_per_franchise": bool(params.get("one_per_franchise")) or not mode,
@@ -772,7 +801,8 @@ def page_recommend(form: dict, service: Service, client: str) -> dict:
     if form["mode"] == "user":
         if not form["user"].strip():
             raise InputError("Type an AniList user name.")
-        return service.for_anilist(form["user"], client, k, filters, form["hide_seen"])
+        return service.for_anilist(form["user"], client, k, filters, form["hide_seen"],
+                                   form["planned"], form["dropped_franchises"])
     entries = page_history(form["history"])
     if not entries:
         raise InputError("Your list is empty: search for titles you watched and add them.")

@@ -1248,6 +1248,17 @@ class Recommender:
         found = self._franchises.continued(np.zeros(len(rows), np.int64), rows, [history])
         return self._ids_of(found)
 
+    def franchise_members(self, anime_ids) -> np.ndarray:
+        """The anime ids of every title in the franchises of ``anime_ids`` (titles linked
+        by any relation; ``serving.franchise``), sorted: the ids themselves where the
+        catalog records no relations. Ids outside the catalog are ignored."""
+        rows = self._anime_row.get_indexer(_ids_arg("anime_ids", anime_ids))
+        rows = rows[rows >= 0]
+        franchise = self._franchises.franchise
+        if franchise is None:
+            return np.unique(self._ids_of(rows))
+        return np.unique(self._ids_of(np.flatnonzero(np.isin(franchise, franchise[rows]))))
+
     def _ids_of(self, rows: np.ndarray) -> np.ndarray:
         """The anime ids of title rows (-1 stays -1)."""
         return np.where(rows >= 0, self.anime["media_id"].to_numpy(np.int64)[np.maximum(rows, 0)], -1)

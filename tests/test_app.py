@@ -123,7 +123,8 @@ def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):
     assert body["user"] == {"name": f"user{user_id}", "anilist_id": user_id,
                             "list_titles": len(anilist.entries[user_id]),
                             "history_titles": len(history)}
-    want = app_rec.recommend_for_history(history, k=10, filters=Filters(exclude_ids=listed))
+    never = never_recommended(anilist, app_rec, user_id)
+    want = app_rec.recommend_for_history(history, k=10, filters=Filters(exclude_ids=listed + never))
     ids = [r["anime_id"] for r in body["results"]]
     assert ids == want["anime_id"].tolist() and len(ids) == 10
     assert not set(ids) & set(listed)  # hide what I have seen: every listed title
@@ -139,8 +140,71 @@ def test_recommend_an_anilist_user_reads_their_live_list(url, app_rec, anilist):
             assert row["reason"].startswith("Because you rated " if reason["your_score"]
                                             else "Because you watched ")
     shown = post(url, "/recommend", {"user": f"USER{user_id}", "k": 10, "exclude_seen": False}).json()
-    kept = app_rec.recommend_for_history(history, k=10)
+    kept = app_rec.recommend_for_history(history, k=10, filters=Filters(exclude_ids=never))
     assert [r["anime_id"] for r in shown["results"]] == kept["anime_id"].tolist()
+
+
+def never_recommended(anilist, rec, user_id, dropped_franchises=True) -> list:
+    """What the service never recommends to ``user<id>``: titles they are watching or
+    paused, dropped ones and every title of a franchise they dropped one of."""
+    rows = anilist.entries[user_id]
+    rows = rows[rows["media_id"].isin(rec.anime["media_id"])]
+    never = set(rows.loc[rows["status"].isin(["CURRENT", "PAUSED", "DROPPED"]), "media_id"].astype(int))
+    if dropped_franchises:
+        never |= set(rec.franchise_members(rows.loc[rows["status"] == "DROPPED", "media_id"]).tolist())
+    return sorted(never)
+
+
+def test_an_anilist_list_read_by_status(url, app_rec, anilist):
+    """Planned titles come back only when asked; nothing of a dropped franchise unless
+    asked; what they are watching, then what they paused, heads Continue (on the page
+    too) and is never recommended."""
+    ids = set(app_rec.anime["media_id"])
+
+    def statuses(user):
+        rows = anilist.entries[user]
+        return rows[rows["media_id"].isin(ids)].groupby("status", observed=True)["media_id"].agg(list).to_dict()
+
+    franchise = app_rec._franchises.franchise
+    row_of = {int(m): r for r, m in enumerate(app_rec.anime["media_id"])}
+    user = next(u for u in app_rec.users["user_id"].astype(int)
+                if {"CURRENT", "PAUSED", "DROPPED", "PLANNING"} <= set(statuses(u))
+                and (franchise is None or any(
+                    (franchise == franchise[row_of[int(d)]]).sum() > 1 for d in statuses(u)["DROPPED"])))
+    by_status = statuses(user)
+    history, listed = anilist_history(anilist, app_rec, user)
+    never = never_recommended(anilist, app_rec, user)
+    if franchise is not None:
+        assert len(never) > len(by_status["CURRENT"] + by_status["PAUSED"] + by_status["DROPPED"])
+    ask = {"user": f"user{user}", "k": 10}
+    body = post(url, "/recommend", ask).json()
+    got = [r["anime_id"] for r in body["results"]]
+    assert not set(got) & set(never) and not set(got) & set(listed)
+    # Continue: watching first (the latest first), then paused, with their status.
+    head = [(r["anime_id"], r.get("status")) for r in body["continue"]]
+    rows = anilist.entries[user]
+    rows = rows[rows["media_id"].isin(ids) & rows["status"].isin(["CURRENT", "PAUSED"])]
+    rows = rows.assign(order=rows["status"].map({"CURRENT": 0, "PAUSED": 1}),
+                       latest=-rows["updated_at"].fillna(0))
+    want = [(int(m), s) for m, s in rows.sort_values(["order", "latest"], kind="stable")[
+        ["media_id", "status"]].itertuples(index=False)][:10]
+    assert head[:len(want)] == want
+    assert [r["rank"] for r in body["continue"]] == list(range(1, len(body["continue"]) + 1))
+    # Planned titles may come back; a dropped franchise too, when asked.
+    planned = post(url, "/recommend", {**ask, "planned": True}).json()
+    unplanned = sorted(set(listed) - set(by_status["PLANNING"]))
+    want = app_rec.recommend_for_history(history, k=10, filters=Filters(exclude_ids=sorted(
+        set(unplanned) | set(never))))
+    assert [r["anime_id"] for r in planned["results"]] == want["anime_id"].tolist()
+    lenient = post(url, "/recommend", {**ask, "exclude_seen": False, "dropped_franchises": False}).json()
+    want = app_rec.recommend_for_history(history, k=10, filters=Filters(
+        exclude_ids=never_recommended(anilist, app_rec, user, dropped_franchises=False)))
+    assert [r["anime_id"] for r in lenient["results"]] == want["anime_id"].tolist()
+    page = requests.get(url + "/", params={"mode": "user", "user": f"user{user}", "hide_seen": "1",
+                                           "dropped_franchises": "1", "entry_points": "1",
+                                           "one_per_franchise": "1"}, timeout=30).text
+    card = page[page.index('id="continue"'):page.index('id="results"')]
+    assert "watching now" in card and "paused" in card
 
 
 def test_recommend_for_history_by_ids_and_titles(url, app_rec):
