@@ -40,14 +40,26 @@ ORDERS = {
 }
 
 
+def walk_forward_test(tables: FeatureTables, rec: Recommender) -> tuple[np.ndarray, dict, dict]:
+    """The walk-forward test users the model knows (sorted), the titles each added in the
+    test period (relevant) and every title on each one's list at the cutoff (listed)."""
+    frame = tables.interactions
+    lists = frame[frame["split"] == "train"]
+    test = frame[(frame["split"] == "test") & frame["is_interaction"] & ~frame["listed_before"]]
+    relevant = test.groupby("user_id")["media_id"].agg(set).to_dict()
+    users = np.array(sorted(u for u in relevant if rec.known([u])[0]), np.int64)
+    listed = lists.groupby("user_id")["media_id"].agg(list).to_dict()
+    return users, relevant, {u: listed.get(u, []) for u in users}
+
+
 def served(rec: Recommender, users: np.ndarray, listed: dict, filters: Filters) -> np.ndarray:
-    """``[users, 10]`` title rows of each user's top 10 (-1 where fewer)."""
+    """``[users, 10]`` title rows of each user's top 10 (-1 where fewer); ``users``
+    sorted, their lists at the cutoff left out."""
     top = rec.recommend(users, k=10, exclude_seen=False, filters=filters,
                         exclude=[listed[u] for u in users])
     out = np.full((len(users), 10), -1, np.int64)
-    position = {u: i for i, u in enumerate(users)}
-    for u, rank, title in zip(top["user_id"], top["rank"], top["anime_id"]):
-        out[position[u], rank - 1] = rec._anime_row.get_loc(title)
+    at = np.searchsorted(users, top["user_id"].to_numpy())
+    out[at, top["rank"].to_numpy() - 1] = rec._anime_row.get_indexer(top["anime_id"].to_numpy())
     return out
 
 
@@ -86,13 +98,7 @@ def main() -> None:
     rec = Recommender.from_pretrained(args.model)
     if not rec._franchises.known:
         sys.exit(f"error: {args.model} records no relations between titles: the rules change nothing.")
-    frame = tables.interactions
-    lists = frame[frame["split"] == "train"]
-    test = frame[(frame["split"] == "test") & frame["is_interaction"] & ~frame["listed_before"]]
-    relevant = test.groupby("user_id")["media_id"].agg(set).to_dict()
-    users = np.array(sorted(u for u in relevant if rec.known([u])[0]), np.int64)
-    listed = lists.groupby("user_id")["media_id"].agg(list).to_dict()
-    listed = {u: listed.get(u, []) for u in users}
+    users, relevant, listed = walk_forward_test(tables, rec)
     got = {name: measure(rec, served(rec, users, listed, f), users, relevant)
            for name, f in ORDERS.items()}
     print(f"model {args.model}, {len(users):,} test users, top 10 each")

@@ -29,57 +29,34 @@ import numpy as np  # noqa: E402
 from pipelines import protocol  # noqa: E402
 from pipelines.formatting import interval  # noqa: E402
 from pipelines.tables import FeatureTables  # noqa: E402
-from ranking.metrics import ndcg_at_k  # noqa: E402
+from bench.franchise_rules import served, walk_forward_test  # noqa: E402
+from ranking.metrics import coverage, ndcg_at_k, novelty, variety  # noqa: E402
 from serving import Filters, Recommender  # noqa: E402
 
 SETTINGS = [(0.0, 0.0), (0.2, 0.0), (0.4, 0.0), (0.6, 0.0), (0.8, 0.0),
             (0.0, 0.2), (0.0, 0.5), (0.0, 1.0), (0.4, 0.5)]   # (variety, niche)
 
 
-def served(rec: Recommender, users: np.ndarray, listed: dict, filters: Filters) -> np.ndarray:
-    """``[users, 10]`` title rows of each user's top 10 (-1 where fewer)."""
-    top = rec.recommend(users, k=10, exclude_seen=False, filters=filters,
-                        exclude=[listed[u] for u in users])
-    out = np.full((len(users), 10), -1, np.int64)
-    at = np.searchsorted(users, top["user_id"].to_numpy())
-    out[at, top["rank"].to_numpy() - 1] = rec._anime_row.get_indexer(top["anime_id"].to_numpy())
-    return out
-
-
-def genre_sets(rec: Recommender) -> np.ndarray:
-    """``[titles, genres]`` bool: each title's genres."""
-    genres = [set(g) if g is not None else set() for g in rec.anime["genres"]]
-    vocab = sorted(set().union(*genres))
-    column = {g: j for j, g in enumerate(vocab)}
-    hot = np.zeros((len(genres), len(vocab)), bool)
-    for i, gs in enumerate(genres):
-        hot[i, [column[g] for g in gs]] = True
-    return hot
-
-
 def measure(rec: Recommender, rows: np.ndarray, users: np.ndarray, relevant: dict) -> dict:
-    """Per user: NDCG@10, the list's variety by genres (1 - mean pairwise Jaccard) and by
+    """Per user: NDCG@10, the list's variety by genres (``ranking.metrics.variety``) and by
     embeddings (1 - mean pairwise cosine), novelty (mean -log2 of the share of training
     users listing a title) and popularity (the niche knob's scale)."""
     ids = rec.anime["media_id"].to_numpy(np.int64)
-    hot, unit = genre_sets(rec), rec._unit_embeddings
+    unit = rec._unit_embeddings
     share = np.maximum(rec.anime["popularity"].to_numpy(float), 1) / max(len(rec.users), 1)
-    out = {k: [] for k in ("ndcg@10", "genre variety", "embedding variety", "novelty", "popularity")}
+    out = {k: [] for k in ("ndcg@10", "embedding variety", "popularity")}
     for i, user in enumerate(users):
         row = rows[i][rows[i] >= 0]
         hit = np.isin(ids[np.maximum(rows[i], 0)], list(relevant[user])) & (rows[i] >= 0)
         out["ndcg@10"].append(ndcg_at_k(hit[None, :], np.array([len(relevant[user])]), 10)[0])
-        pairs = max(len(row) * (len(row) - 1), 1)
-        g = hot[row].astype(float)
-        both, either = g @ g.T, g.sum(1)[:, None] + g.sum(1)[None, :] - g @ g.T
-        jaccard = np.where(either > 0, both / np.maximum(either, 1), 1.0)
-        out["genre variety"].append(1 - (jaccard.sum() - np.trace(jaccard)) / pairs)
         cos = unit[row] @ unit[row].T
-        out["embedding variety"].append(1 - (cos.sum() - np.trace(cos)) / pairs)
-        out["novelty"].append(float(np.mean(-np.log2(share[row]))))
+        out["embedding variety"].append(
+            1 - (cos.sum() - np.trace(cos)) / max(len(row) * (len(row) - 1), 1))
         out["popularity"].append(float(np.mean(rec._niche_scale[row])))
     result = {k: np.array(v, float) for k, v in out.items()}
-    result["coverage"] = len(np.unique(rows[rows >= 0])) / len(rec.anime)
+    result["genre variety"] = variety(rows, protocol.genre_matrix(rec.anime))
+    result["novelty"] = novelty(rows, share)
+    result["coverage"] = coverage(rows, len(rec.anime))
     return result
 
 
@@ -102,23 +79,17 @@ def main() -> None:
     args = parser.parse_args()
     tables = FeatureTables.load(args.features)
     rec = Recommender.from_pretrained(args.model)
-    frame = tables.interactions
-    lists = frame[frame["split"] == "train"]
-    test = frame[(frame["split"] == "test") & frame["is_interaction"] & ~frame["listed_before"]]
-    relevant = test.groupby("user_id")["media_id"].agg(set).to_dict()
-    users = np.array(sorted(u for u in relevant if rec.known([u])[0]), np.int64)
-    listed = lists.groupby("user_id")["media_id"].agg(list).to_dict()
-    listed = {u: listed.get(u, []) for u in users}
+    users, relevant, listed = walk_forward_test(tables, rec)
     got = {s: measure(rec, served(rec, users, listed, Filters(variety=s[0], niche=s[1])), users,
                       relevant) for s in SETTINGS}
     print(f"model {args.model}, {len(users):,} test users, top 10 each, franchise rules on")
     print(f"{'variety':>8}{'niche':>7}{'NDCG@10':>9}{'genre var.':>12}{'emb. var.':>11}"
           f"{'novelty':>9}{'popularity':>12}{'coverage':>10}   NDCG@10 - both at 0 [95% CI]")
     base = got[(0.0, 0.0)]
-    for (variety, niche), m in got.items():
+    for (knob, niche), m in got.items():
         gain = ("" if m is base else
                 interval(protocol.paired_bootstrap(m["ndcg@10"], base["ndcg@10"])))
-        print(f"{variety:>8.1f}{niche:>7.1f}{m['ndcg@10'].mean():>9.4f}"
+        print(f"{knob:>8.1f}{niche:>7.1f}{m['ndcg@10'].mean():>9.4f}"
               f"{m['genre variety'].mean():>12.3f}{m['embedding variety'].mean():>11.3f}"
               f"{m['novelty'].mean():>9.2f}{m['popularity'].mean():>12.3f}"
               f"{m['coverage']:>10.1%}   {gain}")

@@ -533,7 +533,7 @@ def _vocab(values: pd.Series, min_count: int) -> list[str]:
     return sorted(counts[counts >= min_count].index.tolist())
 
 
-def _multi_hot(lists: pd.Series, vocab: list[str]) -> np.ndarray:
+def multi_hot(lists: pd.Series, vocab: list[str]) -> np.ndarray:
     """``[len(lists), len(vocab)]`` bool matrix from a Series of string lists."""
     exploded = lists.explode()
     codes = pd.Categorical(exploded, categories=vocab).codes
@@ -617,7 +617,7 @@ def taste_columns(anime: pd.DataFrame, vocab: dict) -> dict[str, np.ndarray]:
     """Each title's genres and format as ``{"genre": bool [titles, genres], "format":
     bool [titles, formats]}``: what :func:`user_features`' share and affinity vectors
     count (the same for every user of a catalog: serving builds it once)."""
-    return {"genre": _multi_hot(anime["genres"], vocab["genres"]),
+    return {"genre": multi_hot(anime["genres"], vocab["genres"]),
             "format": np.asarray(pd.get_dummies(
                 pd.Categorical(anime["format"], categories=vocab["format"])), dtype=bool)}
 

@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from pipelines.features import multi_hot
 from pipelines.tables import FeatureTables
 from ranking.metrics import (coverage, hits, list_ndcg, ndcg_at_k, novelty,
                              order_metrics_per_query, random_list_ndcg, recall_at_k, top_items,
@@ -284,19 +285,21 @@ def end_to_end_on(tables: FeatureTables, split: str, score_lists, candidates: Ca
     return out
 
 
+def genre_matrix(anime: pd.DataFrame) -> np.ndarray:
+    """``[titles, genres]`` bool over every genre of ``anime`` (sorted): each title's
+    genres; no column where the table has no genres."""
+    if "genres" not in anime:
+        return np.zeros((len(anime), 0), bool)
+    vocab = sorted({g for gs in anime["genres"] if gs is not None for g in gs})
+    return multi_hot(anime["genres"], vocab)
+
+
 def beyond_accuracy_inputs(tables: FeatureTables) -> tuple[np.ndarray, np.ndarray]:
     """``[titles, genres]`` bool (each title's genres; no column where the source has
     no genres) and ``[titles]`` the share of training users who have each title (at
     least one user's worth; NaN without ``train_count``): what :func:`ranking.metrics.variety` and
     :func:`ranking.metrics.novelty` read."""
-    if "genres" in tables.anime:
-        lists = [() if g is None else tuple(g) for g in tables.anime["genres"]]
-        vocab = {g: j for j, g in enumerate(sorted({g for gs in lists for g in gs}))}
-        genres = np.zeros((len(lists), len(vocab)), bool)
-        for i, gs in enumerate(lists):
-            genres[i, [vocab[g] for g in gs]] = True
-    else:
-        genres = np.zeros((len(tables.anime), 0), bool)
+    genres = genre_matrix(tables.anime)
     if "train_count" in tables.anime:
         share = np.maximum(tables.train_counts(), 1) / max(len(tables.users), 1)
     else:    # tables without the counts: novelty not measured

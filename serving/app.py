@@ -273,11 +273,13 @@ class Service:
             notes.append(f"{len(found.entries) - len(in_catalog)} of the "
                          f"{len(found.entries)} titles on the list are not in this model's "
                          "catalog and were left out.")
-        ids_of = lambda *statuses: [int(e["media_id"]) for e in in_catalog  # noqa: E731
-                                    if e["status"] in statuses]
-        never = set(ids_of(*RESUME, "DROPPED"))
+        by_status: dict[str, list[int]] = {}
+        for e in in_catalog:
+            by_status.setdefault(e["status"], []).append(int(e["media_id"]))
+        dropped = by_status.get("DROPPED", [])
+        never = {i for status in RESUME for i in by_status.get(status, [])} | set(dropped)
         if dropped_franchises:
-            never.update(self.rec.franchise_members(ids_of("DROPPED")).tolist())
+            never.update(self.rec.franchise_members(dropped).tolist())
         # Hide what I have seen: every listed title (planned ones unless asked), left
         # out per request (concurrent lookups still share one model call).
         listed = ({int(e["media_id"]) for e in in_catalog

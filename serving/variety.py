@@ -53,11 +53,11 @@ def rerank(rows: np.ndarray, scores: np.ndarray, unit: np.ndarray, popularity: n
         return rows, scores
     depth = c if depth is None else min(depth, c)
     valid = rows >= 0
-    safe = np.where(valid, scores, np.nan)
-    low, high = np.nanmin(np.where(valid, safe, np.inf), axis=1), np.nanmax(
-        np.where(valid, safe, -np.inf), axis=1)
+    low = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
+    high = np.where(valid, scores, -np.inf).max(axis=1, keepdims=True)
     span = np.where(high > low, high - low, 1.0)
-    relevance = np.where(valid, (safe - low[:, None]) / span[:, None], 0.0)
+    with np.errstate(invalid="ignore"):      # padding's -inf against a list of padding
+        relevance = np.where(valid, (scores - low) / span, 0.0)
     relevance = relevance - niche * popularity[np.maximum(rows, 0)]
     vectors = unit[np.maximum(rows, 0)]                                   # [n, c, d]
     similar = np.zeros((n, c))
